@@ -1,0 +1,522 @@
+package buffer
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"maps"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/rs/zerolog"
+	bolt "go.etcd.io/bbolt"
+	bolterrors "go.etcd.io/bbolt/errors"
+)
+
+var (
+	ErrClosed = errors.New("queue closed")
+	ErrFull   = errors.New("queue full")
+	ErrLocked = errors.New("queue file locked by another process")
+)
+
+// Policy says what Append does when MaxBytes would be exceeded.
+type Policy int
+
+const (
+	Reject     Policy = iota // refuse the append with ErrFull
+	DropOldest               // delete the oldest messages to make room (counted)
+)
+
+// Defaults used when a Config field is zero.
+const (
+	DefaultLockTimeout   = 2 * time.Second
+	DefaultSweepInterval = 30 * time.Second
+	DefaultMaxBatch      = 4096
+)
+
+// Config of a queue. Zero fields fall back to the defaults noted.
+type Config struct {
+	Path          string
+	MaxBytes      int64         // bound on stored bytes; 0 = unbounded
+	MaxAge        time.Duration // older messages expire; 0 = never
+	WhenFull      Policy
+	DedupWindow   time.Duration // 0 disables deduplication
+	Consumers     []string      // one cursor each; cursors of other names are removed
+	LockTimeout   time.Duration // wait for the file lock; DefaultLockTimeout
+	SweepInterval time.Duration // expiry and dedup sweeps; DefaultSweepInterval
+	MaxBatch      int           // writes per commit; DefaultMaxBatch
+}
+
+// Entry is one message to append.
+type Entry struct {
+	Data     []byte
+	DedupKey string // "" = never a duplicate
+}
+
+// AppendResult counts what an Append did.
+type AppendResult struct {
+	Accepted   int // newly stored
+	Duplicates int // seen within the dedup window, not stored again
+}
+
+// Record is one stored message, as a consumer reads it. Data is a copy the
+// caller owns.
+type Record struct {
+	Seq  uint64
+	Time time.Time // receive (commit) time
+	Data []byte
+}
+
+var (
+	bucketMsgs   = []byte("msgs")
+	bucketMeta   = []byte("meta")
+	bucketDedup  = []byte("dedup")
+	bucketDedupT = []byte("dedupt")
+	keyBytes     = []byte("bytes")
+)
+
+const cursorPrefix = "cursor/"
+
+// state is the in-memory mirror of what the last commit left on disk. The
+// committer works on a copy and publishes it only after the commit succeeded.
+type state struct {
+	head    uint64 // lowest stored sequence; head > last means empty
+	last    uint64 // bucket sequence: the highest ever assigned
+	bytes   int64
+	cursors map[string]uint64
+}
+
+func (s state) clone() state {
+	s.cursors = maps.Clone(s.cursors)
+	return s
+}
+
+// minCursor is the lowest cursor; with no consumers nothing holds messages
+// back, so it is last.
+func (s *state) minCursor() uint64 {
+	lowest := s.last
+	for _, c := range s.cursors {
+		lowest = min(lowest, c)
+	}
+	return lowest
+}
+
+// Counters are totals since Open.
+type Counters struct {
+	Expired uint64 // deleted by MaxAge before every consumer had them
+	Dropped uint64 // deleted by DropOldest
+	Commits uint64 // transactions committed
+}
+
+// Queue is a durable FIFO with one cursor per consumer. It is safe for
+// concurrent use.
+type Queue struct {
+	cfg Config
+	log zerolog.Logger
+	db  *bolt.DB
+
+	mu       sync.Mutex
+	st       state
+	counters Counters
+	readers  map[string]*Reader
+
+	closeMu sync.RWMutex
+	closed  bool
+	ops     chan *op
+	done    chan struct{} // closed when Close starts: wakes readers
+	wg      sync.WaitGroup
+}
+
+// op is one write handed to the committer. apply runs inside the shared
+// transaction; it must return a rejection (see reject) only before it has
+// written anything, and any other error aborts the whole transaction.
+type op struct {
+	apply func(tx *bolt.Tx, st *state, c *Counters) error
+	err   error
+	done  chan struct{}
+}
+
+// rejection is an op error that leaves the transaction usable for the other
+// ops of the batch.
+type rejection struct{ error }
+
+func (r rejection) Unwrap() error { return r.error }
+
+// Open opens or creates the queue file and starts the committer.
+func Open(cfg Config, log zerolog.Logger) (*Queue, error) {
+	if cfg.LockTimeout <= 0 {
+		cfg.LockTimeout = DefaultLockTimeout
+	}
+	if cfg.SweepInterval <= 0 {
+		cfg.SweepInterval = DefaultSweepInterval
+	}
+	if cfg.MaxBatch <= 0 {
+		cfg.MaxBatch = DefaultMaxBatch
+	}
+	if err := os.MkdirAll(filepath.Dir(cfg.Path), 0o750); err != nil {
+		return nil, fmt.Errorf("create queue directory: %w", err)
+	}
+	db, err := bolt.Open(cfg.Path, 0o600, &bolt.Options{
+		Timeout: cfg.LockTimeout,
+		// The freelist is rebuilt at open instead of rewritten on every
+		// commit, which after a drained backlog would dominate each fsync.
+		NoFreelistSync: true,
+		FreelistType:   bolt.FreelistMapType,
+	})
+	if errors.Is(err, bolterrors.ErrTimeout) {
+		return nil, fmt.Errorf("open queue %s: %w (is another gateway or queue command running?)", cfg.Path, ErrLocked)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("open queue %s: %w", cfg.Path, err)
+	}
+	q := &Queue{
+		cfg:     cfg,
+		log:     log,
+		db:      db,
+		readers: make(map[string]*Reader),
+		ops:     make(chan *op, 1024),
+		done:    make(chan struct{}),
+	}
+	if err := db.Update(q.load); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("open queue %s: %w", cfg.Path, err)
+	}
+	q.wg.Add(2)
+	go q.commitLoop()
+	go q.sweepLoop()
+	return q, nil
+}
+
+// load creates the buckets, reconciles the cursors with cfg.Consumers and
+// reads the state into memory.
+func (q *Queue) load(tx *bolt.Tx) error {
+	for _, name := range [][]byte{bucketMsgs, bucketMeta, bucketDedup, bucketDedupT} {
+		if _, err := tx.CreateBucketIfNotExists(name); err != nil {
+			return fmt.Errorf("create bucket %s: %w", name, err)
+		}
+	}
+	msgs, meta := tx.Bucket(bucketMsgs), tx.Bucket(bucketMeta)
+	st := state{last: msgs.Sequence(), head: msgs.Sequence() + 1, cursors: map[string]uint64{}}
+	if k, _ := msgs.Cursor().First(); k != nil {
+		st.head = binary.BigEndian.Uint64(k)
+	}
+	if v := meta.Get(keyBytes); len(v) == 8 {
+		st.bytes = int64(binary.BigEndian.Uint64(v))
+	}
+	stored := map[string]uint64{}
+	c := meta.Cursor()
+	for k, v := c.Seek([]byte(cursorPrefix)); k != nil && len(k) >= len(cursorPrefix) && string(k[:len(cursorPrefix)]) == cursorPrefix; k, v = c.Next() {
+		if len(v) != 8 {
+			return &CorruptError{Key: string(k), Err: fmt.Errorf("cursor value has %d bytes, want 8", len(v))}
+		}
+		stored[string(k[len(cursorPrefix):])] = binary.BigEndian.Uint64(v)
+	}
+	for name, seq := range stored {
+		if !slices.Contains(q.cfg.Consumers, name) {
+			q.log.Info().Str("consumer", name).Uint64("cursor", seq).Msg("removing cursor of a consumer no longer configured")
+			if err := meta.Delete([]byte(cursorPrefix + name)); err != nil {
+				return fmt.Errorf("delete cursor %s: %w", name, err)
+			}
+		}
+	}
+	for _, name := range q.cfg.Consumers {
+		seq, ok := stored[name]
+		if !ok {
+			// A new consumer starts with whatever is still stored.
+			seq = st.head - 1
+			if err := meta.Put([]byte(cursorPrefix+name), u64(seq)); err != nil {
+				return fmt.Errorf("create cursor %s: %w", name, err)
+			}
+		}
+		st.cursors[name] = seq
+	}
+	// Consumers removed above may have been the ones holding messages back.
+	if err := trim(tx, &st); err != nil {
+		return err
+	}
+	q.st = st
+	return nil
+}
+
+// CorruptError reports a record of the queue file that cannot be understood.
+type CorruptError struct {
+	Key string
+	Err error
+}
+
+func (e *CorruptError) Error() string {
+	return fmt.Sprintf("corrupt queue record %q: %v", e.Key, e.Err)
+}
+func (e *CorruptError) Unwrap() error { return e.Err }
+
+func u64(v uint64) []byte {
+	b := make([]byte, 8)
+	binary.BigEndian.PutUint64(b, v)
+	return b
+}
+
+// submit hands o to the committer and waits for its commit.
+func (q *Queue) submit(ctx context.Context, o *op) error {
+	o.done = make(chan struct{})
+	q.closeMu.RLock()
+	if q.closed {
+		q.closeMu.RUnlock()
+		return ErrClosed
+	}
+	select {
+	case q.ops <- o:
+	case <-ctx.Done():
+		q.closeMu.RUnlock()
+		return ctx.Err()
+	}
+	q.closeMu.RUnlock()
+	// Once handed over the op may commit whatever the caller does, so its
+	// outcome is always waited for: a caller must never report a failure
+	// for data that was in fact stored.
+	<-o.done
+	return o.err
+}
+
+func (q *Queue) commitLoop() {
+	defer q.wg.Done()
+	batch := make([]*op, 0, 64)
+	for first := range q.ops {
+		batch = append(batch[:0], first)
+	drain:
+		for len(batch) < q.cfg.MaxBatch {
+			select {
+			case o, ok := <-q.ops:
+				if !ok {
+					break drain
+				}
+				batch = append(batch, o)
+			default:
+				break drain
+			}
+		}
+		q.commit(batch)
+	}
+}
+
+// commit runs a batch of ops in one transaction and reports to each.
+func (q *Queue) commit(batch []*op) {
+	q.mu.Lock()
+	st, counters := q.st.clone(), q.counters
+	q.mu.Unlock()
+
+	err := q.db.Update(func(tx *bolt.Tx) error {
+		for _, o := range batch {
+			o.err = o.apply(tx, &st, &counters)
+			var r rejection
+			if o.err != nil && !errors.As(o.err, &r) {
+				return o.err
+			}
+		}
+		return tx.Bucket(bucketMeta).Put(keyBytes, u64(uint64(st.bytes)))
+	})
+	appended := false
+	if err == nil {
+		counters.Commits++
+		q.mu.Lock()
+		appended = st.last != q.st.last
+		q.st, q.counters = st, counters
+		q.mu.Unlock()
+	}
+	for _, o := range batch {
+		switch {
+		case err != nil:
+			o.err = fmt.Errorf("commit queue: %w", err)
+		case o.err != nil:
+			o.err = o.err.(rejection).error
+		}
+		close(o.done)
+	}
+	if appended {
+		q.wakeReaders()
+	}
+}
+
+// Append stores entries durably, skipping those whose DedupKey was seen
+// within the dedup window, and returns once they are committed. Either all
+// new entries are stored or none (ErrFull, or a commit error).
+func (q *Queue) Append(ctx context.Context, entries []Entry) (AppendResult, error) {
+	var res AppendResult
+	o := &op{apply: func(tx *bolt.Tx, st *state, c *Counters) error {
+		// The op may run again in a retried batch: results are recomputed
+		// from scratch every time.
+		res = AppendResult{}
+		now := time.Now()
+		dups := make([]bool, len(entries))
+		var need int64
+		var seen map[string]struct{}
+		for i, e := range entries {
+			if q.cfg.DedupWindow > 0 && e.DedupKey != "" {
+				if seen == nil {
+					seen = make(map[string]struct{}, len(entries))
+				}
+				_, inRequest := seen[e.DedupKey]
+				if inRequest || q.seenRecently(tx, dedupKey(e.DedupKey), now) {
+					dups[i] = true
+					res.Duplicates++
+					continue
+				}
+				seen[e.DedupKey] = struct{}{}
+			}
+			need += recordSize(e.Data)
+		}
+		if q.cfg.MaxBytes > 0 && st.bytes+need > q.cfg.MaxBytes {
+			if q.cfg.WhenFull == Reject || need > q.cfg.MaxBytes {
+				res = AppendResult{}
+				return rejection{ErrFull}
+			}
+			if err := dropOldest(tx, st, c, q.cfg.MaxBytes-need); err != nil {
+				return err
+			}
+		}
+		msgs := tx.Bucket(bucketMsgs)
+		nowNs := uint64(now.UnixNano())
+		for i, e := range entries {
+			if dups[i] {
+				continue
+			}
+			seq, err := msgs.NextSequence()
+			if err != nil {
+				return fmt.Errorf("next sequence: %w", err)
+			}
+			v := make([]byte, 8+len(e.Data))
+			binary.BigEndian.PutUint64(v, nowNs)
+			copy(v[8:], e.Data)
+			if err := msgs.Put(u64(seq), v); err != nil {
+				return fmt.Errorf("put message %d: %w", seq, err)
+			}
+			if q.cfg.DedupWindow > 0 && e.DedupKey != "" {
+				if err := putDedup(tx, dedupKey(e.DedupKey), nowNs); err != nil {
+					return err
+				}
+			}
+			st.last = seq
+			st.bytes += recordSize(e.Data)
+			res.Accepted++
+		}
+		return nil
+	}}
+	if err := q.submit(ctx, o); err != nil {
+		return AppendResult{}, err
+	}
+	return res, nil
+}
+
+func recordSize(data []byte) int64 { return int64(8 + 8 + len(data)) }
+
+// dedupKey bounds key length: bbolt keys must stay well under a page.
+func dedupKey(k string) []byte {
+	if len(k) <= 128 {
+		return []byte(k)
+	}
+	sum := sha256.Sum256([]byte(k))
+	return sum[:]
+}
+
+func (q *Queue) seenRecently(tx *bolt.Tx, key []byte, now time.Time) bool {
+	v := tx.Bucket(bucketDedup).Get(key)
+	if len(v) != 8 {
+		return false
+	}
+	at := time.Unix(0, int64(binary.BigEndian.Uint64(v)))
+	return now.Sub(at) < q.cfg.DedupWindow
+}
+
+func putDedup(tx *bolt.Tx, key []byte, nowNs uint64) error {
+	if err := tx.Bucket(bucketDedup).Put(key, u64(nowNs)); err != nil {
+		return fmt.Errorf("put dedup key: %w", err)
+	}
+	ik := make([]byte, 8+len(key))
+	binary.BigEndian.PutUint64(ik, nowNs)
+	copy(ik[8:], key)
+	if err := tx.Bucket(bucketDedupT).Put(ik, nil); err != nil {
+		return fmt.Errorf("put dedup index: %w", err)
+	}
+	return nil
+}
+
+// deleteFront deletes stored messages from the head until stop returns
+// true, moving cursors that lag behind past them. It returns how many it
+// deleted.
+func deleteFront(tx *bolt.Tx, st *state, stop func(seq uint64, v []byte) bool) (uint64, error) {
+	msgs := tx.Bucket(bucketMsgs)
+	var n uint64
+	c := msgs.Cursor()
+	for k, v := c.First(); k != nil; k, v = c.First() {
+		seq := binary.BigEndian.Uint64(k)
+		if stop(seq, v) {
+			break
+		}
+		// Cursor.Delete followed by Next can skip a key; First again is safe.
+		if err := c.Delete(); err != nil {
+			return n, fmt.Errorf("delete message %d: %w", seq, err)
+		}
+		st.bytes -= recordSize(v[8:])
+		st.head = seq + 1
+		n++
+	}
+	if n == 0 {
+		return 0, nil
+	}
+	meta := tx.Bucket(bucketMeta)
+	for name, cur := range st.cursors {
+		if cur < st.head-1 {
+			st.cursors[name] = st.head - 1
+			if err := meta.Put([]byte(cursorPrefix+name), u64(st.head-1)); err != nil {
+				return n, fmt.Errorf("advance cursor %s: %w", name, err)
+			}
+		}
+	}
+	return n, nil
+}
+
+// trim deletes messages every consumer has acknowledged.
+func trim(tx *bolt.Tx, st *state) error {
+	upTo := st.minCursor()
+	_, err := deleteFront(tx, st, func(seq uint64, _ []byte) bool { return seq > upTo })
+	return err
+}
+
+func dropOldest(tx *bolt.Tx, st *state, c *Counters, limit int64) error {
+	n, err := deleteFront(tx, st, func(uint64, []byte) bool { return st.bytes <= limit })
+	c.Dropped += n
+	return err
+}
+
+// Close stops the committer after the writes already submitted and closes
+// the file. It is a no-op the second time.
+func (q *Queue) Close() error {
+	q.closeMu.Lock()
+	if q.closed {
+		q.closeMu.Unlock()
+		return nil
+	}
+	q.closed = true
+	close(q.done)
+	close(q.ops)
+	q.closeMu.Unlock()
+	q.wg.Wait()
+	if err := q.db.Close(); err != nil {
+		return fmt.Errorf("close queue: %w", err)
+	}
+	return nil
+}
+
+// Counters returns totals since Open.
+func (q *Queue) Counters() Counters {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.counters
+}
+
+// Path is the queue file.
+func (q *Queue) Path() string { return q.cfg.Path }

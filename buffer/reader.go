@@ -1,0 +1,187 @@
+package buffer
+
+import (
+	"context"
+	"encoding/binary"
+	"fmt"
+	"slices"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// Reader reads one consumer's messages in order. Its read position runs
+// ahead of the durable cursor: Read returns what comes after the previous
+// Read, Ack makes progress durable. After a restart reading resumes after
+// the last acknowledged message, so delivery is at-least-once.
+// A Reader is used by one goroutine.
+type Reader struct {
+	q    *Queue
+	name string
+	next uint64
+	wake chan struct{}
+}
+
+// Reader returns the reader of a configured consumer. There is one reader
+// per consumer; asking twice returns the same one.
+func (q *Queue) Reader(name string) (*Reader, error) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	cur, ok := q.st.cursors[name]
+	if !ok {
+		return nil, fmt.Errorf("reader %s: not a configured consumer", name)
+	}
+	if r, ok := q.readers[name]; ok {
+		return r, nil
+	}
+	r := &Reader{q: q, name: name, next: cur + 1, wake: make(chan struct{}, 1)}
+	q.readers[name] = r
+	return r, nil
+}
+
+func (q *Queue) wakeReaders() {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	for _, r := range q.readers {
+		select {
+		case r.wake <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// Read returns up to max records (and about maxBytes of data, at least one
+// record) following the previous Read, waiting until at least one exists.
+func (r *Reader) Read(ctx context.Context, max int, maxBytes int) ([]Record, error) {
+	for {
+		r.q.mu.Lock()
+		last := r.q.st.last
+		r.q.mu.Unlock()
+		if r.next <= last {
+			recs, err := r.q.readFrom(r.next, max, maxBytes)
+			if err != nil {
+				return nil, err
+			}
+			if len(recs) > 0 {
+				r.next = recs[len(recs)-1].Seq + 1
+				return recs, nil
+			}
+			// Everything up to last was deleted under us (expired or
+			// dropped): nothing to return until the next append.
+			r.next = last + 1
+		}
+		select {
+		case <-r.wake:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-r.q.done:
+			return nil, ErrClosed
+		}
+	}
+}
+
+// readFrom copies up to max records with sequence ≥ from. The values share
+// one allocation; the read transaction ends before the caller does any I/O.
+func (q *Queue) readFrom(from uint64, max, maxBytes int) ([]Record, error) {
+	recs := make([]Record, 0, min(max, 256))
+	var slab []byte
+	var ends []int
+	err := q.db.View(func(tx *bolt.Tx) error {
+		c := tx.Bucket(bucketMsgs).Cursor()
+		for k, v := c.Seek(u64(from)); k != nil && len(recs) < max; k, v = c.Next() {
+			if len(v) < 8 {
+				return &CorruptError{Key: fmt.Sprint(binary.BigEndian.Uint64(k)), Err: fmt.Errorf("value has %d bytes", len(v))}
+			}
+			if len(recs) > 0 && len(slab)+len(v) > maxBytes {
+				break
+			}
+			recs = append(recs, Record{
+				Seq:  binary.BigEndian.Uint64(k),
+				Time: time.Unix(0, int64(binary.BigEndian.Uint64(v))),
+			})
+			slab = append(slab, v[8:]...)
+			ends = append(ends, len(slab))
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("read queue: %w", err)
+	}
+	start := 0
+	for i := range recs {
+		recs[i].Data = slab[start:ends[i]:ends[i]]
+		start = ends[i]
+	}
+	return recs, nil
+}
+
+// Ack records durably that the consumer has every message up to seq, and
+// deletes messages no consumer needs any more.
+func (r *Reader) Ack(ctx context.Context, seq uint64) error {
+	name := r.name
+	return r.q.submit(ctx, &op{apply: func(tx *bolt.Tx, st *state, _ *Counters) error {
+		if seq <= st.cursors[name] {
+			return nil
+		}
+		st.cursors[name] = seq
+		if err := tx.Bucket(bucketMeta).Put([]byte(cursorPrefix+name), u64(seq)); err != nil {
+			return fmt.Errorf("put cursor %s: %w", name, err)
+		}
+		return trim(tx, st)
+	}})
+}
+
+// Name is the consumer's name.
+func (r *Reader) Name() string { return r.name }
+
+// ConsumerStats describes one consumer's backlog.
+type ConsumerStats struct {
+	Name   string
+	Cursor uint64    // last acknowledged sequence
+	Depth  uint64    // messages stored after the cursor
+	Oldest time.Time // receive time of the first unacknowledged message; zero when none
+}
+
+// Stats describes the queue.
+type Stats struct {
+	Messages  uint64 // stored messages
+	Bytes     int64  // stored record bytes (as counted against MaxBytes)
+	Head      uint64 // lowest stored sequence
+	Last      uint64 // highest sequence ever assigned
+	Consumers []ConsumerStats
+	Counters
+}
+
+// Stats reads the queue's state; oldest times cost one lookup per consumer.
+func (q *Queue) Stats() (Stats, error) {
+	q.mu.Lock()
+	st, counters := q.st.clone(), q.counters
+	q.mu.Unlock()
+	s := Stats{Bytes: st.bytes, Head: st.head, Last: st.last, Counters: counters}
+	if st.last >= st.head {
+		s.Messages = st.last - st.head + 1
+	}
+	names := make([]string, 0, len(st.cursors))
+	for n := range st.cursors {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	err := q.db.View(func(tx *bolt.Tx) error {
+		c := tx.Bucket(bucketMsgs).Cursor()
+		for _, n := range names {
+			cs := ConsumerStats{Name: n, Cursor: st.cursors[n]}
+			if st.last > cs.Cursor {
+				cs.Depth = st.last - cs.Cursor
+				if k, v := c.Seek(u64(cs.Cursor + 1)); k != nil && len(v) >= 8 {
+					cs.Oldest = time.Unix(0, int64(binary.BigEndian.Uint64(v)))
+				}
+			}
+			s.Consumers = append(s.Consumers, cs)
+		}
+		return nil
+	})
+	if err != nil {
+		return s, fmt.Errorf("queue stats: %w", err)
+	}
+	return s, nil
+}

@@ -1,0 +1,85 @@
+package buffer
+
+import (
+	"context"
+	"encoding/binary"
+	"fmt"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// sweepBatch bounds the dedup keys one sweep deletes, so a sweep never
+// holds the committer for long.
+const sweepBatch = 10000
+
+func (q *Queue) sweepLoop() {
+	defer q.wg.Done()
+	t := time.NewTicker(q.cfg.SweepInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-q.done:
+			return
+		case <-t.C:
+			if err := q.Sweep(context.Background()); err != nil {
+				q.log.Error().Err(err).Msg("queue sweep")
+			}
+		}
+	}
+}
+
+// Sweep expires messages older than MaxAge and forgets dedup keys older
+// than DedupWindow. It runs periodically; tests call it directly.
+func (q *Queue) Sweep(ctx context.Context) error {
+	now := time.Now()
+	var expired uint64
+	err := q.submit(ctx, &op{apply: func(tx *bolt.Tx, st *state, c *Counters) error {
+		expired = 0
+		if q.cfg.MaxAge > 0 {
+			cutoff := uint64(now.Add(-q.cfg.MaxAge).UnixNano())
+			n, err := deleteFront(tx, st, func(_ uint64, v []byte) bool {
+				return binary.BigEndian.Uint64(v) >= cutoff
+			})
+			if err != nil {
+				return err
+			}
+			expired = n
+			c.Expired += n
+		}
+		if q.cfg.DedupWindow > 0 {
+			return sweepDedup(tx, uint64(now.Add(-q.cfg.DedupWindow).UnixNano()))
+		}
+		return nil
+	}})
+	if err != nil {
+		return err
+	}
+	if expired > 0 {
+		q.log.Warn().Uint64("expired", expired).Dur("max_age", q.cfg.MaxAge).Msg("undelivered messages expired")
+	}
+	return nil
+}
+
+func sweepDedup(tx *bolt.Tx, cutoff uint64) error {
+	index, keys := tx.Bucket(bucketDedupT), tx.Bucket(bucketDedup)
+	c := index.Cursor()
+	for i, k := 0, []byte(nil); i < sweepBatch; i++ {
+		k, _ = c.First()
+		if k == nil || binary.BigEndian.Uint64(k) >= cutoff {
+			return nil
+		}
+		key := append([]byte(nil), k[8:]...)
+		// The key may have been accepted again since; only the index entry
+		// of its latest acceptance may remove it.
+		if v := keys.Get(key); len(v) == 8 && binary.BigEndian.Uint64(v) == binary.BigEndian.Uint64(k) {
+			if err := keys.Delete(key); err != nil {
+				return fmt.Errorf("delete dedup key: %w", err)
+			}
+		}
+		if err := c.Delete(); err != nil {
+			return fmt.Errorf("delete dedup index: %w", err)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,52 @@
+// Package sinks defines what every output of the gateway implements and the
+// message shape the forwarders hand them. Concrete sinks live in subpackages.
+package sinks
+
+import (
+	"context"
+	"errors"
+	"time"
+)
+
+// ErrPermanent marks a message the output refused as invalid: retrying it
+// cannot succeed, so the forwarder dead-letters it and moves on.
+var ErrPermanent = errors.New("rejected permanently")
+
+// Kind says which Wittra message family a message belongs to.
+type Kind uint8
+
+const (
+	KindData  Kind = iota // payloadType DATA, or none (Data 2.0, legacy)
+	KindEvent             // payloadType EVENT (portal events)
+)
+
+// String returns the topic leaf for the kind: "data" or "event".
+func (k Kind) String() string {
+	if k == KindEvent {
+		return "event"
+	}
+	return "data"
+}
+
+// Message is one accepted webhook message as the queue holds it.
+type Message struct {
+	Seq      uint64    // queue sequence, strictly increasing in acceptance order
+	Received time.Time // when the gateway committed it
+	Project  string    // topic-safe project name (body projectId, route project, or "default")
+	Device   string    // topic-safe device id, or "_unknown"
+	Kind     Kind
+	Body     []byte // the JSON object exactly as received; read-only
+}
+
+// Sink is one output. A forwarder calls Publish from a single goroutine with
+// batches in queue order.
+type Sink interface {
+	Name() string
+	// Publish delivers msgs in order and returns how many of them, counted
+	// from the start of the slice, are proven delivered (see SPEC §7). When
+	// delivered < len(msgs) the error says why; if it wraps ErrPermanent the
+	// message msgs[delivered] was refused for good and is dead-lettered.
+	Publish(ctx context.Context, msgs []Message) (delivered int, err error)
+	// Close releases the output; after it Publish must not be called.
+	Close(ctx context.Context) error
+}

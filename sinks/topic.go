@@ -1,0 +1,38 @@
+package sinks
+
+import (
+	"fmt"
+
+	"wittra-gateway/wittra"
+)
+
+// Publication is one MQTT publish derived from a message.
+type Publication struct {
+	Topic   string
+	Payload []byte
+}
+
+// Publications returns the MQTT publishes for m under prefix (SPEC §5): the
+// message as received on P/J/D/data or P/J/D/event, then, when values is
+// set, one topic per measured value under P/J/D/. It appends to dst to let
+// callers reuse a slice across messages.
+func Publications(dst []Publication, prefix string, m Message, values bool) ([]Publication, error) {
+	base := prefix + "/" + m.Project + "/" + m.Device + "/"
+	dst = append(dst, Publication{Topic: base + m.Kind.String(), Payload: m.Body})
+	if !values {
+		return dst, nil
+	}
+	vals, err := wittra.Values(m.Body)
+	if err != nil {
+		return dst, fmt.Errorf("values of message %d: %w", m.Seq, err)
+	}
+	for _, v := range vals {
+		dst = append(dst, Publication{Topic: base + v.Path, Payload: v.Payload})
+	}
+	return dst, nil
+}
+
+// StatusTopic is the retained online/offline topic of a gateway.
+func StatusTopic(prefix, gatewayID string) string {
+	return prefix + "/gateway/" + gatewayID + "/status"
+}
