@@ -1,0 +1,294 @@
+// Package broker runs the embedded MQTT broker (mochi-mqtt) and the
+// `type: broker` sink that publishes queued Wittra messages into it.
+//
+// The broker authenticates with its own hook (see auth.go): anonymous
+// clients and users may subscribe to anything, only users with Publish may
+// publish, and nobody but the gateway itself may publish under a topic
+// prefix a broker sink uses.
+package broker
+
+import (
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/listeners"
+	"github.com/rs/zerolog"
+)
+
+// Listener types accepted in Listener.Type.
+const (
+	TypeTCP       = "tcp"
+	TypeTLS       = "tls"
+	TypeWebsocket = "websocket"
+)
+
+// Defaults applied to empty Config fields.
+const (
+	DefaultTCPAddress       = "127.0.0.1:1883"
+	DefaultTLSAddress       = "127.0.0.1:8883"
+	DefaultWebsocketAddress = "127.0.0.1:8083"
+
+	// DefaultSessionExpiry bounds how long, in seconds, the broker keeps the
+	// session of a disconnected persistent client (clean session false, or
+	// an MQTT 5 session expiry interval) before dropping it.
+	DefaultSessionExpiry = 3600
+
+	// DefaultConnectTimeout is how long a new connection may take to
+	// complete a TLS or WebSocket handshake and send its CONNECT.
+	DefaultConnectTimeout = 10 * time.Second
+
+	// sysTopicInterval is how often, in seconds, mochi republishes $SYS.
+	sysTopicInterval = 10
+)
+
+var (
+	// ErrServerClosed is returned by Server methods after Close.
+	ErrServerClosed = errors.New("broker closed")
+	// ErrSinkClosed is returned by Sink.Publish after Close.
+	ErrSinkClosed = errors.New("broker sink closed")
+)
+
+// Config configures the embedded broker. Empty fields fall back to defaults.
+type Config struct {
+	// Listeners to open; none means one TCP listener on DefaultTCPAddress.
+	Listeners []Listener
+	// AllowAnonymous lets clients without a username connect. They may
+	// subscribe, never publish.
+	AllowAnonymous bool
+	// Users who may connect with a password. All may subscribe; those with
+	// Publish may also publish outside the reserved (gateway) prefixes.
+	Users []User
+
+	connectTimeout time.Duration // tests shorten DefaultConnectTimeout
+}
+
+// Listener is one network listener of the broker.
+type Listener struct {
+	Type     string // "tcp" (default), "tls" or "websocket"
+	Address  string // host:port; empty means the default for the type
+	CertFile string // PEM certificate; required for tls, optional for websocket (wss)
+	KeyFile  string // PEM private key matching CertFile
+}
+
+// User is a broker account.
+type User struct {
+	Username string
+	Password string
+	Publish  bool // may publish (never under a reserved prefix)
+}
+
+// Server is the embedded MQTT broker.
+type Server struct {
+	mochi *mqtt.Server
+	auth  *authHook
+	lns   []listeners.Listener // in Config order
+	log   zerolog.Logger
+
+	started   atomic.Bool
+	closed    atomic.Bool
+	closeOnce sync.Once
+}
+
+// New builds the broker and binds its listeners; a listener that cannot
+// bind makes New fail with an error naming its address. Start serves them.
+func New(cfg Config, log zerolog.Logger) (*Server, error) {
+	log = log.With().Str("component", "broker").Logger()
+
+	auth, err := newAuthHook(cfg.AllowAnonymous, cfg.Users, log)
+	if err != nil {
+		return nil, err
+	}
+
+	caps := mqtt.NewDefaultServerCapabilities()
+	// 0 = no server-imposed expiry (mochi v2.7.9 server.go minimum(),
+	// clearExpiredRetainedMessages, Client.ClearExpiredInflights): retained
+	// data, values and status live until replaced. The default (86400)
+	// would delete a retained value of a device that reports less than daily.
+	caps.MaximumMessageExpiryInterval = 0
+	// The default MaxUint32 keeps every disconnected persistent session (and
+	// its queued QoS>0 messages) forever; bound it.
+	caps.MaximumSessionExpiryInterval = DefaultSessionExpiry
+
+	s := &Server{
+		auth: auth,
+		log:  log,
+		mochi: mqtt.New(&mqtt.Options{
+			Capabilities:           caps,
+			InlineClient:           true,
+			Logger:                 slog.New(newMochiHandler(zerolog.NewSlogHandler(log))),
+			SysTopicResendInterval: sysTopicInterval,
+		}),
+	}
+	if err := s.mochi.AddHook(auth, nil); err != nil {
+		return nil, fmt.Errorf("add auth hook: %w", err)
+	}
+
+	lcs := cfg.Listeners
+	if len(lcs) == 0 {
+		lcs = []Listener{{Type: TypeTCP}}
+	}
+	connectTimeout := cfg.connectTimeout
+	if connectTimeout <= 0 {
+		connectTimeout = DefaultConnectTimeout
+	}
+	for i, lc := range lcs {
+		l, err := newListener(i, lc, connectTimeout)
+		if err == nil {
+			err = s.mochi.AddListener(l)
+		}
+		if err != nil {
+			_ = s.mochi.Close() // releases the listeners bound so far
+			return nil, err
+		}
+		s.lns = append(s.lns, l)
+	}
+	return s, nil
+}
+
+// newListener builds listener number i. It binds in AddListener (Init), so
+// bind errors surface there.
+func newListener(i int, lc Listener, connectTimeout time.Duration) (listeners.Listener, error) {
+	typ := lc.Type
+	if typ == "" {
+		typ = TypeTCP
+	}
+	addr := lc.Address
+	var tlsCfg *tls.Config
+	switch typ {
+	case TypeTCP:
+		if addr == "" {
+			addr = DefaultTCPAddress
+		}
+		if lc.CertFile != "" || lc.KeyFile != "" {
+			return nil, fmt.Errorf("broker listener %d (%s %s): cert_file/key_file need type tls", i, typ, addr)
+		}
+	case TypeTLS:
+		if addr == "" {
+			addr = DefaultTLSAddress
+		}
+		if lc.CertFile == "" || lc.KeyFile == "" {
+			return nil, fmt.Errorf("broker listener %d (%s %s): cert_file and key_file are required", i, typ, addr)
+		}
+	case TypeWebsocket:
+		if addr == "" {
+			addr = DefaultWebsocketAddress
+		}
+		if (lc.CertFile == "") != (lc.KeyFile == "") {
+			return nil, fmt.Errorf("broker listener %d (%s %s): set both cert_file and key_file or neither", i, typ, addr)
+		}
+	default:
+		return nil, fmt.Errorf("broker listener %d (%s): unknown type %q (want tcp, tls or websocket)", i, addr, lc.Type)
+	}
+	if lc.CertFile != "" {
+		cert, err := tls.LoadX509KeyPair(lc.CertFile, lc.KeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("broker listener %s %s: load certificate: %w", typ, addr, err)
+		}
+		tlsCfg = &tls.Config{
+			MinVersion:   tls.VersionTLS12,
+			Certificates: []tls.Certificate{cert},
+		}
+	}
+
+	id := fmt.Sprintf("%s-%d", typ, i)
+	var l listeners.Listener
+	if typ == TypeWebsocket {
+		l = newWebsocket(id, addr, tlsCfg)
+	} else {
+		l = listeners.NewTCP(listeners.Config{ID: id, Address: addr, TLSConfig: tlsCfg})
+	}
+	return &listener{Listener: l, typ: typ, addr: addr, connectTimeout: connectTimeout}, nil
+}
+
+// listener wraps each mochi listener:
+//   - an Init (bind) error names the listener's type and address;
+//   - every accepted connection gets a deadline to send CONNECT. mochi sets
+//     none before CONNECT (v2.7.9 readConnectionPacket), so a client that
+//     connects and stays silent, or stalls a TLS handshake, would hold a
+//     goroutine and a client buffer forever. mochi replaces the deadline
+//     with the keepalive one once the CONNECT is read.
+type listener struct {
+	listeners.Listener
+	typ, addr      string
+	connectTimeout time.Duration
+}
+
+func (l *listener) Init(log *slog.Logger) error {
+	if err := l.Listener.Init(log); err != nil {
+		return fmt.Errorf("broker %s listener %s: %w", l.typ, l.addr, err)
+	}
+	return nil
+}
+
+func (l *listener) Serve(establish listeners.EstablishFn) {
+	l.Listener.Serve(func(id string, c net.Conn) error {
+		_ = c.SetDeadline(time.Now().Add(l.connectTimeout))
+		return establish(id, c)
+	})
+}
+
+// Start serves the listeners; it returns at once (mochi's Serve does not
+// block).
+func (s *Server) Start() error {
+	if s.closed.Load() {
+		return ErrServerClosed
+	}
+	if !s.started.CompareAndSwap(false, true) {
+		return errors.New("broker already started")
+	}
+	if err := s.mochi.Serve(); err != nil {
+		return fmt.Errorf("serve broker: %w", err)
+	}
+	for _, l := range s.lns {
+		s.log.Info().Str("listener", l.ID()).Str("address", l.Address()).Msg("broker listening")
+	}
+	return nil
+}
+
+// Addrs returns the bound address of each listener, in Config order (a
+// port 0 shows the port the system chose).
+func (s *Server) Addrs() []string {
+	out := make([]string, len(s.lns))
+	for i, l := range s.lns {
+		out[i] = l.Address()
+	}
+	return out
+}
+
+// ClientsConnected returns the number of network clients connected now.
+func (s *Server) ClientsConnected() int64 {
+	return atomic.LoadInt64(&s.mochi.Info.ClientsConnected)
+}
+
+// Close stops the listeners and disconnects every client. It is a no-op the
+// second time. Sinks using the server should be closed first so their
+// "offline" status is published.
+func (s *Server) Close() error {
+	s.closeOnce.Do(func() {
+		s.closed.Store(true)
+		_ = s.mochi.Close() // always nil in v2.7.9
+	})
+	return nil
+}
+
+// reserve forbids clients to publish to prefix and everything under it.
+// Broker sinks call it for their topic prefix.
+func (s *Server) reserve(prefix string) { s.auth.reserve(prefix) }
+
+// publish hands one message to the broker through the inline client. qos
+// caps what subscribers get (each gets min(its subscription QoS, qos)).
+// nil means the broker routed it to every current subscriber's queue and,
+// with retain, stored it.
+func (s *Server) publish(topic string, payload []byte, retain bool, qos byte) error {
+	if s.closed.Load() {
+		return ErrServerClosed
+	}
+	return s.mochi.Publish(topic, payload, retain, qos)
+}

@@ -1,0 +1,241 @@
+package broker
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	paho "github.com/eclipse/paho.mqtt.golang"
+	"github.com/rs/zerolog"
+
+	"wittra-gateway/sinks"
+)
+
+// fixture returns a webhook body from the wittra package's test fixtures
+// (copies of the shared example bodies).
+func fixture(t *testing.T, name string) string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join("..", "..", "wittra", "testdata", name))
+	if err != nil {
+		t.Fatalf("read fixture: %v", err)
+	}
+	return string(b)
+}
+
+const (
+	testProject = "P4nB8vQ2wE6rT1yU3iOa"
+	testGateway = "gw1"
+	waitLong    = 5 * time.Second
+)
+
+var seq atomic.Uint64
+
+func msg(project, device string, kind sinks.Kind, body string) sinks.Message {
+	return sinks.Message{
+		Seq:      seq.Add(1),
+		Received: time.Now(),
+		Project:  project,
+		Device:   device,
+		Kind:     kind,
+		Body:     []byte(body),
+	}
+}
+
+// syncBuf is a goroutine-safe log sink (mochi may log after a test ends,
+// which a testing.T-backed writer would turn into a panic).
+type syncBuf struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuf) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuf) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+func testLogger() (zerolog.Logger, *syncBuf) {
+	b := new(syncBuf)
+	return zerolog.New(b).Level(zerolog.DebugLevel), b
+}
+
+// startServer starts a broker on a loopback port chosen by the system,
+// unless cfg names listeners, and closes it at cleanup.
+func startServer(t *testing.T, cfg Config) *Server {
+	t.Helper()
+	if len(cfg.Listeners) == 0 {
+		cfg.Listeners = []Listener{{Type: TypeTCP, Address: "127.0.0.1:0"}}
+	}
+	log, _ := testLogger()
+	srv, err := New(cfg, log)
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	t.Cleanup(func() { _ = srv.Close() })
+	if err := srv.Start(); err != nil {
+		t.Fatalf("Start: %v", err)
+	}
+	return srv
+}
+
+func newSink(t *testing.T, srv *Server, cfg SinkConfig) (*Sink, *syncBuf) {
+	t.Helper()
+	if cfg.GatewayID == "" {
+		cfg.GatewayID = testGateway
+	}
+	log, buf := testLogger()
+	s, err := NewSink(srv, cfg, log)
+	if err != nil {
+		t.Fatalf("NewSink: %v", err)
+	}
+	t.Cleanup(func() { _ = s.Close(context.Background()) })
+	return s, buf
+}
+
+func publish(t *testing.T, s *Sink, msgs ...sinks.Message) {
+	t.Helper()
+	n, err := s.Publish(context.Background(), msgs)
+	if err != nil || n != len(msgs) {
+		t.Fatalf("Publish = %d, %v; want %d, nil", n, err, len(msgs))
+	}
+}
+
+var clientSeq atomic.Int64
+
+type clientOpts struct {
+	url, user, pass string
+	configure       func(*paho.ClientOptions)
+}
+
+// dial connects a paho client; the caller checks the error.
+func dial(t *testing.T, o clientOpts) (paho.Client, error) {
+	t.Helper()
+	opts := paho.NewClientOptions().
+		AddBroker(o.url).
+		SetClientID(fmt.Sprintf("test-%d", clientSeq.Add(1))).
+		SetUsername(o.user).
+		SetPassword(o.pass).
+		SetAutoReconnect(false).
+		SetConnectRetry(false).
+		SetConnectTimeout(waitLong).
+		SetWriteTimeout(waitLong).
+		SetCleanSession(true)
+	if o.configure != nil {
+		o.configure(opts)
+	}
+	c := paho.NewClient(opts)
+	tok := c.Connect()
+	if !tok.WaitTimeout(waitLong) {
+		c.Disconnect(0)
+		return nil, fmt.Errorf("connect timed out")
+	}
+	if err := tok.Error(); err != nil {
+		return nil, err
+	}
+	t.Cleanup(func() { c.Disconnect(50) })
+	return c, nil
+}
+
+func mustDial(t *testing.T, o clientOpts) paho.Client {
+	t.Helper()
+	c, err := dial(t, o)
+	if err != nil {
+		t.Fatalf("connect %s as %q: %v", o.url, o.user, err)
+	}
+	return c
+}
+
+func tcpURL(srv *Server) string { return "tcp://" + srv.Addrs()[0] }
+
+type received struct {
+	topic   string
+	payload string
+	retain  bool
+	qos     byte
+}
+
+// subscriber collects what one subscription receives.
+type subscriber struct {
+	c  paho.Client
+	ch chan received
+}
+
+func subscribe(t *testing.T, c paho.Client, filter string, qos byte) *subscriber {
+	t.Helper()
+	s := &subscriber{c: c, ch: make(chan received, 4096)}
+	tok := c.Subscribe(filter, qos, func(_ paho.Client, m paho.Message) {
+		s.ch <- received{topic: m.Topic(), payload: string(m.Payload()), retain: m.Retained(), qos: m.Qos()}
+	})
+	if !tok.WaitTimeout(waitLong) || tok.Error() != nil {
+		t.Fatalf("subscribe %s: %v", filter, tok.Error())
+	}
+	if code := tok.(*paho.SubscribeToken).Result()[filter]; code > 2 {
+		t.Fatalf("subscribe %s: refused, code %#x", filter, code)
+	}
+	return s
+}
+
+// next returns the next message, failing the test after d.
+func (s *subscriber) next(t *testing.T, d time.Duration) received {
+	t.Helper()
+	select {
+	case r := <-s.ch:
+		return r
+	case <-time.After(d):
+		t.Fatalf("no message within %v", d)
+		return received{}
+	}
+}
+
+// until collects messages up to and including the first on topic.
+func (s *subscriber) until(t *testing.T, topic string) []received {
+	t.Helper()
+	var got []received
+	deadline := time.After(waitLong)
+	for {
+		select {
+		case r := <-s.ch:
+			got = append(got, r)
+			if r.topic == topic {
+				return got
+			}
+		case <-deadline:
+			t.Fatalf("no message on %s within %v; got %v", topic, waitLong, got)
+			return nil
+		}
+	}
+}
+
+// quiet fails the test if anything arrives within d.
+func (s *subscriber) quiet(t *testing.T, d time.Duration) {
+	t.Helper()
+	select {
+	case r := <-s.ch:
+		t.Fatalf("unexpected message %+v", r)
+	case <-time.After(d):
+	}
+}
+
+// roundTrip returns once the broker has processed every packet c sent
+// before it (mochi handles one client's packets in order and answers the
+// SUBSCRIBE only after them). It returns false if c is not connected.
+func roundTrip(t *testing.T, c paho.Client) bool {
+	t.Helper()
+	if !c.IsConnectionOpen() {
+		return false
+	}
+	tok := c.Subscribe("sync/"+fmt.Sprint(clientSeq.Add(1)), 0, nil)
+	return tok.WaitTimeout(waitLong) && tok.Error() == nil
+}

@@ -1,0 +1,70 @@
+package broker
+
+import (
+	"context"
+	"log/slog"
+)
+
+// mochiHandler sits between mochi's slog logger and zerolog. mochi logs
+// only lifecycle events at info (hook added, listener attached, started,
+// stopped), so its level is left as configured, but:
+//   - its TCP listener logs every connection that ends with an error (EOF
+//     from a client that just went away, a refused login, a keepalive
+//     timeout) as a warning with an empty message. Those are per-connection
+//     noise: they are demoted to debug and given a message. Refused logins
+//     are logged by the auth hook at info instead.
+//   - some records carry whole packets ("pk", "packet", "will"), which can
+//     hold payloads or a CONNECT password; those attributes are dropped so
+//     that secrets never reach the log.
+type mochiHandler struct {
+	next slog.Handler
+}
+
+func newMochiHandler(next slog.Handler) *mochiHandler { return &mochiHandler{next: next} }
+
+func (h *mochiHandler) Enabled(ctx context.Context, level slog.Level) bool {
+	return h.next.Enabled(ctx, level)
+}
+
+func (h *mochiHandler) Handle(ctx context.Context, r slog.Record) error {
+	level, msg := r.Level, r.Message
+	if msg == "" {
+		msg = "client connection ended"
+		if level > slog.LevelDebug && level < slog.LevelError {
+			level = slog.LevelDebug
+		}
+		if !h.next.Enabled(ctx, level) {
+			return nil
+		}
+	}
+	out := slog.NewRecord(r.Time, level, msg, r.PC)
+	r.Attrs(func(a slog.Attr) bool {
+		if !redacted(a.Key) {
+			out.AddAttrs(a)
+		}
+		return true
+	})
+	return h.next.Handle(ctx, out)
+}
+
+func (h *mochiHandler) WithAttrs(attrs []slog.Attr) slog.Handler {
+	keep := make([]slog.Attr, 0, len(attrs))
+	for _, a := range attrs {
+		if !redacted(a.Key) {
+			keep = append(keep, a)
+		}
+	}
+	return &mochiHandler{next: h.next.WithAttrs(keep)}
+}
+
+func (h *mochiHandler) WithGroup(name string) slog.Handler {
+	return &mochiHandler{next: h.next.WithGroup(name)}
+}
+
+func redacted(key string) bool {
+	switch key {
+	case "pk", "packet", "will":
+		return true
+	}
+	return false
+}

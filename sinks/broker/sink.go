@@ -1,0 +1,143 @@
+package broker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+
+	"github.com/rs/zerolog"
+
+	"wittra-gateway/sinks"
+)
+
+// DefaultTopicPrefix is the topic prefix of a sink with none configured.
+const DefaultTopicPrefix = "wittra"
+
+// publishQoS caps the QoS subscribers receive the gateway's messages with:
+// each subscriber gets min(its subscription QoS, 2).
+const publishQoS = 2
+
+// SinkConfig configures a `type: broker` sink.
+type SinkConfig struct {
+	Name        string // sink name in logs and metrics; default "broker"
+	TopicPrefix string // default DefaultTopicPrefix
+	Values      bool   // also publish one topic per measured value (SPEC §5)
+	Retain      bool   // publish data, events and values retained
+	GatewayID   string // names the status topic sinks.StatusTopic(prefix, id); required
+}
+
+// Sink publishes messages into the embedded broker. Delivery is the
+// handover to the broker (SPEC §7): once mochi has routed a publication to
+// the subscribers' queues (and stored it, if retained) it counts.
+type Sink struct {
+	srv    *Server
+	cfg    SinkConfig
+	status string
+	log    zerolog.Logger
+
+	pubs []sinks.Publication // reused across messages; Publish is not concurrent
+
+	mu     sync.Mutex
+	closed bool
+}
+
+var _ sinks.Sink = (*Sink)(nil)
+
+// NewSink reserves the sink's topic prefix on srv (clients may no longer
+// publish under it) and publishes the retained status "online".
+func NewSink(srv *Server, cfg SinkConfig, log zerolog.Logger) (*Sink, error) {
+	if srv == nil {
+		return nil, errors.New("broker sink: no broker")
+	}
+	if cfg.Name == "" {
+		cfg.Name = "broker"
+	}
+	if cfg.TopicPrefix == "" {
+		cfg.TopicPrefix = DefaultTopicPrefix
+	}
+	if err := checkTopicPart(cfg.TopicPrefix, true); err != nil {
+		return nil, fmt.Errorf("broker sink %s: topic prefix %q: %w", cfg.Name, cfg.TopicPrefix, err)
+	}
+	if err := checkTopicPart(cfg.GatewayID, false); err != nil {
+		return nil, fmt.Errorf("broker sink %s: gateway id %q: %w", cfg.Name, cfg.GatewayID, err)
+	}
+	s := &Sink{
+		srv:    srv,
+		cfg:    cfg,
+		status: sinks.StatusTopic(cfg.TopicPrefix, cfg.GatewayID),
+		log:    log.With().Str("component", "broker").Str("sink", cfg.Name).Logger(),
+	}
+	srv.reserve(cfg.TopicPrefix)
+	if err := srv.publish(s.status, []byte("online"), true, publishQoS); err != nil {
+		return nil, fmt.Errorf("publish %s: %w", s.status, err)
+	}
+	return s, nil
+}
+
+// checkTopicPart rejects what would make a bad topic: emptiness, MQTT
+// wildcards, NUL, and empty levels; '/' only when multiLevel.
+func checkTopicPart(s string, multiLevel bool) error {
+	switch {
+	case s == "":
+		return errors.New("empty")
+	case strings.ContainsAny(s, "+#\x00"):
+		return errors.New("contains + # or NUL")
+	case !multiLevel && strings.Contains(s, "/"):
+		return errors.New("contains /")
+	case strings.HasPrefix(s, "/") || strings.HasSuffix(s, "/") || strings.Contains(s, "//"):
+		return errors.New("has an empty topic level")
+	}
+	return nil
+}
+
+// Name returns the sink's name.
+func (s *Sink) Name() string { return s.cfg.Name }
+
+// Publish hands msgs to the broker in order: for each, its /data or /event
+// topic and, with Values, one topic per value. It returns how many messages
+// were handed over. A message whose values cannot be computed still has its
+// data/event publication sent and counts as delivered; the error is logged.
+func (s *Sink) Publish(ctx context.Context, msgs []sinks.Message) (int, error) {
+	s.mu.Lock()
+	closed := s.closed
+	s.mu.Unlock()
+	if closed {
+		return 0, ErrSinkClosed
+	}
+	for i, m := range msgs {
+		if err := ctx.Err(); err != nil {
+			return i, err
+		}
+		pubs, verr := sinks.Publications(s.pubs[:0], s.cfg.TopicPrefix, m, s.cfg.Values)
+		s.pubs = pubs
+		if verr != nil {
+			s.log.Warn().Err(verr).Uint64("seq", m.Seq).Str("project", m.Project).Str("device", m.Device).
+				Msg("values not published")
+		}
+		for _, p := range pubs {
+			if err := s.srv.publish(p.Topic, p.Payload, s.cfg.Retain, publishQoS); err != nil {
+				clear(s.pubs) // don't pin message bodies
+				return i, fmt.Errorf("publish %s: %w", p.Topic, err)
+			}
+		}
+	}
+	clear(s.pubs)
+	return len(msgs), nil
+}
+
+// Close publishes the retained status "offline". It leaves the Server
+// running (several sinks may share it) and is a no-op the second time.
+func (s *Sink) Close(ctx context.Context) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return nil
+	}
+	s.closed = true
+	if err := s.srv.publish(s.status, []byte("offline"), true, publishQoS); err != nil {
+		return fmt.Errorf("publish %s: %w", s.status, err)
+	}
+	return nil
+}
