@@ -185,3 +185,33 @@ func (q *Queue) Stats() (Stats, error) {
 	}
 	return s, nil
 }
+
+// Scan calls fn for stored records from sequence from on, in order, until fn
+// returns false. Record data is only valid during the call.
+func (q *Queue) Scan(from uint64, fn func(Record) bool) error {
+	return q.db.View(func(tx *bolt.Tx) error {
+		c := tx.Bucket(bucketMsgs).Cursor()
+		for k, v := c.Seek(u64(from)); k != nil; k, v = c.Next() {
+			if len(v) < 8 {
+				return &CorruptError{Key: fmt.Sprint(binary.BigEndian.Uint64(k)), Err: fmt.Errorf("value has %d bytes", len(v))}
+			}
+			rec := Record{Seq: binary.BigEndian.Uint64(k), Time: time.Unix(0, int64(binary.BigEndian.Uint64(v))), Data: v[8:]}
+			if !fn(rec) {
+				return nil
+			}
+		}
+		return nil
+	})
+}
+
+// Purge deletes every stored message and moves every cursor past them. It
+// returns how many messages it deleted.
+func (q *Queue) Purge(ctx context.Context) (uint64, error) {
+	var n uint64
+	err := q.submit(ctx, &op{apply: func(tx *bolt.Tx, st *state, _ *Counters) error {
+		var err error
+		n, err = deleteFront(tx, st, func(uint64, []byte) bool { return false })
+		return err
+	}})
+	return n, err
+}

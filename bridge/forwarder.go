@@ -1,0 +1,152 @@
+package bridge
+
+import (
+	"context"
+	"errors"
+	"sync/atomic"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"wittra-gateway/buffer"
+	"wittra-gateway/sinks"
+)
+
+// Defaults used when a ForwarderConfig field is zero.
+const (
+	DefaultBatch      = 1000
+	DefaultBatchBytes = 4 << 20
+	DefaultMinBackoff = 100 * time.Millisecond
+	DefaultMaxBackoff = 30 * time.Second
+)
+
+// ForwarderConfig tunes one sink's forwarder.
+type ForwarderConfig struct {
+	Batch      int // messages per Publish
+	BatchBytes int // about this many body bytes per Publish
+	MinBackoff time.Duration
+	MaxBackoff time.Duration
+}
+
+// Forwarder moves one sink's messages from its queue cursor to the sink, in
+// queue order, acknowledging only what the sink proved delivered.
+type Forwarder struct {
+	cfg    ForwarderConfig
+	reader *buffer.Reader
+	sink   sinks.Sink
+	log    zerolog.Logger
+	stats  ForwarderStats
+}
+
+// ForwarderStats are totals since start.
+type ForwarderStats struct {
+	Delivered   atomic.Uint64
+	Failures    atomic.Uint64 // failed Publish attempts (each is retried)
+	Rejected    atomic.Uint64 // refused permanently by the sink
+	Undecodable atomic.Uint64 // records the bridge could not decode
+	LastSuccess atomic.Int64  // Unix ns of the last delivery
+}
+
+// NewForwarder builds the forwarder of sink reading from r.
+func NewForwarder(cfg ForwarderConfig, r *buffer.Reader, sink sinks.Sink, log zerolog.Logger) *Forwarder {
+	if cfg.Batch <= 0 {
+		cfg.Batch = DefaultBatch
+	}
+	if cfg.BatchBytes <= 0 {
+		cfg.BatchBytes = DefaultBatchBytes
+	}
+	if cfg.MinBackoff <= 0 {
+		cfg.MinBackoff = DefaultMinBackoff
+	}
+	if cfg.MaxBackoff <= 0 {
+		cfg.MaxBackoff = DefaultMaxBackoff
+	}
+	return &Forwarder{cfg: cfg, reader: r, sink: sink, log: log}
+}
+
+// Stats returns the forwarder's counters.
+func (f *Forwarder) Stats() *ForwarderStats { return &f.stats }
+
+// Run forwards until ctx is cancelled or the queue closes; it returns nil
+// then. Delivery failures are retried with capped exponential backoff and
+// never skip a message.
+func (f *Forwarder) Run(ctx context.Context) error {
+	msgs := make([]sinks.Message, 0, f.cfg.Batch)
+	for {
+		recs, err := f.reader.Read(ctx, f.cfg.Batch, f.cfg.BatchBytes)
+		if err != nil {
+			if ctx.Err() != nil || errors.Is(err, buffer.ErrClosed) {
+				return nil
+			}
+			return err
+		}
+		msgs = msgs[:0]
+		for _, rec := range recs {
+			m, err := DecodeRecord(rec)
+			if err != nil {
+				// Not ours to deliver: a damaged record cannot become valid by
+				// retrying. Logged loudly, counted, and passed over.
+				f.stats.Undecodable.Add(1)
+				f.log.Error().Err(err).Uint64("seq", rec.Seq).Msg("skipping undecodable queue record")
+				continue
+			}
+			msgs = append(msgs, m)
+		}
+		if err := f.deliver(ctx, msgs); err != nil {
+			return nil // only ctx ends delivery
+		}
+		if err := f.reader.Ack(ctx, recs[len(recs)-1].Seq); err != nil {
+			if ctx.Err() != nil || errors.Is(err, buffer.ErrClosed) {
+				return nil
+			}
+			// The messages were delivered; failing to record it only means
+			// they may be delivered again after a restart.
+			f.log.Error().Err(err).Msg("acknowledge delivered messages")
+		}
+	}
+}
+
+// deliver publishes msgs until all are delivered or rejected; it returns an
+// error only when ctx ends.
+func (f *Forwarder) deliver(ctx context.Context, msgs []sinks.Message) error {
+	backoff := f.cfg.MinBackoff
+	failing := false
+	for len(msgs) > 0 {
+		n, err := f.sink.Publish(ctx, msgs)
+		if n > 0 {
+			f.stats.Delivered.Add(uint64(n))
+			f.stats.LastSuccess.Store(time.Now().UnixNano())
+			msgs = msgs[n:]
+		}
+		if err == nil {
+			if failing {
+				f.log.Info().Msg("sink delivering again")
+				failing = false
+			}
+			backoff = f.cfg.MinBackoff
+			continue
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if errors.Is(err, sinks.ErrPermanent) && len(msgs) > 0 {
+			f.stats.Rejected.Add(1)
+			f.log.Error().Err(err).Uint64("seq", msgs[0].Seq).Str("device", msgs[0].Device).Msg("sink rejected message permanently; skipping it")
+			msgs = msgs[1:]
+			continue
+		}
+		f.stats.Failures.Add(1)
+		if !failing {
+			// Logged once per outage, not per retry.
+			f.log.Warn().Err(err).Msg("sink delivery failing; retrying with backoff")
+			failing = true
+		}
+		select {
+		case <-time.After(backoff):
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		backoff = min(backoff*2, f.cfg.MaxBackoff)
+	}
+	return nil
+}

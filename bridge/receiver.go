@@ -1,0 +1,338 @@
+package bridge
+
+import (
+	"bytes"
+	"context"
+	"crypto/subtle"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"mime"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+
+	"github.com/rs/zerolog"
+
+	"wittra-gateway/buffer"
+	"wittra-gateway/sinks"
+	"wittra-gateway/wittra"
+)
+
+// UnknownDevice is the device of a message that names none (SPEC §4).
+const UnknownDevice = "_unknown"
+
+// DefaultProject is the project of a message when neither its body nor its
+// route names one.
+const DefaultProject = "default"
+
+// DefaultMaxBody bounds a request body when the config leaves it zero.
+const DefaultMaxBody = 1 << 20
+
+// Route is one webhook target: a Wittra project integration.
+type Route struct {
+	Path           string
+	Token          string   // "" = no auth
+	Project        string   // project for bodies without projectId
+	DevicePrefixes []string // accept only these device-id prefixes; others are dropped (counted)
+}
+
+// ReceiverConfig configures the webhook intake.
+type ReceiverConfig struct {
+	Routes  []Route
+	MaxBody int64
+}
+
+// Appender is where accepted messages go: the durable queue.
+type Appender interface {
+	Append(ctx context.Context, entries []buffer.Entry) (buffer.AppendResult, error)
+}
+
+// Receiver is the webhook endpoint (SPEC §4). It answers 200 only after
+// every message of the request is committed to the queue.
+type Receiver struct {
+	routes  map[string]*route
+	maxBody int64
+	queue   Appender
+	log     zerolog.Logger
+	bufs    sync.Pool
+	stats   ReceiverStats
+}
+
+type route struct {
+	Route
+	rawToken, b64Token []byte
+}
+
+// ReceiverStats are totals since start.
+type ReceiverStats struct {
+	Requests   [6]atomic.Uint64 // by class: see StatusClass
+	Accepted   atomic.Uint64
+	Duplicates atomic.Uint64
+	Dropped    atomic.Uint64 // filtered out by device_prefixes
+}
+
+// NewReceiver builds the webhook handler.
+func NewReceiver(cfg ReceiverConfig, q Appender, log zerolog.Logger) *Receiver {
+	r := &Receiver{routes: make(map[string]*route), maxBody: cfg.MaxBody, queue: q, log: log}
+	if r.maxBody <= 0 {
+		r.maxBody = DefaultMaxBody
+	}
+	for _, rt := range cfg.Routes {
+		x := &route{Route: rt}
+		if rt.Token != "" {
+			x.rawToken = []byte(rt.Token)
+			x.b64Token = []byte(base64.StdEncoding.EncodeToString([]byte(rt.Token)))
+		}
+		r.routes[rt.Path] = x
+	}
+	r.bufs.New = func() any { return new(bytes.Buffer) }
+	return r
+}
+
+func (r *Receiver) ServeHTTP(w http.ResponseWriter, req *http.Request) {
+	rt, ok := r.routes[req.URL.Path]
+	if !ok {
+		r.fail(w, req, http.StatusNotFound, "no webhook route at this path")
+		return
+	}
+	if req.Method != http.MethodPost {
+		w.Header().Set("Allow", http.MethodPost)
+		r.fail(w, req, http.StatusMethodNotAllowed, "method not allowed: use POST")
+		return
+	}
+	if rt.rawToken != nil && !rt.authorized(req.Header.Get("auth-token")) {
+		r.fail(w, req, http.StatusUnauthorized, "missing or wrong auth-token")
+		return
+	}
+	if !isJSON(req.Header.Get("Content-Type")) {
+		r.fail(w, req, http.StatusUnsupportedMediaType, "content type must be application/json")
+		return
+	}
+	if req.ContentLength > r.maxBody {
+		r.fail(w, req, http.StatusRequestEntityTooLarge, fmt.Sprintf("body over %d bytes", r.maxBody))
+		return
+	}
+	buf := r.bufs.Get().(*bytes.Buffer)
+	defer r.putBuf(buf)
+	buf.Reset()
+	if _, err := buf.ReadFrom(http.MaxBytesReader(w, req.Body, r.maxBody)); err != nil {
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			r.fail(w, req, http.StatusRequestEntityTooLarge, fmt.Sprintf("body over %d bytes", r.maxBody))
+			return
+		}
+		r.fail(w, req, http.StatusBadRequest, "read body: "+err.Error())
+		return
+	}
+	entries, dropped, err := rt.entries(buf.Bytes())
+	if err != nil {
+		r.fail(w, req, http.StatusBadRequest, err.Error())
+		return
+	}
+	var res buffer.AppendResult
+	if len(entries) > 0 {
+		res, err = r.queue.Append(req.Context(), entries)
+		if err != nil {
+			retry := "10"
+			if errors.Is(err, buffer.ErrFull) {
+				retry = "30"
+			}
+			w.Header().Set("Retry-After", retry)
+			r.log.Error().Err(err).Str("path", req.URL.Path).Int("messages", len(entries)).Msg("queue refused messages")
+			r.fail(w, req, http.StatusServiceUnavailable, "queue unavailable: "+queueReason(err))
+			return
+		}
+	}
+	r.stats.Accepted.Add(uint64(res.Accepted))
+	r.stats.Duplicates.Add(uint64(res.Duplicates))
+	r.stats.Dropped.Add(uint64(dropped))
+	r.stats.Requests[StatusClass(http.StatusOK)].Add(1)
+	writeJSON(w, http.StatusOK, fmt.Sprintf(`{"accepted":%d,"duplicates":%d}`, res.Accepted, res.Duplicates))
+}
+
+// putBuf returns a body buffer to the pool unless a huge body grew it.
+func (r *Receiver) putBuf(b *bytes.Buffer) {
+	if int64(b.Cap()) <= 64<<10 {
+		r.bufs.Put(b)
+	}
+}
+
+func queueReason(err error) string {
+	switch {
+	case errors.Is(err, buffer.ErrFull):
+		return "queue full"
+	case errors.Is(err, buffer.ErrClosed):
+		return "shutting down"
+	default:
+		return "storage error"
+	}
+}
+
+func (r *Receiver) fail(w http.ResponseWriter, req *http.Request, code int, msg string) {
+	r.stats.Requests[StatusClass(code)].Add(1)
+	if code < 500 {
+		r.log.Debug().Int("code", code).Str("path", req.URL.Path).Str("remote", req.RemoteAddr).Str("error", msg).Msg("webhook request refused")
+	}
+	b, _ := json.Marshal(struct {
+		Error string `json:"error"`
+	}{msg})
+	writeJSON(w, code, string(b))
+}
+
+func writeJSON(w http.ResponseWriter, code int, body string) {
+	h := w.Header()
+	h.Set("Content-Type", "application/json")
+	h.Set("Content-Length", strconv.Itoa(len(body)+1))
+	w.WriteHeader(code)
+	io.WriteString(w, body+"\n")
+}
+
+// StatusClass maps the reply codes of SPEC §4 to indexes of
+// ReceiverStats.Requests: 0 200, 1 400, 2 401, 3 404/405, 4 413/415, 5 503.
+func StatusClass(code int) int {
+	switch code {
+	case http.StatusOK:
+		return 0
+	case http.StatusBadRequest:
+		return 1
+	case http.StatusUnauthorized:
+		return 2
+	case http.StatusNotFound, http.StatusMethodNotAllowed:
+		return 3
+	case http.StatusRequestEntityTooLarge, http.StatusUnsupportedMediaType:
+		return 4
+	default:
+		return 5
+	}
+}
+
+// Stats returns the receiver's counters.
+func (r *Receiver) Stats() *ReceiverStats { return &r.stats }
+
+func (rt *route) authorized(got string) bool {
+	g := []byte(got)
+	// Both comparisons always run so timing does not tell which form matched.
+	b64 := subtle.ConstantTimeCompare(g, rt.b64Token)
+	raw := subtle.ConstantTimeCompare(g, rt.rawToken)
+	return b64|raw == 1
+}
+
+func isJSON(contentType string) bool {
+	mt, _, err := mime.ParseMediaType(contentType)
+	if err != nil {
+		return false
+	}
+	return mt == "application/json" || (strings.HasPrefix(mt, "application/") && strings.HasSuffix(mt, "+json"))
+}
+
+// entries splits a body into queue entries: one JSON object, or an array of
+// objects. Any bad message fails the whole request, so a rejected request
+// leaves nothing in the queue.
+func (rt *route) entries(body []byte) (entries []buffer.Entry, dropped int, err error) {
+	if !json.Valid(body) {
+		var raw json.RawMessage
+		err := json.Unmarshal(body, &raw)
+		var syn *json.SyntaxError
+		if errors.As(err, &syn) {
+			// Offset counts the bytes read, the culprit included.
+			return nil, 0, fmt.Errorf("body is not JSON: %s at byte offset %d", syn.Error(), max(0, syn.Offset-1))
+		}
+		return nil, 0, errors.New("body is not JSON")
+	}
+	trimmed := bytes.TrimLeft(body, " \t\r\n")
+	switch {
+	case len(trimmed) > 0 && trimmed[0] == '{':
+		e, keep, err := rt.entry(body, "")
+		if err != nil {
+			return nil, 0, err
+		}
+		if !keep {
+			return nil, 1, nil
+		}
+		return []buffer.Entry{e}, 0, nil
+	case len(trimmed) > 0 && trimmed[0] == '[':
+		dec := json.NewDecoder(bytes.NewReader(body))
+		dec.Token() // '[' — the body is known to be valid
+		for i := 0; dec.More(); i++ {
+			at := dec.InputOffset()
+			var raw json.RawMessage
+			if err := dec.Decode(&raw); err != nil {
+				return nil, 0, fmt.Errorf("element %d at byte offset %d: %w", i, at, err)
+			}
+			if len(raw) == 0 || raw[0] != '{' {
+				// InputOffset is before the separator; point past it.
+				return nil, 0, fmt.Errorf("element %d at byte offset %d is not an object", i, elementStart(body, at))
+			}
+			e, keep, err := rt.entry(raw, fmt.Sprintf("element %d at byte offset %d: ", i, elementStart(body, at)))
+			if err != nil {
+				return nil, 0, err
+			}
+			if keep {
+				entries = append(entries, e)
+			} else {
+				dropped++
+			}
+		}
+		return entries, dropped, nil
+	default:
+		return nil, 0, fmt.Errorf("body at byte offset %d is not a JSON object or array of objects", len(body)-len(trimmed))
+	}
+}
+
+// elementStart skips the separator and blanks that follow offset at.
+func elementStart(body []byte, at int64) int64 {
+	for at < int64(len(body)) && strings.IndexByte(", \t\r\n", body[at]) >= 0 {
+		at++
+	}
+	return at
+}
+
+// entry derives one message's identity and builds its queue entry; keep is
+// false when the route's device filter drops it.
+func (rt *route) entry(obj []byte, where string) (e buffer.Entry, keep bool, err error) {
+	id, err := wittra.Identify(obj)
+	if err != nil {
+		return e, false, fmt.Errorf("%s%w", where, err)
+	}
+	device := id.Device
+	if device == "" {
+		device = UnknownDevice
+	} else if len(rt.DevicePrefixes) > 0 && !hasAnyPrefix(device, rt.DevicePrefixes) {
+		return e, false, nil
+	}
+	project := id.Project
+	if project == "" {
+		project = rt.Project
+	}
+	if project == "" {
+		project = DefaultProject
+	}
+	if err := wittra.CheckID(device); err != nil {
+		return e, false, fmt.Errorf("%sdevice id: %w", where, err)
+	}
+	if err := wittra.CheckID(project); err != nil {
+		return e, false, fmt.Errorf("%sproject id: %w", where, err)
+	}
+	kind := sinks.KindData
+	if id.Event {
+		kind = sinks.KindEvent
+	}
+	return buffer.Entry{
+		Data:     appendEnvelope(make([]byte, 0, len(obj)+len(project)+len(device)+4), kind, project, device, obj),
+		DedupKey: id.PayloadID,
+	}, true, nil
+}
+
+func hasAnyPrefix(s string, prefixes []string) bool {
+	for _, p := range prefixes {
+		if strings.HasPrefix(s, p) {
+			return true
+		}
+	}
+	return false
+}
