@@ -1,0 +1,739 @@
+package main
+
+// Crash tests of the built binary (SPEC §7 "a webhook 200 means the message
+// survives kill -9", at-least-once delivery; SPEC §8 clean stop on SIGTERM).
+//
+// Each test builds cmd/gateway, runs it as a subprocess on loopback with one
+// `type: broker` sink (retain on, values off), loads it with concurrent
+// webhook posters and kills it. Every message has a unique payloadId and a
+// unique device, so each has its own retained topic: a subscriber that
+// connects after a start receives, as retained messages, everything the
+// gateway published since that start (the embedded broker keeps retained
+// messages in memory only), plus live publications. A message acknowledged
+// in the queue cursor is not republished after a restart, so each phase's
+// subscriber is connected before that phase's load starts; the union of what
+// all subscribers received must contain every payloadId that got a 200.
+//
+// Ports: crashFreeAddrs binds 127.0.0.1:0 and closes the listeners before the
+// gateway binds them, and the gateway rebinds them after each kill; another
+// process could take one in between (a tiny race, accepted in tests).
+//
+// Everything here is prefixed crash so it cannot clash with the other test
+// files of package main.
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	paho "github.com/eclipse/paho.mqtt.golang"
+)
+
+const (
+	crashKillCycles     = 3
+	crashPosters        = 16
+	crashMinLoad        = 1500 * time.Millisecond // load time before a kill
+	crashMaxLoad        = 8 * time.Second         // cap on load time while waiting for crashMinAcked
+	crashMinAcked       = 300                     // 200s wanted in a phase before the kill
+	crashMaxPostsEach   = 100000                  // per poster and phase
+	crashStartTimeout   = 10 * time.Second
+	crashExitTimeout    = 10 * time.Second // SPEC §8
+	crashDeliverTimeout = 30 * time.Second
+	crashDataFilter     = "wittra/+/+/data"
+	crashAckedBody      = `{"accepted":1,"duplicates":0}`
+)
+
+// TestCrashKill9KeepsEveryAcceptedMessage kills the gateway with SIGKILL
+// under webhook load three times on the same queue file, then restarts it
+// and checks that every message that got a 200 reached an MQTT subscriber.
+func TestCrashKill9KeepsEveryAcceptedMessage(t *testing.T) {
+	if testing.Short() {
+		t.Skip("long crash test; skipped with -short")
+	}
+	began := time.Now()
+	h := crashNewHarness(t)
+	for cycle := 1; cycle <= crashKillCycles; cycle++ {
+		h.crashKillCycle(cycle)
+	}
+	g := h.crashVerifyDelivered("final")
+	h.crashStopClean(g)
+	t.Logf("kill cycles %d, gateway starts %d, total %v", crashKillCycles, h.starts, time.Since(began).Round(time.Millisecond))
+}
+
+// TestCrashStopUnderLoadSIGTERM stops the gateway with SIGTERM while
+// webhooks keep arriving: it must exit 0 within 10 s, and after a restart
+// every message that got a 200 must have reached a subscriber.
+func TestCrashStopUnderLoadSIGTERM(t *testing.T) {
+	if testing.Short() {
+		t.Skip("long crash test; skipped with -short")
+	}
+	began := time.Now()
+	h := crashNewHarness(t)
+	g := h.crashStart()
+	sub := h.crashSubscribe("sigterm")
+	load := h.crashStartLoad(crashPosters)
+	h.crashLoadFor(g, load, time.Second, 100)
+
+	sent := time.Now()
+	if err := g.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		load.crashHalt()
+		t.Fatalf("send SIGTERM: %v", err)
+	}
+	exited := g.crashWait(crashExitTimeout) // the posters keep posting meanwhile
+	load.crashHalt()
+	if !exited {
+		t.Fatalf("gateway did not exit within %v of SIGTERM under load", crashExitTimeout)
+	}
+	if code := g.cmd.ProcessState.ExitCode(); code != 0 {
+		t.Fatalf("exit code after SIGTERM under load = %d (%v), want 0", code, g.err)
+	}
+	t.Logf("SIGTERM under load: exited 0 after %v; phase: %s", time.Since(sent).Round(time.Millisecond), load.crashSummary())
+	sub.crashDrain(t)
+	t.Logf("phase sigterm: subscriber received %d messages", sub.got.Load())
+
+	g = h.crashVerifyDelivered("after-sigterm")
+	h.crashStopClean(g)
+	t.Logf("total %v", time.Since(began).Round(time.Millisecond))
+}
+
+// crashHarness is one test's gateway setup: binary, config, queue file and
+// the ids posted and received across every start.
+type crashHarness struct {
+	t           *testing.T
+	dir         string
+	bin         string
+	cfgPath     string
+	logPath     string
+	webhookAddr string
+	brokerAddr  string
+	webhookURL  string
+
+	starts int
+	seq    atomic.Uint64 // message counter: unique payloadId and deviceId
+	subs   atomic.Uint64 // subscriber counter: unique client ids
+
+	acked    *crashIDSet // payloadIds that got 200 {"accepted":1,"duplicates":0}
+	received *crashIDSet // payloadIds received by any subscriber, with counts
+
+	mu        sync.Mutex
+	odd200    []string          // 200 replies with an unexpected body
+	badMsgs   []string          // MQTT messages without a payloadId
+	statuses  map[int]int       // non-200 replies by code
+	reqErrors map[string]int    // transport errors, by a short class
+	errSample map[string]string // first error text of each class
+}
+
+func crashNewHarness(t *testing.T) *crashHarness {
+	t.Helper()
+	dir := t.TempDir()
+	addrs := crashFreeAddrs(t, 2)
+	h := &crashHarness{
+		t:           t,
+		dir:         dir,
+		cfgPath:     filepath.Join(dir, "config.yaml"),
+		logPath:     filepath.Join(dir, "gateway.log"),
+		webhookAddr: addrs[0],
+		brokerAddr:  addrs[1],
+		webhookURL:  "http://" + addrs[0] + "/wittra",
+		acked:       crashNewIDSet(),
+		received:    crashNewIDSet(),
+		statuses:    make(map[int]int),
+		reqErrors:   make(map[string]int),
+		errSample:   make(map[string]string),
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("gateway output (%s):\n%s", h.logPath, crashTail(h.logPath, 48<<10))
+		}
+	})
+	h.bin = crashBuildBinary(t)
+
+	cfg := fmt.Sprintf(`gateway:
+  id: crash-gw
+log:
+  level: warn
+webhook:
+  listen: %s
+  routes:
+    - path: /wittra
+buffer:
+  path: %s
+admin:
+  listen: ""
+broker:
+  enabled: true
+  listeners:
+    - {type: tcp, address: %s}
+  allow_anonymous: true
+sinks:
+  - {name: local, type: broker, topic_prefix: wittra, values: false, retain: true}
+`, h.webhookAddr, crashYAMLString(filepath.Join(dir, "data", "queue.db")), h.brokerAddr)
+	if err := os.WriteFile(h.cfgPath, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command(h.bin, "check-config", "-config", h.cfgPath).CombinedOutput(); err != nil {
+		t.Fatalf("check-config: %v\n%s\nconfig:\n%s", err, out, cfg)
+	}
+	return h
+}
+
+// crashYAMLString quotes s as a YAML double-quoted scalar.
+func crashYAMLString(s string) string {
+	b, _ := json.Marshal(s) // JSON strings are valid YAML double-quoted scalars
+	return string(b)
+}
+
+// crashBuildBinary builds the gateway into a fresh temporary directory.
+func crashBuildBinary(t *testing.T) string {
+	t.Helper()
+	// `go test` puts its own GOROOT/bin first in the test's PATH (Go 1.19+),
+	// so this is the toolchain running the test; the GOROOT fallback is for a
+	// test binary run by hand.
+	goBin, err := exec.LookPath("go")
+	if err != nil {
+		//lint:ignore SA1019 only a fallback when PATH has no go
+		goBin = filepath.Join(runtime.GOROOT(), "bin", "go")
+		if _, serr := os.Stat(goBin); serr != nil {
+			t.Fatalf("no go command to build the gateway: %v; %v", err, serr)
+		}
+	}
+	out := filepath.Join(t.TempDir(), "wittra-gateway")
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	began := time.Now()
+	b, err := exec.CommandContext(ctx, goBin, "build", "-o", out, "wittra-gateway/cmd/gateway").CombinedOutput()
+	if err != nil {
+		t.Fatalf("go build: %v\n%s", err, b)
+	}
+	t.Logf("built %s in %v", out, time.Since(began).Round(time.Millisecond))
+	return out
+}
+
+// crashFreeAddrs returns n distinct free loopback addresses. The listeners
+// are closed before the gateway binds them (see the file comment).
+func crashFreeAddrs(t *testing.T, n int) []string {
+	t.Helper()
+	var addrs []string
+	for i := 0; i < n; i++ {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close() // held until all are picked, so they differ
+		addrs = append(addrs, ln.Addr().String())
+	}
+	return addrs
+}
+
+// crashTail returns the last limit bytes of the file at path.
+func crashTail(path string, limit int64) string {
+	f, err := os.Open(path)
+	if err != nil {
+		return err.Error()
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return err.Error()
+	}
+	prefix := ""
+	if st.Size() > limit {
+		f.Seek(st.Size()-limit, io.SeekStart)
+		prefix = "[...]\n"
+	}
+	b, _ := io.ReadAll(f)
+	return prefix + string(b)
+}
+
+// crashGateway is one run of the gateway binary.
+type crashGateway struct {
+	cmd  *exec.Cmd
+	done chan struct{}
+	err  error // cmd.Wait's result; set before done closes
+}
+
+func (g *crashGateway) crashExited() bool {
+	select {
+	case <-g.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// crashWait waits up to d for the process to exit.
+func (g *crashGateway) crashWait(d time.Duration) bool {
+	select {
+	case <-g.done:
+		return true
+	case <-time.After(d):
+		return false
+	}
+}
+
+// crashKill kills the process if it runs and waits for it.
+func (g *crashGateway) crashKill() {
+	if !g.crashExited() {
+		g.cmd.Process.Kill()
+	}
+	g.crashWait(crashExitTimeout)
+}
+
+// crashStart starts the gateway on the harness's config and waits until
+// its webhook and broker ports accept connections.
+func (h *crashHarness) crashStart() *crashGateway {
+	t := h.t
+	t.Helper()
+	h.starts++
+	logf, err := os.OpenFile(h.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fmt.Fprintf(logf, "=== test: start %d at %s ===\n", h.starts, time.Now().Format(time.RFC3339Nano))
+	cmd := exec.Command(h.bin, "run", "-config", h.cfgPath)
+	cmd.Dir = h.dir
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		logf.Close()
+		t.Fatalf("start gateway: %v", err)
+	}
+	g := &crashGateway{cmd: cmd, done: make(chan struct{})}
+	go func() {
+		g.err = cmd.Wait()
+		logf.Close()
+		close(g.done)
+	}()
+	t.Cleanup(g.crashKill)
+
+	began := time.Now()
+	for {
+		if g.crashExited() {
+			t.Fatalf("gateway exited during start: %v", g.err)
+		}
+		if crashDialable(h.webhookAddr) && crashDialable(h.brokerAddr) {
+			return g
+		}
+		if time.Since(began) > crashStartTimeout {
+			t.Fatalf("gateway not listening on %s and %s after %v", h.webhookAddr, h.brokerAddr, crashStartTimeout)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func crashDialable(addr string) bool {
+	c, err := net.DialTimeout("tcp", addr, 200*time.Millisecond)
+	if err != nil {
+		return false
+	}
+	c.Close()
+	return true
+}
+
+// crashKillCycle is one start → subscribe → load → kill -9 cycle.
+func (h *crashHarness) crashKillCycle(cycle int) {
+	t := h.t
+	t.Helper()
+	g := h.crashStart()
+	sub := h.crashSubscribe(fmt.Sprintf("cycle%d", cycle))
+	load := h.crashStartLoad(crashPosters)
+	// A little jitter so the kills land at different points of the
+	// commit / publish / acknowledge loop.
+	h.crashLoadFor(g, load, crashMinLoad+rand.N(300*time.Millisecond), crashMinAcked)
+
+	if err := g.cmd.Process.Kill(); err != nil {
+		load.crashHalt()
+		t.Fatalf("kill -9: %v", err)
+	}
+	load.crashHalt() // requests fail from now on; only 200s count
+	if !g.crashWait(crashExitTimeout) {
+		t.Fatalf("cycle %d: gateway still running %v after SIGKILL", cycle, crashExitTimeout)
+	}
+	if ws, ok := g.cmd.ProcessState.Sys().(syscall.WaitStatus); ok && !(ws.Signaled() && ws.Signal() == syscall.SIGKILL) {
+		t.Fatalf("cycle %d: gateway ended by itself (%v), not by the SIGKILL", cycle, g.cmd.ProcessState)
+	}
+	sub.crashDrain(t)
+	t.Logf("cycle %d: %s; subscriber received %d; totals: acked %d, received unique %d",
+		cycle, load.crashSummary(), sub.got.Load(), h.acked.crashLen(), h.received.crashLen())
+}
+
+// crashLoadFor lets load run for at least minDur and until minAcked requests
+// got a 200 in this phase, at most crashMaxLoad; it fails if the gateway
+// dies meanwhile or nothing was accepted.
+func (h *crashHarness) crashLoadFor(g *crashGateway, load *crashLoad, minDur time.Duration, minAcked int64) {
+	t := h.t
+	t.Helper()
+	began := time.Now()
+	for {
+		if g.crashExited() {
+			load.crashHalt()
+			t.Fatalf("gateway exited under load: %v", g.err)
+		}
+		el := time.Since(began)
+		if (el >= minDur && load.acked.Load() >= minAcked) || el >= crashMaxLoad {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if load.acked.Load() == 0 {
+		load.crashHalt()
+		t.Fatalf("no webhook got a 200 in %v: %s", time.Since(began), load.crashSummary())
+	}
+}
+
+// crashVerifyDelivered starts the gateway, subscribes late and waits until
+// every acknowledged payloadId was received by some subscriber; it reports
+// the figures and returns the running gateway.
+func (h *crashHarness) crashVerifyDelivered(name string) *crashGateway {
+	t := h.t
+	t.Helper()
+	g := h.crashStart()
+	sub := h.crashSubscribe(name)
+	began := time.Now()
+	var missing []string
+	for {
+		missing = h.crashMissing()
+		if len(missing) == 0 || time.Since(began) > crashDeliverTimeout || g.crashExited() {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	acked, unique, dups, total := h.acked.crashLen(), h.received.crashLen(), h.received.crashRepeated(), h.received.crashTotal()
+	notAcked := h.received.crashMinus(h.acked)
+	t.Logf("%s: subscriber received %d (retained + live) in %v", name, sub.got.Load(), time.Since(began).Round(time.Millisecond))
+	t.Logf("acked %d, received unique %d (%d messages), received more than once %d, received but never acked %d, missing %d",
+		acked, unique, total, dups, len(notAcked), len(missing))
+	h.mu.Lock()
+	t.Logf("non-200 replies by code %v; transport errors %v (e.g. %q)", h.statuses, h.reqErrors, h.errSample["other"])
+	odd, bad := h.odd200, h.badMsgs
+	h.mu.Unlock()
+	if len(odd) > 0 {
+		t.Errorf("%d replies were 200 with an unexpected body (every message is new); first: %q", len(odd), odd[0])
+	}
+	if len(bad) > 0 {
+		t.Errorf("%d MQTT messages on %s had no payloadId; first: %q", len(bad), crashDataFilter, bad[0])
+	}
+	if len(missing) > 0 {
+		sort.Strings(missing)
+		show := missing[:min(20, len(missing))]
+		t.Fatalf("%d of %d acknowledged messages (HTTP 200) never reached a subscriber within %v (received unique %d); first missing: %v",
+			len(missing), acked, crashDeliverTimeout, unique, show)
+	}
+	if g.crashExited() {
+		t.Fatalf("gateway exited: %v", g.err)
+	}
+	return g
+}
+
+// crashStopClean stops g with SIGTERM and wants exit code 0 within 10 s.
+func (h *crashHarness) crashStopClean(g *crashGateway) {
+	t := h.t
+	t.Helper()
+	sent := time.Now()
+	if err := g.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatalf("send SIGTERM: %v", err)
+	}
+	if !g.crashWait(crashExitTimeout) {
+		t.Fatalf("gateway did not exit within %v of SIGTERM", crashExitTimeout)
+	}
+	if code := g.cmd.ProcessState.ExitCode(); code != 0 {
+		t.Fatalf("exit code after SIGTERM = %d (%v), want 0", code, g.err)
+	}
+	t.Logf("SIGTERM: exited 0 after %v", time.Since(sent).Round(time.Millisecond))
+}
+
+// crashMissing lists the acknowledged payloadIds no subscriber received.
+func (h *crashHarness) crashMissing() []string {
+	return h.acked.crashMinus(h.received)
+}
+
+// crashSubscriber is one MQTT subscriber of the embedded broker.
+type crashSubscriber struct {
+	client paho.Client
+	lost   chan struct{} // closed when the connection is lost
+	got    atomic.Int64  // messages with a payloadId
+}
+
+// crashSubscribe connects a clean-session QoS 0 subscriber to
+// crashDataFilter. QoS 0 means it sends nothing to the gateway after
+// subscribing, so the gateway's socket holds no unread data at kill time
+// (unread data makes the kernel reset the connection and discard what the
+// gateway had already written).
+func (h *crashHarness) crashSubscribe(name string) *crashSubscriber {
+	t := h.t
+	t.Helper()
+	s := &crashSubscriber{lost: make(chan struct{})}
+	var lostOnce sync.Once
+	opts := paho.NewClientOptions().
+		AddBroker("tcp://" + h.brokerAddr).
+		SetClientID(fmt.Sprintf("crash-%s-%d-%d", name, os.Getpid(), h.subs.Add(1))).
+		SetCleanSession(true).
+		SetAutoReconnect(false).
+		SetConnectRetry(false).
+		SetConnectTimeout(5 * time.Second).
+		SetKeepAlive(30 * time.Second).
+		SetOrderMatters(true). // the handler is quick and never blocks
+		SetConnectionLostHandler(func(paho.Client, error) { lostOnce.Do(func() { close(s.lost) }) })
+	s.client = paho.NewClient(opts)
+
+	began := time.Now()
+	for attempt := 1; ; attempt++ {
+		tok := s.client.Connect()
+		if !tok.WaitTimeout(5 * time.Second) {
+			t.Fatalf("subscriber %s: connect timed out", name)
+		}
+		if tok.Error() == nil {
+			break
+		}
+		if attempt >= 20 || time.Since(began) > 5*time.Second {
+			t.Fatalf("subscriber %s: connect: %v", name, tok.Error())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Cleanup(func() {
+		if s.client.IsConnectionOpen() {
+			s.client.Disconnect(100)
+		}
+	})
+
+	tok := s.client.Subscribe(crashDataFilter, 0, func(_ paho.Client, m paho.Message) {
+		var body struct {
+			PayloadID string `json:"payloadId"`
+		}
+		if err := json.Unmarshal(m.Payload(), &body); err != nil || body.PayloadID == "" {
+			h.mu.Lock()
+			h.badMsgs = append(h.badMsgs, m.Topic()+" "+string(m.Payload()))
+			h.mu.Unlock()
+			return
+		}
+		h.received.crashAdd(body.PayloadID)
+		s.got.Add(1)
+	})
+	if !tok.WaitTimeout(5 * time.Second) {
+		t.Fatalf("subscriber %s: subscribe timed out", name)
+	}
+	if err := tok.Error(); err != nil {
+		t.Fatalf("subscriber %s: subscribe: %v", name, err)
+	}
+	if code := tok.(*paho.SubscribeToken).Result()[crashDataFilter]; code >= 0x80 {
+		t.Fatalf("subscriber %s: subscription refused (code %#x)", name, code)
+	}
+	return s
+}
+
+// crashDrain waits for the subscriber to see its connection end after the
+// gateway died: paho dispatches every message read before it reports the
+// loss, so all that reached this process is counted. Then it disconnects.
+func (s *crashSubscriber) crashDrain(t *testing.T) {
+	t.Helper()
+	select {
+	case <-s.lost:
+	case <-time.After(5 * time.Second):
+		t.Logf("subscriber did not notice the gateway stop within 5 s")
+	}
+	s.client.Disconnect(0)
+}
+
+// crashLoad is a set of concurrent webhook posters.
+type crashLoad struct {
+	h      *crashHarness
+	client *http.Client
+	began  time.Time
+	stop   atomic.Bool
+	wg     sync.WaitGroup
+	halt   sync.Once
+	posted atomic.Int64
+	acked  atomic.Int64  // 200 {"accepted":1,"duplicates":0} in this phase
+	failed atomic.Int64  // transport errors and non-200 replies
+	ran    time.Duration // from start to crashHalt
+}
+
+// crashStartLoad starts n posters, each on keep-alive connections, posting
+// one new message (new payloadId, new device) per request.
+func (h *crashHarness) crashStartLoad(n int) *crashLoad {
+	l := &crashLoad{
+		h:     h,
+		began: time.Now(),
+		client: &http.Client{
+			Timeout: 10 * time.Second,
+			Transport: &http.Transport{
+				Proxy:               nil,
+				DialContext:         (&net.Dialer{Timeout: 2 * time.Second}).DialContext,
+				MaxIdleConnsPerHost: n,
+				IdleConnTimeout:     30 * time.Second,
+				DisableCompression:  true,
+			},
+		},
+	}
+	deadline := time.Now().Add(crashMaxLoad + crashExitTimeout)
+	for i := 0; i < n; i++ {
+		l.wg.Add(1)
+		go func() {
+			defer l.wg.Done()
+			for j := 0; j < crashMaxPostsEach && !l.stop.Load() && time.Now().Before(deadline); j++ {
+				if !l.crashPostOne() {
+					time.Sleep(5 * time.Millisecond) // gateway gone: don't spin
+				}
+			}
+		}()
+	}
+	return l
+}
+
+// crashPostOne posts one message; it reports whether the request got a
+// reply.
+func (l *crashLoad) crashPostOne() bool {
+	h := l.h
+	n := h.seq.Add(1)
+	payloadID := fmt.Sprintf("crash-%016x", n)
+	body := fmt.Sprintf(`{"deviceId":"D%016X","projectId":"crash","payloadId":%q,"payloadType":"DATA","source":"p","timestamp":%q,"payload":{"temperature":21.75,"battery":{"percentage":75}}}`,
+		n, payloadID, time.Now().UTC().Format("2006-01-02T15:04:05.000000+00:00"))
+	req, err := http.NewRequest(http.MethodPost, h.webhookURL, strings.NewReader(body))
+	if err != nil {
+		panic(err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	l.posted.Add(1)
+	resp, err := l.client.Do(req)
+	if err != nil {
+		l.failed.Add(1)
+		h.crashCountError(err)
+		return false
+	}
+	reply, err := io.ReadAll(io.LimitReader(resp.Body, 4096))
+	resp.Body.Close()
+	switch {
+	case err != nil:
+		// Not counted as accepted even if the status was 200: only a
+		// complete {"accepted":1,...} reply counts.
+		l.failed.Add(1)
+		h.crashCountError(err)
+		return false
+	case resp.StatusCode != http.StatusOK:
+		l.failed.Add(1)
+		h.mu.Lock()
+		h.statuses[resp.StatusCode]++
+		h.mu.Unlock()
+	case strings.TrimSpace(string(reply)) == crashAckedBody:
+		h.acked.crashAdd(payloadID)
+		l.acked.Add(1)
+	default:
+		h.mu.Lock()
+		h.odd200 = append(h.odd200, payloadID+": "+string(reply))
+		h.mu.Unlock()
+	}
+	return true
+}
+
+func (h *crashHarness) crashCountError(err error) {
+	class := "other"
+	switch {
+	case errors.Is(err, syscall.ECONNREFUSED):
+		class = "refused"
+	case errors.Is(err, syscall.ECONNRESET):
+		class = "reset"
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
+		class = "eof"
+	case errors.Is(err, context.DeadlineExceeded), os.IsTimeout(err):
+		class = "timeout"
+	}
+	h.mu.Lock()
+	h.reqErrors[class]++
+	if _, ok := h.errSample[class]; !ok {
+		h.errSample[class] = err.Error()
+	}
+	h.mu.Unlock()
+}
+
+// crashHalt stops the posters and waits for them.
+func (l *crashLoad) crashHalt() {
+	l.halt.Do(func() {
+		l.stop.Store(true)
+		l.ran = time.Since(l.began)
+		l.wg.Wait()
+		l.client.CloseIdleConnections()
+	})
+}
+
+func (l *crashLoad) crashSummary() string {
+	return fmt.Sprintf("load %v: posted %d, 200 %d, failed %d", l.ran.Round(time.Millisecond), l.posted.Load(), l.acked.Load(), l.failed.Load())
+}
+
+// crashIDSet is a concurrent-safe multiset of payloadIds.
+type crashIDSet struct {
+	mu sync.Mutex
+	m  map[string]int
+}
+
+func crashNewIDSet() *crashIDSet { return &crashIDSet{m: make(map[string]int)} }
+
+func (s *crashIDSet) crashAdd(id string) {
+	s.mu.Lock()
+	s.m[id]++
+	s.mu.Unlock()
+}
+
+// crashLen is the number of distinct ids.
+func (s *crashIDSet) crashLen() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.m)
+}
+
+// crashTotal is the number of additions.
+func (s *crashIDSet) crashTotal() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := 0
+	for _, c := range s.m {
+		n += c
+	}
+	return n
+}
+
+// crashRepeated is the number of ids added more than once.
+func (s *crashIDSet) crashRepeated() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := 0
+	for _, c := range s.m {
+		if c > 1 {
+			n++
+		}
+	}
+	return n
+}
+
+// crashMinus lists the ids of s that are not in o.
+func (s *crashIDSet) crashMinus(o *crashIDSet) []string {
+	s.mu.Lock()
+	ids := make([]string, 0, len(s.m))
+	for id := range s.m {
+		ids = append(ids, id)
+	}
+	s.mu.Unlock()
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	out := ids[:0]
+	for _, id := range ids {
+		if o.m[id] == 0 {
+			out = append(out, id)
+		}
+	}
+	return out
+}

@@ -1,0 +1,153 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"wittra-gateway/bridge"
+	"wittra-gateway/buffer"
+)
+
+// QueueCommand inspects the queue file offline. The file lock is only
+// waited for briefly: a running gateway holds it, and the answer then is an
+// error, not a hang.
+type QueueCommand struct {
+	Stdout, Stderr io.Writer
+}
+
+const queueUsage = `usage: wittra-gateway queue <stats|peek|export|purge> [-config PATH] [flags]
+
+  stats            depth and oldest age per sink
+  peek [-n N]      the next N messages (default 10) of -sink (default: the first sink)
+  export           every stored message as JSON lines
+  purge -yes       delete every stored message (they are NOT delivered)
+`
+
+func (c *QueueCommand) Run(ctx context.Context, args []string) error {
+	if len(args) == 0 {
+		return usageError{errors.New("queue needs a subcommand\n" + queueUsage)}
+	}
+	sub, args := args[0], args[1:]
+	var path, sinkName string
+	var n int
+	var yes bool
+	fs := newFlagSet("queue "+sub, c.Stderr, &path)
+	switch sub {
+	case "stats", "export":
+	case "peek":
+		fs.IntVar(&n, "n", 10, "how many messages")
+		fs.StringVar(&sinkName, "sink", "", "whose next messages (default: the first sink)")
+	case "purge":
+		fs.BoolVar(&yes, "yes", false, "really delete every stored message")
+	default:
+		return usageError{fmt.Errorf("unknown queue subcommand %q\n%s", sub, queueUsage)}
+	}
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	cfg, err := LoadConfig(path)
+	if err != nil {
+		return usageError{err}
+	}
+	if sub == "purge" && !yes {
+		return usageError{errors.New("purge deletes undelivered messages: add -yes to confirm")}
+	}
+	names := make([]string, len(cfg.Sinks))
+	for i, s := range cfg.Sinks {
+		names[i] = s.Name
+	}
+	bc := bufferConfig(cfg, names)
+	bc.LockTimeout = time.Second
+	q, err := buffer.Open(bc, zerolog.Nop())
+	if err != nil {
+		return err
+	}
+	defer q.Close()
+	out := bufio.NewWriter(c.Stdout)
+	defer out.Flush()
+	switch sub {
+	case "stats":
+		return queueStats(out, q)
+	case "peek":
+		if sinkName == "" && len(names) > 0 {
+			sinkName = names[0]
+		}
+		return queuePeek(out, q, sinkName, n)
+	case "export":
+		return queueExport(out, q, 0, -1)
+	default:
+		deleted, err := q.Purge(ctx)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(out, "purged %d messages\n", deleted)
+		return nil
+	}
+}
+
+func queueStats(w io.Writer, q *buffer.Queue) error {
+	st, err := q.Stats()
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(w, "file       %s\nmessages   %d\nbytes      %d\n", q.Path(), st.Messages, st.Bytes)
+	fmt.Fprintf(w, "\n%-20s %10s %14s\n", "SINK", "DEPTH", "OLDEST AGE")
+	for _, c := range st.Consumers {
+		age := "-"
+		if !c.Oldest.IsZero() {
+			age = time.Since(c.Oldest).Round(time.Second).String()
+		}
+		fmt.Fprintf(w, "%-20s %10d %14s\n", c.Name, c.Depth, age)
+	}
+	return nil
+}
+
+func queuePeek(w io.Writer, q *buffer.Queue, sink string, n int) error {
+	st, err := q.Stats()
+	if err != nil {
+		return err
+	}
+	for _, c := range st.Consumers {
+		if c.Name == sink {
+			return queueExport(w, q, c.Cursor+1, n)
+		}
+	}
+	return usageError{fmt.Errorf("no sink named %q in the config", sink)}
+}
+
+// exported is one message as `queue export` prints it.
+type exported struct {
+	Seq      uint64          `json:"seq"`
+	Received time.Time       `json:"received"`
+	Project  string          `json:"project"`
+	Device   string          `json:"device"`
+	Kind     string          `json:"kind"`
+	Body     json.RawMessage `json:"body"`
+}
+
+// queueExport writes up to n messages (n < 0: all) from sequence from as JSON lines.
+func queueExport(w io.Writer, q *buffer.Queue, from uint64, n int) error {
+	enc := json.NewEncoder(w)
+	var werr error
+	err := q.Scan(from, func(rec buffer.Record) bool {
+		if n == 0 {
+			return false
+		}
+		n--
+		m, err := bridge.DecodeRecord(rec)
+		if err != nil {
+			werr = err
+			return false
+		}
+		werr = enc.Encode(exported{Seq: m.Seq, Received: m.Received.UTC(), Project: m.Project, Device: m.Device, Kind: m.Kind.String(), Body: m.Body})
+		return werr == nil
+	})
+	return errors.Join(err, werr)
+}

@@ -1,0 +1,312 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"wittra-gateway/bridge"
+	"wittra-gateway/buffer"
+	"wittra-gateway/sinks"
+	"wittra-gateway/sinks/broker"
+)
+
+// shutdownBudget is the whole time a stop may take (SPEC §8: 10 s); the
+// systemd unit's TimeoutStopSec is above it.
+const shutdownBudget = 9 * time.Second
+
+// RunCommand runs the gateway until SIGINT/SIGTERM.
+type RunCommand struct {
+	Stderr io.Writer
+	// ready, when set, is called once the queue is open and every
+	// listener is up (tests use it; systemd notify will too).
+	ready func(*gateway)
+}
+
+func (c *RunCommand) Run(ctx context.Context, args []string) error {
+	var path string
+	fs := newFlagSet("run", c.Stderr, &path)
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	cfg, err := LoadConfig(path)
+	if err != nil {
+		return usageError{err}
+	}
+	log, err := newLogger(cfg.Log, os.Stderr)
+	if err != nil {
+		return usageError{err}
+	}
+	g, err := startGateway(cfg, log)
+	if err != nil {
+		log.Error().Err(err).Msg("start failed")
+		return err
+	}
+	if c.ready != nil {
+		c.ready(g)
+	}
+	select {
+	case <-ctx.Done():
+		log.Info().Msg("stopping")
+	case err = <-g.fatal:
+		log.Error().Err(err).Msg("stopping after a fatal error")
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), shutdownBudget)
+	defer cancel()
+	if cerr := g.close(sctx); cerr != nil {
+		log.Error().Err(cerr).Msg("unclean stop")
+		return errors.Join(err, cerr)
+	}
+	log.Info().Msg("stopped")
+	return err
+}
+
+// newLogger builds the one logger of the process.
+func newLogger(cfg LogConfig, w io.Writer) (zerolog.Logger, error) {
+	name := strings.TrimSpace(cfg.Level)
+	if name == "" {
+		name = "info" // ParseLevel("") is NoLevel, which would mute everything
+	}
+	level, err := zerolog.ParseLevel(name)
+	if err != nil {
+		return zerolog.Logger{}, fmt.Errorf("log.level: %w", err)
+	}
+	if cfg.Format == "console" {
+		w = zerolog.ConsoleWriter{Out: w, TimeFormat: time.DateTime}
+	}
+	return zerolog.New(w).Level(level).With().Timestamp().Logger(), nil
+}
+
+// gateway is a running gateway: every component, in start order.
+type gateway struct {
+	log        zerolog.Logger
+	queue      *buffer.Queue
+	brokerSrv  *broker.Server
+	sinks      []sinks.Sink
+	forwarders []*bridge.Forwarder
+	receiver   *bridge.Receiver
+	webhook    *http.Server
+	webhookLn  net.Listener
+	admin      *http.Server
+	adminLn    net.Listener
+
+	fwdCancel context.CancelFunc
+	fwdWG     sync.WaitGroup
+	srvWG     sync.WaitGroup
+	fatal     chan error
+	closeOnce sync.Once
+	closeErr  error
+}
+
+func startGateway(cfg *Config, log zerolog.Logger) (g *gateway, err error) {
+	g = &gateway{log: log, fatal: make(chan error, 4)}
+	defer func() {
+		if err != nil {
+			ctx, cancel := context.WithTimeout(context.Background(), shutdownBudget)
+			defer cancel()
+			g.close(ctx)
+		}
+	}()
+
+	names := make([]string, len(cfg.Sinks))
+	for i, s := range cfg.Sinks {
+		names[i] = s.Name
+	}
+	g.queue, err = buffer.Open(bufferConfig(cfg, names), log.With().Str("component", "queue").Logger())
+	if err != nil {
+		return g, err
+	}
+
+	if cfg.Broker.Enabled {
+		g.brokerSrv, err = broker.New(brokerConfig(cfg), log)
+		if err != nil {
+			return g, fmt.Errorf("embedded broker: %w", err)
+		}
+		if err := g.brokerSrv.Start(); err != nil {
+			return g, fmt.Errorf("embedded broker: %w", err)
+		}
+	}
+
+	for _, sc := range cfg.Sinks {
+		slog := log.With().Str("component", "sink").Str("sink", sc.Name).Logger()
+		s, err := g.newSink(cfg, sc, slog)
+		if err != nil {
+			return g, fmt.Errorf("sink %s: %w", sc.Name, err)
+		}
+		g.sinks = append(g.sinks, s)
+		r, err := g.queue.Reader(sc.Name)
+		if err != nil {
+			return g, err
+		}
+		g.forwarders = append(g.forwarders, bridge.NewForwarder(bridge.ForwarderConfig{}, r, s, slog))
+	}
+	fctx, cancel := context.WithCancel(context.Background())
+	g.fwdCancel = cancel
+	for _, f := range g.forwarders {
+		g.fwdWG.Add(1)
+		go func() {
+			defer g.fwdWG.Done()
+			if err := f.Run(fctx); err != nil {
+				g.fatal <- fmt.Errorf("forwarder: %w", err)
+			}
+		}()
+	}
+
+	g.receiver = bridge.NewReceiver(receiverConfig(cfg), g.queue, log.With().Str("component", "webhook").Logger())
+	for _, rt := range cfg.Webhook.Routes {
+		if rt.Token == "" {
+			log.Warn().Str("path", rt.Path).Msg("webhook route has no token: anyone who can reach it can post")
+		}
+	}
+	if err := g.startWebhook(cfg); err != nil {
+		return g, err
+	}
+	if cfg.Admin.Listen != "" {
+		if err := g.startAdmin(cfg.Admin.Listen); err != nil {
+			return g, err
+		}
+	}
+	st, _ := g.queue.Stats()
+	log.Info().
+		Str("webhook", g.webhookLn.Addr().String()).
+		Strs("routes", routePaths(cfg)).
+		Strs("sinks", names).
+		Str("queue", cfg.Buffer.Path).
+		Uint64("queued", st.Messages).
+		Str("version", Version).
+		Msg("gateway ready")
+	return g, nil
+}
+
+func routePaths(cfg *Config) []string {
+	var p []string
+	for _, r := range cfg.Webhook.Routes {
+		p = append(p, r.Path)
+	}
+	return p
+}
+
+func (g *gateway) newSink(cfg *Config, sc SinkConfig, log zerolog.Logger) (sinks.Sink, error) {
+	switch sc.Type {
+	case "broker":
+		if g.brokerSrv == nil {
+			return nil, errors.New("type broker needs broker.enabled")
+		}
+		return broker.NewSink(g.brokerSrv, broker.SinkConfig{
+			Name:        sc.Name,
+			TopicPrefix: sc.TopicPrefix,
+			Values:      sc.Values,
+			Retain:      sc.Retain,
+			GatewayID:   cfg.Gateway.ID,
+		}, log)
+	default:
+		return nil, fmt.Errorf("sink type %q is not supported by this version", sc.Type)
+	}
+}
+
+func (g *gateway) startWebhook(cfg *Config) error {
+	ln, err := net.Listen("tcp", cfg.Webhook.Listen)
+	if err != nil {
+		return fmt.Errorf("webhook listen: %w", err)
+	}
+	g.webhookLn = ln
+	g.webhook = &http.Server{
+		Handler:           g.receiver,
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		WriteTimeout:      30 * time.Second,
+		IdleTimeout:       120 * time.Second,
+		MaxHeaderBytes:    32 << 10,
+		ErrorLog:          nil,
+	}
+	tlsCert, tlsKey := cfg.Webhook.TLS.CertFile, cfg.Webhook.TLS.KeyFile
+	g.serve(g.webhook, func() error {
+		if tlsCert != "" {
+			return g.webhook.ServeTLS(ln, tlsCert, tlsKey)
+		}
+		return g.webhook.Serve(ln)
+	})
+	return nil
+}
+
+func (g *gateway) startAdmin(addr string) error {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("admin listen: %w", err)
+	}
+	g.adminLn = ln
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		io.WriteString(w, "ok\n")
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if _, err := g.queue.Stats(); err != nil {
+			http.Error(w, "queue: "+err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		io.WriteString(w, "ready\n")
+	})
+	g.admin = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, WriteTimeout: 10 * time.Second}
+	g.serve(g.admin, func() error { return g.admin.Serve(ln) })
+	return nil
+}
+
+func (g *gateway) serve(srv *http.Server, run func() error) {
+	g.srvWG.Add(1)
+	go func() {
+		defer g.srvWG.Done()
+		if err := run(); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			g.fatal <- fmt.Errorf("http server: %w", err)
+		}
+	}()
+}
+
+// close stops intake first, then delivery, then outputs, then the queue, so
+// nothing that got a 200 is half-written and nothing is lost.
+func (g *gateway) close(ctx context.Context) error {
+	g.closeOnce.Do(func() {
+		var errs []error
+		for _, srv := range []*http.Server{g.webhook, g.admin} {
+			if srv == nil {
+				continue
+			}
+			// Shutdown waits for in-flight requests, whose 200 waits for
+			// their commit.
+			if err := srv.Shutdown(ctx); err != nil {
+				errs = append(errs, fmt.Errorf("stop http: %w", err))
+				srv.Close()
+			}
+		}
+		g.srvWG.Wait()
+		if g.fwdCancel != nil {
+			g.fwdCancel()
+		}
+		g.fwdWG.Wait()
+		for _, s := range g.sinks {
+			if err := s.Close(ctx); err != nil {
+				errs = append(errs, fmt.Errorf("close sink %s: %w", s.Name(), err))
+			}
+		}
+		if g.brokerSrv != nil {
+			if err := g.brokerSrv.Close(); err != nil {
+				errs = append(errs, fmt.Errorf("close broker: %w", err))
+			}
+		}
+		if g.queue != nil {
+			if err := g.queue.Close(); err != nil {
+				errs = append(errs, err)
+			}
+		}
+		g.closeErr = errors.Join(errs...)
+	})
+	return g.closeErr
+}

@@ -1,0 +1,44 @@
+package main
+
+import (
+	"wittra-gateway/bridge"
+	"wittra-gateway/buffer"
+	"wittra-gateway/sinks/broker"
+)
+
+// The YAML config stays in this package; each component gets its own plain
+// Config built here.
+
+func bufferConfig(cfg *Config, consumers []string) buffer.Config {
+	policy := buffer.Reject
+	if cfg.Buffer.WhenFull == "drop_oldest" {
+		policy = buffer.DropOldest
+	}
+	return buffer.Config{
+		Path:        cfg.Buffer.Path,
+		MaxBytes:    cfg.Buffer.MaxBytes,
+		MaxAge:      cfg.Buffer.MaxAge,
+		WhenFull:    policy,
+		DedupWindow: cfg.Buffer.DedupWindow,
+		Consumers:   consumers,
+	}
+}
+
+func brokerConfig(cfg *Config) broker.Config {
+	bc := broker.Config{AllowAnonymous: cfg.Broker.AllowAnonymous}
+	for _, l := range cfg.Broker.Listeners {
+		bc.Listeners = append(bc.Listeners, broker.Listener{Type: l.Type, Address: l.Address, CertFile: l.CertFile, KeyFile: l.KeyFile})
+	}
+	for _, u := range cfg.Broker.Users {
+		bc.Users = append(bc.Users, broker.User{Username: u.Username, Password: u.Password, Publish: u.Publish})
+	}
+	return bc
+}
+
+func receiverConfig(cfg *Config) bridge.ReceiverConfig {
+	rc := bridge.ReceiverConfig{MaxBody: cfg.Webhook.MaxBody}
+	for _, r := range cfg.Webhook.Routes {
+		rc.Routes = append(rc.Routes, bridge.Route{Path: r.Path, Token: r.Token, Project: r.Project, DevicePrefixes: r.DevicePrefixes})
+	}
+	return rc
+}
