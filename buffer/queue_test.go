@@ -316,3 +316,26 @@ func TestConcurrentAppendsShareCommits(t *testing.T) {
 	}
 	t.Logf("%d appends in %d commits", writers*each, st.Commits)
 }
+
+func TestKVSurvivesRestart(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "q.db")
+	q := openQueue(t, Config{Path: path})
+	kv := q.KV("c8y")
+	if v, err := kv.Get("D1"); err != nil || v != nil {
+		t.Fatalf("Get before Put = %q, %v; want nil, nil", v, err)
+	}
+	if err := kv.Put(context.Background(), "D1", []byte("123")); err != nil {
+		t.Fatal(err)
+	}
+	q.Close()
+	q = openQueue(t, Config{Path: path})
+	if v, err := q.KV("c8y").Get("D1"); err != nil || string(v) != "123" {
+		t.Fatalf("Get after restart = %q, %v; want 123", v, err)
+	}
+	if keys, _ := q.KV("c8y").Keys(); len(keys) != 1 || keys[0] != "D1" {
+		t.Fatalf("Keys = %v, want [D1]", keys)
+	}
+	if v, _ := q.KV("other").Get("D1"); v != nil {
+		t.Fatalf("namespaces leak: other/D1 = %q", v)
+	}
+}
