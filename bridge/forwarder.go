@@ -3,6 +3,7 @@ package bridge
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync/atomic"
 	"time"
 
@@ -92,7 +93,7 @@ func (f *Forwarder) Run(ctx context.Context) error {
 			}
 			msgs = append(msgs, m)
 		}
-		if err := f.deliver(ctx, msgs); err != nil {
+		if err := f.deliver(ctx, msgs, recs); err != nil {
 			return nil // only ctx ends delivery
 		}
 		if err := f.reader.Ack(ctx, recs[len(recs)-1].Seq); err != nil {
@@ -106,9 +107,9 @@ func (f *Forwarder) Run(ctx context.Context) error {
 	}
 }
 
-// deliver publishes msgs until all are delivered or rejected; it returns an
-// error only when ctx ends.
-func (f *Forwarder) deliver(ctx context.Context, msgs []sinks.Message) error {
+// deliver publishes msgs until all are delivered or dead-lettered; it
+// returns an error only when ctx ends. recs are the records msgs came from.
+func (f *Forwarder) deliver(ctx context.Context, msgs []sinks.Message, recs []buffer.Record) error {
 	backoff := f.cfg.MinBackoff
 	failing := false
 	for len(msgs) > 0 {
@@ -130,10 +131,14 @@ func (f *Forwarder) deliver(ctx context.Context, msgs []sinks.Message) error {
 			return ctx.Err()
 		}
 		if errors.Is(err, sinks.ErrPermanent) && len(msgs) > 0 {
-			f.stats.Rejected.Add(1)
-			f.log.Error().Err(err).Uint64("seq", msgs[0].Seq).Str("device", msgs[0].Device).Msg("sink rejected message permanently; skipping it")
-			msgs = msgs[1:]
-			continue
+			if derr := f.deadLetter(ctx, msgs[0].Seq, recs, err); derr != nil {
+				err = derr // kept and retried: better late than lost
+			} else {
+				f.stats.Rejected.Add(1)
+				f.log.Error().Err(err).Uint64("seq", msgs[0].Seq).Str("device", msgs[0].Device).Msg("sink refused message permanently; dead-lettered")
+				msgs = msgs[1:]
+				continue
+			}
 		}
 		f.stats.Failures.Add(1)
 		if !failing {
@@ -149,4 +154,13 @@ func (f *Forwarder) deliver(ctx context.Context, msgs []sinks.Message) error {
 		backoff = min(backoff*2, f.cfg.MaxBackoff)
 	}
 	return nil
+}
+
+func (f *Forwarder) deadLetter(ctx context.Context, seq uint64, recs []buffer.Record, reason error) error {
+	for _, rec := range recs {
+		if rec.Seq == seq {
+			return f.reader.DeadLetter(ctx, rec, reason.Error())
+		}
+	}
+	return fmt.Errorf("dead-letter %d: record not in batch", seq)
 }

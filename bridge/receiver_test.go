@@ -333,4 +333,18 @@ func TestForwarderDeliversInOrderRetriesAndSkipsRejected(t *testing.T) {
 	if got := f.Stats().Rejected.Load(); got != 1 {
 		t.Errorf("rejected = %d, want 1", got)
 	}
+	var dead []buffer.DeadLetter
+	in.q.DeadLetters(func(d buffer.DeadLetter) bool {
+		dead = append(dead, d)
+		return true
+	})
+	if len(dead) != 1 || dead[0].Seq != 5 || dead[0].Consumer != "s" || !strings.Contains(dead[0].Reason, "rejected permanently") {
+		t.Fatalf("dead letters = %+v, want seq 5 of consumer s with the reason", dead)
+	}
+	if m, err := DecodeRecord(dead[0].Record); err != nil || m.Device != "D1" {
+		t.Fatalf("dead letter record does not decode: %v %+v", err, m)
+	}
+	if got := in.q.Counters().DeadLetters; got != 1 {
+		t.Errorf("dead letter counter = %d, want 1", got)
+	}
 }

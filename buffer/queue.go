@@ -111,6 +111,9 @@ type Counters struct {
 	Expired uint64 // deleted by MaxAge before every consumer had them
 	Dropped uint64 // deleted by DropOldest
 	Commits uint64 // transactions committed
+	// DeadLetters counts messages refused permanently by a sink; it starts
+	// from what the file holds.
+	DeadLetters uint64
 }
 
 // Queue is a durable FIFO with one cursor per consumer. It is safe for
@@ -240,6 +243,7 @@ func (q *Queue) load(tx *bolt.Tx) error {
 		return err
 	}
 	q.st = st
+	q.counters.DeadLetters = deadLetterCount(tx)
 	return nil
 }
 

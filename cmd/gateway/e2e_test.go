@@ -324,7 +324,7 @@ func TestQueueCommands(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !strings.Contains(out, "messages   3") || !regexp.MustCompile(`local\s+3\s`).MatchString(out) {
+	if !strings.Contains(out, "messages     3") || !regexp.MustCompile(`local\s+3\s`).MatchString(out) {
 		t.Fatalf("stats:\n%s\nwant 3 messages, depth 3 for local", out)
 	}
 	out, err = queueCmd("peek", "-n", "2")
@@ -347,7 +347,7 @@ func TestQueueCommands(t *testing.T) {
 	if out, err = queueCmd("purge", "-yes"); err != nil || !strings.Contains(out, "purged 3") {
 		t.Fatalf("purge -yes: %q %v", out, err)
 	}
-	if out, _ = queueCmd("stats"); !strings.Contains(out, "messages   0") {
+	if out, _ = queueCmd("stats"); !strings.Contains(out, "messages     0") {
 		t.Fatalf("stats after purge:\n%s", out)
 	}
 }

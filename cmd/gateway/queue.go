@@ -26,7 +26,7 @@ const queueUsage = `usage: wittra-gateway queue <stats|peek|export|purge> [-conf
 
   stats            depth and oldest age per sink
   peek [-n N]      the next N messages (default 10) of -sink (default: the first sink)
-  export           every stored message as JSON lines
+  export [-dead]   every stored message (or dead letter) as JSON lines
   purge -yes       delete every stored message (they are NOT delivered)
 `
 
@@ -37,10 +37,12 @@ func (c *QueueCommand) Run(ctx context.Context, args []string) error {
 	sub, args := args[0], args[1:]
 	var path, sinkName string
 	var n int
-	var yes bool
+	var yes, dead bool
 	fs := newFlagSet("queue "+sub, c.Stderr, &path)
 	switch sub {
-	case "stats", "export":
+	case "stats":
+	case "export":
+		fs.BoolVar(&dead, "dead", false, "export the dead letters (messages a sink refused) instead")
 	case "peek":
 		fs.IntVar(&n, "n", 10, "how many messages")
 		fs.StringVar(&sinkName, "sink", "", "whose next messages (default: the first sink)")
@@ -81,6 +83,9 @@ func (c *QueueCommand) Run(ctx context.Context, args []string) error {
 		}
 		return queuePeek(out, q, sinkName, n)
 	case "export":
+		if dead {
+			return deadExport(out, q)
+		}
 		return queueExport(out, q, 0, -1)
 	default:
 		deleted, err := q.Purge(ctx)
@@ -97,7 +102,7 @@ func queueStats(w io.Writer, q *buffer.Queue) error {
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(w, "file       %s\nmessages   %d\nbytes      %d\n", q.Path(), st.Messages, st.Bytes)
+	fmt.Fprintf(w, "file         %s\nmessages     %d\nbytes        %d\ndead letters %d\n", q.Path(), st.Messages, st.Bytes, st.DeadLetters)
 	fmt.Fprintf(w, "\n%-20s %10s %14s\n", "SINK", "DEPTH", "OLDEST AGE")
 	for _, c := range st.Consumers {
 		age := "-"
@@ -124,6 +129,8 @@ func queuePeek(w io.Writer, q *buffer.Queue, sink string, n int) error {
 
 // exported is one message as `queue export` prints it.
 type exported struct {
+	Sink     string          `json:"sink,omitempty"`   // dead letters only
+	Reason   string          `json:"reason,omitempty"` // dead letters only
 	Seq      uint64          `json:"seq"`
 	Received time.Time       `json:"received"`
 	Project  string          `json:"project"`
@@ -147,6 +154,21 @@ func queueExport(w io.Writer, q *buffer.Queue, from uint64, n int) error {
 			return false
 		}
 		werr = enc.Encode(exported{Seq: m.Seq, Received: m.Received.UTC(), Project: m.Project, Device: m.Device, Kind: m.Kind.String(), Body: m.Body})
+		return werr == nil
+	})
+	return errors.Join(err, werr)
+}
+
+func deadExport(w io.Writer, q *buffer.Queue) error {
+	enc := json.NewEncoder(w)
+	var werr error
+	err := q.DeadLetters(func(d buffer.DeadLetter) bool {
+		m, err := bridge.DecodeRecord(d.Record)
+		if err != nil {
+			werr = err
+			return false
+		}
+		werr = enc.Encode(exported{Sink: d.Consumer, Reason: d.Reason, Seq: m.Seq, Received: m.Received.UTC(), Project: m.Project, Device: m.Device, Kind: m.Kind.String(), Body: m.Body})
 		return werr == nil
 	})
 	return errors.Join(err, werr)

@@ -1,0 +1,59 @@
+# wittra-gateway — build, test, install.
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+COMMIT  ?= $(shell git rev-parse --short HEAD 2>/dev/null)
+LDFLAGS := -s -w -X main.Version=$(VERSION) -X main.Commit=$(COMMIT)
+GO      ?= go
+PREFIX  ?= /usr/local
+DESTDIR ?=
+BIN     := dist/wittra-gateway
+
+.PHONY: build run test test-short bench vet lint fmt cross install clean
+
+build:
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/gateway
+
+run: build
+	./$(BIN) run -config config.example.yaml
+
+# The whole suite, race detector on (it includes the kill -9 crash tests).
+test:
+	$(GO) vet ./...
+	$(GO) test -race -count=1 -timeout 15m ./...
+
+# Skips the long crash/outage tests.
+test-short:
+	$(GO) test -race -short ./...
+
+bench:
+	$(GO) test -run '^$$' -bench . -benchtime 2s ./buffer ./wittra
+
+vet:
+	$(GO) vet ./...
+
+lint: vet
+	@test -z "$$(gofmt -l .)" || { echo "gofmt needed:"; gofmt -l .; exit 1; }
+
+fmt:
+	gofmt -w .
+
+cross:
+	for t in linux/amd64 linux/arm64 linux/arm/7; do \
+		os=$${t%%/*}; rest=$${t#*/}; arch=$${rest%%/*}; arm=$${rest#*/}; \
+		[ "$$arch" = arm ] && ext=v$$arm || ext=; \
+		CGO_ENABLED=0 GOOS=$$os GOARCH=$$arch GOARM=$$( [ "$$arch" = arm ] && echo $$arm ) \
+			$(GO) build -trimpath -ldflags "$(LDFLAGS)" -o dist/wittra-gateway-$$os-$$arch$$ext ./cmd/gateway || exit 1; \
+	done
+	ls -l dist/
+
+install: build
+	install -D -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/bin/wittra-gateway
+	install -D -m 0644 systemd/wittra-gateway.service $(DESTDIR)/etc/systemd/system/wittra-gateway.service
+	sed -i 's|/usr/local/bin/wittra-gateway|$(PREFIX)/bin/wittra-gateway|' $(DESTDIR)/etc/systemd/system/wittra-gateway.service
+	install -d -m 0755 $(DESTDIR)/etc/wittra-gateway
+	# Never overwrite an operator's config.
+	test -e $(DESTDIR)/etc/wittra-gateway/config.yaml || \
+		sed 's|path: ./data/queue.db|path: /var/lib/wittra-gateway/queue.db|' config.example.yaml > $(DESTDIR)/etc/wittra-gateway/config.yaml
+	chmod 0640 $(DESTDIR)/etc/wittra-gateway/config.yaml
+
+clean:
+	rm -rf dist
