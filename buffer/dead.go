@@ -56,7 +56,7 @@ func (r *Reader) DeadLetter(ctx context.Context, rec Record, reason string) erro
 // DeadLetters calls fn for each stored dead letter, oldest message first,
 // until fn returns false. Data is only valid during the call.
 func (q *Queue) DeadLetters(fn func(DeadLetter) bool) error {
-	return q.db.View(func(tx *bolt.Tx) error {
+	return q.view(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketDead)
 		if b == nil {
 			return nil

@@ -23,7 +23,7 @@ func (q *Queue) KV(namespace string) *KV { return &KV{q: q, namespace: []byte(na
 // Get returns a copy of the value of key, or nil when absent.
 func (k *KV) Get(key string) ([]byte, error) {
 	var out []byte
-	err := k.q.db.View(func(tx *bolt.Tx) error {
+	err := k.q.view(func(tx *bolt.Tx) error {
 		if b := k.bucket(tx); b != nil {
 			if v := b.Get([]byte(key)); v != nil {
 				out = append([]byte{}, v...)
@@ -60,7 +60,7 @@ func (k *KV) Put(ctx context.Context, key string, value []byte) error {
 // Keys lists the namespace's keys in byte order.
 func (k *KV) Keys() ([]string, error) {
 	var keys []string
-	err := k.q.db.View(func(tx *bolt.Tx) error {
+	err := k.q.view(func(tx *bolt.Tx) error {
 		if b := k.bucket(tx); b != nil {
 			return b.ForEach(func(key, _ []byte) error {
 				keys = append(keys, string(key))

@@ -34,9 +34,10 @@ const (
 
 // Defaults used when a Config field is zero.
 const (
-	DefaultLockTimeout   = 2 * time.Second
-	DefaultSweepInterval = 30 * time.Second
-	DefaultMaxBatch      = 4096
+	DefaultLockTimeout    = 2 * time.Second
+	DefaultSweepInterval  = 30 * time.Second
+	DefaultMaxBatch       = 4096
+	DefaultCompactMinSize = 64 << 20
 )
 
 // Config of a queue. Zero fields fall back to the defaults noted.
@@ -50,6 +51,13 @@ type Config struct {
 	LockTimeout   time.Duration // wait for the file lock; DefaultLockTimeout
 	SweepInterval time.Duration // expiry and dedup sweeps; DefaultSweepInterval
 	MaxBatch      int           // writes per commit; DefaultMaxBatch
+	// MaxFileSize is a hard bound on the file: a commit that would grow it
+	// further fails (the webhook answers 503). 0 = 2×MaxBytes + 64 MiB
+	// when MaxBytes is set, else none.
+	MaxFileSize int64
+	// CompactMinSize: the file is compacted when it is at least this big
+	// and mostly free pages. DefaultCompactMinSize.
+	CompactMinSize int64
 }
 
 // Entry is one message to append.
@@ -108,9 +116,11 @@ func (s *state) minCursor() uint64 {
 
 // Counters are totals since Open.
 type Counters struct {
-	Expired uint64 // deleted by MaxAge before every consumer had them
-	Dropped uint64 // deleted by DropOldest
-	Commits uint64 // transactions committed
+	Expired     uint64 // deleted by MaxAge before every consumer had them
+	Dropped     uint64 // deleted by DropOldest
+	Commits     uint64 // transactions committed
+	Compactions uint64 // times the file was rewritten to shrink it
+	Quarantined uint64 // corrupt files moved aside at open
 	// DeadLetters counts messages refused permanently by a sink; it starts
 	// from what the file holds.
 	DeadLetters uint64
@@ -121,7 +131,13 @@ type Counters struct {
 type Queue struct {
 	cfg Config
 	log zerolog.Logger
-	db  *bolt.DB
+
+	// dbMu guards the db pointer: compaction swaps the file under Lock;
+	// readers hold RLock for the length of a read transaction.
+	dbMu sync.RWMutex
+	db   *bolt.DB
+	// compactReq asks the committer to compact between two commits.
+	compactReq chan chan error
 
 	mu       sync.Mutex
 	st       state
@@ -161,38 +177,95 @@ func Open(cfg Config, log zerolog.Logger) (*Queue, error) {
 	if cfg.MaxBatch <= 0 {
 		cfg.MaxBatch = DefaultMaxBatch
 	}
+	if cfg.CompactMinSize <= 0 {
+		cfg.CompactMinSize = DefaultCompactMinSize
+	}
+	if cfg.MaxFileSize == 0 && cfg.MaxBytes > 0 {
+		cfg.MaxFileSize = 2*cfg.MaxBytes + 64<<20
+	}
 	if err := os.MkdirAll(filepath.Dir(cfg.Path), 0o750); err != nil {
 		return nil, fmt.Errorf("create queue directory: %w", err)
 	}
-	db, err := bolt.Open(cfg.Path, 0o600, &bolt.Options{
-		Timeout: cfg.LockTimeout,
-		// The freelist is rebuilt at open instead of rewritten on every
-		// commit, which after a drained backlog would dominate each fsync.
-		NoFreelistSync: true,
-		FreelistType:   bolt.FreelistMapType,
-	})
-	if errors.Is(err, bolterrors.ErrTimeout) {
-		return nil, fmt.Errorf("open queue %s: %w (is another gateway or queue command running?)", cfg.Path, ErrLocked)
+	q := &Queue{
+		cfg:        cfg,
+		log:        log,
+		readers:    make(map[string]*Reader),
+		ops:        make(chan *op, 1024),
+		done:       make(chan struct{}),
+		compactReq: make(chan chan error),
+	}
+	err := q.openAndLoad()
+	if isCorrupt(err) {
+		// A queue that cannot be read must not stop the site from taking
+		// new readings: keep the damaged file for forensics, start afresh.
+		aside := fmt.Sprintf("%s.corrupt-%s", cfg.Path, time.Now().UTC().Format("20060102T150405Z"))
+		if rerr := os.Rename(cfg.Path, aside); rerr != nil {
+			return nil, fmt.Errorf("open queue %s: %w (and moving it aside failed: %v)", cfg.Path, err, rerr)
+		}
+		log.Error().Err(err).Str("moved_to", aside).Msg("queue file is corrupt: moved aside, starting on a fresh queue; messages in it were NOT delivered")
+		q.counters.Quarantined++
+		err = q.openAndLoad()
 	}
 	if err != nil {
-		return nil, fmt.Errorf("open queue %s: %w", cfg.Path, err)
-	}
-	q := &Queue{
-		cfg:     cfg,
-		log:     log,
-		db:      db,
-		readers: make(map[string]*Reader),
-		ops:     make(chan *op, 1024),
-		done:    make(chan struct{}),
-	}
-	if err := db.Update(q.load); err != nil {
-		db.Close()
-		return nil, fmt.Errorf("open queue %s: %w", cfg.Path, err)
+		return nil, err
 	}
 	q.wg.Add(2)
 	go q.commitLoop()
 	go q.sweepLoop()
 	return q, nil
+}
+
+func (q *Queue) openDB() (*bolt.DB, error) {
+	db, err := bolt.Open(q.cfg.Path, 0o600, &bolt.Options{
+		Timeout: q.cfg.LockTimeout,
+		// The freelist is rebuilt at open instead of rewritten on every
+		// commit, which after a drained backlog would dominate each fsync.
+		NoFreelistSync: true,
+		FreelistType:   bolt.FreelistMapType,
+		MaxSize:        int(q.cfg.MaxFileSize),
+	})
+	if errors.Is(err, bolterrors.ErrTimeout) {
+		return nil, fmt.Errorf("open queue %s: %w (is another gateway or queue command running?)", q.cfg.Path, ErrLocked)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("open queue %s: %w", q.cfg.Path, err)
+	}
+	return db, nil
+}
+
+// openAndLoad opens the file and reads its state. bbolt panics on some
+// damaged pages; that is reported as corruption, not a crash loop.
+func (q *Queue) openAndLoad() (err error) {
+	db, err := q.openDB()
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			err = &CorruptError{Key: "(file)", Err: fmt.Errorf("bbolt panic: %v", r)}
+		}
+		if err != nil {
+			db.Close()
+		}
+	}()
+	if err := db.Update(q.load); err != nil {
+		return fmt.Errorf("open queue %s: %w", q.cfg.Path, err)
+	}
+	q.db = db
+	return nil
+}
+
+func isCorrupt(err error) bool {
+	var ce *CorruptError
+	return errors.As(err, &ce) || errors.Is(err, bolterrors.ErrInvalid) ||
+		errors.Is(err, bolterrors.ErrVersionMismatch) || errors.Is(err, bolterrors.ErrChecksum)
+}
+
+// view runs a read transaction on the current file.
+func (q *Queue) view(fn func(*bolt.Tx) error) error {
+	q.dbMu.RLock()
+	defer q.dbMu.RUnlock()
+	return q.db.View(fn)
 }
 
 // load creates the buckets, reconciles the cursors with cfg.Consumers and
@@ -289,7 +362,18 @@ func (q *Queue) submit(ctx context.Context, o *op) error {
 func (q *Queue) commitLoop() {
 	defer q.wg.Done()
 	batch := make([]*op, 0, 64)
-	for first := range q.ops {
+	for {
+		var first *op
+		select {
+		case o, ok := <-q.ops:
+			if !ok {
+				return
+			}
+			first = o
+		case reply := <-q.compactReq:
+			reply <- q.compact()
+			continue
+		}
 		batch = append(batch[:0], first)
 	drain:
 		for len(batch) < q.cfg.MaxBatch {

@@ -86,7 +86,7 @@ func (q *Queue) readFrom(from uint64, max, maxBytes int) ([]Record, error) {
 	recs := make([]Record, 0, min(max, 256))
 	var slab []byte
 	var ends []int
-	err := q.db.View(func(tx *bolt.Tx) error {
+	err := q.view(func(tx *bolt.Tx) error {
 		c := tx.Bucket(bucketMsgs).Cursor()
 		for k, v := c.Seek(u64(from)); k != nil && len(recs) < max; k, v = c.Next() {
 			if len(v) < 8 {
@@ -166,7 +166,7 @@ func (q *Queue) Stats() (Stats, error) {
 		names = append(names, n)
 	}
 	slices.Sort(names)
-	err := q.db.View(func(tx *bolt.Tx) error {
+	err := q.view(func(tx *bolt.Tx) error {
 		c := tx.Bucket(bucketMsgs).Cursor()
 		for _, n := range names {
 			cs := ConsumerStats{Name: n, Cursor: st.cursors[n]}
@@ -189,7 +189,7 @@ func (q *Queue) Stats() (Stats, error) {
 // Scan calls fn for stored records from sequence from on, in order, until fn
 // returns false. Record data is only valid during the call.
 func (q *Queue) Scan(from uint64, fn func(Record) bool) error {
-	return q.db.View(func(tx *bolt.Tx) error {
+	return q.view(func(tx *bolt.Tx) error {
 		c := tx.Bucket(bucketMsgs).Cursor()
 		for k, v := c.Seek(u64(from)); k != nil; k, v = c.Next() {
 			if len(v) < 8 {
