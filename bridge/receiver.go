@@ -60,20 +60,36 @@ type Receiver struct {
 	queue   Appender
 	log     zerolog.Logger
 	bufs    sync.Pool
-	stats   ReceiverStats
+	noRoute RouteStats
 }
 
 type route struct {
 	Route
 	rawToken, b64Token []byte
+	stats              RouteStats
 }
 
-// ReceiverStats are totals since start.
-type ReceiverStats struct {
-	Requests   [6]atomic.Uint64 // by class: see StatusClass
+// ReplyCodes are the HTTP codes the receiver answers with (SPEC §4), in
+// the order of RouteStats.Replies.
+var ReplyCodes = [...]int{200, 400, 401, 404, 405, 413, 415, 503}
+
+// RouteStats are one route's totals since start. Requests to no route are
+// counted under the path "".
+type RouteStats struct {
+	Path       string
+	Replies    [len(ReplyCodes)]atomic.Uint64
 	Accepted   atomic.Uint64
 	Duplicates atomic.Uint64
 	Dropped    atomic.Uint64 // filtered out by device_prefixes
+}
+
+func (s *RouteStats) reply(code int) {
+	for i, c := range ReplyCodes {
+		if c == code {
+			s.Replies[i].Add(1)
+			return
+		}
+	}
 }
 
 // NewReceiver builds the webhook handler.
@@ -84,6 +100,7 @@ func NewReceiver(cfg ReceiverConfig, q Appender, log zerolog.Logger) *Receiver {
 	}
 	for _, rt := range cfg.Routes {
 		x := &route{Route: rt}
+		x.stats.Path = rt.Path
 		if rt.Token != "" {
 			x.rawToken = []byte(rt.Token)
 			x.b64Token = []byte(base64.StdEncoding.EncodeToString([]byte(rt.Token)))
@@ -97,24 +114,25 @@ func NewReceiver(cfg ReceiverConfig, q Appender, log zerolog.Logger) *Receiver {
 func (r *Receiver) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 	rt, ok := r.routes[req.URL.Path]
 	if !ok {
-		r.fail(w, req, http.StatusNotFound, "no webhook route at this path")
+		r.fail(w, req, &r.noRoute, http.StatusNotFound, "no webhook route at this path")
 		return
 	}
+	st := &rt.stats
 	if req.Method != http.MethodPost {
 		w.Header().Set("Allow", http.MethodPost)
-		r.fail(w, req, http.StatusMethodNotAllowed, "method not allowed: use POST")
+		r.fail(w, req, st, http.StatusMethodNotAllowed, "method not allowed: use POST")
 		return
 	}
 	if rt.rawToken != nil && !rt.authorized(req.Header.Get("auth-token")) {
-		r.fail(w, req, http.StatusUnauthorized, "missing or wrong auth-token")
+		r.fail(w, req, st, http.StatusUnauthorized, "missing or wrong auth-token")
 		return
 	}
 	if !isJSON(req.Header.Get("Content-Type")) {
-		r.fail(w, req, http.StatusUnsupportedMediaType, "content type must be application/json")
+		r.fail(w, req, st, http.StatusUnsupportedMediaType, "content type must be application/json")
 		return
 	}
 	if req.ContentLength > r.maxBody {
-		r.fail(w, req, http.StatusRequestEntityTooLarge, fmt.Sprintf("body over %d bytes", r.maxBody))
+		r.fail(w, req, st, http.StatusRequestEntityTooLarge, fmt.Sprintf("body over %d bytes", r.maxBody))
 		return
 	}
 	buf := r.bufs.Get().(*bytes.Buffer)
@@ -123,15 +141,15 @@ func (r *Receiver) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 	if _, err := buf.ReadFrom(http.MaxBytesReader(w, req.Body, r.maxBody)); err != nil {
 		var tooBig *http.MaxBytesError
 		if errors.As(err, &tooBig) {
-			r.fail(w, req, http.StatusRequestEntityTooLarge, fmt.Sprintf("body over %d bytes", r.maxBody))
+			r.fail(w, req, st, http.StatusRequestEntityTooLarge, fmt.Sprintf("body over %d bytes", r.maxBody))
 			return
 		}
-		r.fail(w, req, http.StatusBadRequest, "read body: "+err.Error())
+		r.fail(w, req, st, http.StatusBadRequest, "read body: "+err.Error())
 		return
 	}
 	entries, dropped, err := rt.entries(buf.Bytes())
 	if err != nil {
-		r.fail(w, req, http.StatusBadRequest, err.Error())
+		r.fail(w, req, st, http.StatusBadRequest, err.Error())
 		return
 	}
 	var res buffer.AppendResult
@@ -144,14 +162,14 @@ func (r *Receiver) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 			}
 			w.Header().Set("Retry-After", retry)
 			r.log.Error().Err(err).Str("path", req.URL.Path).Int("messages", len(entries)).Msg("queue refused messages")
-			r.fail(w, req, http.StatusServiceUnavailable, "queue unavailable: "+queueReason(err))
+			r.fail(w, req, st, http.StatusServiceUnavailable, "queue unavailable: "+queueReason(err))
 			return
 		}
 	}
-	r.stats.Accepted.Add(uint64(res.Accepted))
-	r.stats.Duplicates.Add(uint64(res.Duplicates))
-	r.stats.Dropped.Add(uint64(dropped))
-	r.stats.Requests[StatusClass(http.StatusOK)].Add(1)
+	st.Accepted.Add(uint64(res.Accepted))
+	st.Duplicates.Add(uint64(res.Duplicates))
+	st.Dropped.Add(uint64(dropped))
+	st.reply(http.StatusOK)
 	writeJSON(w, http.StatusOK, fmt.Sprintf(`{"accepted":%d,"duplicates":%d}`, res.Accepted, res.Duplicates))
 }
 
@@ -173,8 +191,8 @@ func queueReason(err error) string {
 	}
 }
 
-func (r *Receiver) fail(w http.ResponseWriter, req *http.Request, code int, msg string) {
-	r.stats.Requests[StatusClass(code)].Add(1)
+func (r *Receiver) fail(w http.ResponseWriter, req *http.Request, st *RouteStats, code int, msg string) {
+	st.reply(code)
 	if code < 500 {
 		r.log.Debug().Int("code", code).Str("path", req.URL.Path).Str("remote", req.RemoteAddr).Str("error", msg).Msg("webhook request refused")
 	}
@@ -192,27 +210,14 @@ func writeJSON(w http.ResponseWriter, code int, body string) {
 	io.WriteString(w, body+"\n")
 }
 
-// StatusClass maps the reply codes of SPEC §4 to indexes of
-// ReceiverStats.Requests: 0 200, 1 400, 2 401, 3 404/405, 4 413/415, 5 503.
-func StatusClass(code int) int {
-	switch code {
-	case http.StatusOK:
-		return 0
-	case http.StatusBadRequest:
-		return 1
-	case http.StatusUnauthorized:
-		return 2
-	case http.StatusNotFound, http.StatusMethodNotAllowed:
-		return 3
-	case http.StatusRequestEntityTooLarge, http.StatusUnsupportedMediaType:
-		return 4
-	default:
-		return 5
+// Stats returns every route's counters, the unmatched-path counters last.
+func (r *Receiver) Stats() []*RouteStats {
+	out := make([]*RouteStats, 0, len(r.routes)+1)
+	for _, rt := range r.routes {
+		out = append(out, &rt.stats)
 	}
+	return append(out, &r.noRoute)
 }
-
-// Stats returns the receiver's counters.
-func (r *Receiver) Stats() *ReceiverStats { return &r.stats }
 
 func (rt *route) authorized(got string) bool {
 	g := []byte(got)

@@ -34,8 +34,9 @@ func fixture(t *testing.T, name string) string {
 }
 
 type intake struct {
-	q   *buffer.Queue
-	url string
+	q    *buffer.Queue
+	recv *Receiver
+	url  string
 }
 
 func newIntake(t *testing.T, bcfg buffer.Config, routes ...Route) *intake {
@@ -52,12 +53,13 @@ func newIntake(t *testing.T, bcfg buffer.Config, routes ...Route) *intake {
 	if len(routes) == 0 {
 		routes = []Route{{Path: "/wittra"}}
 	}
-	srv := httptest.NewServer(NewReceiver(ReceiverConfig{Routes: routes, MaxBody: 64 << 10}, q, zerolog.Nop()))
+	recv := NewReceiver(ReceiverConfig{Routes: routes, MaxBody: 64 << 10}, q, zerolog.Nop())
+	srv := httptest.NewServer(recv)
 	t.Cleanup(func() {
 		srv.Close()
 		q.Close()
 	})
-	return &intake{q: q, url: srv.URL}
+	return &intake{q: q, recv: recv, url: srv.URL}
 }
 
 type response struct {
@@ -162,6 +164,17 @@ func TestReceiverRefusals(t *testing.T) {
 			}
 			if q := in.queued(t); len(q) != 0 {
 				t.Fatalf("a refused request queued %d messages", len(q))
+			}
+			var counted uint64
+			for _, st := range in.recv.Stats() {
+				for i, c := range ReplyCodes {
+					if c == tt.code {
+						counted += st.Replies[i].Load()
+					}
+				}
+			}
+			if counted != 1 {
+				t.Fatalf("replies counted with code %d = %d, want 1", tt.code, counted)
 			}
 		})
 	}

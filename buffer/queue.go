@@ -608,3 +608,28 @@ func (q *Queue) Counters() Counters {
 
 // Path is the queue file.
 func (q *Queue) Path() string { return q.cfg.Path }
+
+// Ping round-trips an empty write through the committer: it fails when
+// the commit path is stuck or the file is gone (the systemd watchdog and
+// /readyz use it).
+func (q *Queue) Ping(ctx context.Context) error {
+	done := make(chan error, 1)
+	go func() {
+		done <- q.submit(context.Background(), &op{apply: func(*bolt.Tx, *state, *Counters) error { return nil }})
+	}()
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+		return fmt.Errorf("queue ping: %w", ctx.Err())
+	}
+}
+
+// FileSize is the size of the queue file on disk.
+func (q *Queue) FileSize() int64 {
+	fi, err := os.Stat(q.cfg.Path)
+	if err != nil {
+		return 0
+	}
+	return fi.Size()
+}

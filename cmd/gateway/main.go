@@ -102,6 +102,12 @@ The default config is ` + DefaultConfigPath + `.
 `
 
 func versionString() string {
+	return fmt.Sprintf("wittra-gateway %s (commit %s, %s, %s/%s)", Version, commitString(), runtime.Version(), runtime.GOOS, runtime.GOARCH)
+}
+
+// commitString is the build's commit: from -ldflags, else from the Go
+// build info, else "unknown".
+func commitString() string {
 	commit := Commit
 	if commit == "" {
 		if bi, ok := debug.ReadBuildInfo(); ok {
@@ -115,7 +121,7 @@ func versionString() string {
 	if commit == "" {
 		commit = "unknown"
 	}
-	return fmt.Sprintf("wittra-gateway %s (commit %s, %s, %s/%s)", Version, commit, runtime.Version(), runtime.GOOS, runtime.GOARCH)
+	return commit
 }
 
 // newFlagSet makes a subcommand's flag set with the shared -config flag.

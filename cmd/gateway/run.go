@@ -7,10 +7,13 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
+
+	"github.com/coreos/go-systemd/v22/daemon"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/rs/zerolog"
 
@@ -42,7 +45,7 @@ func (c *RunCommand) Run(ctx context.Context, args []string) error {
 	if err != nil {
 		return usageError{err}
 	}
-	log, err := newLogger(cfg.Log, os.Stderr)
+	log, err := newLogger(cfg.Log, c.Stderr)
 	if err != nil {
 		return usageError{err}
 	}
@@ -54,12 +57,18 @@ func (c *RunCommand) Run(ctx context.Context, args []string) error {
 	if c.ready != nil {
 		c.ready(g)
 	}
+	notify(log, daemon.SdNotifyReady)
+	wdCtx, stopWatchdog := context.WithCancel(context.Background())
+	defer stopWatchdog()
+	go g.watchdog(wdCtx)
 	select {
 	case <-ctx.Done():
 		log.Info().Msg("stopping")
 	case err = <-g.fatal:
 		log.Error().Err(err).Msg("stopping after a fatal error")
 	}
+	stopWatchdog()
+	notify(log, daemon.SdNotifyStopping)
 	sctx, cancel := context.WithTimeout(context.Background(), shutdownBudget)
 	defer cancel()
 	if cerr := g.close(sctx); cerr != nil {
@@ -80,10 +89,39 @@ func newLogger(cfg LogConfig, w io.Writer) (zerolog.Logger, error) {
 	if err != nil {
 		return zerolog.Logger{}, fmt.Errorf("log.level: %w", err)
 	}
-	if cfg.Format == "console" {
+	switch cfg.Format {
+	case "console":
 		w = zerolog.ConsoleWriter{Out: w, TimeFormat: time.DateTime}
+	case "journald":
+		w = journaldWriter{w}
 	}
 	return zerolog.New(w).Level(level).With().Timestamp().Logger(), nil
+}
+
+// journaldWriter prefixes each JSON line with its syslog priority (<3>
+// error ... <7> debug). journald strips the prefix and files the line under
+// that priority, so `journalctl -p warning` finds warnings; plain lines would
+// all be priority 6.
+type journaldWriter struct{ w io.Writer }
+
+func (j journaldWriter) Write(p []byte) (int, error) { return j.WriteLevel(zerolog.InfoLevel, p) }
+
+func (j journaldWriter) WriteLevel(l zerolog.Level, p []byte) (int, error) {
+	prio := "<6>"
+	switch {
+	case l >= zerolog.ErrorLevel && l < zerolog.NoLevel:
+		prio = "<3>"
+	case l == zerolog.WarnLevel:
+		prio = "<4>"
+	case l <= zerolog.DebugLevel:
+		prio = "<7>"
+	}
+	line := make([]byte, 0, len(prio)+len(p))
+	line = append(append(line, prio...), p...)
+	if _, err := j.w.Write(line); err != nil {
+		return 0, err
+	}
+	return len(p), nil
 }
 
 // gateway is a running gateway: every component, in start order.
@@ -98,6 +136,7 @@ type gateway struct {
 	webhookLn  net.Listener
 	admin      *http.Server
 	adminLn    net.Listener
+	ready      atomic.Bool // /readyz: set once everything is up, cleared at stop
 
 	fwdCancel context.CancelFunc
 	fwdWG     sync.WaitGroup
@@ -175,6 +214,7 @@ func startGateway(cfg *Config, log zerolog.Logger) (g *gateway, err error) {
 			return g, err
 		}
 	}
+	g.ready.Store(true)
 	st, _ := g.queue.Stats()
 	log.Info().
 		Str("webhook", g.webhookLn.Addr().String()).
@@ -248,13 +288,20 @@ func (g *gateway) startAdmin(addr string) error {
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		io.WriteString(w, "ok\n")
 	})
-	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
-		if _, err := g.queue.Stats(); err != nil {
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		if !g.ready.Load() {
+			http.Error(w, "not ready: starting or stopping", http.StatusServiceUnavailable)
+			return
+		}
+		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+		defer cancel()
+		if err := g.queue.Ping(ctx); err != nil {
 			http.Error(w, "queue: "+err.Error(), http.StatusServiceUnavailable)
 			return
 		}
 		io.WriteString(w, "ready\n")
 	})
+	mux.Handle("GET /metrics", promhttp.HandlerFor(newRegistry(g), promhttp.HandlerOpts{}))
 	g.admin = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, WriteTimeout: 10 * time.Second}
 	g.serve(g.admin, func() error { return g.admin.Serve(ln) })
 	return nil
@@ -274,6 +321,7 @@ func (g *gateway) serve(srv *http.Server, run func() error) {
 // nothing that got a 200 is half-written and nothing is lost.
 func (g *gateway) close(ctx context.Context) error {
 	g.closeOnce.Do(func() {
+		g.ready.Store(false)
 		var errs []error
 		for _, srv := range []*http.Server{g.webhook, g.admin} {
 			if srv == nil {
@@ -309,4 +357,39 @@ func (g *gateway) close(ctx context.Context) error {
 		g.closeErr = errors.Join(errs...)
 	})
 	return g.closeErr
+}
+
+// notify tells systemd (Type=notify) about a state change; outside systemd
+// it does nothing.
+func notify(log zerolog.Logger, state string) {
+	if _, err := daemon.SdNotify(false, state); err != nil {
+		log.Warn().Err(err).Str("state", state).Msg("systemd notify")
+	}
+}
+
+// watchdog pings systemd's watchdog while the queue's commit path answers,
+// so a wedged gateway is restarted. A sink outage is not a reason to restart:
+// data waits in the queue.
+func (g *gateway) watchdog(ctx context.Context) {
+	interval, err := daemon.SdWatchdogEnabled(false)
+	if err != nil || interval <= 0 {
+		return
+	}
+	t := time.NewTicker(interval / 3)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			pctx, cancel := context.WithTimeout(ctx, interval/3)
+			err := g.queue.Ping(pctx)
+			cancel()
+			if err != nil {
+				g.log.Error().Err(err).Msg("queue not answering: withholding the watchdog ping")
+				continue
+			}
+			daemon.SdNotify(false, daemon.SdNotifyWatchdog)
+		}
+	}
 }

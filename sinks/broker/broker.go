@@ -267,6 +267,12 @@ func (s *Server) ClientsConnected() int64 {
 	return atomic.LoadInt64(&s.mochi.Info.ClientsConnected)
 }
 
+// Dropped counts messages the broker dropped for slow or over-quota
+// subscribers since start (mochi's MessagesDropped + InflightDropped).
+func (s *Server) Dropped() int64 {
+	return atomic.LoadInt64(&s.mochi.Info.MessagesDropped) + atomic.LoadInt64(&s.mochi.Info.InflightDropped)
+}
+
 // Close stops the listeners and disconnects every client. It is a no-op the
 // second time. Sinks using the server should be closed first so their
 // "offline" status is published.

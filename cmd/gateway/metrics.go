@@ -1,0 +1,147 @@
+package main
+
+import (
+	"runtime"
+	"strconv"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"wittra-gateway/bridge"
+)
+
+// metricsCollector exposes the components' own counters at scrape time, so
+// the hot paths keep plain atomics and nothing but this file knows about
+// Prometheus.
+type metricsCollector struct {
+	g *gateway
+
+	requests, accepted, duplicates, dropped     *prometheus.Desc
+	expired, commits, compactions, quarantined  *prometheus.Desc
+	depth, oldestAge, queueMessages, queueBytes *prometheus.Desc
+	fileBytes, deadStored                       *prometheus.Desc
+	delivered, failures, deadLettered           *prometheus.Desc
+	undecodable, lastSuccess, connected         *prometheus.Desc
+	brokerClients, brokerDropped, buildInfo     *prometheus.Desc
+}
+
+func newMetricsCollector(g *gateway) *metricsCollector {
+	d := func(name, help string, labels ...string) *prometheus.Desc {
+		return prometheus.NewDesc("wittra_gateway_"+name, help, labels, nil)
+	}
+	return &metricsCollector{
+		g:             g,
+		requests:      d("webhook_requests_total", "Webhook requests by route and reply code.", "route", "code"),
+		accepted:      d("messages_accepted_total", "Messages newly queued.", "route"),
+		duplicates:    d("messages_duplicate_total", "Messages acknowledged as already seen (payloadId within dedup_window).", "route"),
+		dropped:       d("messages_dropped_total", "Messages deleted without delivery by policy.", "reason"),
+		expired:       d("messages_expired_total", "Undelivered messages deleted after buffer.max_age."),
+		commits:       d("queue_commits_total", "Queue transactions committed (each one fsync)."),
+		compactions:   d("queue_compactions_total", "Times the queue file was rewritten to shrink it."),
+		quarantined:   d("queue_quarantined_total", "Corrupt queue files moved aside at start."),
+		depth:         d("queue_depth_messages", "Messages queued for the sink and not yet delivered.", "sink"),
+		oldestAge:     d("queue_oldest_age_seconds", "Age of the oldest message not yet delivered to the sink (0 when none).", "sink"),
+		queueMessages: d("queue_messages", "Messages stored in the queue."),
+		queueBytes:    d("queue_bytes", "Bytes of stored messages, as counted against buffer.max_bytes."),
+		fileBytes:     d("queue_file_bytes", "Size of the queue file on disk."),
+		deadStored:    d("dead_letters_total", "Messages sinks refused permanently (kept in the dead-letter bucket)."),
+		delivered:     d("sink_deliveries_total", "Messages delivered to the sink.", "sink"),
+		failures:      d("sink_failures_total", "Failed delivery attempts (each is retried with backoff).", "sink"),
+		deadLettered:  d("sink_dead_letters_total", "Messages the sink refused permanently since start.", "sink"),
+		undecodable:   d("sink_undecodable_total", "Queue records that could not be decoded for the sink.", "sink"),
+		lastSuccess:   d("sink_last_success_timestamp_seconds", "Unix time of the sink's last delivery (0 before the first).", "sink"),
+		connected:     d("sink_connected", "1 when the sink's connection is up (sinks with a connection only).", "sink"),
+		brokerClients: d("broker_clients", "Clients connected to the embedded broker."),
+		brokerDropped: d("broker_messages_dropped_total", "Messages the embedded broker dropped for slow or over-quota subscribers."),
+		buildInfo:     d("build_info", "Build information.", "version", "commit", "goversion"),
+	}
+}
+
+func (c *metricsCollector) Describe(ch chan<- *prometheus.Desc) {
+	prometheus.DescribeByCollect(c, ch)
+}
+
+// connectedSink is implemented by sinks that hold a connection.
+type connectedSink interface{ Connected() bool }
+
+func (c *metricsCollector) Collect(ch chan<- prometheus.Metric) {
+	counter := func(d *prometheus.Desc, v uint64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
+	}
+	gauge := func(d *prometheus.Desc, v float64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
+	}
+	g := c.g
+	gauge(c.buildInfo, 1, Version, commitString(), runtime.Version())
+
+	var filtered uint64
+	if g.receiver != nil {
+		for _, rs := range g.receiver.Stats() {
+			route := rs.Path
+			for i, code := range bridge.ReplyCodes {
+				counter(c.requests, rs.Replies[i].Load(), route, strconv.Itoa(code))
+			}
+			if route == "" {
+				continue
+			}
+			counter(c.accepted, rs.Accepted.Load(), route)
+			counter(c.duplicates, rs.Duplicates.Load(), route)
+			filtered += rs.Dropped.Load()
+		}
+	}
+	counter(c.dropped, filtered, "device_filter")
+
+	if g.queue != nil {
+		if st, err := g.queue.Stats(); err == nil {
+			counter(c.dropped, st.Dropped, "queue_full")
+			counter(c.expired, st.Expired)
+			counter(c.commits, st.Commits)
+			counter(c.compactions, st.Compactions)
+			counter(c.quarantined, st.Quarantined)
+			counter(c.deadStored, st.DeadLetters)
+			gauge(c.queueMessages, float64(st.Messages))
+			gauge(c.queueBytes, float64(st.Bytes))
+			for _, cs := range st.Consumers {
+				gauge(c.depth, float64(cs.Depth), cs.Name)
+				age := 0.0
+				if !cs.Oldest.IsZero() {
+					age = time.Since(cs.Oldest).Seconds()
+				}
+				gauge(c.oldestAge, age, cs.Name)
+			}
+		}
+		gauge(c.fileBytes, float64(g.queue.FileSize()))
+	}
+
+	for i, f := range g.forwarders {
+		name := g.sinks[i].Name()
+		fs := f.Stats()
+		counter(c.delivered, fs.Delivered.Load(), name)
+		counter(c.failures, fs.Failures.Load(), name)
+		counter(c.deadLettered, fs.Rejected.Load(), name)
+		counter(c.undecodable, fs.Undecodable.Load(), name)
+		gauge(c.lastSuccess, float64(fs.LastSuccess.Load())/1e9, name)
+		if cs, ok := g.sinks[i].(connectedSink); ok {
+			v := 0.0
+			if cs.Connected() {
+				v = 1
+			}
+			gauge(c.connected, v, name)
+		}
+	}
+	if g.brokerSrv != nil {
+		gauge(c.brokerClients, float64(g.brokerSrv.ClientsConnected()))
+		counter(c.brokerDropped, uint64(g.brokerSrv.Dropped()))
+	}
+}
+
+// newRegistry is the /metrics registry: ours plus Go runtime and process
+// metrics (RSS matters on small boxes).
+func newRegistry(g *gateway) *prometheus.Registry {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(newMetricsCollector(g),
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return reg
+}
