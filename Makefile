@@ -50,10 +50,15 @@ install: build
 	install -D -m 0644 systemd/wittra-gateway.service $(DESTDIR)/etc/systemd/system/wittra-gateway.service
 	sed -i 's|/usr/local/bin/wittra-gateway|$(PREFIX)/bin/wittra-gateway|' $(DESTDIR)/etc/systemd/system/wittra-gateway.service
 	install -d -m 0755 $(DESTDIR)/etc/wittra-gateway
+	# The service user; only on the real root (a packager's DESTDIR has none).
+	if [ -z "$(DESTDIR)" ] && ! getent passwd wittra-gateway >/dev/null; then \
+		useradd --system --no-create-home --home-dir /var/lib/wittra-gateway --shell /usr/sbin/nologin wittra-gateway; fi
 	# Never overwrite an operator's config.
 	test -e $(DESTDIR)/etc/wittra-gateway/config.yaml || \
 		sed 's|path: ./data/queue.db|path: /var/lib/wittra-gateway/queue.db|' config.example.yaml > $(DESTDIR)/etc/wittra-gateway/config.yaml
 	chmod 0640 $(DESTDIR)/etc/wittra-gateway/config.yaml
+	if getent group wittra-gateway >/dev/null; then chgrp wittra-gateway $(DESTDIR)/etc/wittra-gateway/config.yaml; fi
+	@echo "installed; now: systemctl daemon-reload && systemctl enable --now wittra-gateway"
 
 clean:
 	rm -rf dist

@@ -187,7 +187,9 @@ sinks:
 	if err := os.WriteFile(h.cfgPath, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if out, err := exec.Command(h.bin, "check-config", "-config", h.cfgPath).CombinedOutput(); err != nil {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if out, err := exec.CommandContext(ctx, h.bin, "check-config", "-config", h.cfgPath).CombinedOutput(); err != nil {
 		t.Fatalf("check-config: %v\n%s\nconfig:\n%s", err, out, cfg)
 	}
 	return h

@@ -256,7 +256,7 @@ func TestSystemdUnit(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, line := range []string{
-		"Type=notify", "WatchdogSec=", "DynamicUser=yes", "StateDirectory=wittra-gateway",
+		"Type=notify", "WatchdogSec=", "User=wittra-gateway", "StateDirectory=wittra-gateway",
 		"ConfigurationDirectory=wittra-gateway", "NoNewPrivileges=yes", "ProtectSystem=strict",
 		"ProtectHome=yes", "PrivateTmp=yes", "PrivateDevices=yes", "RestrictAddressFamilies=",
 		"SystemCallFilter=@system-service", "CapabilityBoundingSet=\n", "Restart=always",
