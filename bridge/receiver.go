@@ -15,6 +15,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/rs/zerolog"
 
@@ -45,7 +46,19 @@ type Route struct {
 type ReceiverConfig struct {
 	Routes  []Route
 	MaxBody int64
+	// MaxConcurrent bounds requests being handled at once; more get 503
+	// at once, before their body is read. DefaultMaxConcurrent.
+	MaxConcurrent int
+	// LogInterval: a refusal is logged once per client address and code
+	// per interval; the rest are counted. DefaultLogInterval.
+	LogInterval time.Duration
 }
+
+// Defaults used when a ReceiverConfig field is zero.
+const (
+	DefaultMaxConcurrent = 512
+	DefaultLogInterval   = time.Minute
+)
 
 // Appender is where accepted messages go: the durable queue.
 type Appender interface {
@@ -61,6 +74,8 @@ type Receiver struct {
 	log     zerolog.Logger
 	bufs    sync.Pool
 	noRoute RouteStats
+	slots   chan struct{} // one per request being handled
+	logs    *logLimiter
 }
 
 type route struct {
@@ -94,9 +109,22 @@ func (s *RouteStats) reply(code int) {
 
 // NewReceiver builds the webhook handler.
 func NewReceiver(cfg ReceiverConfig, q Appender, log zerolog.Logger) *Receiver {
-	r := &Receiver{routes: make(map[string]*route), maxBody: cfg.MaxBody, queue: q, log: log}
-	if r.maxBody <= 0 {
-		r.maxBody = DefaultMaxBody
+	if cfg.MaxBody <= 0 {
+		cfg.MaxBody = DefaultMaxBody
+	}
+	if cfg.MaxConcurrent <= 0 {
+		cfg.MaxConcurrent = DefaultMaxConcurrent
+	}
+	if cfg.LogInterval <= 0 {
+		cfg.LogInterval = DefaultLogInterval
+	}
+	r := &Receiver{
+		routes:  make(map[string]*route),
+		maxBody: cfg.MaxBody,
+		queue:   q,
+		log:     log,
+		slots:   make(chan struct{}, cfg.MaxConcurrent),
+		logs:    newLogLimiter(cfg.LogInterval),
 	}
 	for _, rt := range cfg.Routes {
 		x := &route{Route: rt}
@@ -118,6 +146,14 @@ func (r *Receiver) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 		return
 	}
 	st := &rt.stats
+	select {
+	case r.slots <- struct{}{}:
+		defer func() { <-r.slots }()
+	default:
+		w.Header().Set("Retry-After", "1")
+		r.fail(w, req, st, http.StatusServiceUnavailable, "too many concurrent requests")
+		return
+	}
 	if req.Method != http.MethodPost {
 		w.Header().Set("Allow", http.MethodPost)
 		r.fail(w, req, st, http.StatusMethodNotAllowed, "method not allowed: use POST")
@@ -161,7 +197,9 @@ func (r *Receiver) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 				retry = "30"
 			}
 			w.Header().Set("Retry-After", retry)
-			r.log.Error().Err(err).Str("path", req.URL.Path).Int("messages", len(entries)).Msg("queue refused messages")
+			if ok, suppressed := r.logs.allow("queue", 0, time.Now()); ok {
+				r.log.Error().Err(err).Int("failed_since_last", suppressed).Msg("queue refused a webhook request")
+			}
 			r.fail(w, req, st, http.StatusServiceUnavailable, "queue unavailable: "+queueReason(err))
 			return
 		}
@@ -193,8 +231,11 @@ func queueReason(err error) string {
 
 func (r *Receiver) fail(w http.ResponseWriter, req *http.Request, st *RouteStats, code int, msg string) {
 	st.reply(code)
-	if code < 500 {
-		r.log.Debug().Int("code", code).Str("path", req.URL.Path).Str("remote", req.RemoteAddr).Str("error", msg).Msg("webhook request refused")
+	if code < 500 || code == http.StatusServiceUnavailable {
+		if ok, suppressed := r.logs.allow(req.RemoteAddr, code, time.Now()); ok {
+			r.log.Warn().Int("code", code).Str("path", req.URL.Path).Str("remote", req.RemoteAddr).
+				Str("error", msg).Int("suppressed_since_last", suppressed).Msg("webhook request refused")
+		}
 	}
 	b, _ := json.Marshal(struct {
 		Error string `json:"error"`

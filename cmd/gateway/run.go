@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	stdlog "log"
 	"net"
 	"net/http"
 	"strings"
@@ -259,23 +260,48 @@ func (g *gateway) startWebhook(cfg *Config) error {
 		return fmt.Errorf("webhook listen: %w", err)
 	}
 	g.webhookLn = ln
+	wlog := g.log.With().Str("component", "webhook").Logger()
 	g.webhook = &http.Server{
-		Handler:           g.receiver,
-		ReadHeaderTimeout: 10 * time.Second,
+		Handler: g.receiver,
+		// Slow clients (slowloris) are cut off: headers within
+		// webhookHeaderTimeout, the whole body within ReadTimeout.
+		ReadHeaderTimeout: webhookHeaderTimeout,
 		ReadTimeout:       30 * time.Second,
 		WriteTimeout:      30 * time.Second,
 		IdleTimeout:       120 * time.Second,
 		MaxHeaderBytes:    32 << 10,
-		ErrorLog:          nil,
+		// TLS handshake failures from scanners are noise: debug level.
+		ErrorLog: stdlog.New(debugWriter{wlog}, "", 0),
 	}
-	tlsCert, tlsKey := cfg.Webhook.TLS.CertFile, cfg.Webhook.TLS.KeyFile
-	g.serve(g.webhook, func() error {
-		if tlsCert != "" {
-			return g.webhook.ServeTLS(ln, tlsCert, tlsKey)
+	if cfg.Webhook.TLS.CertFile != "" {
+		certs, err := bridge.NewCertReloader(cfg.Webhook.TLS.CertFile, cfg.Webhook.TLS.KeyFile, wlog)
+		if err != nil {
+			return fmt.Errorf("webhook TLS: %w", err)
 		}
-		return g.webhook.Serve(ln)
-	})
+		g.webhook.TLSConfig = bridge.ServerTLSConfig(certs)
+		g.serve(g.webhook, func() error { return g.webhook.ServeTLS(ln, "", "") })
+		return nil
+	}
+	for _, rt := range cfg.Webhook.Routes {
+		if rt.Token != "" {
+			g.log.Warn().Str("path", rt.Path).Msg("webhook route has a token but the listener is plain HTTP: the token travels in clear; set webhook.tls or terminate TLS in front")
+			break
+		}
+	}
+	g.serve(g.webhook, func() error { return g.webhook.Serve(ln) })
 	return nil
+}
+
+// webhookHeaderTimeout is how long a client may take to send its request
+// headers (a variable so tests can shorten it).
+var webhookHeaderTimeout = 10 * time.Second
+
+// debugWriter turns net/http's error log lines into debug events.
+type debugWriter struct{ log zerolog.Logger }
+
+func (d debugWriter) Write(p []byte) (int, error) {
+	d.log.Debug().Msg(strings.TrimSpace(string(p)))
+	return len(p), nil
 }
 
 func (g *gateway) startAdmin(addr string) error {

@@ -1,0 +1,121 @@
+package bridge
+
+import (
+	"bytes"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"wittra-gateway/buffer"
+)
+
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+func newTestReceiver(t *testing.T, cfg ReceiverConfig, log zerolog.Logger) (*buffer.Queue, string) {
+	t.Helper()
+	q, err := buffer.Open(buffer.Config{Path: filepath.Join(t.TempDir(), "q.db"), Consumers: []string{"s"}}, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(NewReceiver(cfg, q, log))
+	t.Cleanup(func() {
+		srv.Close()
+		q.Close()
+	})
+	return q, srv.URL
+}
+
+func TestRefusalsAreLoggedOncePerInterval(t *testing.T) {
+	logs := &lockedBuffer{}
+	_, url := newTestReceiver(t, ReceiverConfig{Routes: []Route{{Path: "/wittra", Token: "tok"}}, LogInterval: 200 * time.Millisecond}, zerolog.New(logs))
+	post := func() {
+		resp, err := http.Post(url+"/wittra", "application/json", strings.NewReader(`{}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 401 {
+			t.Fatalf("code %d, want 401", resp.StatusCode)
+		}
+	}
+	for range 50 {
+		post()
+	}
+	if n := strings.Count(logs.String(), "webhook request refused"); n != 1 {
+		t.Fatalf("50 refusals within the interval logged %d times, want 1:\n%s", n, logs.String())
+	}
+	time.Sleep(250 * time.Millisecond)
+	post()
+	out := logs.String()
+	if n := strings.Count(out, "webhook request refused"); n != 2 {
+		t.Fatalf("after the interval: logged %d times, want 2", n)
+	}
+	if !strings.Contains(out, `"suppressed_since_last":49`) {
+		t.Fatalf("the second line does not count the 49 suppressed refusals:\n%s", out)
+	}
+}
+
+func TestConcurrencyCapAnswers503BeforeReadingTheBody(t *testing.T) {
+	q, url := newTestReceiver(t, ReceiverConfig{Routes: []Route{{Path: "/wittra"}}, MaxConcurrent: 1}, zerolog.Nop())
+	// The first request holds the only slot: its body never finishes.
+	pr, pw := io.Pipe()
+	first := make(chan int, 1)
+	go func() {
+		resp, err := http.Post(url+"/wittra", "application/json", pr)
+		if err != nil {
+			first <- 0
+			return
+		}
+		resp.Body.Close()
+		first <- resp.StatusCode
+	}()
+	pw.Write([]byte(`{"deviceId":`))
+	deadline := time.Now().Add(5 * time.Second)
+	var code int
+	var retry string
+	for time.Now().Before(deadline) {
+		resp, err := http.Post(url+"/wittra", "application/json", strings.NewReader(`{"deviceId":"D2"}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		code, retry = resp.StatusCode, resp.Header.Get("Retry-After")
+		if code == 503 {
+			break
+		}
+		time.Sleep(10 * time.Millisecond) // the first request may not have arrived yet
+	}
+	if code != 503 || retry == "" {
+		t.Fatalf("second request while the slot is taken: %d (Retry-After %q), want 503 with Retry-After", code, retry)
+	}
+	pw.Write([]byte(`"D1"}`))
+	pw.Close()
+	if c := <-first; c != 200 {
+		t.Fatalf("first request = %d, want 200", c)
+	}
+	if st, _ := q.Stats(); st.Messages != 1 {
+		t.Fatalf("queued %d, want only the first request's message", st.Messages)
+	}
+}
