@@ -1,0 +1,39 @@
+package main
+
+import (
+	"errors"
+	"os"
+	"strings"
+	"testing"
+)
+
+// FuzzParseConfig: any input gives a config or ConfigErrors, never a panic,
+// and no error message echoes a secret.
+func FuzzParseConfig(f *testing.F) {
+	example, err := os.ReadFile("../../config.example.yaml")
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(example)
+	f.Add([]byte(""))
+	f.Add([]byte("webhook: {routes: [{path: /w, token: SECRETX}]}\nbogus: 1\n"))
+	f.Add([]byte("buffer: {max_bytes: 12QB, max_age: 30}\nsinks: [{name: a, type: mqtt, url: 'ftp://x', password: SECRETX}]\n"))
+	f.Add([]byte("gateway: {id: \"${NOPE}\"}\nlog: {level: loud}\nlog: {}\n"))
+	f.Add([]byte("broker: {users: [{username: u, password: SECRETX, password_file: /nonexistent}]}\n"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		cfg, err := ParseConfig(data, t.TempDir())
+		if err == nil {
+			if cfg == nil || len(cfg.Sinks) == 0 || cfg.Log.Level == "" {
+				t.Fatalf("accepted config is incomplete: %+v", cfg)
+			}
+			return
+		}
+		var ce ConfigErrors
+		if !errors.As(err, &ce) {
+			t.Fatalf("error is not ConfigErrors: %T %v", err, err)
+		}
+		if strings.Contains(err.Error(), "SECRETX") {
+			t.Fatalf("error echoes a secret: %v", err)
+		}
+	})
+}
