@@ -22,6 +22,7 @@ import (
 	"wittra-gateway/buffer"
 	"wittra-gateway/sinks"
 	"wittra-gateway/sinks/broker"
+	"wittra-gateway/sinks/mqttclient"
 )
 
 // shutdownBudget is the whole time a stop may take (SPEC §8: 10 s); the
@@ -247,6 +248,20 @@ func (g *gateway) newSink(cfg *Config, sc SinkConfig, log zerolog.Logger) (sinks
 			TopicPrefix: sc.TopicPrefix,
 			Values:      sc.Values,
 			Retain:      sc.Retain,
+			GatewayID:   cfg.Gateway.ID,
+		}, log)
+	case "mqtt":
+		return mqttclient.New(mqttclient.Config{
+			Name:        sc.Name,
+			URL:         sc.URL,
+			ClientID:    sc.ClientID,
+			Username:    sc.Username,
+			Password:    sc.Password,
+			TLS:         mqttclient.TLSConfig{CAFile: sc.TLS.CAFile, CertFile: sc.TLS.CertFile, KeyFile: sc.TLS.KeyFile, InsecureSkipVerify: sc.TLS.InsecureSkipVerify},
+			QoS:         byte(sc.QoS),
+			Retain:      sc.Retain,
+			TopicPrefix: sc.TopicPrefix,
+			Values:      sc.Values,
 			GatewayID:   cfg.Gateway.ID,
 		}, log)
 	default:

@@ -1,0 +1,187 @@
+package mqttclient
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"strings"
+	"time"
+)
+
+// Defaults used when a Config field is zero.
+const (
+	DefaultName        = "mqtt"
+	DefaultTopicPrefix = "wittra"
+	DefaultWindow      = 256
+	// DefaultWindowQoS2 is the default window at QoS 2. A broker holds a
+	// QoS 2 publication until PUBREL and may cap how many it holds:
+	// mosquitto disconnects a client that exceeds max_inflight_messages
+	// (default 20), and MQTT 3.1.1 cannot tell the client the cap.
+	DefaultWindowQoS2           = 10
+	DefaultAckTimeout           = 30 * time.Second
+	DefaultMaxReconnectInterval = 30 * time.Second // paho's own default, 10 min, is far too long
+)
+
+// Connection settings that are not configurable.
+const (
+	connectRetryInterval = 1 * time.Second // first wait after a failed connection attempt; doubles up to MaxReconnectInterval
+	connectTimeout       = 10 * time.Second
+	writeTimeout         = 10 * time.Second // socket write deadline, and paho's wait to hand a publish over
+	keepAlive            = 30 * time.Second
+	pingTimeout          = 10 * time.Second
+	statusQoS            = 1
+)
+
+// Config configures a `type: mqtt` sink.
+type Config struct {
+	Name     string    // sink name in logs and errors; default DefaultName
+	URL      string    // tcp://, ssl://, ws:// or wss://; tcp and ssl default to ports 1883 and 8883
+	ClientID string    // default "wittra-<GatewayID>"
+	Username string    // empty: connect without credentials
+	Password string    // secret, never logged
+	TLS      TLSConfig // for ssl:// and wss:// only
+	// QoS of the data, event and value publications: 0, 1 or 2. Zero is
+	// QoS 0 (fire-and-forget, see the package doc): the configuration layer
+	// supplies the documented default of 1.
+	QoS                  byte
+	Retain               bool          // publish data, events and values retained
+	TopicPrefix          string        // default DefaultTopicPrefix
+	Values               bool          // also publish one topic per measured value (SPEC §5)
+	GatewayID            string        // names the status topic sinks.StatusTopic(prefix, id); required
+	Window               int           // max publications in flight; default DefaultWindow (DefaultWindowQoS2 at QoS 2)
+	AckTimeout           time.Duration // max wait for one acknowledgement; default DefaultAckTimeout
+	MaxReconnectInterval time.Duration // cap of the reconnect backoff; default DefaultMaxReconnectInterval
+}
+
+// TLSConfig is the client side of a TLS connection (ssl:// or wss://).
+type TLSConfig struct {
+	CAFile             string // PEM CA bundle that replaces the system roots; empty: system roots
+	CertFile           string // PEM client certificate, with KeyFile, for mutual TLS
+	KeyFile            string
+	InsecureSkipVerify bool // accept any server certificate (testing only)
+}
+
+func (t TLSConfig) isZero() bool { return t == TLSConfig{} }
+
+// withDefaults returns cfg with zero fields defaulted, or an error naming
+// the first invalid field.
+func (cfg Config) withDefaults() (Config, error) {
+	if cfg.Name == "" {
+		cfg.Name = DefaultName
+	}
+	if cfg.TopicPrefix == "" {
+		cfg.TopicPrefix = DefaultTopicPrefix
+	}
+	if cfg.ClientID == "" && cfg.GatewayID != "" {
+		cfg.ClientID = "wittra-" + cfg.GatewayID
+	}
+	if cfg.Window == 0 {
+		cfg.Window = DefaultWindow
+		if cfg.QoS == 2 {
+			cfg.Window = DefaultWindowQoS2
+		}
+	}
+	if cfg.AckTimeout == 0 {
+		cfg.AckTimeout = DefaultAckTimeout
+	}
+	if cfg.MaxReconnectInterval == 0 {
+		cfg.MaxReconnectInterval = DefaultMaxReconnectInterval
+	}
+	switch {
+	case cfg.QoS > 2:
+		return cfg, fmt.Errorf("qos %d: must be 0, 1 or 2", cfg.QoS)
+	case cfg.Window < 0 || cfg.Window > 65535:
+		// 65535 is the number of MQTT packet ids a connection has.
+		return cfg, fmt.Errorf("window %d: must be between 1 and 65535", cfg.Window)
+	case cfg.AckTimeout < 0:
+		return cfg, fmt.Errorf("ack timeout %v: must not be negative", cfg.AckTimeout)
+	case cfg.MaxReconnectInterval < 0:
+		return cfg, fmt.Errorf("max reconnect interval %v: must not be negative", cfg.MaxReconnectInterval)
+	}
+	if err := checkTopicPart(cfg.TopicPrefix, true); err != nil {
+		return cfg, fmt.Errorf("topic prefix %q: %w", cfg.TopicPrefix, err)
+	}
+	if err := checkTopicPart(cfg.GatewayID, false); err != nil {
+		return cfg, fmt.Errorf("gateway id %q: %w", cfg.GatewayID, err)
+	}
+	return cfg, nil
+}
+
+// checkTopicPart rejects what would make a bad topic: emptiness, MQTT
+// wildcards, NUL, and empty levels; '/' only when multiLevel.
+func checkTopicPart(s string, multiLevel bool) error {
+	switch {
+	case s == "":
+		return errors.New("empty")
+	case strings.ContainsAny(s, "+#\x00"):
+		return errors.New("contains + # or NUL")
+	case !multiLevel && strings.Contains(s, "/"):
+		return errors.New("contains /")
+	case strings.HasPrefix(s, "/") || strings.HasSuffix(s, "/") || strings.Contains(s, "//"):
+		return errors.New("has an empty topic level")
+	}
+	return nil
+}
+
+// parseBrokerURL checks raw and fills in the default port of tcp:// and
+// ssl://. It reports whether the scheme is a TLS one.
+func parseBrokerURL(raw string) (u *url.URL, secure bool, err error) {
+	u, err = url.Parse(raw)
+	if err != nil {
+		return nil, false, errors.New("not a valid URL")
+	}
+	port := ""
+	switch u.Scheme {
+	case "tcp":
+		port = "1883"
+	case "ssl":
+		port, secure = "8883", true
+	case "ws":
+	case "wss":
+		secure = true
+	default:
+		return nil, false, errors.New("must start with tcp://, ssl://, ws:// or wss://")
+	}
+	switch {
+	case u.User != nil:
+		return nil, false, errors.New("must not contain credentials: use username and password")
+	case u.Hostname() == "":
+		return nil, false, errors.New("must name a host")
+	}
+	if port != "" && u.Port() == "" {
+		u.Host = net.JoinHostPort(u.Hostname(), port)
+	}
+	return u, secure, nil
+}
+
+// loadTLS builds the client TLS configuration, reading the files now so
+// that a missing or broken file fails at start, naming the file.
+func loadTLS(c TLSConfig) (*tls.Config, error) {
+	tc := &tls.Config{MinVersion: tls.VersionTLS12, InsecureSkipVerify: c.InsecureSkipVerify}
+	if c.CAFile != "" {
+		pem, err := os.ReadFile(c.CAFile)
+		if err != nil {
+			return nil, fmt.Errorf("read tls ca_file: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("tls ca_file %s: no PEM certificate found", c.CAFile)
+		}
+		tc.RootCAs = pool
+	}
+	if (c.CertFile == "") != (c.KeyFile == "") {
+		return nil, errors.New("tls cert_file and key_file must be given together")
+	}
+	if c.CertFile != "" {
+		cert, err := tls.LoadX509KeyPair(c.CertFile, c.KeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("load tls cert_file %s and key_file %s: %w", c.CertFile, c.KeyFile, err)
+		}
+		tc.Certificates = []tls.Certificate{cert}
+	}
+	return tc, nil
+}

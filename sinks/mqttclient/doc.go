@@ -1,0 +1,68 @@
+// Package mqttclient is the `type: mqtt` sink: it publishes the gateway's
+// messages to an external MQTT 3.1.1 broker through paho
+// (github.com/eclipse/paho.mqtt.golang).
+//
+// # Topics
+//
+// Each message becomes the publications of sinks.Publications (SPEC §5):
+// P/J/D/data or P/J/D/event with the body as received and, with Values, one
+// topic per measured value. The gateway's status topic
+// sinks.StatusTopic(P, gateway id) carries a retained "online", published
+// after every connect, and a retained "offline": registered as the will
+// (the broker publishes it when the connection dies uncleanly) and
+// published by Close on a clean shutdown.
+//
+// # Delivery (SPEC §7)
+//
+// Durability belongs to the gateway's bbolt queue, not to paho. Each
+// connection is a fresh paho client with a clean session and an in-memory
+// store; Publish only proves delivery, and the forwarder deletes from the
+// queue what Publish proved:
+//
+//   - Publish never feeds paho while it is not connected: it waits
+//     (ctx-aware) for a connection first, and stops publishing the moment
+//     that connection is lost. paho would otherwise queue every publication
+//     in memory without bound until it runs out of message ids.
+//   - At QoS 1 a publication is delivered when its PUBACK arrived (QoS 2:
+//     PUBCOMP) on the connection it was sent on, and no connection event
+//     happened in between (the connection epoch, see Sink). paho's own
+//     auto-reconnect is off: after a reconnect it completes old tokens
+//     without a PUBACK, and it sends a publication that was blocked at the
+//     moment of the loss ahead of the older ones it resends, which breaks
+//     per-device order.
+//   - At QoS 0 a publication counts as delivered once paho has written it to
+//     the connection. That is fire-and-forget, the user's explicit choice:
+//     a broker or network failure right after the write loses it, and
+//     Publish cannot know. Publications are still never handed to paho
+//     while it is disconnected (paho would drop them and report success).
+//   - At most Window publications are in flight. A message counts as
+//     delivered once all its publications are; Publish returns how many
+//     leading messages are, and why it stopped before the others.
+//   - A PUBACK that does not come within AckTimeout is taken as a broken
+//     connection: the sink drops it and connects a new client. So is a
+//     connection on which paho fails a publication yet stays connected.
+//   - At QoS 2 the default window is DefaultWindowQoS2: brokers cap the
+//     QoS 2 publications a client has in flight (mosquitto:
+//     max_inflight_messages, default 20) and disconnect a client that
+//     exceeds the cap, which MQTT 3.1.1 gives no way to learn.
+//
+// Delivery is at least once: after a reconnect the forwarder publishes the
+// undelivered suffix again, so subscribers may see duplicates (the body's
+// payloadId identifies them). Messages of one device keep their order: they
+// are published in queue order on one connection, a connection's
+// publications never leak onto the next, and a retry always starts at the
+// first message not proven delivered.
+//
+// A lost connection is retried at once, then after 1 s, doubling up to
+// MaxReconnectInterval while attempts fail or connections keep dropping.
+//
+// Each Publish call ends by waiting for the last acknowledgements. A broker
+// that leaves Nagle's algorithm on (mosquitto's default; set_tcp_nodelay
+// true turns it off) may hold those back for one delayed-ACK period, up to
+// 40 ms on Linux, per call.
+//
+// An MQTT 3.1.1 PUBACK carries no reason code: a broker that refuses a
+// publication by ACL (mosquitto, for one) still acknowledges it, and it
+// counts as delivered. Brokers that queue for offline subscribers may also
+// drop silently once their queue is full (mosquitto's max_queued_messages).
+package mqttclient
