@@ -73,6 +73,14 @@ func (f *Forwarder) Stats() *ForwarderStats { return &f.stats }
 // never skip a message.
 func (f *Forwarder) Run(ctx context.Context) error {
 	msgs := make([]sinks.Message, 0, f.cfg.Batch)
+	// The acknowledgement of one batch commits while the next is being
+	// published: at most one is in flight, so cursors still move in order.
+	var acking chan struct{}
+	defer func() {
+		if acking != nil {
+			<-acking
+		}
+	}()
 	for {
 		recs, err := f.reader.Read(ctx, f.cfg.Batch, f.cfg.BatchBytes)
 		if err != nil {
@@ -96,14 +104,22 @@ func (f *Forwarder) Run(ctx context.Context) error {
 		if err := f.deliver(ctx, msgs, recs); err != nil {
 			return nil // only ctx ends delivery
 		}
-		if err := f.reader.Ack(ctx, recs[len(recs)-1].Seq); err != nil {
-			if ctx.Err() != nil || errors.Is(err, buffer.ErrClosed) {
-				return nil
-			}
-			// The messages were delivered; failing to record it only means
-			// they may be delivered again after a restart.
-			f.log.Error().Err(err).Msg("acknowledge delivered messages")
+		if acking != nil {
+			<-acking
 		}
+		acking = make(chan struct{})
+		go f.ack(context.WithoutCancel(ctx), recs[len(recs)-1].Seq, acking)
+	}
+}
+
+// ack records delivery up to seq, even during shutdown: the messages were
+// delivered, and recording it spares duplicates after the restart.
+func (f *Forwarder) ack(ctx context.Context, seq uint64, done chan struct{}) {
+	defer close(done)
+	if err := f.reader.Ack(ctx, seq); err != nil && !errors.Is(err, buffer.ErrClosed) {
+		// Failing to record it only means they may be delivered again
+		// after a restart.
+		f.log.Error().Err(err).Uint64("seq", seq).Msg("acknowledge delivered messages")
 	}
 }
 

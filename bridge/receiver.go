@@ -174,6 +174,9 @@ func (r *Receiver) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 	buf := r.bufs.Get().(*bytes.Buffer)
 	defer r.putBuf(buf)
 	buf.Reset()
+	if req.ContentLength > 0 {
+		buf.Grow(int(req.ContentLength))
+	}
 	if _, err := buf.ReadFrom(http.MaxBytesReader(w, req.Body, r.maxBody)); err != nil {
 		var tooBig *http.MaxBytesError
 		if errors.As(err, &tooBig) {
