@@ -19,6 +19,7 @@ const (
 	DefaultBatchBytes = 4 << 20
 	DefaultMinBackoff = 100 * time.Millisecond
 	DefaultMaxBackoff = 30 * time.Second
+	DefaultAttempt    = 30 * time.Second
 )
 
 // ForwarderConfig tunes one sink's forwarder.
@@ -27,6 +28,10 @@ type ForwarderConfig struct {
 	BatchBytes int // about this many body bytes per Publish
 	MinBackoff time.Duration
 	MaxBackoff time.Duration
+	// Attempt bounds one Publish call. A sink waiting for its connection
+	// returns then, so the forwarder can drop what expired or was dropped
+	// from the queue meanwhile instead of delivering it late.
+	Attempt time.Duration
 }
 
 // Forwarder moves one sink's messages from its queue cursor to the sink, in
@@ -61,6 +66,9 @@ func NewForwarder(cfg ForwarderConfig, r *buffer.Reader, sink sinks.Sink, log ze
 	}
 	if cfg.MaxBackoff <= 0 {
 		cfg.MaxBackoff = DefaultMaxBackoff
+	}
+	if cfg.Attempt <= 0 {
+		cfg.Attempt = DefaultAttempt
 	}
 	return &Forwarder{cfg: cfg, reader: r, sink: sink, log: log}
 }
@@ -129,11 +137,27 @@ func (f *Forwarder) deliver(ctx context.Context, msgs []sinks.Message, recs []bu
 	backoff := f.cfg.MinBackoff
 	failing := false
 	for len(msgs) > 0 {
-		n, err := f.sink.Publish(ctx, msgs)
+		msgs = dropDeleted(msgs, f.reader.Cursor())
+		if len(msgs) == 0 {
+			break
+		}
+		actx, cancel := context.WithTimeout(ctx, f.cfg.Attempt)
+		n, err := f.sink.Publish(actx, msgs)
+		cancel()
 		if n > 0 {
 			f.stats.Delivered.Add(uint64(n))
 			f.stats.LastSuccess.Store(time.Now().UnixNano())
 			msgs = msgs[n:]
+		}
+		if err != nil && ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded) {
+			// The attempt ran out while the sink waited for its connection
+			// or for acknowledgements: try again at once (the wait itself
+			// paces the loop) after dropping what the queue deleted.
+			if n == 0 && !failing {
+				f.log.Warn().Msg("sink not delivering yet; waiting")
+				failing = true
+			}
+			continue
 		}
 		if err == nil {
 			if failing {
@@ -179,4 +203,14 @@ func (f *Forwarder) deadLetter(ctx context.Context, seq uint64, recs []buffer.Re
 		}
 	}
 	return fmt.Errorf("dead-letter %d: record not in batch", seq)
+}
+
+// dropDeleted skips the leading messages at or below cursor: the queue
+// deleted them (max_age, drop_oldest) while this batch waited, and they
+// were counted as expired or dropped.
+func dropDeleted(msgs []sinks.Message, cursor uint64) []sinks.Message {
+	for len(msgs) > 0 && msgs[0].Seq <= cursor {
+		msgs = msgs[1:]
+	}
+	return msgs
 }

@@ -131,6 +131,15 @@ func (r *Reader) Ack(ctx context.Context, seq uint64) error {
 	}})
 }
 
+// Cursor is the consumer's last acknowledged sequence. Expiry and
+// drop_oldest move it past messages they delete, so a message at or below
+// it must not be delivered any more.
+func (r *Reader) Cursor() uint64 {
+	r.q.mu.Lock()
+	defer r.q.mu.Unlock()
+	return r.q.st.cursors[r.name]
+}
+
 // Name is the consumer's name.
 func (r *Reader) Name() string { return r.name }
 

@@ -188,7 +188,7 @@ func startGateway(cfg *Config, log zerolog.Logger) (g *gateway, err error) {
 		if err != nil {
 			return g, err
 		}
-		g.forwarders = append(g.forwarders, bridge.NewForwarder(bridge.ForwarderConfig{}, r, s, slog))
+		g.forwarders = append(g.forwarders, bridge.NewForwarder(bridge.ForwarderConfig{Attempt: forwarderAttempt}, r, s, slog))
 	}
 	fctx, cancel := context.WithCancel(context.Background())
 	g.fwdCancel = cancel
@@ -306,6 +306,10 @@ func (g *gateway) startWebhook(cfg *Config) error {
 	g.serve(g.webhook, func() error { return g.webhook.Serve(ln) })
 	return nil
 }
+
+// forwarderAttempt bounds one delivery attempt; between attempts the
+// forwarder drops what expired meanwhile (a variable so tests can shorten it).
+var forwarderAttempt = 10 * time.Second
 
 // webhookHeaderTimeout is how long a client may take to send its request
 // headers (a variable so tests can shorten it).
