@@ -7,7 +7,7 @@ PREFIX  ?= /usr/local
 DESTDIR ?=
 BIN     := dist/wittra-gateway
 
-.PHONY: build run test test-short bench vet lint fmt cross install clean
+.PHONY: build run test test-short bench bench-go vet lint fmt cross install clean
 
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/gateway
@@ -24,8 +24,14 @@ test:
 test-short:
 	$(GO) test -race -short ./...
 
+# The product scenarios (intake, latency, drain, memory, disk, start-up)
+# against the real binary; BENCH_ARGS=-quick for a 2-minute run.
 bench:
-	$(GO) test -run '^$$' -bench . -benchtime 2s ./buffer ./wittra
+	./bench/bench.sh $(BENCH_ARGS)
+
+# Go micro-benchmarks of the hot paths.
+bench-go:
+	$(GO) test -run '^$$' -bench . -benchtime 2s ./buffer ./wittra ./sinks/... ./bridge
 
 vet:
 	$(GO) vet ./...
