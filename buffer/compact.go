@@ -42,7 +42,11 @@ func (q *Queue) Compact() error {
 	}
 	q.compactReq <- reply
 	q.closeMu.RUnlock()
-	return <-reply
+	err := <-reply
+	if err == nil {
+		q.releaseMapped()
+	}
+	return err
 }
 
 // compact copies the live data into a new file and swaps it in. On any

@@ -80,38 +80,40 @@ func (r *Reader) Read(ctx context.Context, max int, maxBytes int) ([]Record, err
 	}
 }
 
-// readFrom copies up to max records with sequence ≥ from. The values share
-// one allocation; the read transaction ends before the caller does any I/O.
+// readFrom copies up to max records with sequence ≥ from. A first pass
+// sizes one allocation for all values; the read transaction ends before the
+// caller does any I/O.
 func (q *Queue) readFrom(from uint64, max, maxBytes int) ([]Record, error) {
-	recs := make([]Record, 0, min(max, 256))
-	var slab []byte
-	var ends []int
+	var recs []Record
 	err := q.view(func(tx *bolt.Tx) error {
 		c := tx.Bucket(bucketMsgs).Cursor()
-		for k, v := c.Seek(u64(from)); k != nil && len(recs) < max; k, v = c.Next() {
+		n, size := 0, 0
+		for k, v := c.Seek(u64(from)); k != nil && n < max; k, v = c.Next() {
 			if len(v) < 8 {
 				return &CorruptError{Key: fmt.Sprint(binary.BigEndian.Uint64(k)), Err: fmt.Errorf("value has %d bytes", len(v))}
 			}
-			if len(recs) > 0 && len(slab)+len(v) > maxBytes {
+			if n > 0 && size+len(v)-8 > maxBytes {
 				break
 			}
+			n, size = n+1, size+len(v)-8
+		}
+		recs = make([]Record, 0, n)
+		slab := make([]byte, 0, size)
+		for k, v := c.Seek(u64(from)); k != nil && len(recs) < n; k, v = c.Next() {
+			start := len(slab)
+			slab = append(slab, v[8:]...)
 			recs = append(recs, Record{
 				Seq:  binary.BigEndian.Uint64(k),
 				Time: time.Unix(0, int64(binary.BigEndian.Uint64(v))),
+				Data: slab[start:len(slab):len(slab)],
 			})
-			slab = append(slab, v[8:]...)
-			ends = append(ends, len(slab))
 		}
 		return nil
 	})
 	if err != nil {
 		return nil, fmt.Errorf("read queue: %w", err)
 	}
-	start := 0
-	for i := range recs {
-		recs[i].Data = slab[start:ends[i]:ends[i]]
-		start = ends[i]
-	}
+	q.noteRead(recs)
 	return recs, nil
 }
 

@@ -25,6 +25,7 @@ func (q *Queue) sweepLoop() {
 			if err := q.Sweep(context.Background()); err != nil {
 				q.log.Error().Err(err).Msg("queue sweep")
 			}
+			q.releaseMapped()
 			if ok, size := q.needsCompaction(); ok {
 				q.log.Info().Int64("file_bytes", size).Msg("queue file mostly empty: compacting")
 				if err := q.Compact(); err != nil {

@@ -22,7 +22,8 @@ func Publications(dst []Publication, prefix string, m Message, values bool) ([]P
 	if !values {
 		return dst, nil
 	}
-	vals, err := wittra.Values(m.Body)
+	// Bodies come from the queue, where only valid JSON is ever stored.
+	vals, err := wittra.ValuesOfValid(m.Body)
 	if err != nil {
 		return dst, fmt.Errorf("values of message %d: %w", m.Seq, err)
 	}

@@ -61,6 +61,13 @@ func Values(body []byte) ([]Value, error) {
 	if !json.Valid(body) {
 		return nil, fmt.Errorf("%w: not valid JSON", ErrMalformed)
 	}
+	return ValuesOfValid(body)
+}
+
+// ValuesOfValid is Values for a body already known to be valid JSON, such
+// as one the webhook accepted: it skips the validation pass, about a third
+// of the cost at delivery time.
+func ValuesOfValid(body []byte) ([]Value, error) {
 	m, ok := object(body)
 	if !ok {
 		return nil, fmt.Errorf("%w: not a JSON object", ErrMalformed)

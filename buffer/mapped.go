@@ -1,0 +1,37 @@
+package buffer
+
+// releaseEvery is how much record data a consumer reads between two
+// releases of the mapped file.
+const releaseEvery = 16 << 20
+
+// bbolt reads through a shared read-only mmap of the whole file, and every
+// page touched stays counted in the process's RSS: at open (the freelist
+// scan reads every page), and as a backlog drains. Those pages are page
+// cache the kernel can reclaim, but on a small box RSS is what operators
+// watch and what OOM policies read. Dropping the mapping's page-table
+// entries costs a re-fault from the page cache on the next read, nothing
+// else.
+
+// noteRead counts read bytes and releases the mapping every releaseEvery.
+func (q *Queue) noteRead(recs []Record) {
+	var n int64
+	for _, r := range recs {
+		n += int64(len(r.Data))
+	}
+	if q.readSinceRelease.Add(n) >= releaseEvery {
+		q.readSinceRelease.Store(0)
+		q.releaseMapped()
+	}
+}
+
+// releaseMapped drops the resident pages of the mapped file from this
+// process (see above). Errors are ignored: it is only an optimisation.
+func (q *Queue) releaseMapped() {
+	q.dbMu.RLock()
+	defer q.dbMu.RUnlock()
+	size := q.FileSize()
+	if size <= 0 {
+		return
+	}
+	dontNeed(q.db.Info().Data, uintptr(size))
+}

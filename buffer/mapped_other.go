@@ -1,0 +1,5 @@
+//go:build !linux
+
+package buffer
+
+func dontNeed(addr, length uintptr) {}
