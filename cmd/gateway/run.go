@@ -22,6 +22,7 @@ import (
 	"wittra-gateway/buffer"
 	"wittra-gateway/sinks"
 	"wittra-gateway/sinks/broker"
+	"wittra-gateway/sinks/cumulocity"
 	"wittra-gateway/sinks/mqttclient"
 )
 
@@ -264,6 +265,21 @@ func (g *gateway) newSink(cfg *Config, sc SinkConfig, log zerolog.Logger) (sinks
 			Values:      sc.Values,
 			GatewayID:   cfg.Gateway.ID,
 		}, log)
+	case "cumulocity":
+		return cumulocity.New(cumulocity.Config{
+			Name:       sc.Name,
+			Mode:       sc.Mode,
+			URL:        sc.URL,
+			Tenant:     sc.Tenant,
+			Username:   sc.Username,
+			Password:   sc.Password,
+			TLS:        cumulocity.TLSConfig{CAFile: sc.TLS.CAFile, CertFile: sc.TLS.CertFile, KeyFile: sc.TLS.KeyFile, InsecureSkipVerify: sc.TLS.InsecureSkipVerify},
+			GatewayID:  cfg.Gateway.ID,
+			DeviceName: sc.DeviceName,
+			// Registered children are remembered in the queue file, so a
+			// restart does not register them again.
+			State: g.queue.KV("cumulocity/" + sc.Name),
+		}, log)
 	default:
 		return nil, fmt.Errorf("sink type %q is not supported by this version", sc.Type)
 	}
@@ -390,8 +406,19 @@ func (g *gateway) close(ctx context.Context) error {
 			}
 		}
 		if g.brokerSrv != nil {
-			if err := g.brokerSrv.Close(); err != nil {
-				errs = append(errs, fmt.Errorf("close broker: %w", err))
+			// mochi v2.7.9 can deadlock in Close when a client disconnects
+			// at that moment; the queue must still close cleanly.
+			closed := make(chan error, 1)
+			go func() { closed <- g.brokerSrv.Close() }()
+			select {
+			case err := <-closed:
+				if err != nil {
+					errs = append(errs, fmt.Errorf("close broker: %w", err))
+				}
+			case <-time.After(3 * time.Second):
+				errs = append(errs, errors.New("close broker: timed out after 3 s"))
+			case <-ctx.Done():
+				errs = append(errs, errors.New("close broker: timed out"))
 			}
 		}
 		if g.queue != nil {

@@ -1,0 +1,291 @@
+// Package cumulocity is the Cumulocity IoT output of the gateway (SPEC §6):
+// the gateway is a Cumulocity device (external id = gateway id) and every
+// Wittra device becomes its child device (external id = the Wittra device
+// id), registered before its first data; Wittra values become measurements,
+// events and locations of those children (see mapping.go for the table).
+//
+// Two modes:
+//
+//   - mqtt: SmartREST 2.0 static templates over MQTT (paho), QoS 1, clean
+//     session, client id = gateway id. A message counts as delivered only
+//     when every one of its publishes got its PUBACK on the connection it
+//     was sent on (see mqtt.go for how that is proven despite paho's
+//     reconnect behaviour).
+//   - rest: the REST API (identity, inventory, measurementCollection,
+//     events), delivered on HTTP 2xx.
+//
+// Children registered (and, in REST mode, managed object ids) are kept in
+// State so a restart does not register them again.
+//
+// Errors: a message Cumulocity refuses as invalid (REST 400, 413, 422), or
+// that maps to nothing Cumulocity can take, is reported with an error
+// wrapping sinks.ErrPermanent so the forwarder dead-letters it; everything
+// else (connection loss, timeouts, 401, 403, 404, 429, 5xx) is transient and
+// retried.
+package cumulocity
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net/url"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"wittra-gateway/sinks"
+)
+
+// Modes.
+const (
+	ModeMQTT = "mqtt"
+	ModeREST = "rest"
+)
+
+// DefaultRequestTimeout bounds one REST request or one wait for a PUBACK.
+const DefaultRequestTimeout = 30 * time.Second
+
+// ErrClosed is returned by Publish after Close.
+var ErrClosed = errors.New("cumulocity sink closed")
+
+// State is durable key-value storage for the sink (satisfied by
+// *buffer.KV).
+type State interface {
+	Get(key string) ([]byte, error)
+	Put(ctx context.Context, key string, value []byte) error
+}
+
+// TLSConfig is the client TLS setup.
+type TLSConfig struct {
+	CAFile             string // PEM CA bundle; empty = system roots
+	CertFile, KeyFile  string // client certificate (optional)
+	InsecureSkipVerify bool
+}
+
+// Config configures a sink.
+type Config struct {
+	Name string // in logs; default "cumulocity"
+	Mode string // ModeMQTT (default) or ModeREST
+	// URL of Cumulocity: mqtt mode tcp://host:1883, mqtts:// or ssl://
+	// host:8883 (port defaults by scheme); rest mode https://tenant.example.com
+	// (http:// allowed, for tests).
+	URL                        string
+	Tenant, Username, Password string // login "<tenant>/<username>"
+	TLS                        TLSConfig
+	GatewayID                  string // the gateway's external id (c8y_Serial) and MQTT client id
+	DeviceName                 string // default "Wittra gateway <GatewayID>"
+	// State remembers registered children (and REST managed object ids)
+	// across restarts; nil keeps them in memory only.
+	State          State
+	RequestTimeout time.Duration // default DefaultRequestTimeout
+
+	// Tests shorten paho's retry of a failed first connect (default 5 s).
+	connectRetryInterval time.Duration
+}
+
+// Sink delivers messages to Cumulocity.
+type Sink struct {
+	cfg    Config
+	log    zerolog.Logger
+	state  State
+	prefix string // State key prefix: mode, host, tenant and gateway
+
+	skipped atomic.Uint64
+
+	mqtt *mqttLink
+	rest *restLink
+
+	closeCtx  context.Context // cancelled by Close
+	closeNow  context.CancelFunc
+	closeOnce sync.Once
+
+	logMu       sync.Mutex
+	loggedSkips map[string]bool // skipped field paths already logged
+}
+
+var _ sinks.Sink = (*Sink)(nil)
+
+// New builds a sink. It validates the configuration and reads TLS files but
+// never waits for the network: in mqtt mode the connection is made in the
+// background (and retried), in rest mode on the first Publish.
+func New(cfg Config, log zerolog.Logger) (*Sink, error) {
+	if cfg.Name == "" {
+		cfg.Name = "cumulocity"
+	}
+	if cfg.Mode == "" {
+		cfg.Mode = ModeMQTT
+	}
+	if cfg.RequestTimeout <= 0 {
+		cfg.RequestTimeout = DefaultRequestTimeout
+	}
+	if cfg.DeviceName == "" {
+		cfg.DeviceName = "Wittra gateway " + cfg.GatewayID
+	}
+	if cfg.connectRetryInterval <= 0 {
+		cfg.connectRetryInterval = 5 * time.Second
+	}
+	switch {
+	case cfg.Mode != ModeMQTT && cfg.Mode != ModeREST:
+		return nil, fmt.Errorf("cumulocity sink %s: mode %q: want mqtt or rest", cfg.Name, cfg.Mode)
+	case cfg.GatewayID == "":
+		return nil, fmt.Errorf("cumulocity sink %s: gateway id required", cfg.Name)
+	case strings.ContainsAny(cfg.GatewayID, ":/+#\x00"):
+		return nil, fmt.Errorf("cumulocity sink %s: gateway id %q must not contain : / + # or NUL (it is the MQTT client id and external id)", cfg.Name, cfg.GatewayID)
+	case cfg.Tenant == "" || cfg.Username == "":
+		return nil, fmt.Errorf("cumulocity sink %s: tenant and username required", cfg.Name)
+	case strings.Contains(cfg.Tenant, "/"):
+		return nil, fmt.Errorf("cumulocity sink %s: tenant %q must not contain /", cfg.Name, cfg.Tenant)
+	}
+	u, err := url.Parse(cfg.URL)
+	if err != nil || u.Host == "" {
+		return nil, fmt.Errorf("cumulocity sink %s: url %q: want scheme://host[:port]", cfg.Name, cfg.URL)
+	}
+	s := &Sink{
+		cfg:         cfg,
+		log:         log.With().Str("component", "cumulocity").Str("sink", cfg.Name).Str("mode", cfg.Mode).Logger(),
+		state:       cfg.State,
+		prefix:      cfg.Mode + "|" + u.Host + "|" + cfg.Tenant + "|" + cfg.GatewayID + "|",
+		loggedSkips: map[string]bool{},
+	}
+	s.closeCtx, s.closeNow = context.WithCancel(context.Background())
+	if s.state == nil {
+		s.state = newMemState()
+	}
+	tlsCfg, err := buildTLS(cfg.TLS, u.Hostname())
+	if err == nil {
+		if cfg.Mode == ModeMQTT {
+			s.mqtt, err = newMQTTLink(s, u, tlsCfg)
+		} else {
+			s.rest, err = newRESTLink(s, u, tlsCfg)
+		}
+	}
+	if err != nil {
+		s.closeNow()
+		return nil, fmt.Errorf("cumulocity sink %s: %w", cfg.Name, err)
+	}
+	return s, nil
+}
+
+// Name returns the sink's name.
+func (s *Sink) Name() string { return s.cfg.Name }
+
+// Skipped returns how many Wittra fields the mapper left out of delivered
+// messages because Cumulocity cannot store them as values (non-numeric
+// fields, neighbor lists, numbers beyond float64).
+func (s *Sink) Skipped() uint64 { return s.skipped.Load() }
+
+// Publish delivers msgs in order and returns how many leading messages are
+// proven delivered. When fewer than all, the error says why; it wraps
+// sinks.ErrPermanent when msgs[n] itself is refused for good.
+func (s *Sink) Publish(ctx context.Context, msgs []sinks.Message) (int, error) {
+	if s.closeCtx.Err() != nil {
+		return 0, ErrClosed
+	}
+	if len(msgs) == 0 {
+		return 0, nil
+	}
+	if s.mqtt != nil {
+		return s.mqtt.publish(ctx, msgs)
+	}
+	return s.rest.publish(ctx, msgs)
+}
+
+// Close disconnects; Publish fails with ErrClosed afterwards. It is a no-op
+// the second time.
+func (s *Sink) Close(ctx context.Context) error {
+	s.closeOnce.Do(func() {
+		s.closeNow()
+		if s.mqtt != nil {
+			s.mqtt.close(ctx)
+		}
+		if s.rest != nil {
+			s.rest.close()
+		}
+	})
+	return nil
+}
+
+// delivered records what the mapper skipped in messages now delivered, and
+// logs each skipped field path once (bounded).
+func (s *Sink) delivered(maps []mapped) {
+	for _, m := range maps {
+		if len(m.skipped) == 0 {
+			continue
+		}
+		s.skipped.Add(uint64(len(m.skipped)))
+		s.logMu.Lock()
+		for _, p := range m.skipped {
+			if !s.loggedSkips[p] && len(s.loggedSkips) < 256 {
+				s.loggedSkips[p] = true
+				s.log.Info().Str("field", p).Str("device", m.device).
+					Msg("Wittra field not sent to Cumulocity (not a number); counted, logged once per field")
+			}
+		}
+		s.logMu.Unlock()
+	}
+}
+
+// opCtx bounds one network operation by the request timeout and by Close.
+func (s *Sink) opCtx(ctx context.Context) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.RequestTimeout)
+	stop := context.AfterFunc(s.closeCtx, cancel)
+	return ctx, func() { stop(); cancel() }
+}
+
+// State keys.
+func (s *Sink) childKey(device string) string { return s.prefix + "child|" + device }
+func (s *Sink) moKey(external string) string  { return s.prefix + "mo|" + external }
+
+// memState is State in memory, for sinks configured without one.
+type memState struct {
+	mu sync.Mutex
+	m  map[string][]byte
+}
+
+func newMemState() *memState { return &memState{m: map[string][]byte{}} }
+
+func (m *memState) Get(key string) ([]byte, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.m[key], nil
+}
+
+func (m *memState) Put(_ context.Context, key string, value []byte) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.m[key] = append([]byte(nil), value...)
+	return nil
+}
+
+// buildTLS builds the client TLS configuration.
+func buildTLS(c TLSConfig, serverName string) (*tls.Config, error) {
+	cfg := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: serverName, InsecureSkipVerify: c.InsecureSkipVerify} //nolint:gosec // operator's explicit choice
+	if c.CAFile != "" {
+		pem, err := os.ReadFile(c.CAFile)
+		if err != nil {
+			return nil, fmt.Errorf("read ca_file: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("ca_file %s: no PEM certificate", c.CAFile)
+		}
+		cfg.RootCAs = pool
+	}
+	if (c.CertFile == "") != (c.KeyFile == "") {
+		return nil, errors.New("tls: set both cert_file and key_file or neither")
+	}
+	if c.CertFile != "" {
+		cert, err := tls.LoadX509KeyPair(c.CertFile, c.KeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("load client certificate: %w", err)
+		}
+		cfg.Certificates = []tls.Certificate{cert}
+	}
+	return cfg, nil
+}
