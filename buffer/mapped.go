@@ -2,7 +2,7 @@ package buffer
 
 // releaseEvery is how much record data a consumer reads between two
 // releases of the mapped file.
-const releaseEvery = 16 << 20
+const releaseEvery = 4 << 20
 
 // bbolt reads through a shared read-only mmap of the whole file, and every
 // page touched stays counted in the process's RSS: at open (the freelist
