@@ -33,7 +33,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"sort"
 	"strings"
 	"sync"
@@ -142,7 +141,7 @@ type crashHarness struct {
 func crashNewHarness(t *testing.T) *crashHarness {
 	t.Helper()
 	dir := t.TempDir()
-	addrs := crashFreeAddrs(t, 2)
+	addrs := freeAddrs(t, 2)
 	h := &crashHarness{
 		t:           t,
 		dir:         dir,
@@ -162,7 +161,7 @@ func crashNewHarness(t *testing.T) *crashHarness {
 			t.Logf("gateway output (%s):\n%s", h.logPath, crashTail(h.logPath, 48<<10))
 		}
 	})
-	h.bin = crashBuildBinary(t)
+	h.bin = buildGateway(t)
 
 	cfg := fmt.Sprintf(`gateway:
   id: crash-gw
@@ -183,7 +182,7 @@ broker:
   allow_anonymous: true
 sinks:
   - {name: local, type: broker, topic_prefix: wittra, values: false, retain: true}
-`, h.webhookAddr, crashYAMLString(filepath.Join(dir, "data", "queue.db")), h.brokerAddr)
+`, h.webhookAddr, yamlString(filepath.Join(dir, "data", "queue.db")), h.brokerAddr)
 	if err := os.WriteFile(h.cfgPath, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -193,54 +192,6 @@ sinks:
 		t.Fatalf("check-config: %v\n%s\nconfig:\n%s", err, out, cfg)
 	}
 	return h
-}
-
-// crashYAMLString quotes s as a YAML double-quoted scalar.
-func crashYAMLString(s string) string {
-	b, _ := json.Marshal(s) // JSON strings are valid YAML double-quoted scalars
-	return string(b)
-}
-
-// crashBuildBinary builds the gateway into a fresh temporary directory.
-func crashBuildBinary(t *testing.T) string {
-	t.Helper()
-	// `go test` puts its own GOROOT/bin first in the test's PATH (Go 1.19+),
-	// so this is the toolchain running the test; the GOROOT fallback is for a
-	// test binary run by hand.
-	goBin, err := exec.LookPath("go")
-	if err != nil {
-		//lint:ignore SA1019 only a fallback when PATH has no go
-		goBin = filepath.Join(runtime.GOROOT(), "bin", "go")
-		if _, serr := os.Stat(goBin); serr != nil {
-			t.Fatalf("no go command to build the gateway: %v; %v", err, serr)
-		}
-	}
-	out := filepath.Join(t.TempDir(), "wittra-gateway")
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
-	began := time.Now()
-	b, err := exec.CommandContext(ctx, goBin, "build", "-o", out, "wittra-gateway/cmd/gateway").CombinedOutput()
-	if err != nil {
-		t.Fatalf("go build: %v\n%s", err, b)
-	}
-	t.Logf("built %s in %v", out, time.Since(began).Round(time.Millisecond))
-	return out
-}
-
-// crashFreeAddrs returns n distinct free loopback addresses. The listeners
-// are closed before the gateway binds them (see the file comment).
-func crashFreeAddrs(t *testing.T, n int) []string {
-	t.Helper()
-	var addrs []string
-	for i := 0; i < n; i++ {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer ln.Close() // held until all are picked, so they differ
-		addrs = append(addrs, ln.Addr().String())
-	}
-	return addrs
 }
 
 // crashTail returns the last limit bytes of the file at path.

@@ -30,21 +30,6 @@ func httpGet(t *testing.T, url string) (int, string) {
 	return resp.StatusCode, string(b)
 }
 
-// metricValue reads one sample from Prometheus text, -1 when absent.
-func metricValue(t *testing.T, text, name string) float64 {
-	t.Helper()
-	re := regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(name) + ` (\S+)$`)
-	m := re.FindStringSubmatch(text)
-	if m == nil {
-		return -1
-	}
-	v, err := strconv.ParseFloat(m[1], 64)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return v
-}
-
 func TestMetricsMoveAndReadinessFlips(t *testing.T) {
 	tg := startTestGateway(t, t.TempDir(), map[string]string{
 		"admin":   "admin: {listen: 127.0.0.1:0}",
@@ -80,7 +65,7 @@ func TestMetricsMoveAndReadinessFlips(t *testing.T) {
 	deadline := time.Now().Add(5 * time.Second)
 	for {
 		_, text = httpGet(t, admin+"/metrics")
-		if metricValue(t, text, `wittra_gateway_queue_depth_messages{sink="local"}`) == 0 || time.Now().After(deadline) {
+		if metricValue(text, `wittra_gateway_queue_depth_messages{sink="local"}`) == 0 || time.Now().After(deadline) {
 			break
 		}
 		time.Sleep(20 * time.Millisecond)
@@ -94,7 +79,7 @@ func TestMetricsMoveAndReadinessFlips(t *testing.T) {
 		`wittra_gateway_queue_oldest_age_seconds{sink="local"}`:             0,
 		`wittra_gateway_broker_clients`:                                     1,
 	} {
-		if got := metricValue(t, text, name); got != want {
+		if got := metricValue(text, name); got != want {
 			t.Errorf("%s = %v, want %v", name, got, want)
 		}
 	}
@@ -103,7 +88,7 @@ func TestMetricsMoveAndReadinessFlips(t *testing.T) {
 			t.Errorf("/metrics has no %s", name)
 		}
 	}
-	if metricValue(t, text, `wittra_gateway_sink_last_success_timestamp_seconds{sink="local"}`) < float64(time.Now().Add(-time.Minute).Unix()) {
+	if metricValue(text, `wittra_gateway_sink_last_success_timestamp_seconds{sink="local"}`) < float64(time.Now().Add(-time.Minute).Unix()) {
 		t.Errorf("last success time not recent")
 	}
 	// The queue going away makes the gateway unready.

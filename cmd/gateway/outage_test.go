@@ -29,7 +29,6 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -39,8 +38,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
-	"runtime"
 	"slices"
 	"sort"
 	"strconv"
@@ -129,28 +126,12 @@ func outageMosquittoBinary(t *testing.T) string {
 	return ""
 }
 
-// outageFreeAddrs returns n distinct free loopback addresses. The listeners
-// are closed before the caller binds them (a tiny race, accepted in tests).
-func outageFreeAddrs(t *testing.T, n int) []string {
-	t.Helper()
-	var addrs []string
-	for range n {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer ln.Close() // held until all are picked, so they differ
-		addrs = append(addrs, ln.Addr().String())
-	}
-	return addrs
-}
-
 // outageNewMosq writes a mosquitto configuration on a free port; it does
 // not start it.
 func outageNewMosq(t *testing.T) *outageMosq {
 	t.Helper()
 	bin := outageMosquittoBinary(t)
-	_, portText, _ := net.SplitHostPort(outageFreeAddrs(t, 1)[0])
+	_, portText, _ := net.SplitHostPort(freeAddrs(t, 1)[0])
 	port, _ := strconv.Atoi(portText)
 	dir := t.TempDir()
 	m := &outageMosq{t: t, bin: bin, conf: filepath.Join(dir, "mosquitto.conf"), port: port, out: new(outageLogBuf)}
@@ -589,21 +570,6 @@ func outageScrape(admin string) string {
 	return string(b)
 }
 
-// outageMetric reads one sample (name with its labels, as exposed) from
-// Prometheus text; -1 when absent.
-func outageMetric(text, name string) float64 {
-	re := regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(name) + ` (\S+)$`)
-	m := re.FindStringSubmatch(text)
-	if m == nil {
-		return -1
-	}
-	v, err := strconv.ParseFloat(m[1], 64)
-	if err != nil {
-		return -1
-	}
-	return v
-}
-
 // outageWait polls cond until it holds, failing the test after d. It
 // returns how long it took.
 func outageWait(t *testing.T, d time.Duration, what string, cond func() bool) time.Duration {
@@ -620,14 +586,9 @@ func outageWait(t *testing.T, d time.Duration, what string, cond func() bool) ti
 	}
 }
 
-func outageYAMLString(s string) string {
-	b, _ := json.Marshal(s) // JSON strings are valid YAML double-quoted scalars
-	return string(b)
-}
-
 // outageMQTTSink is the YAML of an mqtt sink named plant to url.
 func outageMQTTSink(url string) string {
-	return fmt.Sprintf("{name: plant, type: mqtt, url: %s, qos: 1, topic_prefix: wittra, values: false, retain: false}", outageYAMLString(url))
+	return fmt.Sprintf("{name: plant, type: mqtt, url: %s, qos: 1, topic_prefix: wittra, values: false, retain: false}", yamlString(url))
 }
 
 // ---------------------------------------------------------------------------
@@ -655,7 +616,7 @@ buffer: {path: %s%s}
 admin: {listen: 127.0.0.1:0}
 broker: {listeners: [{type: tcp, address: 127.0.0.1:0}]}
 sinks: [%s]
-`, outageYAMLString(filepath.Join(dir, "queue.db")), bufferExtra, sinksYAML)
+`, yamlString(filepath.Join(dir, "queue.db")), bufferExtra, sinksYAML)
 	path := filepath.Join(dir, "config.yaml")
 	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
@@ -723,27 +684,6 @@ func (gw *outageGW) depth(t *testing.T, name string) (depth, messages uint64) {
 
 // ---------------------------------------------------------------------------
 // gateway subprocess
-
-// outageBuild builds the gateway binary into a fresh temporary directory.
-func outageBuild(t *testing.T) string {
-	t.Helper()
-	goBin, err := exec.LookPath("go")
-	if err != nil {
-		goBin = filepath.Join(runtime.GOROOT(), "bin", "go")
-		if _, serr := os.Stat(goBin); serr != nil {
-			t.Fatalf("no go command to build the gateway: %v; %v", err, serr)
-		}
-	}
-	out := filepath.Join(t.TempDir(), "wittra-gateway")
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
-	began := time.Now()
-	if b, err := exec.CommandContext(ctx, goBin, "build", "-o", out, "wittra-gateway/cmd/gateway").CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, b)
-	}
-	t.Logf("built the gateway in %v", time.Since(began).Round(time.Millisecond))
-	return out
-}
 
 // outageProc is one run of the gateway binary.
 type outageProc struct {
@@ -912,7 +852,7 @@ func TestOutageExternalBrokerRestart(t *testing.T) {
 	sub := outageSubscribe(t, m.url(), "outage-restart-sub", true)
 	gw := outageStartInProc(t, outageMQTTSink(m.url()), "")
 	outageWait(t, 15*time.Second, "mqtt sink connected", func() bool {
-		return outageMetric(outageScrape(gw.admin), `wittra_gateway_sink_connected{sink="plant"}`) == 1
+		return metricValue(outageScrape(gw.admin), `wittra_gateway_sink_connected{sink="plant"}`) == 1
 	})
 
 	client := outageHTTPClient(t, devices)
@@ -967,7 +907,7 @@ func TestOutageExternalBrokerRestart(t *testing.T) {
 	downTook := time.Since(downStart)
 	upAt := time.Now()
 	reconnect := outageWait(t, 40*time.Second, "mqtt sink reconnected", func() bool {
-		return outageMetric(outageScrape(gw.admin), `wittra_gateway_sink_connected{sink="plant"}`) == 1
+		return metricValue(outageScrape(gw.admin), `wittra_gateway_sink_connected{sink="plant"}`) == 1
 	})
 	reconnectedAt := time.Since(loadStart)
 	wg.Wait()
@@ -1029,9 +969,9 @@ func TestOutageKill9WithExternalSink(t *testing.T) {
 	m := outageNewMosq(t)
 	m.start()
 	sub := outageSubscribe(t, m.url(), "outage-k9-sub", true)
-	bin := outageBuild(t)
+	bin := buildGateway(t)
 	dir := t.TempDir()
-	webhookAddr := outageFreeAddrs(t, 1)[0]
+	webhookAddr := freeAddrs(t, 1)[0]
 	logPath := filepath.Join(dir, "gateway.log")
 	cfgPath := outageWriteConfig(t, bin, dir, fmt.Sprintf(`gateway: {id: outage-k9}
 log: {level: info}
@@ -1040,7 +980,7 @@ buffer: {path: %s}
 admin: {listen: ""}
 broker: {enabled: false}
 sinks: [%s]
-`, webhookAddr, outageYAMLString(filepath.Join(dir, "data", "queue.db")), outageMQTTSink(m.url())))
+`, webhookAddr, yamlString(filepath.Join(dir, "data", "queue.db")), outageMQTTSink(m.url())))
 	t.Cleanup(func() {
 		if t.Failed() {
 			t.Logf("gateway log:\n%s", outageFileTail(logPath))
@@ -1195,7 +1135,7 @@ func TestOutageOneSinkDownOthersOnTime(t *testing.T) {
 	var text string
 	outageWait(t, 5*time.Second, "local depth 0 in /metrics", func() bool {
 		text = outageScrape(gw.admin)
-		return outageMetric(text, `wittra_gateway_queue_depth_messages{sink="local"}`) == 0
+		return metricValue(text, `wittra_gateway_queue_depth_messages{sink="local"}`) == 0
 	})
 	for name, want := range map[string]float64{
 		`wittra_gateway_queue_depth_messages{sink="plant"}`:  n,
@@ -1205,12 +1145,12 @@ func TestOutageOneSinkDownOthersOnTime(t *testing.T) {
 		`wittra_gateway_sink_deliveries_total{sink="local"}`: n,
 		`wittra_gateway_sink_deliveries_total{sink="plant"}`: 0,
 	} {
-		if got := outageMetric(text, name); got != want {
+		if got := metricValue(text, name); got != want {
 			t.Errorf("while plant is down: %s = %v, want %v", name, got, want)
 		}
 	}
 	t.Logf("while plant is down: plant oldest age %.1f s, queue_bytes %.0f",
-		outageMetric(text, `wittra_gateway_queue_oldest_age_seconds{sink="plant"}`), outageMetric(text, `wittra_gateway_queue_bytes`))
+		metricValue(text, `wittra_gateway_queue_oldest_age_seconds{sink="plant"}`), metricValue(text, `wittra_gateway_queue_bytes`))
 
 	m.start()
 	plant := outageSubscribe(t, m.url(), "outage-onedown-sub", true)
@@ -1219,8 +1159,8 @@ func TestOutageOneSinkDownOthersOnTime(t *testing.T) {
 	})
 	drained := outageWait(t, 10*time.Second, "plant depth 0 and queue_messages 0", func() bool {
 		text = outageScrape(gw.admin)
-		return outageMetric(text, `wittra_gateway_queue_depth_messages{sink="plant"}`) == 0 &&
-			outageMetric(text, `wittra_gateway_queue_messages`) == 0
+		return metricValue(text, `wittra_gateway_queue_depth_messages{sink="plant"}`) == 0 &&
+			metricValue(text, `wittra_gateway_queue_messages`) == 0
 	})
 	unique, total, repeated, _ := plant.figures()
 	t.Logf("plant: all %d at the subscriber %v after mosquitto was back (%d arrivals, %d ids more than once); depth and queue at 0 %v later",
@@ -1228,7 +1168,7 @@ func TestOutageOneSinkDownOthersOnTime(t *testing.T) {
 	if v := plant.orderViolations(); len(v) > 0 {
 		t.Errorf("plant: %d order violations; first: %v", len(v), v[:min(5, len(v))])
 	}
-	if got := outageMetric(text, `wittra_gateway_sink_deliveries_total{sink="plant"}`); got < n {
+	if got := metricValue(text, `wittra_gateway_sink_deliveries_total{sink="plant"}`); got < n {
 		t.Errorf("sink_deliveries_total{plant} = %v, want ≥ %d", got, n)
 	}
 	t.Logf("total %v", time.Since(began).Round(time.Millisecond))
@@ -1257,9 +1197,9 @@ func TestOutageLongBacklogBoundedMemory(t *testing.T) {
 	began := time.Now()
 	m := outageNewMosq(t)
 	outagePrepareSession(t, m, "outage-backlog-sub")
-	bin := outageBuild(t)
+	bin := buildGateway(t)
 	dir := t.TempDir()
-	addrs := outageFreeAddrs(t, 2)
+	addrs := freeAddrs(t, 2)
 	webhookAddr, adminAddr := addrs[0], addrs[1]
 	logPath := filepath.Join(dir, "gateway.log")
 	cfgPath := outageWriteConfig(t, bin, dir, fmt.Sprintf(`gateway: {id: outage-backlog}
@@ -1269,7 +1209,7 @@ buffer: {path: %s}
 admin: {listen: %s}
 broker: {enabled: false}
 sinks: [%s]
-`, webhookAddr, outageYAMLString(filepath.Join(dir, "data", "queue.db")), adminAddr, outageMQTTSink(m.url())))
+`, webhookAddr, yamlString(filepath.Join(dir, "data", "queue.db")), adminAddr, outageMQTTSink(m.url())))
 	t.Cleanup(func() {
 		if t.Failed() {
 			t.Logf("gateway log:\n%s", outageFileTail(logPath))
@@ -1365,10 +1305,10 @@ sinks: [%s]
 	var text string
 	outageWait(t, 5*time.Second, "plant depth = 100,000 in /metrics", func() bool {
 		text = outageScrape(admin)
-		return outageMetric(text, `wittra_gateway_queue_depth_messages{sink="plant"}`) == total
+		return metricValue(text, `wittra_gateway_queue_depth_messages{sink="plant"}`) == total
 	})
-	fileBytes := outageMetric(text, `wittra_gateway_queue_file_bytes`)
-	queueBytes := outageMetric(text, `wittra_gateway_queue_bytes`)
+	fileBytes := metricValue(text, `wittra_gateway_queue_file_bytes`)
+	queueBytes := metricValue(text, `wittra_gateway_queue_bytes`)
 	time.Sleep(500 * time.Millisecond) // settle, one more sample in the idle phase
 	backlogMem, _ := outageMem(pid)
 
@@ -1381,10 +1321,10 @@ sinks: [%s]
 	for i := 0; i < 2000 && time.Since(upAt) < 60*time.Second; i++ {
 		text = outageScrape(admin)
 		now := time.Now()
-		if connectedAt.IsZero() && outageMetric(text, `wittra_gateway_sink_connected{sink="plant"}`) == 1 {
+		if connectedAt.IsZero() && metricValue(text, `wittra_gateway_sink_connected{sink="plant"}`) == 1 {
 			connectedAt = now
 		}
-		if outageMetric(text, `wittra_gateway_queue_depth_messages{sink="plant"}`) == 0 {
+		if metricValue(text, `wittra_gateway_queue_depth_messages{sink="plant"}`) == 0 {
 			drainedAt = now
 			if connectedAt.IsZero() {
 				connectedAt = now
@@ -1395,7 +1335,7 @@ sinks: [%s]
 	}
 	if drainedAt.IsZero() {
 		t.Fatalf("backlog not drained within 60 s of mosquitto's start (connected: %v); metrics depth %v",
-			!connectedAt.IsZero(), outageMetric(text, `wittra_gateway_queue_depth_messages{sink="plant"}`))
+			!connectedAt.IsZero(), metricValue(text, `wittra_gateway_queue_depth_messages{sink="plant"}`))
 	}
 	subTook := outageWait(t, 30*time.Second, "all 100,000 at the subscriber", func() bool { return sub.unique() == total })
 	stopSampler()
@@ -1507,10 +1447,10 @@ func TestOutageWhenFullPolicies(t *testing.T) {
 			t.Errorf("a refused request changed the queue: %d msgs/%d bytes/last %d → %d/%d/%d", st.Messages, st.Bytes, st.Last, st2.Messages, st2.Bytes, st2.Last)
 		}
 		text := outageScrape(gw.admin)
-		if got := outageMetric(text, `wittra_gateway_webhook_requests_total{code="503",route="/wittra"}`); got != 2 {
+		if got := metricValue(text, `wittra_gateway_webhook_requests_total{code="503",route="/wittra"}`); got != 2 {
 			t.Errorf(`webhook_requests_total{code="503"} = %v, want 2`, got)
 		}
-		if got := outageMetric(text, `wittra_gateway_messages_dropped_total{reason="queue_full"}`); got != 0 {
+		if got := metricValue(text, `wittra_gateway_messages_dropped_total{reason="queue_full"}`); got != 0 {
 			t.Errorf(`messages_dropped_total{reason="queue_full"} = %v under reject, want 0`, got)
 		}
 
@@ -1551,7 +1491,7 @@ func TestOutageWhenFullPolicies(t *testing.T) {
 			t.Fatal(err)
 		}
 		text := outageScrape(gw.admin)
-		dropped := outageMetric(text, `wittra_gateway_messages_dropped_total{reason="queue_full"}`)
+		dropped := metricValue(text, `wittra_gateway_messages_dropped_total{reason="queue_full"}`)
 		t.Logf("after %d messages: queue holds %d (seq %d..%d, %d bytes), dropped %v", n, st.Messages, st.Head, st.Last, st.Bytes, dropped)
 		if dropped <= 0 || uint64(dropped) != st.Dropped {
 			t.Errorf(`messages_dropped_total{reason="queue_full"} = %v, queue counter %d; want equal and > 0`, dropped, st.Dropped)
@@ -1649,7 +1589,7 @@ func TestOutageMaxAgeExpiry(t *testing.T) {
 		`wittra_gateway_queue_messages`:                     0,
 		`wittra_gateway_queue_bytes`:                        0,
 	} {
-		if got := outageMetric(text, name); got != want {
+		if got := metricValue(text, name); got != want {
 			t.Errorf("after the sweep: %s = %v, want %v", name, got, want)
 		}
 	}

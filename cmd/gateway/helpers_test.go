@@ -1,0 +1,104 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"runtime"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+)
+
+// Helpers shared by the test files that run the gateway as a subprocess
+// (crash_test.go, outage_test.go) or read its metrics.
+
+var (
+	buildOnce sync.Once
+	builtBin  string
+	buildErr  string
+	buildDir  string
+)
+
+// buildGateway builds the gateway binary once per test run and returns its
+// path. It lives in a directory removed by TestMain.
+func buildGateway(t *testing.T) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		// `go test` puts its own GOROOT/bin first in PATH, so this is the
+		// toolchain running the test; GOROOT is the fallback.
+		goBin, err := exec.LookPath("go")
+		if err != nil {
+			goBin = filepath.Join(runtime.GOROOT(), "bin", "go")
+		}
+		dir, err := os.MkdirTemp("", "wittra-gateway-test-bin-")
+		if err != nil {
+			buildErr = err.Error()
+			return
+		}
+		buildDir = dir
+		out := filepath.Join(dir, "wittra-gateway")
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+		defer cancel()
+		if b, err := exec.CommandContext(ctx, goBin, "build", "-o", out, "wittra-gateway/cmd/gateway").CombinedOutput(); err != nil {
+			buildErr = "go build: " + err.Error() + "\n" + string(b)
+			return
+		}
+		builtBin = out
+	})
+	if builtBin == "" {
+		t.Fatal(buildErr)
+	}
+	return builtBin
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if buildDir != "" {
+		os.RemoveAll(buildDir)
+	}
+	os.Exit(code)
+}
+
+// freeAddrs returns n distinct free loopback addresses. The listeners are
+// closed before the caller binds them: another process could take one in
+// between (a tiny race, accepted in tests).
+func freeAddrs(t *testing.T, n int) []string {
+	t.Helper()
+	var addrs []string
+	for range n {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close() // held until all are picked, so they differ
+		addrs = append(addrs, ln.Addr().String())
+	}
+	return addrs
+}
+
+// yamlString quotes s as a YAML double-quoted scalar.
+func yamlString(s string) string {
+	b, _ := json.Marshal(s) // JSON strings are valid YAML double-quoted scalars
+	return string(b)
+}
+
+// metricValue reads one sample (name with its labels, as exposed) from
+// Prometheus text; -1 when absent.
+func metricValue(text, name string) float64 {
+	re := regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(name) + ` (\S+)$`)
+	m := re.FindStringSubmatch(text)
+	if m == nil {
+		return -1
+	}
+	v, err := strconv.ParseFloat(m[1], 64)
+	if err != nil {
+		return -1
+	}
+	return v
+}
