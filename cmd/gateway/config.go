@@ -23,6 +23,9 @@ package main
 //   - Log.Level is never empty (debug|info|warn|error), Log.Format is json|console|journald;
 //   - Admin.Listen == "" means the admin server is off (explicit `listen: ""`);
 //   - Broker.AllowAnonymous is resolved (default: true without users, false with users);
+//   - UserConfig.Subscribe is never nil (default ["#"]; an explicit [] reads nothing) and
+//     UserConfig.PublishTopics is ["#"] by default when Publish is set (nil otherwise);
+//     UserConfig.Password may be a bcrypt hash ($2a$/$2b$/$2y$), checked to be well formed;
 //   - Webhook.Routes has at least one route; Route.Token == "" means no authentication;
 //   - per-sink defaults are filled: TopicPrefix, QoS (1), ClientID ("wittra-<id>", type mqtt),
 //     Mode ("mqtt", type cumulocity), DeviceName ("Wittra gateway <id>", type cumulocity).
@@ -44,6 +47,8 @@ import (
 	"time"
 
 	"gopkg.in/yaml.v3"
+
+	"wittra-gateway/sinks/broker"
 )
 
 // Config is the whole configuration of the gateway.
@@ -114,17 +119,21 @@ type BrokerConfig struct {
 
 // ListenerConfig is one listener of the embedded broker.
 type ListenerConfig struct {
-	Type     string // tcp | tls | websocket
-	Address  string // host:port
-	CertFile string // required for tls
-	KeyFile  string // required for tls
+	Type           string   // tcp | tls | websocket
+	Address        string   // host:port
+	CertFile       string   // required for tls; optional for websocket (wss)
+	KeyFile        string   // required for tls; optional for websocket (wss)
+	ClientCAFile   string   // tls / wss: require client certificates signed by these CAs
+	AllowedOrigins []string // websocket: accepted browser Origins (scheme://host[:port]); empty = same origin
 }
 
 // UserConfig is one user of the embedded broker.
 type UserConfig struct {
-	Username string
-	Password string // secret
-	Publish  bool
+	Username      string
+	Password      string   // secret; plain text or a bcrypt hash
+	Subscribe     []string // topic filters the user may read; never nil after parsing
+	Publish       bool
+	PublishTopics []string // topic filters the user may publish to (only with Publish)
 }
 
 // SinkConfig is one output of the gateway.
@@ -345,12 +354,18 @@ func (c *Config) Redacted() *Config {
 		}
 		r.Webhook.Routes[i] = rt
 	}
-	r.Broker.Listeners = append([]ListenerConfig(nil), c.Broker.Listeners...)
+	r.Broker.Listeners = make([]ListenerConfig, len(c.Broker.Listeners))
+	for i, l := range c.Broker.Listeners {
+		l.AllowedOrigins = cloneStrings(l.AllowedOrigins)
+		r.Broker.Listeners[i] = l
+	}
 	r.Broker.Users = make([]UserConfig, len(c.Broker.Users))
 	for i, u := range c.Broker.Users {
 		if u.Password != "" {
 			u.Password = mask
 		}
+		u.Subscribe = cloneStrings(u.Subscribe)
+		u.PublishTopics = cloneStrings(u.PublishTopics)
 		r.Broker.Users[i] = u
 	}
 	r.Sinks = make([]SinkConfig, len(c.Sinks))
@@ -361,6 +376,14 @@ func (c *Config) Redacted() *Config {
 		r.Sinks[i] = s
 	}
 	return &r
+}
+
+// cloneStrings copies s, keeping nil and empty apart.
+func cloneStrings(s []string) []string {
+	if s == nil {
+		return nil
+	}
+	return append(make([]string, 0, len(s)), s...)
 }
 
 // ---------------------------------------------------------------------------
@@ -427,17 +450,21 @@ type rawBroker struct {
 }
 
 type rawListener struct {
-	Type     yaml.Node `yaml:"type"`
-	Address  yaml.Node `yaml:"address"`
-	CertFile yaml.Node `yaml:"cert_file"`
-	KeyFile  yaml.Node `yaml:"key_file"`
+	Type           yaml.Node   `yaml:"type"`
+	Address        yaml.Node   `yaml:"address"`
+	CertFile       yaml.Node   `yaml:"cert_file"`
+	KeyFile        yaml.Node   `yaml:"key_file"`
+	ClientCAFile   yaml.Node   `yaml:"client_ca_file"`
+	AllowedOrigins []yaml.Node `yaml:"allowed_origins"`
 }
 
 type rawUser struct {
-	Username     yaml.Node `yaml:"username"`
-	Password     yaml.Node `yaml:"password"`
-	PasswordFile yaml.Node `yaml:"password_file"`
-	Publish      yaml.Node `yaml:"publish"`
+	Username      yaml.Node   `yaml:"username"`
+	Password      yaml.Node   `yaml:"password"`
+	PasswordFile  yaml.Node   `yaml:"password_file"`
+	Subscribe     []yaml.Node `yaml:"subscribe"`
+	Publish       yaml.Node   `yaml:"publish"`
+	PublishTopics []yaml.Node `yaml:"publish_topics"`
 }
 
 type rawSink struct {
@@ -600,6 +627,9 @@ var (
 	reFieldSet     = regexp.MustCompile(`^field (.+) already set in type \S+$`)
 	reDupKey       = regexp.MustCompile(`^mapping key (".*") already defined at line (\d+)$`)
 	reCannot       = regexp.MustCompile("^cannot unmarshal (!![a-z]+)(?: `.*`)? into (\\S+)$")
+	// yaml.v3 quotes an unknown alias name: with `password: *secret` that
+	// name is the password.
+	reAnchor = regexp.MustCompile(`unknown anchor '.*' referenced`)
 )
 
 // decodeErrors turns a yaml.v3 error into ConfigErrors, adding key paths and
@@ -611,6 +641,7 @@ func (p *parser) decodeErrors(err error) ConfigErrors {
 		msgs = te.Errors
 	}
 	for _, msg := range msgs {
+		msg = reAnchor.ReplaceAllString(msg, "unknown anchor referenced (quote a value that starts with *)")
 		m := reYAMLLine.FindStringSubmatch(msg)
 		if m == nil {
 			p.add(0, "", errors.New(strings.TrimPrefix(msg, "yaml: ")))
@@ -913,6 +944,21 @@ func (p *parser) secret(val, file *yaml.Node, base, key string, dst *string) {
 	*dst = s
 }
 
+// strList converts a list of scalars; nil (absent or null) stays nil, [] gives
+// an empty, non-nil slice.
+func (p *parser) strList(ns []yaml.Node, base string) []string {
+	if ns == nil {
+		return nil
+	}
+	out := make([]string, 0, len(ns))
+	for j := range ns {
+		var s string
+		p.str(&ns[j], fmt.Sprintf("%s[%d]", base, j), &s)
+		out = append(out, s)
+	}
+	return out
+}
+
 // apply copies the decoded file over the defaults in cfg and fills derived defaults.
 func (p *parser) apply(r *rawConfig, cfg *Config) {
 	p.str(&r.Gateway.ID, "gateway.id", &cfg.Gateway.ID)
@@ -961,6 +1007,8 @@ func (p *parser) apply(r *rawConfig, cfg *Config) {
 			p.str(&rl.Address, base+".address", &l.Address)
 			p.str(&rl.CertFile, base+".cert_file", &l.CertFile)
 			p.str(&rl.KeyFile, base+".key_file", &l.KeyFile)
+			p.str(&rl.ClientCAFile, base+".client_ca_file", &l.ClientCAFile)
+			l.AllowedOrigins = p.strList(rl.AllowedOrigins, base+".allowed_origins")
 		}
 	}
 	br.Users = nil
@@ -970,6 +1018,15 @@ func (p *parser) apply(r *rawConfig, cfg *Config) {
 		p.str(&ru.Username, base+".username", &u.Username)
 		p.secret(&ru.Password, &ru.PasswordFile, base, "password", &u.Password)
 		p.boolean(&ru.Publish, base+".publish", &u.Publish)
+		// Absent or null: the default; [] means none.
+		u.Subscribe = p.strList(ru.Subscribe, base+".subscribe")
+		if u.Subscribe == nil {
+			u.Subscribe = []string{"#"}
+		}
+		u.PublishTopics = p.strList(ru.PublishTopics, base+".publish_topics")
+		if u.PublishTopics == nil && u.Publish {
+			u.PublishTopics = []string{"#"}
+		}
 		br.Users = append(br.Users, u)
 	}
 	if !p.boolean(&r.Broker.AllowAnonymous, "broker.allow_anonymous", &br.AllowAnonymous) {
@@ -1153,6 +1210,23 @@ func (p *parser) validate(c *Config) {
 			p.invalid(base+".key_file", "required for type tls")
 		case (l.CertFile == "") != (l.KeyFile == ""):
 			p.invalid(base, "cert_file and key_file must be set together")
+		case l.Type == "tcp" && l.CertFile != "":
+			p.invalid(base+".cert_file", "needs type tls (or websocket for wss)")
+		}
+		switch {
+		case l.ClientCAFile == "":
+		case l.Type == "tcp":
+			p.invalid(base+".client_ca_file", "needs type tls, or websocket with cert_file and key_file")
+		case l.Type == "websocket" && l.CertFile == "":
+			p.invalid(base+".client_ca_file", "needs TLS: set cert_file and key_file too")
+		}
+		if len(l.AllowedOrigins) > 0 && l.Type != "websocket" {
+			p.invalid(base+".allowed_origins", "only for type websocket")
+		}
+		for j, o := range l.AllowedOrigins {
+			if err := checkOrigin(o); err != nil {
+				p.invalid(fmt.Sprintf("%s.allowed_origins[%d]", base, j), "%v", err)
+			}
 		}
 	}
 	seenUser := map[string]int{}
@@ -1167,6 +1241,28 @@ func (p *parser) validate(c *Config) {
 		}
 		if u.Password == "" {
 			p.invalid(base+".password", "required (password or password_file)")
+		} else if err := broker.CheckPassword(u.Password); err != nil {
+			field := base + ".password"
+			if _, inFile := p.lines[base+".password_file"]; inFile {
+				field = base + ".password_file"
+			}
+			p.invalid(field, "%v", err)
+		}
+		for j, f := range u.Subscribe {
+			if err := broker.CheckFilter(f); err != nil {
+				p.invalid(fmt.Sprintf("%s.subscribe[%d]", base, j), "not a valid topic filter: %v", err)
+			}
+		}
+		switch {
+		case !u.Publish && len(u.PublishTopics) > 0:
+			p.invalid(base+".publish_topics", "needs publish: true")
+		case u.Publish && u.PublishTopics != nil && len(u.PublishTopics) == 0:
+			p.invalid(base+".publish_topics", "empty: to forbid publishing, set publish: false")
+		}
+		for j, f := range u.PublishTopics {
+			if err := broker.CheckFilter(f); err != nil {
+				p.invalid(fmt.Sprintf("%s.publish_topics[%d]", base, j), "not a valid topic filter: %v", err)
+			}
 		}
 	}
 
@@ -1274,6 +1370,30 @@ func (p *parser) validate(c *Config) {
 	if hasC8Y && strings.Contains(c.Gateway.ID, ":") {
 		p.invalid("gateway.id", "must not contain ':' with a cumulocity sink (it is the Cumulocity client id)")
 	}
+}
+
+// checkOrigin accepts a browser Origin as sent in the header: scheme://host[:port]
+// with scheme http or https, nothing else.
+func checkOrigin(o string) error {
+	const want = "want scheme://host[:port], e.g. https://dashboard.example.com"
+	if o == "" {
+		return errors.New("must not be empty")
+	}
+	if o == "null" || o == "*" {
+		return fmt.Errorf("%q is not accepted: %s", o, want)
+	}
+	u, err := url.Parse(o)
+	switch {
+	case err != nil:
+		return fmt.Errorf("%q is not an origin: %s", o, want)
+	case u.Scheme != "http" && u.Scheme != "https":
+		return fmt.Errorf("%q: scheme must be http or https", o)
+	case u.Host == "" || u.Hostname() == "":
+		return fmt.Errorf("%q has no host: %s", o, want)
+	case u.User != nil || u.Path != "" || u.RawQuery != "" || u.ForceQuery || u.Fragment != "" || strings.Contains(o, "#"):
+		return fmt.Errorf("%q has more than scheme://host[:port] (browsers send no path, not even a trailing /)", o)
+	}
+	return nil
 }
 
 // checkURL validates a sink URL without ever quoting it (it may hold credentials).

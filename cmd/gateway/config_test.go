@@ -756,3 +756,152 @@ func TestRedacted(t *testing.T) {
 		t.Errorf("Redacted modified the original: %+v", cfg)
 	}
 }
+
+func TestBrokerACLConfig(t *testing.T) {
+	const hash = "$2y$10$N9qo8uLOickgx2ZMRZoMyeIjZAgcfl7p92ldGxad68LJZdL17lhWy"
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "hash"), []byte(hash+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	data := yml(
+		"broker:",
+		"  listeners:",
+		"    - {type: tls, address: ':8883', cert_file: b.crt, key_file: b.key, client_ca_file: ca.pem}",
+		"    - type: websocket",
+		"      address: 127.0.0.1:8083",
+		"      allowed_origins: [https://dash.example.com, 'http://10.0.0.5:8080']",
+		"  users:",
+		"    - {username: reader, password: r}",
+		"    - {username: p1, password: '"+hash+"', subscribe: [wittra/P1/#]}",
+		"    - {username: writer, password_file: hash, publish: true}",
+		"    - {username: site, password: s, publish: true, publish_topics: [site/#, 'a/+/c'], subscribe: []}",
+		"sinks:",
+		"  - {name: local, type: broker}",
+		"  - {name: b, type: broker, topic_prefix: site/b}",
+		"  - {name: p, type: mqtt, url: 'tcp://h:1883', topic_prefix: remote}",
+	)
+	cfg := mustParse(t, data, dir)
+	wantListeners := []ListenerConfig{
+		{Type: "tls", Address: ":8883", CertFile: "b.crt", KeyFile: "b.key", ClientCAFile: "ca.pem"},
+		{Type: "websocket", Address: "127.0.0.1:8083", AllowedOrigins: []string{"https://dash.example.com", "http://10.0.0.5:8080"}},
+	}
+	if !reflect.DeepEqual(cfg.Broker.Listeners, wantListeners) {
+		t.Errorf("Listeners=%+v\nwant %+v", cfg.Broker.Listeners, wantListeners)
+	}
+	wantUsers := []UserConfig{
+		{Username: "reader", Password: "r", Subscribe: []string{"#"}},
+		{Username: "p1", Password: hash, Subscribe: []string{"wittra/P1/#"}},
+		{Username: "writer", Password: hash, Subscribe: []string{"#"}, Publish: true, PublishTopics: []string{"#"}},
+		{Username: "site", Password: "s", Subscribe: []string{}, Publish: true, PublishTopics: []string{"site/#", "a/+/c"}},
+	}
+	if !reflect.DeepEqual(cfg.Broker.Users, wantUsers) {
+		t.Errorf("Users=%+v\nwant %+v", cfg.Broker.Users, wantUsers)
+	}
+
+	bc := brokerConfig(cfg)
+	if got, want := bc.ReservedPrefixes, []string{"wittra", "site/b"}; !reflect.DeepEqual(got, want) {
+		t.Errorf("ReservedPrefixes=%v, want %v (broker sinks only)", got, want)
+	}
+	if l := bc.Listeners[0]; l.ClientCAFile != "ca.pem" || l.CertFile != "b.crt" {
+		t.Errorf("broker listener 0=%+v", l)
+	}
+	if l := bc.Listeners[1]; !reflect.DeepEqual(l.AllowedOrigins, wantListeners[1].AllowedOrigins) {
+		t.Errorf("broker listener 1=%+v", l)
+	}
+	if u := bc.Users[3]; !u.Publish || !reflect.DeepEqual(u.PublishTopics, wantUsers[3].PublishTopics) ||
+		u.Subscribe == nil || len(u.Subscribe) != 0 || u.Password != "s" {
+		t.Errorf("broker user 3=%+v", u)
+	}
+	if u := bc.Users[1]; !reflect.DeepEqual(u.Subscribe, []string{"wittra/P1/#"}) || u.Publish || u.PublishTopics != nil {
+		t.Errorf("broker user 1=%+v", u)
+	}
+
+	r := cfg.Redacted()
+	r.Broker.Users[3].PublishTopics[0] = "changed"
+	r.Broker.Listeners[1].AllowedOrigins[0] = "changed"
+	if cfg.Broker.Users[3].PublishTopics[0] != "site/#" || cfg.Broker.Listeners[1].AllowedOrigins[0] != "https://dash.example.com" {
+		t.Errorf("Redacted shares lists with the original")
+	}
+	if r.Broker.Users[1].Password != "REDACTED" {
+		t.Errorf("Redacted kept a bcrypt hash: %q", r.Broker.Users[1].Password)
+	}
+}
+
+func TestBrokerACLConfigErrors(t *testing.T) {
+	const badHash = "$2b$10$tooShortToBeAHash"
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "badhash"), []byte(badHash), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	data := yml(
+		"broker:", // 1
+		"  listeners:",
+		"    - {type: tcp, address: ':1883', client_ca_file: ca.pem}",
+		"    - {type: websocket, address: ':8083', client_ca_file: ca.pem}",
+		"    - {type: tls, address: ':8883', cert_file: c, key_file: k, allowed_origins: ['https://a']}", // 5
+		"    - type: websocket",
+		"      address: ':8084'",
+		"      allowed_origins:",
+		"        - https://ok.example.com",
+		"        - https://slash.example.com/", // 10
+		"        - 'null'",
+		"        - ftp://x.example.com",
+		"        - https://x.example.com/path",
+		"        - '*'",
+		"        - ''", // 15
+		"        - https://user@x.example.com",
+		"  users:",
+		"    - {username: a, password: x, subscribe: [ok/#, 'a/#/b', 'a+', '$share/g/#']}",
+		"    - {username: b, password: x, publish_topics: [site/#]}",
+		"    - {username: c, password: x, publish: true, publish_topics: []}", // 20
+		"    - {username: d, password: x, publish: true, publish_topics: ['#', 'x/#/y']}",
+		"    - {username: e, password: '"+badHash+"'}",
+		"    - username: f",
+		"      password_file: badhash",
+		"    - {username: g, password: x, subscribe: wittra/#}", // 25
+	)
+	errs := parseErrs(t, data, dir)
+	want := [][]string{
+		{"line 25: broker.users[6].subscribe: expected a list"},
+	}
+	for _, parts := range want {
+		wantProblem(t, errs, parts...)
+	}
+	// A shape error stops decoding; without it every other problem shows.
+	data = strings.Replace(data, "subscribe: wittra/#", "subscribe: [wittra/#]", 1)
+	errs = parseErrs(t, data, dir)
+	want = [][]string{
+		{"line 3: broker.listeners[0].client_ca_file: needs type tls, or websocket with cert_file and key_file"},
+		{"line 4: broker.listeners[1].client_ca_file: needs TLS"},
+		{"line 5: broker.listeners[2].allowed_origins: only for type websocket"},
+		{"line 10: broker.listeners[3].allowed_origins[1]: ", "no path"},
+		{"line 11: broker.listeners[3].allowed_origins[2]: ", "not accepted"},
+		{"line 12: broker.listeners[3].allowed_origins[3]: ", "scheme must be http or https"},
+		{"line 13: broker.listeners[3].allowed_origins[4]: ", "no path"},
+		{"line 14: broker.listeners[3].allowed_origins[5]: ", "not accepted"},
+		{"line 15: broker.listeners[3].allowed_origins[6]: must not be empty"},
+		{"line 16: broker.listeners[3].allowed_origins[7]: "},
+		{"line 18: broker.users[0].subscribe[1]: not a valid topic filter: '#' must be the last level"},
+		{"line 18: broker.users[0].subscribe[2]: not a valid topic filter: '+' and '#' must fill a whole level"},
+		{"line 18: broker.users[0].subscribe[3]: not a valid topic filter: ", "$share"},
+		{"line 19: broker.users[1].publish_topics: needs publish: true"},
+		{"line 20: broker.users[2].publish_topics: empty: to forbid publishing, set publish: false"},
+		{"line 21: broker.users[3].publish_topics[1]: not a valid topic filter"},
+		{"line 22: broker.users[4].password: ", "bcrypt"},
+		{"line 24: broker.users[5].password_file: ", "bcrypt"},
+	}
+	for _, parts := range want {
+		wantProblem(t, errs, parts...)
+	}
+	if len(errs) != len(want) {
+		t.Errorf("got %d problems, want %d:\n%v", len(errs), len(want), errs)
+	}
+	if strings.Contains(errs.Error(), "tooShort") {
+		t.Errorf("error reveals a password:\n%v", errs)
+	}
+}
+
+func TestBrokerTCPWithCert(t *testing.T) {
+	errs := parseErrs(t, yml("broker:", "  listeners:", "    - {type: tcp, address: ':1883', cert_file: c, key_file: k}"), t.TempDir())
+	wantProblem(t, errs, "line 3: broker.listeners[0].cert_file: needs type tls")
+}

@@ -27,10 +27,30 @@ func bufferConfig(cfg *Config, consumers []string) buffer.Config {
 func brokerConfig(cfg *Config) broker.Config {
 	bc := broker.Config{AllowAnonymous: cfg.Broker.AllowAnonymous}
 	for _, l := range cfg.Broker.Listeners {
-		bc.Listeners = append(bc.Listeners, broker.Listener{Type: l.Type, Address: l.Address, CertFile: l.CertFile, KeyFile: l.KeyFile})
+		bc.Listeners = append(bc.Listeners, broker.Listener{
+			Type:           l.Type,
+			Address:        l.Address,
+			CertFile:       l.CertFile,
+			KeyFile:        l.KeyFile,
+			ClientCAFile:   l.ClientCAFile,
+			AllowedOrigins: l.AllowedOrigins,
+		})
 	}
 	for _, u := range cfg.Broker.Users {
-		bc.Users = append(bc.Users, broker.User{Username: u.Username, Password: u.Password, Publish: u.Publish})
+		bc.Users = append(bc.Users, broker.User{
+			Username:      u.Username,
+			Password:      u.Password,
+			Subscribe:     u.Subscribe,
+			Publish:       u.Publish,
+			PublishTopics: u.PublishTopics,
+		})
+	}
+	// Reserve the broker sinks' prefixes before the broker serves, so no
+	// client can publish there (e.g. a retained fake status) in between.
+	for _, s := range cfg.Sinks {
+		if s.Type == "broker" {
+			bc.ReservedPrefixes = append(bc.ReservedPrefixes, s.TopicPrefix)
+		}
 	}
 	return bc
 }

@@ -3,21 +3,37 @@ package broker
 import (
 	"crypto/sha256"
 	"crypto/subtle"
+	"errors"
 	"fmt"
+	"regexp"
+	"runtime"
 	"strings"
 	"sync"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
 	"github.com/rs/zerolog"
+	"golang.org/x/crypto/bcrypt"
 )
 
 // authHook decides who may connect, publish and subscribe. Unlike mochi's
 // auth.Ledger, whose ACL allows when no rule matches, it denies by default:
 //   - connect: an empty username is anonymous and allowed iff anonymous is
-//     set; any other username must match a user's password;
-//   - subscribe/read: any connected client;
-//   - publish/write: users with Publish, and only outside reserved prefixes.
+//     set; any other username must match a user's password (plain text
+//     compared in constant time, or a bcrypt hash);
+//   - subscribe/read: anonymous clients every topic "#" covers (so not
+//     $SYS); users the topics their Subscribe filters cover (default "#");
+//   - publish/write: anonymous clients never; users with Publish, on topics
+//     their PublishTopics filters cover (default "#"), and never under a
+//     reserved prefix (a broker sink's topic prefix, which holds its status
+//     topic).
+//
+// mochi asks the hook about reads twice: at SUBSCRIBE with the filter (a
+// refusal is a SUBACK failure code, 0x80 in MQTT 3.1.1 and 0x87 in 5), and
+// for every message it delivers or retained message it sends, with the
+// topic name. A subscription is allowed only if one of the user's filters
+// covers all of it: with subscribe [wittra/P1/#], "wittra/P1/+/data" is
+// allowed and "#" or "wittra/+/D1/data" are refused.
 //
 // The inline client (the gateway's own publishes) bypasses the ACL in
 // mochi. Will messages bypass mochi's ACL too, so a connect whose will the
@@ -25,7 +41,9 @@ import (
 type authHook struct {
 	mqtt.HookBase
 	anonymous bool
-	users     map[string]userEntry
+	users     map[string]*userEntry
+	dummy     *userEntry // compared against for unknown users, to take as long
+	bcryptSem chan struct{}
 	log       zerolog.Logger
 
 	mu       sync.RWMutex
@@ -33,12 +51,47 @@ type authHook struct {
 }
 
 type userEntry struct {
-	hash    [sha256.Size]byte // sha256 of the password
-	publish bool
+	plain  [sha256.Size]byte // sha256 of a plain-text password
+	bcrypt []byte            // the password's bcrypt hash, when it is one
+	read   filters
+	write  filters // nil: may not publish
 }
 
-func newAuthHook(anonymous bool, users []User, log zerolog.Logger) (*authHook, error) {
-	h := &authHook{anonymous: anonymous, users: make(map[string]userEntry, len(users)), log: log}
+// anonymousRead is what anonymous clients may read.
+var anonymousRead = filters{{"#"}}
+
+// reBcrypt is the modular crypt format of bcrypt: $2a$, $2b$ or $2y$, a
+// two-digit cost (4..31), 22 characters of salt and 31 of hash.
+var reBcrypt = regexp.MustCompile(`^\$2[aby]\$(0[4-9]|[12][0-9]|3[01])\$[./A-Za-z0-9]{53}$`)
+
+// IsBcryptHash reports whether password is to be read as a bcrypt hash: it
+// starts with $2a$, $2b$ or $2y$.
+func IsBcryptHash(password string) bool {
+	return strings.HasPrefix(password, "$2a$") || strings.HasPrefix(password, "$2b$") || strings.HasPrefix(password, "$2y$")
+}
+
+// CheckPassword reports why a configured password cannot be used, or nil.
+// Plain text is always usable; a bcrypt hash must be well formed. The error
+// never quotes the password.
+func CheckPassword(password string) error {
+	if password == "" {
+		return errors.New("empty password")
+	}
+	if IsBcryptHash(password) && !reBcrypt.MatchString(password) {
+		return errors.New("starts like a bcrypt hash ($2a$, $2b$, $2y$) but is not one: want $2y$<cost 04-31>$ and 53 characters of salt and hash")
+	}
+	return nil
+}
+
+func newAuthHook(anonymous bool, users []User, reserved []string, log zerolog.Logger) (*authHook, error) {
+	h := &authHook{
+		anonymous: anonymous,
+		users:     make(map[string]*userEntry, len(users)),
+		dummy:     &userEntry{},
+		bcryptSem: make(chan struct{}, max(1, runtime.GOMAXPROCS(0))),
+		log:       log,
+	}
+	maxCost := 0
 	for i, u := range users {
 		if u.Username == "" {
 			return nil, fmt.Errorf("broker user %d: empty username", i)
@@ -46,7 +99,44 @@ func newAuthHook(anonymous bool, users []User, log zerolog.Logger) (*authHook, e
 		if _, dup := h.users[u.Username]; dup {
 			return nil, fmt.Errorf("broker user %d: duplicate username %q", i, u.Username)
 		}
-		h.users[u.Username] = userEntry{hash: sha256.Sum256([]byte(u.Password)), publish: u.Publish}
+		if err := CheckPassword(u.Password); err != nil {
+			return nil, fmt.Errorf("broker user %q: password: %w", u.Username, err)
+		}
+		e := &userEntry{}
+		if IsBcryptHash(u.Password) {
+			e.bcrypt = []byte(u.Password)
+			if cost, err := bcrypt.Cost(e.bcrypt); err == nil && cost > maxCost {
+				maxCost = cost
+				h.dummy = &userEntry{bcrypt: e.bcrypt} // never matches: the user is unknown
+			}
+		} else {
+			e.plain = sha256.Sum256([]byte(u.Password))
+		}
+
+		sub := u.Subscribe
+		if sub == nil {
+			sub = []string{"#"}
+		}
+		var err error
+		if e.read, err = newFilters(sub); err != nil {
+			return nil, fmt.Errorf("broker user %q: subscribe: %w", u.Username, err)
+		}
+		switch {
+		case u.Publish:
+			pub := u.PublishTopics
+			if pub == nil {
+				pub = []string{"#"}
+			}
+			if e.write, err = newFilters(pub); err != nil {
+				return nil, fmt.Errorf("broker user %q: publish_topics: %w", u.Username, err)
+			}
+		case len(u.PublishTopics) > 0:
+			return nil, fmt.Errorf("broker user %q: publish_topics set but publish is false", u.Username)
+		}
+		h.users[u.Username] = e
+	}
+	for _, p := range reserved {
+		h.reserve(p)
 	}
 	return h, nil
 }
@@ -56,7 +146,7 @@ func (h *authHook) ID() string { return "wittra-auth" }
 
 // Provides lists the events the hook handles.
 func (h *authHook) Provides(b byte) bool {
-	return b == mqtt.OnConnectAuthenticate || b == mqtt.OnACLCheck
+	return b == mqtt.OnConnectAuthenticate || b == mqtt.OnACLCheck || b == mqtt.OnSubscribed
 }
 
 func (h *authHook) reserve(prefix string) {
@@ -82,23 +172,42 @@ func (h *authHook) isReserved(topic string) bool {
 	return false
 }
 
+// passwordOK compares password with u's in constant time (plain) or with
+// bcrypt. At most GOMAXPROCS bcrypt comparisons run at once, so a flood of
+// logins cannot take every CPU from the webhook and the queue.
+func (h *authHook) passwordOK(u *userEntry, password []byte) bool {
+	if u.bcrypt == nil {
+		got := sha256.Sum256(password)
+		return subtle.ConstantTimeCompare(got[:], u.plain[:]) == 1
+	}
+	if len(password) > 72 {
+		return false // bcrypt would compare only the first 72 bytes
+	}
+	h.bcryptSem <- struct{}{}
+	defer func() { <-h.bcryptSem }()
+	return bcrypt.CompareHashAndPassword(u.bcrypt, password) == nil
+}
+
 // OnConnectAuthenticate allows anonymous clients iff configured, and users
-// whose password matches (compared in constant time).
+// whose password matches.
 func (h *authHook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
 	name := string(pk.Connect.Username)
-	var ok, publish bool
+	var ok bool
+	var write filters
 	reason := "bad username or password"
 	if name == "" {
 		ok = h.anonymous
 		reason = "anonymous clients not allowed"
 	} else {
-		got := sha256.Sum256(pk.Connect.Password)
 		u, known := h.users[name]
-		match := subtle.ConstantTimeCompare(got[:], u.hash[:]) == 1
+		if !known {
+			u = h.dummy // take as long as for a known user
+		}
+		match := h.passwordOK(u, pk.Connect.Password)
 		ok = known && match
-		publish = u.publish
+		write = u.write
 	}
-	if ok && pk.Connect.WillFlag && !h.mayWrite(publish, pk.Connect.WillTopic) {
+	if ok && pk.Connect.WillFlag && (pk.Connect.WillTopic == "" || !h.mayWrite(write, pk.Connect.WillTopic)) {
 		ok = false
 		reason = "will topic not allowed"
 	}
@@ -109,26 +218,53 @@ func (h *authHook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) boo
 	return ok
 }
 
-// OnACLCheck allows reads to every connected client and writes to users
-// with Publish outside the reserved prefixes.
+// OnACLCheck answers for reads (a SUBSCRIBE filter, or the topic of a
+// message about to be sent to cl) and writes (the topic cl publishes to).
 func (h *authHook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
-	if !write {
-		return true
-	}
 	if cl.Net.Inline {
 		return true // the gateway's own publishes (mochi skips the check anyway)
 	}
-	u, ok := h.users[string(cl.Properties.Username)]
-	if ok && h.mayWrite(u.publish, topic) {
+	name := string(cl.Properties.Username)
+	var read, pub filters
+	if name == "" {
+		read = anonymousRead
+	} else if u, ok := h.users[name]; ok {
+		read, pub = u.read, u.write
+	}
+	if !write {
+		return read.allows(topic)
+	}
+	if h.mayWrite(pub, topic) {
 		return true
 	}
-	h.log.Debug().Str("username", string(cl.Properties.Username)).Str("client", cl.ID).
-		Str("topic", topic).Msg("broker publish denied")
+	h.log.Debug().Str("username", name).Str("client", cl.ID).Str("topic", topic).Msg("broker publish denied")
 	return false
 }
 
-func (h *authHook) mayWrite(publish bool, topic string) bool {
-	return publish && !h.isReserved(topic)
+// OnSubscribed logs the filters of a SUBSCRIBE that were refused.
+func (h *authHook) OnSubscribed(cl *mqtt.Client, pk packets.Packet, reasonCodes []byte) {
+	for i, code := range reasonCodes {
+		if code >= packets.ErrUnspecifiedError.Code && i < len(pk.Filters) {
+			h.log.Info().Str("username", string(cl.Properties.Username)).Str("client", cl.ID).
+				Str("filter", pk.Filters[i].Filter).Uint8("code", code).Msg("broker subscribe refused")
+		}
+	}
+}
+
+// mayWrite reports whether a client with publish rules pub may publish to
+// topic. mochi (v2.7.9 processPublish) checks before it resolves an MQTT 5
+// topic alias, so an alias-only publish arrives here with an empty topic;
+// it is allowed to clients that may publish at all, as the alias can only
+// name a topic this check allowed before (rules and reserved prefixes are
+// fixed before the broker serves).
+func (h *authHook) mayWrite(pub filters, topic string) bool {
+	if len(pub) == 0 {
+		return false
+	}
+	if topic == "" {
+		return true
+	}
+	return pub.allows(topic) && !h.isReserved(topic)
 }
 
 var _ mqtt.Hook = (*authHook)(nil)

@@ -1,24 +1,31 @@
 // Package broker runs the embedded MQTT broker (mochi-mqtt) and the
 // `type: broker` sink that publishes queued Wittra messages into it.
 //
-// The broker authenticates with its own hook (see auth.go): anonymous
-// clients and users may subscribe to anything, only users with Publish may
-// publish, and nobody but the gateway itself may publish under a topic
-// prefix a broker sink uses.
+// The broker authenticates with its own hook (see auth.go), which denies
+// what no rule allows: anonymous clients may subscribe (never to $SYS) and
+// never publish; users read and write the topics their filters cover (by
+// default they read everything but $SYS and publish nothing); nobody but
+// the gateway itself may publish under a topic prefix a broker sink uses.
+// Passwords may be bcrypt hashes. Listeners can require client
+// certificates (mutual TLS), and WebSocket listeners check the Origin of
+// browser requests. No HTTP stats or health listener of mochi is opened.
 package broker
 
 import (
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/listeners"
+	"github.com/mochi-mqtt/server/v2/packets"
 	"github.com/rs/zerolog"
 )
 
@@ -60,11 +67,15 @@ type Config struct {
 	// Listeners to open; none means one TCP listener on DefaultTCPAddress.
 	Listeners []Listener
 	// AllowAnonymous lets clients without a username connect. They may
-	// subscribe, never publish.
+	// subscribe to every topic "#" covers (not $SYS), never publish.
 	AllowAnonymous bool
-	// Users who may connect with a password. All may subscribe; those with
-	// Publish may also publish outside the reserved (gateway) prefixes.
+	// Users who may connect with a password.
 	Users []User
+	// ReservedPrefixes are topic prefixes nobody but the gateway may
+	// publish to or under: the topic prefixes of the broker sinks. NewSink
+	// reserves its own prefix too, but only once the broker serves; naming
+	// them here closes that window.
+	ReservedPrefixes []string
 
 	connectTimeout time.Duration // tests shorten DefaultConnectTimeout
 }
@@ -75,13 +86,30 @@ type Listener struct {
 	Address  string // host:port; empty means the default for the type
 	CertFile string // PEM certificate; required for tls, optional for websocket (wss)
 	KeyFile  string // PEM private key matching CertFile
+	// ClientCAFile, a PEM bundle of CA certificates, makes the listener
+	// (tls, or websocket with CertFile) require a client certificate signed
+	// by one of them. The client still authenticates as a user or anonymously.
+	ClientCAFile string
+	// AllowedOrigins (websocket only): when set, a browser request (one with
+	// an Origin header) is accepted only if its Origin is one of these
+	// ("https://host[:port]", compared case-insensitively). When empty, only
+	// same-origin browser requests are accepted. Requests without Origin
+	// (MQTT clients that are not browsers) are accepted either way.
+	AllowedOrigins []string
 }
 
 // User is a broker account.
 type User struct {
 	Username string
+	// Password in plain text, or a bcrypt hash ($2a$, $2b$ or $2y$ prefix).
 	Password string
-	Publish  bool // may publish (never under a reserved prefix)
+	// Subscribe lists the topic filters the user may read; a subscription
+	// must lie within one of them. nil means ["#"]: every topic but $SYS.
+	Subscribe []string
+	// Publish lets the user publish, to the topics PublishTopics covers
+	// (nil means ["#"]), never under a reserved prefix.
+	Publish       bool
+	PublishTopics []string
 }
 
 // Server is the embedded MQTT broker.
@@ -101,7 +129,7 @@ type Server struct {
 func New(cfg Config, log zerolog.Logger) (*Server, error) {
 	log = log.With().Str("component", "broker").Logger()
 
-	auth, err := newAuthHook(cfg.AllowAnonymous, cfg.Users, log)
+	auth, err := newAuthHook(cfg.AllowAnonymous, cfg.Users, cfg.ReservedPrefixes, log)
 	if err != nil {
 		return nil, err
 	}
@@ -139,7 +167,7 @@ func New(cfg Config, log zerolog.Logger) (*Server, error) {
 		connectTimeout = DefaultConnectTimeout
 	}
 	for i, lc := range lcs {
-		l, err := newListener(i, lc, connectTimeout)
+		l, err := newListener(i, lc, connectTimeout, s.closeListenerClients)
 		if err == nil {
 			err = s.mochi.AddListener(l)
 		}
@@ -154,7 +182,7 @@ func New(cfg Config, log zerolog.Logger) (*Server, error) {
 
 // newListener builds listener number i. It binds in AddListener (Init), so
 // bind errors surface there.
-func newListener(i int, lc Listener, connectTimeout time.Duration) (listeners.Listener, error) {
+func newListener(i int, lc Listener, connectTimeout time.Duration, closeClients listeners.CloseFn) (listeners.Listener, error) {
 	typ := lc.Type
 	if typ == "" {
 		typ = TypeTCP
@@ -186,6 +214,12 @@ func newListener(i int, lc Listener, connectTimeout time.Duration) (listeners.Li
 	default:
 		return nil, fmt.Errorf("broker listener %d (%s): unknown type %q (want tcp, tls or websocket)", i, addr, lc.Type)
 	}
+	if lc.ClientCAFile != "" && lc.CertFile == "" {
+		return nil, fmt.Errorf("broker listener %d (%s %s): client_ca_file needs TLS (cert_file and key_file)", i, typ, addr)
+	}
+	if len(lc.AllowedOrigins) > 0 && typ != TypeWebsocket {
+		return nil, fmt.Errorf("broker listener %d (%s %s): allowed_origins needs type websocket", i, typ, addr)
+	}
 	if lc.CertFile != "" {
 		cert, err := tls.LoadX509KeyPair(lc.CertFile, lc.KeyFile)
 		if err != nil {
@@ -195,16 +229,37 @@ func newListener(i int, lc Listener, connectTimeout time.Duration) (listeners.Li
 			MinVersion:   tls.VersionTLS12,
 			Certificates: []tls.Certificate{cert},
 		}
+		if lc.ClientCAFile != "" {
+			pool, err := loadCAPool(lc.ClientCAFile)
+			if err != nil {
+				return nil, fmt.Errorf("broker listener %s %s: client_ca_file: %w", typ, addr, err)
+			}
+			tlsCfg.ClientCAs = pool
+			tlsCfg.ClientAuth = tls.RequireAndVerifyClientCert
+		}
 	}
 
 	id := fmt.Sprintf("%s-%d", typ, i)
 	var l listeners.Listener
 	if typ == TypeWebsocket {
-		l = newWebsocket(id, addr, tlsCfg)
+		l = newWebsocket(id, addr, tlsCfg, lc.AllowedOrigins)
 	} else {
 		l = listeners.NewTCP(listeners.Config{ID: id, Address: addr, TLSConfig: tlsCfg})
 	}
-	return &listener{Listener: l, typ: typ, addr: addr, connectTimeout: connectTimeout}, nil
+	return &listener{Listener: l, typ: typ, addr: addr, connectTimeout: connectTimeout, closeClients: closeClients}, nil
+}
+
+// loadCAPool reads a PEM bundle of CA certificates.
+func loadCAPool(path string) (*x509.CertPool, error) {
+	pem, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("no PEM certificate in %s", path)
+	}
+	return pool, nil
 }
 
 // listener wraps each mochi listener:
@@ -213,11 +268,22 @@ func newListener(i int, lc Listener, connectTimeout time.Duration) (listeners.Li
 //     none before CONNECT (v2.7.9 readConnectionPacket), so a client that
 //     connects and stays silent, or stalls a TLS handshake, would hold a
 //     goroutine and a client buffer forever. mochi replaces the deadline
-//     with the keepalive one once the CONNECT is read.
+//     with the keepalive one once the CONNECT is read;
+//   - Close disconnects the listener's clients with closeClients instead
+//     of mochi's Server.closeListenerClients, which can deadlock (see
+//     Server.closeListenerClients).
 type listener struct {
 	listeners.Listener
 	typ, addr      string
 	connectTimeout time.Duration
+	closeClients   listeners.CloseFn
+}
+
+func (l *listener) Close(closeClients listeners.CloseFn) {
+	if l.closeClients != nil {
+		closeClients = l.closeClients
+	}
+	l.Listener.Close(closeClients)
 }
 
 func (l *listener) Init(log *slog.Logger) error {
@@ -282,6 +348,20 @@ func (s *Server) Close() error {
 		_ = s.mochi.Close() // always nil in v2.7.9
 	})
 	return nil
+}
+
+// closeListenerClients disconnects the clients of listener id, as mochi's
+// own does on Close. mochi v2.7.9 lists them with Clients.GetByListener,
+// which takes the clients' read lock twice (it calls Len under RLock): a
+// client connecting or leaving in between queues for the write lock, the
+// second RLock waits behind it, and Close hangs for good (mochi-mqtt/server
+// issue 488). GetAll takes the lock once.
+func (s *Server) closeListenerClients(id string) {
+	for _, cl := range s.mochi.Clients.GetAll() {
+		if cl.Net.Listener == id && !cl.Closed() {
+			_ = s.mochi.DisconnectClient(cl, packets.ErrServerShuttingDown)
+		}
+	}
 }
 
 // reserve forbids clients to publish to prefix and everything under it.

@@ -20,6 +20,7 @@ import (
 	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
+	"github.com/mochi-mqtt/server/v2/listeners"
 	"github.com/rs/zerolog"
 
 	"wittra-gateway/sinks"
@@ -40,6 +41,10 @@ func TestCapabilities(t *testing.T) {
 	}
 	if !srv.mochi.Options.InlineClient {
 		t.Error("InlineClient off")
+	}
+	// Only the configured listeners: no $SYS HTTP stats or health check.
+	if n := srv.mochi.Listeners.Len(); n != 1 {
+		t.Errorf("mochi has %d listeners, want the 1 configured", n)
 	}
 }
 
@@ -172,6 +177,7 @@ func TestBindError(t *testing.T) {
 
 func TestNewErrors(t *testing.T) {
 	dir := t.TempDir()
+	certFile, keyFile, _ := selfSigned(t)
 	tests := []struct {
 		name string
 		cfg  Config
@@ -183,7 +189,19 @@ func TestNewErrors(t *testing.T) {
 			CertFile: filepath.Join(dir, "none.pem"), KeyFile: filepath.Join(dir, "none.key")}}}, "load certificate"},
 		{"CertOnTCP", Config{Listeners: []Listener{{Type: TypeTCP, Address: "127.0.0.1:0", CertFile: "c", KeyFile: "k"}}}, "type tls"},
 		{"EmptyUsername", Config{Users: []User{{Password: "x"}}}, "empty username"},
-		{"DuplicateUser", Config{Users: []User{{Username: "a"}, {Username: "a"}}}, "duplicate"},
+		{"DuplicateUser", Config{Users: []User{{Username: "a", Password: "x"}, {Username: "a", Password: "y"}}}, "duplicate"},
+		{"EmptyPassword", Config{Users: []User{{Username: "a"}}}, "empty password"},
+		{"BadBcrypt", Config{Users: []User{{Username: "a", Password: "$2y$10$short"}}}, "bcrypt"},
+		{"BadSubscribeFilter", Config{Users: []User{{Username: "a", Password: "x", Subscribe: []string{"a/#/b"}}}}, "subscribe"},
+		{"BadPublishFilter", Config{Users: []User{{Username: "a", Password: "x", Publish: true, PublishTopics: []string{"a+"}}}}, "publish_topics"},
+		{"PublishTopicsWithoutPublish", Config{Users: []User{{Username: "a", Password: "x", PublishTopics: []string{"a"}}}}, "publish is false"},
+		{"ClientCAOnTCP", Config{Listeners: []Listener{{Type: TypeTCP, Address: "127.0.0.1:0", ClientCAFile: "ca.pem"}}}, "client_ca_file"},
+		{"ClientCAOnPlainWebsocket", Config{Listeners: []Listener{{Type: TypeWebsocket, Address: "127.0.0.1:0", ClientCAFile: "ca.pem"}}}, "client_ca_file"},
+		{"OriginsOnTCP", Config{Listeners: []Listener{{Type: TypeTCP, Address: "127.0.0.1:0", AllowedOrigins: []string{"https://a"}}}}, "allowed_origins"},
+		{"ClientCAMissing", Config{Listeners: []Listener{{Type: TypeTLS, Address: "127.0.0.1:0", CertFile: certFile, KeyFile: keyFile,
+			ClientCAFile: filepath.Join(dir, "none.pem")}}}, "client_ca_file"},
+		{"ClientCANotPEM", Config{Listeners: []Listener{{Type: TypeTLS, Address: "127.0.0.1:0", CertFile: certFile, KeyFile: keyFile,
+			ClientCAFile: keyFile}}}, "no PEM certificate"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -458,5 +476,37 @@ func TestConnectTimeout(t *testing.T) {
 				t.Fatalf("got %+v", r)
 			}
 		})
+	}
+}
+
+// Listeners disconnect their clients with Server.closeListenerClients, not
+// mochi's (which can deadlock, mochi-mqtt/server issue 488).
+func TestListenerCloseClients(t *testing.T) {
+	var got string
+	l := &listener{Listener: listeners.NewMockListener("tcp-0", "127.0.0.1:0"), closeClients: func(id string) { got = id }}
+	l.Close(func(string) { t.Error("mochi's closeListenerClients called") })
+	if got != "tcp-0" {
+		t.Fatalf("closeClients called with %q, want tcp-0", got)
+	}
+
+	// The replacement disconnects exactly the listener's clients.
+	srv := startServer(t, Config{AllowAnonymous: true, Listeners: []Listener{
+		{Type: TypeTCP, Address: "127.0.0.1:0"},
+		{Type: TypeWebsocket, Address: "127.0.0.1:0"},
+	}})
+	tcp := mustDial(t, clientOpts{url: "tcp://" + srv.Addrs()[0]})
+	ws := mustDial(t, clientOpts{url: "ws://" + srv.Addrs()[1]})
+	waitClients(t, srv, 2)
+	srv.closeListenerClients(srv.lns[1].ID())
+	waitClients(t, srv, 1)
+	if !tcp.IsConnectionOpen() {
+		t.Fatal("tcp client disconnected with the websocket listener's")
+	}
+	deadline := time.Now().Add(waitLong)
+	for ws.IsConnectionOpen() {
+		if time.Now().After(deadline) {
+			t.Fatal("websocket client still connected")
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }

@@ -193,7 +193,8 @@ func TestSinkValuesError(t *testing.T) {
 	s, logs := newSink(t, srv, SinkConfig{Values: true})
 	sub := subscribe(t, mustDial(t, clientOpts{url: tcpURL(srv)}), "wittra/p/+/data", 1)
 
-	bad := msg("p", "bad", sinks.KindData, `{"deviceId":"bad","payload":`)
+	// Valid JSON (the queue holds nothing else) whose values fail.
+	bad := msg("p", "bad", sinks.KindData, `{"deviceId":"bad","payloadType":5}`)
 	good := msg("p", "good", sinks.KindData, `{"deviceId":"good"}`)
 	n, err := s.Publish(context.Background(), []sinks.Message{bad, good})
 	if n != 2 || err != nil {

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strings"
 	"sync"
 	"time"
 
@@ -21,9 +22,11 @@ import (
 // reports the configured rather than the bound address.
 //
 // Origin: requests without an Origin header (MQTT clients that are not
-// browsers) are accepted; browser requests only from the same host
-// (gorilla's default check), so a foreign web page cannot read the
-// broker through a visitor's browser.
+// browsers, which could send any Origin anyway) are accepted. Browser
+// requests are accepted from the origins listed in allowed_origins, or,
+// when that list is empty, only from the same host (gorilla's default
+// check), so a foreign web page cannot use the broker through a visitor's
+// browser.
 type wsListener struct {
 	id      string
 	address string
@@ -38,8 +41,8 @@ type wsListener struct {
 	upgrader  websocket.Upgrader
 }
 
-func newWebsocket(id, address string, tlsCfg *tls.Config) *wsListener {
-	return &wsListener{
+func newWebsocket(id, address string, tlsCfg *tls.Config, allowedOrigins []string) *wsListener {
+	l := &wsListener{
 		id:      id,
 		address: address,
 		tlsCfg:  tlsCfg,
@@ -49,6 +52,30 @@ func newWebsocket(id, address string, tlsCfg *tls.Config) *wsListener {
 			// CheckOrigin nil: same origin, or no Origin header.
 		},
 	}
+	if len(allowedOrigins) > 0 {
+		allowed := append([]string(nil), allowedOrigins...)
+		l.upgrader.CheckOrigin = func(r *http.Request) bool {
+			return originAllowed(r.Header.Values("Origin"), allowed)
+		}
+	}
+	return l
+}
+
+// originAllowed reports whether a request with the given Origin header
+// values may upgrade: no Origin (not a browser), or exactly one that is in
+// allowed (case-insensitive, as scheme and host are).
+func originAllowed(origins, allowed []string) bool {
+	switch len(origins) {
+	case 0:
+		return true
+	case 1:
+		for _, a := range allowed {
+			if strings.EqualFold(origins[0], a) {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // ID returns the listener id.
