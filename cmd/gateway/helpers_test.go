@@ -8,7 +8,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"runtime"
 	"strconv"
 	"sync"
 	"testing"
@@ -31,10 +30,11 @@ func buildGateway(t *testing.T) string {
 	t.Helper()
 	buildOnce.Do(func() {
 		// `go test` puts its own GOROOT/bin first in PATH, so this is the
-		// toolchain running the test; GOROOT is the fallback.
+		// toolchain running the test.
 		goBin, err := exec.LookPath("go")
 		if err != nil {
-			goBin = filepath.Join(runtime.GOROOT(), "bin", "go")
+			buildErr = "no go command in PATH to build the gateway: " + err.Error()
+			return
 		}
 		dir, err := os.MkdirTemp("", "wittra-gateway-test-bin-")
 		if err != nil {

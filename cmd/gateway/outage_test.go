@@ -1110,13 +1110,11 @@ func TestOutageOneSinkDownOthersOnTime(t *testing.T) {
 	local := outageSubscribe(t, gw.broker, "outage-onedown-local", false)
 
 	client := outageHTTPClient(t, 1)
-	var ids []string
 	postStart := time.Now()
 	for r := 0; r < n/perReq; r++ {
 		var batch []string
 		for i := r * perReq; i < (r+1)*perReq; i++ {
 			id := fmt.Sprintf("onedown-%05d", i)
-			ids = append(ids, id)
 			batch = append(batch, outageBody(outageDevice(i%devices), id, int64(i)))
 		}
 		code, reply, _, err := outagePost(client, gw.webhook, "["+strings.Join(batch, ",")+"]")

@@ -108,8 +108,6 @@ func (b bitset) set(i uint64) (was bool) {
 	return b[w].Or(m)&m != 0
 }
 
-func (b bitset) has(i uint64) bool { return b[i/64].Load()&(uint64(1)<<(i%64)) != 0 }
-
 // count returns |b|, |b \ o| and |o \ b|.
 func (b bitset) diff(o bitset) (inB, onlyB, onlyO uint64) {
 	for i := range b {
