@@ -37,6 +37,7 @@ vet:
 	$(GO) vet ./...
 
 lint: vet
+	$(GO) run honnef.co/go/tools/cmd/staticcheck@latest ./...
 	@test -z "$$(gofmt -l .)" || { echo "gofmt needed:"; gofmt -l .; exit 1; }
 
 fmt:
