@@ -94,7 +94,7 @@ func TestCrashStopUnderLoadSIGTERM(t *testing.T) {
 		load.crashHalt()
 		t.Fatalf("send SIGTERM: %v", err)
 	}
-	exited := g.crashWait(crashExitTimeout) // the posters keep posting meanwhile
+	exited := g.waitExit(crashExitTimeout) // the posters keep posting meanwhile
 	load.crashHalt()
 	if !exited {
 		t.Fatalf("gateway did not exit within %v of SIGTERM under load", crashExitTimeout)
@@ -214,43 +214,9 @@ func crashTail(path string, limit int64) string {
 	return prefix + string(b)
 }
 
-// crashGateway is one run of the gateway binary.
-type crashGateway struct {
-	cmd  *exec.Cmd
-	done chan struct{}
-	err  error // cmd.Wait's result; set before done closes
-}
-
-func (g *crashGateway) crashExited() bool {
-	select {
-	case <-g.done:
-		return true
-	default:
-		return false
-	}
-}
-
-// crashWait waits up to d for the process to exit.
-func (g *crashGateway) crashWait(d time.Duration) bool {
-	select {
-	case <-g.done:
-		return true
-	case <-time.After(d):
-		return false
-	}
-}
-
-// crashKill kills the process if it runs and waits for it.
-func (g *crashGateway) crashKill() {
-	if !g.crashExited() {
-		g.cmd.Process.Kill()
-	}
-	g.crashWait(crashExitTimeout)
-}
-
 // crashStart starts the gateway on the harness's config and waits until
 // its webhook and broker ports accept connections.
-func (h *crashHarness) crashStart() *crashGateway {
+func (h *crashHarness) crashStart() *gatewayProc {
 	t := h.t
 	t.Helper()
 	h.starts++
@@ -266,17 +232,17 @@ func (h *crashHarness) crashStart() *crashGateway {
 		logf.Close()
 		t.Fatalf("start gateway: %v", err)
 	}
-	g := &crashGateway{cmd: cmd, done: make(chan struct{})}
+	g := &gatewayProc{cmd: cmd, done: make(chan struct{})}
 	go func() {
 		g.err = cmd.Wait()
 		logf.Close()
 		close(g.done)
 	}()
-	t.Cleanup(g.crashKill)
+	t.Cleanup(g.kill)
 
 	began := time.Now()
 	for {
-		if g.crashExited() {
+		if g.exited() {
 			t.Fatalf("gateway exited during start: %v", g.err)
 		}
 		if crashDialable(h.webhookAddr) && crashDialable(h.brokerAddr) {
@@ -314,7 +280,7 @@ func (h *crashHarness) crashKillCycle(cycle int) {
 		t.Fatalf("kill -9: %v", err)
 	}
 	load.crashHalt() // requests fail from now on; only 200s count
-	if !g.crashWait(crashExitTimeout) {
+	if !g.waitExit(crashExitTimeout) {
 		t.Fatalf("cycle %d: gateway still running %v after SIGKILL", cycle, crashExitTimeout)
 	}
 	if ws, ok := g.cmd.ProcessState.Sys().(syscall.WaitStatus); ok && !(ws.Signaled() && ws.Signal() == syscall.SIGKILL) {
@@ -328,12 +294,12 @@ func (h *crashHarness) crashKillCycle(cycle int) {
 // crashLoadFor lets load run for at least minDur and until minAcked requests
 // got a 200 in this phase, at most crashMaxLoad; it fails if the gateway
 // dies meanwhile or nothing was accepted.
-func (h *crashHarness) crashLoadFor(g *crashGateway, load *crashLoad, minDur time.Duration, minAcked int64) {
+func (h *crashHarness) crashLoadFor(g *gatewayProc, load *crashLoad, minDur time.Duration, minAcked int64) {
 	t := h.t
 	t.Helper()
 	began := time.Now()
 	for {
-		if g.crashExited() {
+		if g.exited() {
 			load.crashHalt()
 			t.Fatalf("gateway exited under load: %v", g.err)
 		}
@@ -352,7 +318,7 @@ func (h *crashHarness) crashLoadFor(g *crashGateway, load *crashLoad, minDur tim
 // crashVerifyDelivered starts the gateway, subscribes late and waits until
 // every acknowledged payloadId was received by some subscriber; it reports
 // the figures and returns the running gateway.
-func (h *crashHarness) crashVerifyDelivered(name string) *crashGateway {
+func (h *crashHarness) crashVerifyDelivered(name string) *gatewayProc {
 	t := h.t
 	t.Helper()
 	g := h.crashStart()
@@ -361,7 +327,7 @@ func (h *crashHarness) crashVerifyDelivered(name string) *crashGateway {
 	var missing []string
 	for {
 		missing = h.crashMissing()
-		if len(missing) == 0 || time.Since(began) > crashDeliverTimeout || g.crashExited() {
+		if len(missing) == 0 || time.Since(began) > crashDeliverTimeout || g.exited() {
 			break
 		}
 		time.Sleep(50 * time.Millisecond)
@@ -387,21 +353,21 @@ func (h *crashHarness) crashVerifyDelivered(name string) *crashGateway {
 		t.Fatalf("%d of %d acknowledged messages (HTTP 200) never reached a subscriber within %v (received unique %d); first missing: %v",
 			len(missing), acked, crashDeliverTimeout, unique, show)
 	}
-	if g.crashExited() {
+	if g.exited() {
 		t.Fatalf("gateway exited: %v", g.err)
 	}
 	return g
 }
 
 // crashStopClean stops g with SIGTERM and wants exit code 0 within 10 s.
-func (h *crashHarness) crashStopClean(g *crashGateway) {
+func (h *crashHarness) crashStopClean(g *gatewayProc) {
 	t := h.t
 	t.Helper()
 	sent := time.Now()
 	if err := g.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatalf("send SIGTERM: %v", err)
 	}
-	if !g.crashWait(crashExitTimeout) {
+	if !g.waitExit(crashExitTimeout) {
 		t.Fatalf("gateway did not exit within %v of SIGTERM", crashExitTimeout)
 	}
 	if code := g.cmd.ProcessState.ExitCode(); code != 0 {

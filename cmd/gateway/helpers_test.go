@@ -102,3 +102,37 @@ func metricValue(text, name string) float64 {
 	}
 	return v
 }
+
+// gatewayProc is one run of the gateway binary.
+type gatewayProc struct {
+	cmd  *exec.Cmd
+	done chan struct{}
+	err  error // cmd.Wait's result; set before done closes
+}
+
+func (p *gatewayProc) exited() bool {
+	select {
+	case <-p.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// waitExit waits up to d for the process to exit.
+func (p *gatewayProc) waitExit(d time.Duration) bool {
+	select {
+	case <-p.done:
+		return true
+	case <-time.After(d):
+		return false
+	}
+}
+
+// kill kills the process if it runs and waits for it.
+func (p *gatewayProc) kill() {
+	if !p.exited() {
+		p.cmd.Process.Kill()
+	}
+	p.waitExit(10 * time.Second)
+}

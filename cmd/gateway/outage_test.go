@@ -685,31 +685,6 @@ func (gw *outageGW) depth(t *testing.T, name string) (depth, messages uint64) {
 // ---------------------------------------------------------------------------
 // gateway subprocess
 
-// outageProc is one run of the gateway binary.
-type outageProc struct {
-	cmd  *exec.Cmd
-	done chan struct{}
-	err  error // cmd.Wait's result; set before done closes
-}
-
-func (p *outageProc) exited() bool {
-	select {
-	case <-p.done:
-		return true
-	default:
-		return false
-	}
-}
-
-func (p *outageProc) waitExit(d time.Duration) bool {
-	select {
-	case <-p.done:
-		return true
-	case <-time.After(d):
-		return false
-	}
-}
-
 // outageWriteConfig writes cfg to dir/config.yaml and checks it with the
 // binary's check-config.
 func outageWriteConfig(t *testing.T, bin, dir, cfg string) string {
@@ -729,7 +704,7 @@ func outageWriteConfig(t *testing.T, bin, dir, cfg string) string {
 // outageStartProc starts the binary on cfgPath, appending its output to
 // logPath, and waits until every addr accepts connections. It is killed at
 // cleanup.
-func outageStartProc(t *testing.T, bin, cfgPath, logPath string, addrs ...string) *outageProc {
+func outageStartProc(t *testing.T, bin, cfgPath, logPath string, addrs ...string) *gatewayProc {
 	t.Helper()
 	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
@@ -743,7 +718,7 @@ func outageStartProc(t *testing.T, bin, cfgPath, logPath string, addrs ...string
 		logf.Close()
 		t.Fatalf("start gateway: %v", err)
 	}
-	p := &outageProc{cmd: cmd, done: make(chan struct{})}
+	p := &gatewayProc{cmd: cmd, done: make(chan struct{})}
 	go func() {
 		p.err = cmd.Wait()
 		logf.Close()
@@ -780,7 +755,7 @@ func outageStartProc(t *testing.T, bin, cfgPath, logPath string, addrs ...string
 }
 
 // stopClean sends SIGTERM and wants exit code 0 within 10 s.
-func (p *outageProc) stopClean(t *testing.T) time.Duration {
+func (p *gatewayProc) stopClean(t *testing.T) time.Duration {
 	t.Helper()
 	sent := time.Now()
 	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
