@@ -630,6 +630,8 @@ var (
 	// yaml.v3 quotes an unknown alias name: with `password: *secret` that
 	// name is the password.
 	reAnchor = regexp.MustCompile(`unknown anchor '.*' referenced`)
+	// Likewise a local tag: `password: !secret` makes the password a tag.
+	reLocalTag = regexp.MustCompile("cannot unmarshal ![^!\\s]\\S*(?: `.*`)?")
 )
 
 // decodeErrors turns a yaml.v3 error into ConfigErrors, adding key paths and
@@ -642,6 +644,7 @@ func (p *parser) decodeErrors(err error) ConfigErrors {
 	}
 	for _, msg := range msgs {
 		msg = reAnchor.ReplaceAllString(msg, "unknown anchor referenced (quote a value that starts with *)")
+		msg = reLocalTag.ReplaceAllString(msg, "cannot unmarshal a value with an unknown YAML tag (quote a value that starts with !)")
 		m := reYAMLLine.FindStringSubmatch(msg)
 		if m == nil {
 			p.add(0, "", errors.New(strings.TrimPrefix(msg, "yaml: ")))
