@@ -51,8 +51,7 @@ const (
 	crashMaxLoad        = 8 * time.Second         // cap on load time while waiting for crashMinAcked
 	crashMinAcked       = 300                     // 200s wanted in a phase before the kill
 	crashMaxPostsEach   = 100000                  // per poster and phase
-	crashStartTimeout   = 10 * time.Second
-	crashExitTimeout    = 10 * time.Second // SPEC §8
+	crashExitTimeout    = 10 * time.Second        // SPEC §8
 	crashDeliverTimeout = 30 * time.Second
 	crashDataFilter     = "wittra/+/+/data"
 	crashAckedBody      = `{"accepted":1,"duplicates":0}`
@@ -158,7 +157,7 @@ func crashNewHarness(t *testing.T) *crashHarness {
 	}
 	t.Cleanup(func() {
 		if t.Failed() {
-			t.Logf("gateway output (%s):\n%s", h.logPath, crashTail(h.logPath, 48<<10))
+			t.Logf("gateway output (%s):\n%s", h.logPath, fileTail(h.logPath, 48<<10))
 		}
 	})
 	h.bin = buildGateway(t)
@@ -194,74 +193,13 @@ sinks:
 	return h
 }
 
-// crashTail returns the last limit bytes of the file at path.
-func crashTail(path string, limit int64) string {
-	f, err := os.Open(path)
-	if err != nil {
-		return err.Error()
-	}
-	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		return err.Error()
-	}
-	prefix := ""
-	if st.Size() > limit {
-		f.Seek(st.Size()-limit, io.SeekStart)
-		prefix = "[...]\n"
-	}
-	b, _ := io.ReadAll(f)
-	return prefix + string(b)
-}
-
 // crashStart starts the gateway on the harness's config and waits until
 // its webhook and broker ports accept connections.
 func (h *crashHarness) crashStart() *gatewayProc {
 	t := h.t
 	t.Helper()
 	h.starts++
-	logf, err := os.OpenFile(h.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
-	if err != nil {
-		t.Fatal(err)
-	}
-	fmt.Fprintf(logf, "=== test: start %d at %s ===\n", h.starts, time.Now().Format(time.RFC3339Nano))
-	cmd := exec.Command(h.bin, "run", "-config", h.cfgPath)
-	cmd.Dir = h.dir
-	cmd.Stdout, cmd.Stderr = logf, logf
-	if err := cmd.Start(); err != nil {
-		logf.Close()
-		t.Fatalf("start gateway: %v", err)
-	}
-	g := &gatewayProc{cmd: cmd, done: make(chan struct{})}
-	go func() {
-		g.err = cmd.Wait()
-		logf.Close()
-		close(g.done)
-	}()
-	t.Cleanup(g.kill)
-
-	began := time.Now()
-	for {
-		if g.exited() {
-			t.Fatalf("gateway exited during start: %v", g.err)
-		}
-		if crashDialable(h.webhookAddr) && crashDialable(h.brokerAddr) {
-			return g
-		}
-		if time.Since(began) > crashStartTimeout {
-			t.Fatalf("gateway not listening on %s and %s after %v", h.webhookAddr, h.brokerAddr, crashStartTimeout)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
-func crashDialable(addr string) bool {
-	c, err := net.DialTimeout("tcp", addr, 200*time.Millisecond)
-	if err != nil {
-		return false
-	}
-	c.Close()
-	return true
+	return startGatewayProc(t, h.bin, h.cfgPath, h.logPath, h.webhookAddr, h.brokerAddr)
 }
 
 // crashKillCycle is one start → subscribe → load → kill -9 cycle.

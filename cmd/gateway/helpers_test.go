@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"net"
 	"os"
 	"os/exec"
@@ -135,4 +136,66 @@ func (p *gatewayProc) kill() {
 		p.cmd.Process.Kill()
 	}
 	p.waitExit(10 * time.Second)
+}
+
+// startGatewayProc starts the binary on cfgPath, appending its output to
+// logPath, and waits until every addr accepts connections. It is killed at
+// cleanup.
+func startGatewayProc(t *testing.T, bin, cfgPath, logPath string, addrs ...string) *gatewayProc {
+	t.Helper()
+	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fmt.Fprintf(logf, "=== test: start at %s ===\n", time.Now().Format(time.RFC3339Nano))
+	cmd := exec.Command(bin, "run", "-config", cfgPath)
+	cmd.Dir = filepath.Dir(cfgPath)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		logf.Close()
+		t.Fatalf("start gateway: %v", err)
+	}
+	p := &gatewayProc{cmd: cmd, done: make(chan struct{})}
+	go func() {
+		p.err = cmd.Wait()
+		logf.Close()
+		close(p.done)
+	}()
+	t.Cleanup(p.kill)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if p.exited() {
+			t.Fatalf("gateway exited during start: %v\n%s", p.err, fileTail(logPath, 24<<10))
+		}
+		if allDialable(addrs) {
+			return p
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("gateway not listening on %v after 10 s\n%s", addrs, fileTail(logPath, 24<<10))
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func allDialable(addrs []string) bool {
+	for _, a := range addrs {
+		c, err := net.DialTimeout("tcp", a, 200*time.Millisecond)
+		if err != nil {
+			return false
+		}
+		c.Close()
+	}
+	return true
+}
+
+// fileTail returns the last limit bytes of the file at path.
+func fileTail(path string, limit int64) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return err.Error()
+	}
+	if int64(len(b)) > limit {
+		return "[...]\n" + string(b[int64(len(b))-limit:])
+	}
+	return string(b)
 }

@@ -701,59 +701,6 @@ func outageWriteConfig(t *testing.T, bin, dir, cfg string) string {
 	return path
 }
 
-// outageStartProc starts the binary on cfgPath, appending its output to
-// logPath, and waits until every addr accepts connections. It is killed at
-// cleanup.
-func outageStartProc(t *testing.T, bin, cfgPath, logPath string, addrs ...string) *gatewayProc {
-	t.Helper()
-	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
-	if err != nil {
-		t.Fatal(err)
-	}
-	fmt.Fprintf(logf, "=== test: start at %s ===\n", time.Now().Format(time.RFC3339Nano))
-	cmd := exec.Command(bin, "run", "-config", cfgPath)
-	cmd.Dir = filepath.Dir(cfgPath)
-	cmd.Stdout, cmd.Stderr = logf, logf
-	if err := cmd.Start(); err != nil {
-		logf.Close()
-		t.Fatalf("start gateway: %v", err)
-	}
-	p := &gatewayProc{cmd: cmd, done: make(chan struct{})}
-	go func() {
-		p.err = cmd.Wait()
-		logf.Close()
-		close(p.done)
-	}()
-	t.Cleanup(func() {
-		if !p.exited() {
-			_ = p.cmd.Process.Kill()
-		}
-		p.waitExit(outageExitTimeout)
-	})
-	began := time.Now()
-	for i := 0; ; i++ {
-		if p.exited() {
-			t.Fatalf("gateway exited during start: %v\n%s", p.err, outageFileTail(logPath))
-		}
-		up := true
-		for _, a := range addrs {
-			c, err := net.DialTimeout("tcp", a, 200*time.Millisecond)
-			if err != nil {
-				up = false
-				break
-			}
-			c.Close()
-		}
-		if up {
-			return p
-		}
-		if time.Since(began) > outageStartTimeout || i > 2000 {
-			t.Fatalf("gateway not listening on %v after %v\n%s", addrs, outageStartTimeout, outageFileTail(logPath))
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 // stopClean sends SIGTERM and wants exit code 0 within 10 s.
 func (p *gatewayProc) stopClean(t *testing.T) time.Duration {
 	t.Helper()
@@ -768,14 +715,6 @@ func (p *gatewayProc) stopClean(t *testing.T) time.Duration {
 		t.Fatalf("exit code after SIGTERM = %d (%v), want 0", code, p.err)
 	}
 	return time.Since(sent)
-}
-
-func outageFileTail(path string) string {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return err.Error()
-	}
-	return outageTail(string(b), 24<<10)
 }
 
 // outageMem reads a process's memory figures (kB) from /proc/<pid>/status.
@@ -960,7 +899,7 @@ sinks: [%s]
 `, webhookAddr, yamlString(filepath.Join(dir, "data", "queue.db")), outageMQTTSink(m.url())))
 	t.Cleanup(func() {
 		if t.Failed() {
-			t.Logf("gateway log:\n%s", outageFileTail(logPath))
+			t.Logf("gateway log:\n%s", fileTail(logPath, 24<<10))
 		}
 	})
 	url := "http://" + webhookAddr + "/wittra"
@@ -969,7 +908,7 @@ sinks: [%s]
 	var acked outageIDs
 	var fails outageCounts
 	for cycle := 1; cycle <= cycles; cycle++ {
-		p := outageStartProc(t, bin, cfgPath, logPath, webhookAddr)
+		p := startGatewayProc(t, bin, cfgPath, logPath, webhookAddr)
 		client := outageHTTPClient(t, posters)
 		var stop atomic.Bool
 		var phaseAcked, phasePosted atomic.Int64
@@ -1032,7 +971,7 @@ sinks: [%s]
 			time.Since(loadStart).Round(time.Millisecond), phasePosted.Load(), phaseAcked.Load(), sub.unique())
 	}
 
-	p := outageStartProc(t, bin, cfgPath, logPath, webhookAddr)
+	p := startGatewayProc(t, bin, cfgPath, logPath, webhookAddr)
 	ids := acked.list()
 	var missing []string
 	waitStart := time.Now()
@@ -1187,10 +1126,10 @@ sinks: [%s]
 `, webhookAddr, yamlString(filepath.Join(dir, "data", "queue.db")), adminAddr, outageMQTTSink(m.url())))
 	t.Cleanup(func() {
 		if t.Failed() {
-			t.Logf("gateway log:\n%s", outageFileTail(logPath))
+			t.Logf("gateway log:\n%s", fileTail(logPath, 24<<10))
 		}
 	})
-	p := outageStartProc(t, bin, cfgPath, logPath, webhookAddr, adminAddr)
+	p := startGatewayProc(t, bin, cfgPath, logPath, webhookAddr, adminAddr)
 	admin := "http://" + adminAddr
 	pid := p.cmd.Process.Pid
 	startMem, err := outageMem(pid)
