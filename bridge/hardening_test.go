@@ -49,7 +49,10 @@ func newTestReceiver(t *testing.T, cfg ReceiverConfig, log zerolog.Logger) (*buf
 
 func TestRefusalsAreLoggedOncePerInterval(t *testing.T) {
 	logs := &lockedBuffer{}
-	_, url := newTestReceiver(t, ReceiverConfig{Routes: []Route{{Path: "/wittra", Token: "tok"}}, LogInterval: 200 * time.Millisecond}, zerolog.New(logs))
+	var mu sync.Mutex
+	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	_, url := newTestReceiver(t, ReceiverConfig{Routes: []Route{{Path: "/wittra", Token: "tok"}}, LogInterval: time.Minute, Now: clock}, zerolog.New(logs))
 	post := func() {
 		resp, err := http.Post(url+"/wittra", "application/json", strings.NewReader(`{}`))
 		if err != nil {
@@ -66,7 +69,9 @@ func TestRefusalsAreLoggedOncePerInterval(t *testing.T) {
 	if n := strings.Count(logs.String(), "webhook request refused"); n != 1 {
 		t.Fatalf("50 refusals within the interval logged %d times, want 1:\n%s", n, logs.String())
 	}
-	time.Sleep(250 * time.Millisecond)
+	mu.Lock()
+	now = now.Add(time.Minute)
+	mu.Unlock()
 	post()
 	out := logs.String()
 	if n := strings.Count(out, "webhook request refused"); n != 2 {

@@ -52,6 +52,8 @@ type ReceiverConfig struct {
 	// LogInterval: a refusal is logged once per client address and code
 	// per interval; the rest are counted. DefaultLogInterval.
 	LogInterval time.Duration
+	// Now is the clock of the refusal log limiter; time.Now when nil.
+	Now func() time.Time
 }
 
 // Defaults used when a ReceiverConfig field is zero.
@@ -76,6 +78,7 @@ type Receiver struct {
 	noRoute RouteStats
 	slots   chan struct{} // one per request being handled
 	logs    *logLimiter
+	now     func() time.Time
 }
 
 type route struct {
@@ -96,6 +99,9 @@ type RouteStats struct {
 	Accepted   atomic.Uint64
 	Duplicates atomic.Uint64
 	Dropped    atomic.Uint64 // filtered out by device_prefixes
+	// Refused counts the messages of requests answered 503 because the
+	// queue was full (policy reject): not stored, the sender must retry.
+	Refused atomic.Uint64
 }
 
 func (s *RouteStats) reply(code int) {
@@ -115,6 +121,9 @@ func NewReceiver(cfg ReceiverConfig, q Appender, log zerolog.Logger) *Receiver {
 	if cfg.MaxConcurrent <= 0 {
 		cfg.MaxConcurrent = DefaultMaxConcurrent
 	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
 	if cfg.LogInterval <= 0 {
 		cfg.LogInterval = DefaultLogInterval
 	}
@@ -125,6 +134,7 @@ func NewReceiver(cfg ReceiverConfig, q Appender, log zerolog.Logger) *Receiver {
 		log:     log,
 		slots:   make(chan struct{}, cfg.MaxConcurrent),
 		logs:    newLogLimiter(cfg.LogInterval),
+		now:     cfg.Now,
 	}
 	for _, rt := range cfg.Routes {
 		x := &route{Route: rt}
@@ -198,9 +208,10 @@ func (r *Receiver) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 			retry := "10"
 			if errors.Is(err, buffer.ErrFull) {
 				retry = "30"
+				st.Refused.Add(uint64(len(entries)))
 			}
 			w.Header().Set("Retry-After", retry)
-			if ok, suppressed := r.logs.allow("queue", 0, time.Now()); ok {
+			if ok, suppressed := r.logs.allow("queue", 0, r.now()); ok {
 				r.log.Error().Err(err).Int("failed_since_last", suppressed).Msg("queue refused a webhook request")
 			}
 			r.fail(w, req, st, http.StatusServiceUnavailable, "queue unavailable: "+queueReason(err))
@@ -235,7 +246,7 @@ func queueReason(err error) string {
 func (r *Receiver) fail(w http.ResponseWriter, req *http.Request, st *RouteStats, code int, msg string) {
 	st.reply(code)
 	if code < 500 || code == http.StatusServiceUnavailable {
-		if ok, suppressed := r.logs.allow(req.RemoteAddr, code, time.Now()); ok {
+		if ok, suppressed := r.logs.allow(req.RemoteAddr, code, r.now()); ok {
 			r.log.Warn().Int("code", code).Str("path", req.URL.Path).Str("remote", req.RemoteAddr).
 				Str("error", msg).Int("suppressed_since_last", suppressed).Msg("webhook request refused")
 		}

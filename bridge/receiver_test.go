@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -192,6 +193,10 @@ func TestReceiverQueueFull(t *testing.T) {
 	if q := in.queued(t); len(q) != 0 {
 		t.Fatalf("a rejected request left %d messages (want none: all or nothing)", len(q))
 	}
+	// The operator's alert: the refused messages are counted, not hidden.
+	if got := in.recv.Stats()[0].Refused.Load(); got != 2 {
+		t.Fatalf("refused counter = %d, want the request's 2 messages", got)
+	}
 }
 
 func TestReceiverClosedQueue(t *testing.T) {
@@ -359,5 +364,54 @@ func TestForwarderDeliversInOrderRetriesAndSkipsRejected(t *testing.T) {
 	}
 	if got := in.q.Counters().DeadLetters; got != 1 {
 		t.Errorf("dead letter counter = %d, want 1", got)
+	}
+}
+
+// stalledSink never delivers: it waits for its (absent) connection until
+// the attempt's deadline, as a real sink does during an outage.
+type stalledSink struct{ calls atomic.Int64 }
+
+func (s *stalledSink) Name() string                { return "stalled" }
+func (s *stalledSink) Close(context.Context) error { return nil }
+func (s *stalledSink) Publish(ctx context.Context, msgs []sinks.Message) (int, error) {
+	s.calls.Add(1)
+	<-ctx.Done()
+	return 0, ctx.Err()
+}
+
+// An outage where every attempt ends by its deadline must show in
+// sink_failures_total: it is what operators alert on.
+func TestForwarderCountsAttemptsThatRunOut(t *testing.T) {
+	in := newIntake(t, buffer.Config{})
+	if got := in.post(t, "POST", "/wittra", "application/json", `{"deviceId":"D1"}`, nil); got.code != 200 {
+		t.Fatalf("post: %d", got.code)
+	}
+	r, err := in.q.Reader("s")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sink := &stalledSink{}
+	f := NewForwarder(ForwarderConfig{Attempt: 20 * time.Millisecond}, r, sink, zerolog.Nop())
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error)
+	go func() { done <- f.Run(ctx) }()
+	deadline := time.Now().Add(10 * time.Second)
+	for sink.calls.Load() < 3 && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("Run after cancel: %v", err)
+	}
+	calls := sink.calls.Load()
+	if calls < 3 {
+		t.Fatalf("sink called %d times in 10 s, want at least 3", calls)
+	}
+	// Every attempt but possibly the one cut by cancel ran out.
+	if got := f.Stats().Failures.Load(); got < uint64(calls-1) {
+		t.Fatalf("failures = %d after %d fruitless attempts", got, calls)
+	}
+	if st, _ := in.q.Stats(); st.Messages != 1 {
+		t.Fatalf("queue holds %d, want the undelivered message kept", st.Messages)
 	}
 }

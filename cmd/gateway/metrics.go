@@ -24,6 +24,7 @@ type metricsCollector struct {
 	delivered, failures, deadLettered           *prometheus.Desc
 	undecodable, lastSuccess, connected         *prometheus.Desc
 	brokerClients, brokerDropped, buildInfo     *prometheus.Desc
+	refused                                     *prometheus.Desc
 }
 
 func newMetricsCollector(g *gateway) *metricsCollector {
@@ -55,6 +56,7 @@ func newMetricsCollector(g *gateway) *metricsCollector {
 		brokerClients: d("broker_clients", "Clients connected to the embedded broker."),
 		brokerDropped: d("broker_messages_dropped_total", "Messages the embedded broker dropped for slow or over-quota subscribers."),
 		buildInfo:     d("build_info", "Build information.", "version", "commit", "goversion"),
+		refused:       d("messages_refused_total", "Messages of webhook requests answered 503 because the queue was full (not stored; the sender must retry).", "route", "reason"),
 	}
 }
 
@@ -87,6 +89,7 @@ func (c *metricsCollector) Collect(ch chan<- prometheus.Metric) {
 			}
 			counter(c.accepted, rs.Accepted.Load(), route)
 			counter(c.duplicates, rs.Duplicates.Load(), route)
+			counter(c.refused, rs.Refused.Load(), route, "queue_full")
 			filtered += rs.Dropped.Load()
 		}
 	}

@@ -150,7 +150,7 @@ type gateway struct {
 }
 
 func startGateway(cfg *Config, log zerolog.Logger) (g *gateway, err error) {
-	g = &gateway{log: log, fatal: make(chan error, 4)}
+	g = &gateway{log: log, fatal: make(chan error, 1)}
 	defer func() {
 		if err != nil {
 			ctx, cancel := context.WithTimeout(context.Background(), shutdownBudget)
@@ -198,7 +198,7 @@ func startGateway(cfg *Config, log zerolog.Logger) (g *gateway, err error) {
 		go func() {
 			defer g.fwdWG.Done()
 			if err := f.Run(fctx); err != nil {
-				g.fatal <- fmt.Errorf("forwarder: %w", err)
+				g.fail(fmt.Errorf("forwarder: %w", err))
 			}
 		}()
 	}
@@ -368,12 +368,23 @@ func (g *gateway) startAdmin(addr string) error {
 	return nil
 }
 
+// fail reports a component's fatal error; the first one stops the gateway.
+// It never blocks: later ones are only logged, since a sender stuck here
+// could never be waited for at shutdown.
+func (g *gateway) fail(err error) {
+	select {
+	case g.fatal <- err:
+	default:
+		g.log.Error().Err(err).Msg("fatal error while already stopping")
+	}
+}
+
 func (g *gateway) serve(srv *http.Server, run func() error) {
 	g.srvWG.Add(1)
 	go func() {
 		defer g.srvWG.Done()
 		if err := run(); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			g.fatal <- fmt.Errorf("http server: %w", err)
+			g.fail(fmt.Errorf("http server: %w", err))
 		}
 	}()
 }
