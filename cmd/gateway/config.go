@@ -307,11 +307,45 @@ func LoadConfig(path string) (*Config, error) {
 // values, reads *_file secrets (relative paths against dir) and validates the
 // result. Any problem gives a ConfigErrors listing all of them.
 func ParseConfig(data []byte, dir string) (*Config, error) {
-	p := newParser(dir)
+	return parseConfig(newParser(dir), data)
+}
+
+// LoadQueueConfig reads the config for the offline `queue` commands: they
+// need the buffer section and the sink names, not the secrets. Unset
+// ${NAME} variables and *_file secrets are not resolved (under systemd the
+// service's environment and credentials are not the shell's), and only
+// problems that concern the queue are reported.
+func LoadQueueConfig(path string) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read config: %w", err)
+	}
+	p := newParser(filepath.Dir(path))
+	p.offline = true
+	cfg, err := parseConfig(p, data)
+	var errs ConfigErrors
+	if !errors.As(err, &errs) || p.structural {
+		return cfg, err
+	}
+	var kept ConfigErrors
+	for _, e := range errs {
+		if strings.HasPrefix(e.Field, "buffer") || (strings.HasPrefix(e.Field, "sinks[") && strings.HasSuffix(e.Field, ".name")) {
+			kept = append(kept, e)
+		}
+	}
+	if len(kept) > 0 {
+		return nil, kept
+	}
+	return p.cfg, nil
+}
+
+func parseConfig(p *parser, data []byte) (*Config, error) {
 	cfg := DefaultConfig()
+	p.cfg = cfg
 
 	root, err := p.parseTree(data)
 	if err != nil {
+		p.structural = true
 		return nil, err
 	}
 	if root != nil {
@@ -320,6 +354,7 @@ func ParseConfig(data []byte, dir string) (*Config, error) {
 		dec.KnownFields(true)
 		if err := dec.Decode(&raw); err != nil && !errors.Is(err, io.EOF) {
 			// raw is partly filled: discard it.
+			p.structural = true
 			return nil, p.decodeErrors(err)
 		}
 		p.apply(&raw, cfg)
@@ -508,6 +543,11 @@ type parser struct {
 	entries []keyEntry     // every key and sequence item, in document order
 	bad     map[string]bool
 	errs    ConfigErrors
+	// offline: leave unset ${NAME} empty and *_file secrets unread (the
+	// queue commands need neither).
+	offline    bool
+	structural bool    // the YAML did not decode: nothing else was checked
+	cfg        *Config // what was applied, even when errors were found
 }
 
 func newParser(dir string) *parser {
@@ -787,7 +827,7 @@ func (p *parser) text(n *yaml.Node, field string) (s string, set, ok bool) {
 		return "", false, false
 	}
 	v, missing := expandEnv(n.Value)
-	if len(missing) > 0 {
+	if len(missing) > 0 && !p.offline {
 		for _, name := range missing {
 			p.fail(field, "${%s}: environment variable %s is not set (use ${%s:-default} for a default)", name, name, name)
 		}
@@ -927,6 +967,9 @@ func (p *parser) secret(val, file *yaml.Node, base, key string, dst *string) {
 	if v != "" {
 		p.fail(fField, "set either %s or %s_file, not both", key, key)
 		p.bad[vField] = true
+		return
+	}
+	if p.offline {
 		return
 	}
 	if !filepath.IsAbs(path) {
