@@ -222,7 +222,12 @@ func (r *Receiver) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 	st.Duplicates.Add(uint64(res.Duplicates))
 	st.Dropped.Add(uint64(dropped))
 	st.reply(http.StatusOK)
-	writeJSON(w, http.StatusOK, fmt.Sprintf(`{"accepted":%d,"duplicates":%d}`, res.Accepted, res.Duplicates))
+	reply := fmt.Sprintf(`{"accepted":%d,"duplicates":%d}`, res.Accepted, res.Duplicates)
+	if dropped > 0 {
+		// Only then, so replies without a device filter stay as they were.
+		reply = fmt.Sprintf(`{"accepted":%d,"duplicates":%d,"filtered":%d}`, res.Accepted, res.Duplicates, dropped)
+	}
+	writeJSON(w, http.StatusOK, reply)
 }
 
 // putBuf returns a body buffer to the pool unless a huge body grew it.
@@ -372,10 +377,12 @@ func (rt *route) entry(obj []byte, where string) (e buffer.Entry, keep bool, err
 	if project == "" {
 		project = DefaultProject
 	}
-	if err := wittra.CheckID(device); err != nil {
+	// An id unsafe as a topic level is escaped, not refused: the reading is
+	// kept and published under the escaped id.
+	if device, err = wittra.TopicID(device); err != nil {
 		return e, false, fmt.Errorf("%sdevice id: %w", where, err)
 	}
-	if err := wittra.CheckID(project); err != nil {
+	if project, err = wittra.TopicID(project); err != nil {
 		return e, false, fmt.Errorf("%sproject id: %w", where, err)
 	}
 	kind := sinks.KindData
