@@ -70,7 +70,7 @@ type Appender interface {
 // Receiver is the webhook endpoint (SPEC §4). It answers 200 only after
 // every message of the request is committed to the queue.
 type Receiver struct {
-	routes  map[string]*route
+	routes  atomic.Pointer[map[string]*route] // replaced whole by SetRoutes
 	maxBody int64
 	queue   Appender
 	log     zerolog.Logger
@@ -84,7 +84,7 @@ type Receiver struct {
 type route struct {
 	Route
 	rawToken, b64Token []byte
-	stats              RouteStats
+	stats              *RouteStats
 }
 
 // ReplyCodes are the HTTP codes the receiver answers with (SPEC §4), in
@@ -128,7 +128,6 @@ func NewReceiver(cfg ReceiverConfig, q Appender, log zerolog.Logger) *Receiver {
 		cfg.LogInterval = DefaultLogInterval
 	}
 	r := &Receiver{
-		routes:  make(map[string]*route),
 		maxBody: cfg.MaxBody,
 		queue:   q,
 		log:     log,
@@ -136,26 +135,41 @@ func NewReceiver(cfg ReceiverConfig, q Appender, log zerolog.Logger) *Receiver {
 		logs:    newLogLimiter(cfg.LogInterval),
 		now:     cfg.Now,
 	}
-	for _, rt := range cfg.Routes {
-		x := &route{Route: rt}
-		x.stats.Path = rt.Path
-		if rt.Token != "" {
-			x.rawToken = []byte(rt.Token)
-			x.b64Token = []byte(base64.StdEncoding.EncodeToString([]byte(rt.Token)))
-		}
-		r.routes[rt.Path] = x
-	}
+	r.SetRoutes(cfg.Routes)
 	r.bufs.New = func() any { return new(bytes.Buffer) }
 	return r
 }
 
+// SetRoutes replaces the routes (paths, tokens, projects, device filters)
+// while requests are served: a config reload. Requests already past the
+// route lookup finish under the old route. Counters of paths that stay are
+// kept.
+func (r *Receiver) SetRoutes(routes []Route) {
+	old := r.routes.Load()
+	next := make(map[string]*route, len(routes))
+	for _, rt := range routes {
+		x := &route{Route: rt}
+		if prev, ok := lookup(old, rt.Path); ok {
+			x.stats = prev.stats
+		} else {
+			x.stats = &RouteStats{Path: rt.Path}
+		}
+		if rt.Token != "" {
+			x.rawToken = []byte(rt.Token)
+			x.b64Token = []byte(base64.StdEncoding.EncodeToString([]byte(rt.Token)))
+		}
+		next[rt.Path] = x
+	}
+	r.routes.Store(&next)
+}
+
 func (r *Receiver) ServeHTTP(w http.ResponseWriter, req *http.Request) {
-	rt, ok := r.routes[req.URL.Path]
+	rt, ok := (*r.routes.Load())[req.URL.Path]
 	if !ok {
 		r.fail(w, req, &r.noRoute, http.StatusNotFound, "no webhook route at this path")
 		return
 	}
-	st := &rt.stats
+	st := rt.stats
 	select {
 	case r.slots <- struct{}{}:
 		defer func() { <-r.slots }()
@@ -272,9 +286,10 @@ func writeJSON(w http.ResponseWriter, code int, body string) {
 
 // Stats returns every route's counters, the unmatched-path counters last.
 func (r *Receiver) Stats() []*RouteStats {
-	out := make([]*RouteStats, 0, len(r.routes)+1)
-	for _, rt := range r.routes {
-		out = append(out, &rt.stats)
+	routes := *r.routes.Load()
+	out := make([]*RouteStats, 0, len(routes)+1)
+	for _, rt := range routes {
+		out = append(out, rt.stats)
 	}
 	return append(out, &r.noRoute)
 }
@@ -402,4 +417,12 @@ func hasAnyPrefix(s string, prefixes []string) bool {
 		}
 	}
 	return false
+}
+
+func lookup(routes *map[string]*route, path string) (*route, bool) {
+	if routes == nil {
+		return nil, false
+	}
+	rt, ok := (*routes)[path]
+	return rt, ok
 }

@@ -40,7 +40,10 @@ func (e usageError) Unwrap() error { return e.err }
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	err := (&Main{Stdout: os.Stdout, Stderr: os.Stderr}).Run(ctx, os.Args[1:])
+	// SIGHUP (systemctl reload) re-reads the config instead of killing.
+	reload := make(chan os.Signal, 1)
+	signal.Notify(reload, syscall.SIGHUP)
+	err := (&Main{Stdout: os.Stdout, Stderr: os.Stderr, Reload: reload}).Run(ctx, os.Args[1:])
 	stop()
 	os.Exit(exitCode(err))
 }
@@ -62,6 +65,7 @@ func exitCode(err error) int {
 // Main picks the subcommand.
 type Main struct {
 	Stdout, Stderr io.Writer
+	Reload         <-chan os.Signal // for run: re-read the config
 }
 
 // Run runs the subcommand named by args[0]; no subcommand means run.
@@ -76,7 +80,7 @@ func (m *Main) Run(ctx context.Context, args []string) error {
 	var err error
 	switch cmd {
 	case "run":
-		err = (&RunCommand{Stderr: m.Stderr}).Run(ctx, rest)
+		err = (&RunCommand{Stderr: m.Stderr, Reload: m.Reload}).Run(ctx, rest)
 	case "check-config":
 		err = (&CheckConfigCommand{Stdout: m.Stdout}).Run(ctx, rest)
 	case "queue":

@@ -8,6 +8,7 @@ import (
 	stdlog "log"
 	"net"
 	"net/http"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -33,6 +34,9 @@ const shutdownBudget = 9 * time.Second
 // RunCommand runs the gateway until SIGINT/SIGTERM.
 type RunCommand struct {
 	Stderr io.Writer
+	// Reload asks for the config to be read again (SIGHUP, systemctl
+	// reload); nil: never.
+	Reload <-chan os.Signal
 	// ready, when set, is called once the queue is open and every
 	// listener is up (tests use it; systemd notify will too).
 	ready func(*gateway)
@@ -52,6 +56,11 @@ func (c *RunCommand) Run(ctx context.Context, args []string) error {
 	if err != nil {
 		return usageError{err}
 	}
+	// The level lives in zerolog's process-wide setting, which a reload can
+	// lower or raise; the logger itself lets everything through to it.
+	zerolog.SetGlobalLevel(log.GetLevel())
+	defer zerolog.SetGlobalLevel(zerolog.TraceLevel)
+	log = log.Level(zerolog.TraceLevel)
 	g, err := startGateway(cfg, log)
 	if err != nil {
 		log.Error().Err(err).Msg("start failed")
@@ -64,11 +73,18 @@ func (c *RunCommand) Run(ctx context.Context, args []string) error {
 	wdCtx, stopWatchdog := context.WithCancel(context.Background())
 	defer stopWatchdog()
 	go g.watchdog(wdCtx)
-	select {
-	case <-ctx.Done():
-		log.Info().Msg("stopping")
-	case err = <-g.fatal:
-		log.Error().Err(err).Msg("stopping after a fatal error")
+wait:
+	for {
+		select {
+		case <-ctx.Done():
+			log.Info().Msg("stopping")
+			break wait
+		case err = <-g.fatal:
+			log.Error().Err(err).Msg("stopping after a fatal error")
+			break wait
+		case <-c.Reload:
+			cfg = g.reloadFrom(path, cfg)
+		}
 	}
 	stopWatchdog()
 	notify(log, daemon.SdNotifyStopping)
