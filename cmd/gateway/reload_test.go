@@ -52,8 +52,8 @@ sinks: [{name: local, type: broker}]
 		return resp.StatusCode
 	}
 	connect := func(user, password string) error {
-		opts := paho.NewClientOptions().AddBroker("tcp://"+broker).SetClientID("reload-"+user).
-			SetUsername(user).SetPassword(password).SetConnectTimeout(10*time.Second).SetAutoReconnect(false)
+		opts := paho.NewClientOptions().AddBroker("tcp://" + broker).SetClientID("reload-" + user).
+			SetUsername(user).SetPassword(password).SetConnectTimeout(10 * time.Second).SetAutoReconnect(false)
 		c := paho.NewClient(opts)
 		tok := c.Connect()
 		if !tok.WaitTimeout(15 * time.Second) {
