@@ -225,7 +225,7 @@ func (r *Receiver) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 				st.Refused.Add(uint64(len(entries)))
 			}
 			w.Header().Set("Retry-After", retry)
-			if ok, suppressed := r.logs.allow("queue", 0, r.now()); ok {
+			if ok, suppressed := r.logs.allow("queue", 0, "", r.now()); ok {
 				r.log.Error().Err(err).Int("failed_since_last", suppressed).Msg("queue refused a webhook request")
 			}
 			r.fail(w, req, st, http.StatusServiceUnavailable, "queue unavailable: "+queueReason(err))
@@ -265,7 +265,7 @@ func queueReason(err error) string {
 func (r *Receiver) fail(w http.ResponseWriter, req *http.Request, st *RouteStats, code int, msg string) {
 	st.reply(code)
 	if code < 500 || code == http.StatusServiceUnavailable {
-		if ok, suppressed := r.logs.allow(req.RemoteAddr, code, r.now()); ok {
+		if ok, suppressed := r.logs.allow(req.RemoteAddr, code, msg, r.now()); ok {
 			r.log.Warn().Int("code", code).Str("path", req.URL.Path).Str("remote", req.RemoteAddr).
 				Str("error", msg).Int("suppressed_since_last", suppressed).Msg("webhook request refused")
 		}

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/coreos/go-systemd/v22/daemon"
+	"github.com/mattn/go-isatty"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/rs/zerolog"
@@ -110,7 +111,10 @@ func newLogger(cfg LogConfig, w io.Writer) (zerolog.Logger, error) {
 	}
 	switch cfg.Format {
 	case "console":
-		w = zerolog.ConsoleWriter{Out: w, TimeFormat: time.DateTime}
+		// Colours only for a person at a terminal, never into a file or the journal.
+		f, isFile := w.(*os.File)
+		color := isFile && isatty.IsTerminal(f.Fd())
+		w = zerolog.ConsoleWriter{Out: w, TimeFormat: time.DateTime, NoColor: !color}
 	case "journald":
 		w = journaldWriter{w}
 	}
@@ -195,8 +199,9 @@ func startGateway(cfg *Config, log zerolog.Logger) (g *gateway, err error) {
 	}
 
 	for _, sc := range cfg.Sinks {
-		slog := log.With().Str("component", "sink").Str("sink", sc.Name).Logger()
-		s, err := g.newSink(cfg, sc, slog)
+		// Each sink names its own component and sink in its lines; one key
+		// each, never twice in a line.
+		s, err := g.newSink(cfg, sc, log)
 		if err != nil {
 			return g, fmt.Errorf("sink %s: %w", sc.Name, err)
 		}
@@ -205,7 +210,8 @@ func startGateway(cfg *Config, log zerolog.Logger) (g *gateway, err error) {
 		if err != nil {
 			return g, err
 		}
-		g.forwarders = append(g.forwarders, bridge.NewForwarder(bridge.ForwarderConfig{Attempt: forwarderAttempt}, r, s, slog))
+		flog := log.With().Str("component", "forwarder").Str("sink", sc.Name).Logger()
+		g.forwarders = append(g.forwarders, bridge.NewForwarder(bridge.ForwarderConfig{Attempt: forwarderAttempt}, r, s, flog))
 	}
 	fctx, cancel := context.WithCancel(context.Background())
 	g.fwdCancel = cancel
@@ -236,7 +242,7 @@ func startGateway(cfg *Config, log zerolog.Logger) (g *gateway, err error) {
 	g.ready.Store(true)
 	st, _ := g.queue.Stats()
 	log.Info().
-		Str("webhook", g.webhookLn.Addr().String()).
+		Strs("listeners", g.listenerURLs(cfg)).
 		Strs("routes", routePaths(cfg)).
 		Strs("sinks", names).
 		Str("queue", cfg.Buffer.Path).
@@ -244,6 +250,37 @@ func startGateway(cfg *Config, log zerolog.Logger) (g *gateway, err error) {
 		Str("version", Version).
 		Msg("gateway ready")
 	return g, nil
+}
+
+// listenerURLs names every listener with its scheme, for the start line:
+// what an operator checks first (is the webhook HTTPS, where is the admin).
+func (g *gateway) listenerURLs(cfg *Config) []string {
+	scheme := "http"
+	if g.webhook != nil && g.webhook.TLSConfig != nil {
+		scheme = "https"
+	}
+	out := []string{"webhook " + scheme + "://" + g.webhookLn.Addr().String()}
+	if g.adminLn != nil {
+		out = append(out, "admin http://"+g.adminLn.Addr().String())
+	}
+	if g.brokerSrv != nil {
+		for i, addr := range g.brokerSrv.Addrs() {
+			scheme := "mqtt"
+			if i < len(cfg.Broker.Listeners) {
+				l := cfg.Broker.Listeners[i]
+				switch {
+				case l.Type == "tls":
+					scheme = "mqtts"
+				case l.Type == "websocket" && l.CertFile != "":
+					scheme = "wss"
+				case l.Type == "websocket":
+					scheme = "ws"
+				}
+			}
+			out = append(out, "broker "+scheme+"://"+addr)
+		}
+	}
+	return out
 }
 
 func routePaths(cfg *Config) []string {
