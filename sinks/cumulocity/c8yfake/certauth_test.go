@@ -60,7 +60,9 @@ func (f *certFake) mqttConnect(t *testing.T, clientID string, leaf testpki.Leaf)
 	return c, tok.Error()
 }
 
-func valid() (time.Time, time.Time) { return time.Now().Add(-time.Hour), time.Now().Add(24 * time.Hour) }
+func valid() (time.Time, time.Time) {
+	return time.Now().Add(-time.Hour), time.Now().Add(24 * time.Hour)
+}
 
 func TestCertMQTTIdentityFromCommonName(t *testing.T) {
 	f := startCertFake(t)
