@@ -154,9 +154,7 @@ func newMQTTLink(s *Sink, u *url.URL, tlsCfg *tls.Config) (*mqttLink, error) {
 	l.dialer.KeepAlive = 30 * time.Second
 	opts := paho.NewClientOptions().
 		AddBroker(u.String()).
-		SetClientID(s.cfg.GatewayID).
-		SetUsername(s.cfg.Tenant + "/" + s.cfg.Username).
-		SetPassword(s.cfg.Password).
+		SetClientID(s.clientID).
 		SetProtocolVersion(4). // 3.1.1; unset, paho retries a refused connect as 3.1
 		SetCleanSession(true). // Cumulocity requires it
 		SetAutoReconnect(true).
@@ -173,6 +171,9 @@ func newMQTTLink(s *Sink, u *url.URL, tlsCfg *tls.Config) (*mqttLink, error) {
 		SetCustomOpenConnectionFn(l.dial).
 		SetOnConnectHandler(l.onConnect).
 		SetConnectionLostHandler(l.onLost)
+	if !s.certLogin { // with a certificate, CONNECT carries no credentials
+		opts.SetUsername(s.cfg.Tenant + "/" + s.cfg.Username).SetPassword(s.cfg.Password)
+	}
 	l.client = paho.NewClient(opts)
 	l.client.Connect() // non-blocking; ConnectRetry keeps trying in the background
 	return l, nil

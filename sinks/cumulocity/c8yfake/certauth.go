@@ -163,21 +163,21 @@ func (s *Server) TokenURL() string {
 	return "https://" + s.certs.tokenLn.Addr().String()
 }
 
-// certIdentity returns the common name of the verified client certificate
-// of a connection on the certificate listener.
-func certIdentity(cl *mqtt.Client) (string, bool) {
+// certIdentity returns the common name and serial number of the verified
+// client certificate of a connection on the certificate listener.
+func certIdentity(cl *mqtt.Client) (cn, serial string, ok bool) {
 	if cl.Net.Listener != mqttsListenerID {
-		return "", false
+		return "", "", false
 	}
-	tc, ok := cl.Net.Conn.(*tls.Conn)
-	if !ok {
-		return "", false
+	tc, isTLS := cl.Net.Conn.(*tls.Conn)
+	if !isTLS {
+		return "", "", false
 	}
 	peers := tc.ConnectionState().PeerCertificates
 	if len(peers) == 0 {
-		return "", false
+		return "", "", false
 	}
-	return peers[0].Subject.CommonName, true
+	return peers[0].Subject.CommonName, peers[0].SerialNumber.String(), true
 }
 
 // postDeviceAccessToken issues a token for the certificate's device. The

@@ -36,6 +36,7 @@ type ConnInfo struct {
 	Username     string // as sent in CONNECT ("" if none)
 	PasswordSent bool
 	CertCN       string // common name of the client certificate ("" if none)
+	CertSerial   string // its serial number, decimal
 }
 
 // splitClientID reads a Cumulocity MQTT client id,
@@ -120,7 +121,7 @@ func (h *hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	code, refused := s.faults.takeConnect()
 	s.mu.Unlock()
 	serial, err := splitClientID(pk.Connect.ClientIdentifier)
-	cn, byCert := certIdentity(cl)
+	cn, serialNo, byCert := certIdentity(cl)
 	var user string
 	var userOK bool
 	if byCert {
@@ -158,7 +159,7 @@ func (h *hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	}
 	s.conns[cl.ID] = &clientConn{cl: cl, serial: serial, user: user, info: ConnInfo{
 		Serial: serial, ClientID: cl.ID, User: user, Username: string(pk.Connect.Username),
-		PasswordSent: pk.Connect.PasswordFlag || len(pk.Connect.Password) > 0, CertCN: cn,
+		PasswordSent: pk.Connect.PasswordFlag || len(pk.Connect.Password) > 0, CertCN: cn, CertSerial: serialNo,
 	}}
 	return nil
 }
