@@ -14,6 +14,9 @@
 //   - rest: the REST API (identity, inventory, measurementCollection,
 //     events), delivered on HTTP 2xx.
 //
+// Login: "<tenant>/<user>" and password, or a device certificate (X.509)
+// without a password (see certauth.go).
+//
 // Children registered (and, in REST mode, managed object ids) are kept in
 // State so a restart does not register them again.
 //
