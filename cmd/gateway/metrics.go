@@ -24,6 +24,7 @@ type metricsCollector struct {
 	delivered, failures, deadLettered           *prometheus.Desc
 	undecodable, lastSuccess, connected         *prometheus.Desc
 	brokerClients, brokerDropped, buildInfo     *prometheus.Desc
+	certExpiry                                  *prometheus.Desc
 }
 
 func newMetricsCollector(g *gateway) *metricsCollector {
@@ -55,6 +56,7 @@ func newMetricsCollector(g *gateway) *metricsCollector {
 		brokerClients: d("broker_clients", "Clients connected to the embedded broker."),
 		brokerDropped: d("broker_messages_dropped_total", "Messages the embedded broker dropped for slow or over-quota subscribers."),
 		buildInfo:     d("build_info", "Build information.", "version", "commit", "goversion"),
+		certExpiry:    d("sink_certificate_expiry_timestamp_seconds", "Unix time the sink's client certificate expires (sinks with one only).", "sink"),
 	}
 }
 
@@ -64,6 +66,9 @@ func (c *metricsCollector) Describe(ch chan<- *prometheus.Desc) {
 
 // connectedSink is implemented by sinks that hold a connection.
 type connectedSink interface{ Connected() bool }
+
+// certSink is implemented by sinks that may log in with a client certificate.
+type certSink interface{ CertificateExpiry() (time.Time, bool) }
 
 func (c *metricsCollector) Collect(ch chan<- prometheus.Metric) {
 	counter := func(d *prometheus.Desc, v uint64, labels ...string) {
@@ -128,6 +133,11 @@ func (c *metricsCollector) Collect(ch chan<- prometheus.Metric) {
 				v = 1
 			}
 			gauge(c.connected, v, name)
+		}
+		if cs, ok := g.sinks[i].(certSink); ok {
+			if exp, ok := cs.CertificateExpiry(); ok {
+				gauge(c.certExpiry, float64(exp.Unix()), name)
+			}
 		}
 	}
 	if g.brokerSrv != nil {
