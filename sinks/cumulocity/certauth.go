@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/base64"
 	"encoding/json"
 	"encoding/pem"
@@ -70,34 +71,71 @@ func (s *Sink) buildTLS(u *url.URL) (*tls.Config, error) {
 	if !s.certLogin {
 		return cfg, nil // password login; the certificate is only presented
 	}
-	cn := r.Leaf().Subject.CommonName
-	switch {
-	case cn == "":
-		return nil, fmt.Errorf("client certificate %s has no common name: Cumulocity takes the device identity from it", s.cfg.TLS.CertFile)
-	case s.cfg.ClientID != "":
-		id, err := clientIDIdentifier(s.cfg.ClientID)
-		if err != nil {
-			return nil, err
-		}
-		if id != cn {
-			return nil, fmt.Errorf("client_id %q names device %q, but the certificate's common name is %q: Cumulocity refuses a client id other than the common name", s.cfg.ClientID, id, cn)
-		}
-		s.identity, s.clientID = cn, s.cfg.ClientID
-	case cn != s.cfg.GatewayID:
-		return nil, fmt.Errorf("the certificate's common name %q is not gateway.id %q: Cumulocity makes the common name the device's external id; set gateway.id: %q, or (mode mqtt) client_id: %q to connect as that device anyway",
-			cn, s.cfg.GatewayID, cn, cn)
-	}
-	switch {
-	case s.cfg.Mode == ModeMQTT && (u.Scheme == "tcp" || u.Scheme == "mqtt"):
-		return nil, fmt.Errorf("url %q: certificate login needs TLS: use mqtts://%s (port 8883 by default)", s.cfg.URL, u.Hostname())
-	case s.cfg.Mode == ModeREST:
-		tu, err := tokenURL(s.cfg.TokenURL, u)
-		if err != nil {
-			return nil, err
-		}
-		s.cfg.TokenURL = tu
+	s.identity, s.clientID, s.cfg.TokenURL, err = certLoginIdentity(s.cfg, u, r.Leaf())
+	if err != nil {
+		return nil, err
 	}
 	return cfg, nil
+}
+
+// certLoginIdentity settles who the gateway is with certificate login:
+// the device identity (the certificate's common name), the MQTT client id
+// and, in rest mode, the token URL.
+func certLoginIdentity(cfg Config, u *url.URL, leaf *x509.Certificate) (identity, clientID, tokURL string, err error) {
+	cn := leaf.Subject.CommonName
+	identity, clientID = cn, cn
+	switch {
+	case cn == "":
+		return "", "", "", fmt.Errorf("client certificate %s has no common name: Cumulocity takes the device identity from it", cfg.TLS.CertFile)
+	case cfg.ClientID != "":
+		id, err := clientIDIdentifier(cfg.ClientID)
+		if err != nil {
+			return "", "", "", err
+		}
+		if id != cn {
+			return "", "", "", fmt.Errorf("client_id %q names device %q, but the certificate's common name is %q: Cumulocity refuses a client id other than the common name", cfg.ClientID, id, cn)
+		}
+		clientID = cfg.ClientID
+	case cn != cfg.GatewayID:
+		return "", "", "", fmt.Errorf("the certificate's common name %q is not gateway.id %q: Cumulocity makes the common name the device's external id; set gateway.id: %q, or (mode mqtt) client_id: %q to connect as that device anyway",
+			cn, cfg.GatewayID, cn, cn)
+	}
+	switch {
+	case cfg.Mode == ModeMQTT && (u.Scheme == "tcp" || u.Scheme == "mqtt"):
+		return "", "", "", fmt.Errorf("url %q: certificate login needs TLS: use mqtts://%s (port 8883 by default)", cfg.URL, u.Hostname())
+	case cfg.Mode == ModeREST:
+		if tokURL, err = tokenURL(cfg.TokenURL, u); err != nil {
+			return "", "", "", err
+		}
+	}
+	return identity, clientID, tokURL, nil
+}
+
+// CheckCertificateLogin checks what New checks about certificate login
+// (cfg with TLS.CertFile and no Password) without connecting: the pair
+// loads, its common name fits GatewayID or ClientID, the URL scheme fits.
+// check-config uses it.
+func CheckCertificateLogin(cfg Config) error {
+	if cfg.Mode == "" {
+		cfg.Mode = ModeMQTT
+	}
+	u, err := url.Parse(cfg.URL)
+	if err != nil || u.Host == "" {
+		return fmt.Errorf("url %q: want scheme://host[:port]", cfg.URL)
+	}
+	if cfg.ClientID != "" && cfg.Mode != ModeMQTT {
+		return errors.New("client_id is only used by mode mqtt with certificate login")
+	}
+	cert, err := tls.LoadX509KeyPair(cfg.TLS.CertFile, cfg.TLS.KeyFile)
+	if err != nil {
+		return fmt.Errorf("client certificate: %w", err)
+	}
+	leaf, err := x509.ParseCertificate(cert.Certificate[0])
+	if err != nil {
+		return fmt.Errorf("client certificate: %w", err)
+	}
+	_, _, _, err = certLoginIdentity(cfg, u, leaf)
+	return err
 }
 
 // clientIDIdentifier returns the device identifier of a client id
