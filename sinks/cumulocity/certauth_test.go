@@ -25,11 +25,12 @@ type pki struct {
 	caFile string
 	dir    string
 	now    atomic.Int64 // the fake's clock
+	log    *syncBuf     // log of certSink's sinks
 }
 
 func startCertFake(t *testing.T) *pki {
 	t.Helper()
-	p := &pki{tenant: testpki.NewCA(t, "tenant CA"), dir: t.TempDir()}
+	p := &pki{tenant: testpki.NewCA(t, "tenant CA"), dir: t.TempDir(), log: new(syncBuf)}
 	p.now.Store(time.Now().UnixNano())
 	server := testpki.NewCA(t, "server CA")
 	p.caFile = filepath.Join(p.dir, "server-ca.pem")
@@ -62,20 +63,36 @@ func (p *pki) device(t *testing.T, ca *testpki.CA, cn string, valid [2]time.Time
 	return l
 }
 
-// certSink is a sink logging in with the device certificate only.
+// certSink is a sink logging in with the device certificate only; its
+// log goes to p.log.
 func (p *pki) certSink(t *testing.T, mode string, mod func(*Config)) *Sink {
 	t.Helper()
-	return newSink(t, p.f, mode, func(c *Config) {
-		c.URL = p.f.MQTTSURL()
-		if mode == ModeREST {
-			c.URL, c.TokenURL = p.f.URL(), p.f.TokenURL()
-		}
-		c.Tenant, c.Username, c.Password = "", "", ""
-		c.TLS = TLSConfig{CAFile: p.caFile, CertFile: filepath.Join(p.dir, "device.crt"), KeyFile: filepath.Join(p.dir, "device.key")}
-		if mod != nil {
-			mod(c)
+	cfg := Config{
+		Name:                 "c8y",
+		Mode:                 mode,
+		URL:                  p.f.MQTTSURL(),
+		GatewayID:            testGateway,
+		TLS:                  TLSConfig{CAFile: p.caFile, CertFile: filepath.Join(p.dir, "device.crt"), KeyFile: filepath.Join(p.dir, "device.key")},
+		RequestTimeout:       3 * time.Second,
+		connectRetryInterval: 200 * time.Millisecond,
+	}
+	if mode == ModeREST {
+		cfg.URL, cfg.TokenURL = p.f.URL(), p.f.TokenURL()
+	}
+	if mod != nil {
+		mod(&cfg)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("sink log:\n%s", p.log.String())
 		}
 	})
+	s, err := New(cfg, zerolog.New(p.log))
+	if err != nil {
+		t.Fatalf("new sink: %v", err)
+	}
+	t.Cleanup(func() { _ = s.Close(context.Background()) })
+	return s
 }
 
 func TestCertMQTTConnectsAsCommonName(t *testing.T) {
@@ -138,6 +155,9 @@ func TestCertMQTTRefusedThenRotated(t *testing.T) {
 			}
 			if !refused {
 				t.Errorf("fake recorded no refusal for %q: %+v", tc.reason, p.f.Errors())
+			}
+			if !strings.Contains(p.log.String(), "cannot connect to Cumulocity") {
+				t.Errorf("the sink did not log why it cannot connect:\n%s", p.log.String())
 			}
 
 			good := p.device(t, p.tenant, testGateway, validFor(90*24*time.Hour))
