@@ -152,6 +152,7 @@ type SinkConfig struct {
 	Mode        string // cumulocity: mqtt | rest
 	Tenant      string // cumulocity
 	DeviceName  string // cumulocity
+	TokenURL    string // cumulocity, mode rest with certificate login
 }
 
 // SinkTLS is the client TLS setup of an mqtt or cumulocity sink.
@@ -518,6 +519,7 @@ type rawSink struct {
 	Mode         yaml.Node  `yaml:"mode"`
 	Tenant       yaml.Node  `yaml:"tenant"`
 	DeviceName   yaml.Node  `yaml:"device_name"`
+	TokenURL     yaml.Node  `yaml:"token_url"`
 }
 
 type rawSinkTLS struct {
@@ -1119,6 +1121,7 @@ func (p *parser) sink(rs *rawSink, base, gatewayID string) SinkConfig {
 	p.str(&rs.Mode, base+".mode", &s.Mode)
 	p.str(&rs.Tenant, base+".tenant", &s.Tenant)
 	p.str(&rs.DeviceName, base+".device_name", &s.DeviceName)
+	p.str(&rs.TokenURL, base+".token_url", &s.TokenURL)
 	switch s.Type {
 	case "mqtt":
 		if s.ClientID == "" {
@@ -1398,6 +1401,10 @@ func (p *parser) validate(c *Config) {
 			default:
 				p.invalid(base+".mode", "must be mqtt or rest (got %q)", s.Mode)
 			}
+			if s.TLS.CertFile != "" && s.Password == "" {
+				p.checkC8YCertLogin(base, s, c.Gateway.ID) // certificate login: c8ycert.go
+				break
+			}
 			if s.Tenant == "" {
 				p.invalid(base+".tenant", "required for type cumulocity")
 			}
@@ -1405,8 +1412,9 @@ func (p *parser) validate(c *Config) {
 				p.invalid(base+".username", "required for type cumulocity")
 			}
 			if s.Password == "" {
-				p.invalid(base+".password", "required for type cumulocity (password or password_file)")
+				p.invalid(base+".password", "required for type cumulocity (password or password_file; or a device certificate in tls.cert_file and key_file)")
 			}
+			p.c8yCertOnly(base, s)
 		case "":
 			p.invalid(base+".type", "required: broker, mqtt or cumulocity")
 		default:

@@ -25,6 +25,7 @@ type metricsCollector struct {
 	undecodable, lastSuccess, connected         *prometheus.Desc
 	brokerClients, brokerDropped, buildInfo     *prometheus.Desc
 	refused                                     *prometheus.Desc
+	certExpiry                                  *prometheus.Desc
 }
 
 func newMetricsCollector(g *gateway) *metricsCollector {
@@ -57,6 +58,7 @@ func newMetricsCollector(g *gateway) *metricsCollector {
 		brokerDropped: d("broker_messages_dropped_total", "Messages the embedded broker dropped for slow or over-quota subscribers."),
 		buildInfo:     d("build_info", "Build information.", "version", "commit", "goversion"),
 		refused:       d("messages_refused_total", "Messages of webhook requests answered 503 because the queue was full (not stored; the sender must retry).", "route", "reason"),
+		certExpiry:    d("sink_certificate_expiry_timestamp_seconds", "Unix time the sink's client certificate expires (sinks with one only).", "sink"),
 	}
 }
 
@@ -66,6 +68,9 @@ func (c *metricsCollector) Describe(ch chan<- *prometheus.Desc) {
 
 // connectedSink is implemented by sinks that hold a connection.
 type connectedSink interface{ Connected() bool }
+
+// certSink is implemented by sinks that may log in with a client certificate.
+type certSink interface{ CertificateExpiry() (time.Time, bool) }
 
 func (c *metricsCollector) Collect(ch chan<- prometheus.Metric) {
 	counter := func(d *prometheus.Desc, v uint64, labels ...string) {
@@ -131,6 +136,11 @@ func (c *metricsCollector) Collect(ch chan<- prometheus.Metric) {
 				v = 1
 			}
 			gauge(c.connected, v, name)
+		}
+		if cs, ok := g.sinks[i].(certSink); ok {
+			if exp, ok := cs.CertificateExpiry(); ok {
+				gauge(c.certExpiry, float64(exp.Unix()), name)
+			}
 		}
 	}
 	if g.brokerSrv != nil {

@@ -329,6 +329,8 @@ func (g *gateway) newSink(cfg *Config, sc SinkConfig, log zerolog.Logger) (sinks
 			TLS:        cumulocity.TLSConfig{CAFile: sc.TLS.CAFile, CertFile: sc.TLS.CertFile, KeyFile: sc.TLS.KeyFile, InsecureSkipVerify: sc.TLS.InsecureSkipVerify},
 			GatewayID:  cfg.Gateway.ID,
 			DeviceName: sc.DeviceName,
+			ClientID:   sc.ClientID, // certificate login only
+			TokenURL:   sc.TokenURL, // rest mode with certificate login
 			// Registered children are remembered in the queue file, so a
 			// restart does not register them again.
 			State: g.queue.KV("cumulocity/" + sc.Name),

@@ -1,0 +1,64 @@
+package certreload
+
+import (
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"wittra-gateway/internal/testpki"
+)
+
+func TestReloadOnChangeKeepsOldOnBrokenRenewal(t *testing.T) {
+	dir := t.TempDir()
+	ca := testpki.NewCA(t, "ca")
+	first := ca.Client(t, "gw01", time.Now().Add(-time.Hour), time.Now().Add(48*time.Hour))
+	certFile, keyFile := first.Write(t, dir, "dev")
+	r, err := New(certFile, keyFile, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := r.Leaf().SerialNumber; got.Cmp(first.Cert.SerialNumber) != 0 {
+		t.Fatalf("leaf serial %v, want %v", got, first.Cert.SerialNumber)
+	}
+
+	// A certificate without its key does not load: the old one stays.
+	second := ca.Client(t, "gw01", time.Now().Add(-time.Hour), time.Now().Add(96*time.Hour))
+	testpki.WriteFile(t, certFile, second.CertPEM)
+	time.Sleep(CheckInterval + 100*time.Millisecond)
+	if c, _ := r.GetClientCertificate(nil); c.Leaf.SerialNumber.Cmp(first.Cert.SerialNumber) != 0 {
+		t.Fatal("a half-written renewal replaced the working certificate")
+	}
+
+	// Once the key follows, the new pair is served.
+	testpki.WriteFile(t, keyFile, second.KeyPEM)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		c, _ := r.GetCertificate(nil)
+		if c.Leaf.SerialNumber.Cmp(second.Cert.SerialNumber) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("renewed certificate not picked up")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if !r.Leaf().NotAfter.Equal(second.Cert.NotAfter) {
+		t.Fatal("Leaf does not describe the reloaded certificate")
+	}
+}
+
+func TestNewRefusesUnusablePair(t *testing.T) {
+	dir := t.TempDir()
+	ca := testpki.NewCA(t, "ca")
+	a := ca.Client(t, "a", time.Now(), time.Now().Add(time.Hour))
+	b := ca.Client(t, "b", time.Now(), time.Now().Add(time.Hour))
+	certFile, _ := a.Write(t, dir, "a")
+	_, keyFile := b.Write(t, dir, "b")
+	if _, err := New(certFile, keyFile, zerolog.Nop()); err == nil {
+		t.Fatal("mismatched certificate and key accepted")
+	}
+	if _, err := New(dir+"/missing.crt", keyFile, zerolog.Nop()); err == nil {
+		t.Fatal("missing file accepted")
+	}
+}
