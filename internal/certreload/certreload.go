@@ -9,7 +9,7 @@ import (
 	"crypto/x509"
 	"fmt"
 	"os"
-	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -25,16 +25,20 @@ const CheckInterval = time.Second
 type Reloader struct {
 	certFile, keyFile string
 	log               zerolog.Logger
+	now               func() time.Time
 
-	mu        sync.Mutex
-	cert      *tls.Certificate
-	stamp     string // mod times and sizes of both files
-	lastCheck time.Time
+	// Handshakes only load cert: one of them at a time (checking) stats
+	// and reads the files, the others are served the current certificate
+	// meanwhile, so a slow read never holds up a handshake.
+	cert      atomic.Pointer[tls.Certificate]
+	checking  atomic.Bool
+	lastCheck atomic.Int64 // Unix ns
+	stamp     string       // mod times and sizes of both files; owned by the checker
 }
 
 // New loads the pair once; an unusable pair is an error.
 func New(certFile, keyFile string, log zerolog.Logger) (*Reloader, error) {
-	r := &Reloader{certFile: certFile, keyFile: keyFile, log: log}
+	r := &Reloader{certFile: certFile, keyFile: keyFile, log: log, now: time.Now}
 	stamp, err := r.fileStamp()
 	if err != nil {
 		return nil, err
@@ -43,7 +47,9 @@ func New(certFile, keyFile string, log zerolog.Logger) (*Reloader, error) {
 	if err != nil {
 		return nil, err
 	}
-	r.cert, r.stamp, r.lastCheck = cert, stamp, time.Now()
+	r.cert.Store(cert)
+	r.stamp = stamp
+	r.lastCheck.Store(r.now().UnixNano())
 	return r, nil
 }
 
@@ -75,34 +81,33 @@ func (r *Reloader) fileStamp() (string, error) {
 }
 
 // Current returns the certificate, re-reading the files first if they
-// changed (checked at most once per CheckInterval).
+// changed (checked at most once per CheckInterval, by one caller at a time).
 func (r *Reloader) Current() *tls.Certificate {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if time.Since(r.lastCheck) < CheckInterval {
-		return r.cert
+	now := r.now()
+	if now.UnixNano()-r.lastCheck.Load() < int64(CheckInterval) || !r.checking.CompareAndSwap(false, true) {
+		return r.cert.Load()
 	}
-	r.lastCheck = time.Now()
+	defer r.checking.Store(false)
+	r.lastCheck.Store(now.UnixNano())
 	stamp, err := r.fileStamp()
 	if err != nil || stamp == r.stamp {
-		return r.cert
+		return r.cert.Load()
 	}
 	cert, err := load(r.certFile, r.keyFile)
 	if err != nil {
 		// Often the cert is written before the key: try again next check.
 		r.log.Warn().Err(err).Msg("TLS certificate changed but does not load; still serving the previous one")
-		return r.cert
+		return r.cert.Load()
 	}
-	r.cert, r.stamp = cert, stamp
+	r.cert.Store(cert)
+	r.stamp = stamp
 	r.log.Info().Str("cert_file", r.certFile).Time("not_after", cert.Leaf.NotAfter).Msg("TLS certificate reloaded")
-	return r.cert
+	return cert
 }
 
 // Leaf returns the parsed current certificate (no file check).
 func (r *Reloader) Leaf() *x509.Certificate {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.cert.Leaf
+	return r.cert.Load().Leaf
 }
 
 // GetCertificate is the server-side tls.Config hook.
