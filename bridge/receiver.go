@@ -52,6 +52,9 @@ type ReceiverConfig struct {
 	// LogInterval: a refusal is logged once per client address and code
 	// per interval; the rest are counted. DefaultLogInterval.
 	LogInterval time.Duration
+	// MaxDevices bounds the last-seen device table (Devices).
+	// DefaultMaxDevices.
+	MaxDevices int
 }
 
 // Defaults used when a ReceiverConfig field is zero.
@@ -76,6 +79,9 @@ type Receiver struct {
 	noRoute RouteStats
 	slots   chan struct{} // one per request being handled
 	logs    *logLimiter
+
+	devices     *deviceTable
+	lastRequest atomic.Int64 // Unix ns
 }
 
 type route struct {
@@ -125,6 +131,7 @@ func NewReceiver(cfg ReceiverConfig, q Appender, log zerolog.Logger) *Receiver {
 		log:     log,
 		slots:   make(chan struct{}, cfg.MaxConcurrent),
 		logs:    newLogLimiter(cfg.LogInterval),
+		devices: newDeviceTable(cfg.MaxDevices),
 	}
 	for _, rt := range cfg.Routes {
 		x := &route{Route: rt}
@@ -140,6 +147,7 @@ func NewReceiver(cfg ReceiverConfig, q Appender, log zerolog.Logger) *Receiver {
 }
 
 func (r *Receiver) ServeHTTP(w http.ResponseWriter, req *http.Request) {
+	r.lastRequest.Store(time.Now().UnixNano())
 	rt, ok := r.routes[req.URL.Path]
 	if !ok {
 		r.fail(w, req, &r.noRoute, http.StatusNotFound, "no webhook route at this path")
@@ -206,6 +214,7 @@ func (r *Receiver) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 			r.fail(w, req, st, http.StatusServiceUnavailable, "queue unavailable: "+queueReason(err))
 			return
 		}
+		r.devices.note(entries, time.Now())
 	}
 	st.Accepted.Add(uint64(res.Accepted))
 	st.Duplicates.Add(uint64(res.Duplicates))
