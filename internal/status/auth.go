@@ -133,4 +133,3 @@ func (a *Auth) verify(r *http.Request, user, pass string) bool {
 	a.cache[key] = now.Add(authCacheTTL)
 	return true
 }
-

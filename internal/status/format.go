@@ -165,7 +165,7 @@ func sparkPoints[T uint64 | float64](vs []T) string {
 // funcs are the template's formatters.
 func funcs() template.FuncMap {
 	return template.FuncMap{
-		"f": func(kind string, v any, now time.Time) string { return format(kind, v, now) },
+		"f":      func(kind string, v any, now time.Time) string { return format(kind, v, now) },
 		"sparkU": func(vs []uint64) string { return sparkPoints(vs) },
 		"sparkF": func(vs []float64) string { return sparkPoints(vs) },
 		"fill": func(q Queue) float64 {
