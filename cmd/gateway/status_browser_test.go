@@ -157,8 +157,8 @@ func (b *browser) errs() []string {
 }
 
 const (
-	cssGreen = "rgb(26, 127, 55)"  // --ok in status.css
-	cssRed   = "rgb(198, 40, 40)"  // --down
+	cssGreen = "rgb(26, 127, 55)" // --ok in status.css
+	cssRed   = "rgb(198, 40, 40)" // --down
 	plantSel = `[data-sink="plant"]`
 )
 
