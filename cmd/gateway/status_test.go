@@ -5,10 +5,14 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/crypto/bcrypt"
 )
 
 // The status page under a real gateway (in-process, loopback listeners)
@@ -328,5 +332,76 @@ func TestStatusPageHeadersAndMethods(t *testing.T) {
 		if resp.StatusCode != http.StatusMethodNotAllowed {
 			t.Fatalf("POST %s: %d, want 405", path, resp.StatusCode)
 		}
+	}
+}
+
+func TestAdminUsersGuardTheAdminListener(t *testing.T) {
+	hash, err := bcrypt.GenerateFromPassword([]byte("on-site pw"), bcrypt.MinCost)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	tg := startTestGateway(t, dir, map[string]string{
+		"admin": fmt.Sprintf("admin: {listen: 127.0.0.1:0, users: [{username: tech, password: %s}]}", yamlString(string(hash))),
+	})
+	admin := "http://" + tg.g.adminLn.Addr().String()
+	c := http.Client{Timeout: 10 * time.Second}
+	get := func(path, user, pass string) int {
+		t.Helper()
+		req, _ := http.NewRequest(http.MethodGet, admin+path, nil)
+		if user != "" {
+			req.SetBasicAuth(user, pass)
+		}
+		resp, err := c.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	for _, p := range []string{"/", "/status", "/api/status", "/metrics", "/static/status.js"} {
+		if code := get(p, "", ""); code != 401 {
+			t.Errorf("GET %s without credentials: %d, want 401", p, code)
+		}
+		if code := get(p, "tech", "wrong"); code != 401 {
+			t.Errorf("GET %s with a wrong password: %d, want 401", p, code)
+		}
+		if code := get(p, "tech", "on-site pw"); code != 200 {
+			t.Errorf("GET %s with credentials: %d, want 200", p, code)
+		}
+	}
+	// Probes stay open for systemd and load balancers.
+	for _, p := range []string{"/healthz", "/readyz"} {
+		if code := get(p, "", ""); code != 200 {
+			t.Errorf("GET %s without credentials: %d, want 200", p, code)
+		}
+	}
+}
+
+func TestAdminUsersConfig(t *testing.T) {
+	hash, _ := bcrypt.GenerateFromPassword([]byte("x"), bcrypt.MinCost)
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "hash"), append(hash, '\n'), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := ParseConfig([]byte("admin: {users: [{username: a, password: "+yamlString(string(hash))+"}, {username: b, password_file: hash}]}\n"), dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(cfg.Admin.Users) != 2 || cfg.Admin.Users[1].PasswordHash != string(hash) {
+		t.Fatalf("users: %+v", cfg.Admin.Users)
+	}
+	if r := cfg.Redacted(); r.Admin.Users[0].PasswordHash != "REDACTED" || cfg.Admin.Users[0].PasswordHash != string(hash) {
+		t.Fatalf("redacted: %+v / %+v", r.Admin.Users, cfg.Admin.Users)
+	}
+	_, err = ParseConfig([]byte("admin:\n  users:\n    - {username: a, password: plain-SECRETX}\n    - {username: a, password: "+yamlString(string(hash))+"}\n    - {password: "+yamlString(string(hash))+"}\n"), dir)
+	msg := fmt.Sprint(err)
+	for _, want := range []string{"line 3: admin.users[0].password: must be a bcrypt hash", "admin.users[1].username: duplicate", "admin.users[2].username: required"} {
+		if !strings.Contains(msg, want) {
+			t.Errorf("error lacks %q:\n%s", want, msg)
+		}
+	}
+	if strings.Contains(msg, "SECRETX") {
+		t.Errorf("error echoes the password: %s", msg)
 	}
 }
