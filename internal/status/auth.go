@@ -21,7 +21,7 @@ type User struct {
 // error never quotes the hash.
 func CheckHash(hash string) error {
 	if _, err := bcrypt.Cost([]byte(hash)); err != nil {
-		return errors.New("must be a bcrypt hash ($2y$<cost>$...; make one with: htpasswd -nbBC 12 '' 'the password' | cut -d: -f2)")
+		return errors.New("must be a bcrypt hash ($2y$<cost>$...; make one with: htpasswd -nbBC 12 tech 'the password' | cut -d: -f2)")
 	}
 	return nil
 }
