@@ -7,6 +7,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -370,5 +371,41 @@ func TestBasicAuth(t *testing.T) {
 	a.now = time.Now
 	if got := try("/", "tech", "s3cret"); got != 200 || len(a.cache) != authCacheSize {
 		t.Errorf("full cache: %d, %d entries (bound %d)", got, len(a.cache), authCacheSize)
+	}
+}
+
+// BenchmarkReport is one /api/status with 1,000 tracked devices: the
+// default 100 listed, and all of them.
+func BenchmarkReport(b *testing.B) {
+	body, err := os.ReadFile("../../testdata/f1_data_tag.json")
+	if err != nil {
+		b.Fatal(err)
+	}
+	devs := make([]DeviceReading, 1000)
+	for i := range devs {
+		devs[i] = DeviceReading{ID: "D" + strconv.Itoa(i), Project: "p", LastSeen: time.Now(), Body: body}
+	}
+	st, err := New(Config{Read: func() Reading {
+		return Reading{Devices: devs, Sinks: []SinkReading{{Name: "a"}, {Name: "b"}}}
+	}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	for range 360 {
+		st.Sample()
+	}
+	for _, c := range []struct {
+		name string
+		q    Query
+	}{{"devices=100", Query{}}, {"devices=all", Query{Devices: -1}}} {
+		b.Run(c.name, func(b *testing.B) {
+			b.ReportAllocs()
+			var n int
+			for b.Loop() {
+				out, _ := json.Marshal(st.Report(c.q))
+				n = len(out)
+			}
+			b.ReportMetric(float64(n), "json-bytes")
+		})
 	}
 }
