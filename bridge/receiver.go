@@ -54,6 +54,9 @@ type ReceiverConfig struct {
 	LogInterval time.Duration
 	// Now is the clock of the refusal log limiter; time.Now when nil.
 	Now func() time.Time
+	// MaxDevices bounds the last-seen device table (Devices).
+	// DefaultMaxDevices.
+	MaxDevices int
 }
 
 // Defaults used when a ReceiverConfig field is zero.
@@ -79,6 +82,9 @@ type Receiver struct {
 	slots   chan struct{} // one per request being handled
 	logs    *logLimiter
 	now     func() time.Time
+
+	devices     *deviceTable
+	lastRequest atomic.Int64 // Unix ns
 }
 
 type route struct {
@@ -134,6 +140,7 @@ func NewReceiver(cfg ReceiverConfig, q Appender, log zerolog.Logger) *Receiver {
 		slots:   make(chan struct{}, cfg.MaxConcurrent),
 		logs:    newLogLimiter(cfg.LogInterval),
 		now:     cfg.Now,
+		devices: newDeviceTable(cfg.MaxDevices),
 	}
 	r.SetRoutes(cfg.Routes)
 	r.bufs.New = func() any { return new(bytes.Buffer) }
@@ -164,6 +171,7 @@ func (r *Receiver) SetRoutes(routes []Route) {
 }
 
 func (r *Receiver) ServeHTTP(w http.ResponseWriter, req *http.Request) {
+	r.lastRequest.Store(r.now().UnixNano())
 	rt, ok := (*r.routes.Load())[req.URL.Path]
 	if !ok {
 		r.fail(w, req, &r.noRoute, http.StatusNotFound, "no webhook route at this path")
@@ -231,6 +239,7 @@ func (r *Receiver) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 			r.fail(w, req, st, http.StatusServiceUnavailable, "queue unavailable: "+queueReason(err))
 			return
 		}
+		r.devices.note(entries, time.Now())
 	}
 	st.Accepted.Add(uint64(res.Accepted))
 	st.Duplicates.Add(uint64(res.Duplicates))

@@ -48,6 +48,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"wittra-gateway/internal/status"
 	"wittra-gateway/sinks/broker"
 )
 
@@ -107,6 +108,15 @@ type BufferConfig struct {
 // AdminConfig is the `admin:` section.
 type AdminConfig struct {
 	Listen string // host:port; "" means off
+	// Users, when set, turn on HTTP basic auth for the admin listener
+	// (status page, /api/status, /metrics; /healthz and /readyz stay open).
+	Users []AdminUser
+}
+
+// AdminUser is one user of the admin listener.
+type AdminUser struct {
+	Username     string
+	PasswordHash string // bcrypt, checked to be well formed
 }
 
 // BrokerConfig is the `broker:` section (the embedded MQTT broker).
@@ -404,6 +414,13 @@ func (c *Config) Redacted() *Config {
 		u.PublishTopics = cloneStrings(u.PublishTopics)
 		r.Broker.Users[i] = u
 	}
+	r.Admin.Users = make([]AdminUser, len(c.Admin.Users))
+	for i, u := range c.Admin.Users {
+		if u.PasswordHash != "" {
+			u.PasswordHash = mask
+		}
+		r.Admin.Users[i] = u
+	}
 	r.Sinks = make([]SinkConfig, len(c.Sinks))
 	for i, s := range c.Sinks {
 		if s.Password != "" {
@@ -475,7 +492,14 @@ type rawBuffer struct {
 }
 
 type rawAdmin struct {
-	Listen yaml.Node `yaml:"listen"`
+	Listen yaml.Node      `yaml:"listen"`
+	Users  []rawAdminUser `yaml:"users"`
+}
+
+type rawAdminUser struct {
+	Username     yaml.Node `yaml:"username"`
+	Password     yaml.Node `yaml:"password"` // a bcrypt hash, not the password
+	PasswordFile yaml.Node `yaml:"password_file"`
 }
 
 type rawBroker struct {
@@ -1043,6 +1067,13 @@ func (p *parser) apply(r *rawConfig, cfg *Config) {
 
 	// Present and empty (or null) means off; absent keeps the default.
 	p.str(&r.Admin.Listen, "admin.listen", &cfg.Admin.Listen)
+	for i := range r.Admin.Users {
+		ru, base := &r.Admin.Users[i], fmt.Sprintf("admin.users[%d]", i)
+		var u AdminUser
+		p.str(&ru.Username, base+".username", &u.Username)
+		p.secret(&ru.Password, &ru.PasswordFile, base, "password", &u.PasswordHash)
+		cfg.Admin.Users = append(cfg.Admin.Users, u)
+	}
 
 	br := &cfg.Broker
 	p.boolean(&r.Broker.Enabled, "broker.enabled", &br.Enabled)
@@ -1243,6 +1274,26 @@ func (p *parser) validate(c *Config) {
 
 	if c.Admin.Listen != "" {
 		p.hostPort("admin.listen", c.Admin.Listen)
+	}
+	seenAdmin := map[string]int{}
+	for i, u := range c.Admin.Users {
+		base := fmt.Sprintf("admin.users[%d]", i)
+		if u.Username == "" {
+			p.invalid(base+".username", "required")
+		} else if j, dup := seenAdmin[u.Username]; dup {
+			p.invalid(base+".username", "duplicate username (also admin.users[%d])", j)
+		} else {
+			seenAdmin[u.Username] = i
+		}
+		field := base + ".password"
+		if _, inFile := p.lines[base+".password_file"]; inFile {
+			field = base + ".password_file"
+		}
+		if u.PasswordHash == "" {
+			p.invalid(base+".password", "required (a bcrypt hash, in password or password_file)")
+		} else if err := status.CheckHash(u.PasswordHash); err != nil {
+			p.invalid(field, "%v", err)
+		}
 	}
 
 	br := c.Broker

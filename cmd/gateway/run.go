@@ -235,7 +235,7 @@ func startGateway(cfg *Config, log zerolog.Logger) (g *gateway, err error) {
 		return g, err
 	}
 	if cfg.Admin.Listen != "" {
-		if err := g.startAdmin(cfg.Admin.Listen); err != nil {
+		if err := g.startAdmin(cfg); err != nil {
 			return g, err
 		}
 	}
@@ -394,8 +394,8 @@ func (d debugWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-func (g *gateway) startAdmin(addr string) error {
-	ln, err := net.Listen("tcp", addr)
+func (g *gateway) startAdmin(cfg *Config) error {
+	ln, err := net.Listen("tcp", cfg.Admin.Listen)
 	if err != nil {
 		return fmt.Errorf("admin listen: %w", err)
 	}
@@ -418,7 +418,17 @@ func (g *gateway) startAdmin(addr string) error {
 		io.WriteString(w, "ready\n")
 	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(newRegistry(g), promhttp.HandlerOpts{}))
-	g.admin = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, WriteTimeout: 10 * time.Second}
+	handler, err := adminHandler(cfg, mux)
+	if err != nil {
+		ln.Close()
+		return err
+	}
+	g.admin = &http.Server{Handler: handler, ReadHeaderTimeout: 5 * time.Second, WriteTimeout: 10 * time.Second}
+	if err := g.addStatus(cfg, mux); err != nil {
+		ln.Close()
+		return fmt.Errorf("status page: %w", err)
+	}
+	g.warnOpenAdmin(cfg)
 	g.serve(g.admin, func() error { return g.admin.Serve(ln) })
 	return nil
 }
