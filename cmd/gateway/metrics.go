@@ -25,6 +25,7 @@ type metricsCollector struct {
 	undecodable, lastSuccess, connected         *prometheus.Desc
 	brokerClients, brokerDropped, buildInfo     *prometheus.Desc
 	refused                                     *prometheus.Desc
+	queueMaxBytes, ready                        *prometheus.Desc
 	certExpiry                                  *prometheus.Desc
 }
 
@@ -57,6 +58,8 @@ func newMetricsCollector(g *gateway) *metricsCollector {
 		brokerClients: d("broker_clients", "Clients connected to the embedded broker."),
 		brokerDropped: d("broker_messages_dropped_total", "Messages the embedded broker dropped for slow or over-quota subscribers."),
 		buildInfo:     d("build_info", "Build information.", "version", "commit", "goversion"),
+		queueMaxBytes: d("queue_max_bytes", "buffer.max_bytes: the bound queue_bytes is held to."),
+		ready:         d("ready", "1 while /readyz would answer 200 (started, not stopping, the queue's commit path answers within 1 s), else 0."),
 		refused:       d("messages_refused_total", "Messages of webhook requests answered 503 because the queue was full (not stored; the sender must retry).", "route", "reason"),
 		certExpiry:    d("sink_certificate_expiry_timestamp_seconds", "Unix time the sink's client certificate expires (sinks with one only).", "sink"),
 	}
@@ -100,7 +103,9 @@ func (c *metricsCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	counter(c.dropped, filtered, "device_filter")
 
+	gauge(c.ready, boolGauge(g.readyNow(time.Second) == nil))
 	if g.queue != nil {
+		gauge(c.queueMaxBytes, float64(g.queue.MaxBytes()))
 		if st, err := g.queue.Stats(); err == nil {
 			counter(c.dropped, st.Dropped, "queue_full")
 			counter(c.expired, st.Expired)
@@ -157,4 +162,11 @@ func newRegistry(g *gateway) *prometheus.Registry {
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return reg
+}
+
+func boolGauge(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
 }

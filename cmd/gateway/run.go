@@ -405,14 +405,8 @@ func (g *gateway) startAdmin(cfg *Config) error {
 		io.WriteString(w, "ok\n")
 	})
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
-		if !g.ready.Load() {
-			http.Error(w, "not ready: starting or stopping", http.StatusServiceUnavailable)
-			return
-		}
-		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
-		defer cancel()
-		if err := g.queue.Ping(ctx); err != nil {
-			http.Error(w, "queue: "+err.Error(), http.StatusServiceUnavailable)
+		if err := g.readyNow(2 * time.Second); err != nil {
+			http.Error(w, "not ready: "+err.Error(), http.StatusServiceUnavailable)
 			return
 		}
 		io.WriteString(w, "ready\n")
@@ -518,6 +512,20 @@ func notify(log zerolog.Logger, state string) {
 // watchdog pings systemd's watchdog while the queue's commit path answers,
 // so a wedged gateway is restarted. A sink outage is not a reason to restart:
 // data waits in the queue.
+// readyNow says why the gateway is not ready, or nil: it has started, is
+// not stopping, and the queue's commit path answers within timeout.
+func (g *gateway) readyNow(timeout time.Duration) error {
+	if !g.ready.Load() {
+		return errors.New("starting or stopping")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	if err := g.queue.Ping(ctx); err != nil {
+		return fmt.Errorf("queue: %w", err)
+	}
+	return nil
+}
+
 func (g *gateway) watchdog(ctx context.Context) {
 	interval, err := daemon.SdWatchdogEnabled(false)
 	if err != nil || interval <= 0 {
