@@ -139,7 +139,7 @@ type UserConfig struct {
 // SinkConfig is one output of the gateway.
 type SinkConfig struct {
 	Name        string // unique, [A-Za-z0-9_-]+
-	Type        string // broker | mqtt | cumulocity
+	Type        string // broker | mqtt | cumulocity | jetstream
 	TopicPrefix string
 	Values      bool
 	Retain      bool
@@ -152,6 +152,8 @@ type SinkConfig struct {
 	Mode        string // cumulocity: mqtt | rest
 	Tenant      string // cumulocity
 	DeviceName  string // cumulocity
+
+	JetStream JetStreamSinkConfig // type jetstream (config_jetstream.go)
 }
 
 // SinkTLS is the client TLS setup of an mqtt or cumulocity sink.
@@ -373,6 +375,9 @@ func (c *Config) Redacted() *Config {
 		if s.Password != "" {
 			s.Password = mask
 		}
+		if s.JetStream.Token != "" {
+			s.JetStream.Token = mask
+		}
 		r.Sinks[i] = s
 	}
 	return &r
@@ -483,6 +488,7 @@ type rawSink struct {
 	Mode         yaml.Node  `yaml:"mode"`
 	Tenant       yaml.Node  `yaml:"tenant"`
 	DeviceName   yaml.Node  `yaml:"device_name"`
+	rawJetStream `yaml:",inline"`
 }
 
 type rawSinkTLS struct {
@@ -1076,6 +1082,7 @@ func (p *parser) sink(rs *rawSink, base, gatewayID string) SinkConfig {
 	p.str(&rs.Mode, base+".mode", &s.Mode)
 	p.str(&rs.Tenant, base+".tenant", &s.Tenant)
 	p.str(&rs.DeviceName, base+".device_name", &s.DeviceName)
+	p.jetstreamSink(&rs.rawJetStream, base, &s)
 	switch s.Type {
 	case "mqtt":
 		if s.ClientID == "" {
@@ -1364,11 +1371,13 @@ func (p *parser) validate(c *Config) {
 			if s.Password == "" {
 				p.invalid(base+".password", "required for type cumulocity (password or password_file)")
 			}
+		case "jetstream":
 		case "":
-			p.invalid(base+".type", "required: broker, mqtt or cumulocity")
+			p.invalid(base+".type", "required: broker, mqtt, cumulocity or jetstream")
 		default:
-			p.invalid(base+".type", "must be broker, mqtt or cumulocity (got %q)", s.Type)
+			p.invalid(base+".type", "must be broker, mqtt, cumulocity or jetstream (got %q)", s.Type)
 		}
+		p.validateJetStream(base, s)
 	}
 	if hasC8Y && strings.Contains(c.Gateway.ID, ":") {
 		p.invalid("gateway.id", "must not contain ':' with a cumulocity sink (it is the Cumulocity client id)")

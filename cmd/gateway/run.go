@@ -23,6 +23,7 @@ import (
 	"wittra-gateway/sinks"
 	"wittra-gateway/sinks/broker"
 	"wittra-gateway/sinks/cumulocity"
+	"wittra-gateway/sinks/jetstream"
 	"wittra-gateway/sinks/mqttclient"
 )
 
@@ -280,6 +281,8 @@ func (g *gateway) newSink(cfg *Config, sc SinkConfig, log zerolog.Logger) (sinks
 			// restart does not register them again.
 			State: g.queue.KV("cumulocity/" + sc.Name),
 		}, log)
+	case "jetstream":
+		return jetstream.New(jetstreamConfig(cfg, sc), log)
 	default:
 		return nil, fmt.Errorf("sink type %q is not supported by this version", sc.Type)
 	}

@@ -77,29 +77,41 @@ type TLSConfig struct {
 	InsecureSkipVerify bool // accept any server certificate (testing only)
 }
 
-func (t TLSConfig) isZero() bool { return t == TLSConfig{} }
-
-// withDefaults returns cfg with zero fields defaulted, or an error naming
-// the first invalid field.
-func (cfg Config) withDefaults() (Config, error) {
-	if cfg.Name == "" {
-		cfg.Name = DefaultName
+// withDefaults fills the zero fields of a stream for subject prefix.
+func (st StreamConfig) withDefaults(prefix string) StreamConfig {
+	if prefix == "" {
+		prefix = DefaultSubjectPrefix
 	}
-	if cfg.SubjectPrefix == "" {
-		cfg.SubjectPrefix = DefaultSubjectPrefix
-	}
-	st := &cfg.Stream
 	if st.Name == "" {
 		st.Name = DefaultStream
 	}
 	if len(st.Subjects) == 0 {
-		st.Subjects = []string{cfg.SubjectPrefix + ".>"}
+		st.Subjects = []string{prefix + ".>"}
 	}
 	if st.MaxAge == 0 {
 		st.MaxAge = DefaultMaxAge
 	}
 	if st.DuplicateWindow == 0 {
 		st.DuplicateWindow = min(DefaultDuplicateWindow, st.MaxAge)
+	}
+	return st
+}
+
+// WithDefaults returns st with its zero fields filled as the sink fills
+// them for subject prefix.
+func (st StreamConfig) WithDefaults(prefix string) StreamConfig { return st.withDefaults(prefix) }
+
+func (t TLSConfig) isZero() bool { return t == TLSConfig{} }
+
+// withDefaults returns cfg with zero fields defaulted, or an error naming
+// the first invalid field.
+func (cfg Config) withDefaults() (Config, error) {
+	cfg.Stream = cfg.Stream.withDefaults(cfg.SubjectPrefix)
+	if cfg.Name == "" {
+		cfg.Name = DefaultName
+	}
+	if cfg.SubjectPrefix == "" {
+		cfg.SubjectPrefix = DefaultSubjectPrefix
 	}
 	if cfg.Window == 0 {
 		cfg.Window = DefaultWindow
@@ -139,7 +151,7 @@ func (cfg Config) check() error {
 		return fmt.Errorf("stream duplicate_window %v: must not exceed max_age %v", st.DuplicateWindow, st.MaxAge)
 	}
 	for _, u := range cfg.URLs {
-		if _, err := parseServerURL(u); err != nil {
+		if err := CheckURL(u); err != nil {
 			return fmt.Errorf("urls: %w", err)
 		}
 	}
@@ -151,10 +163,10 @@ func (cfg Config) check() error {
 	}
 	covered := false
 	for _, s := range st.Subjects {
-		if err := checkFilter(s); err != nil {
+		if err := CheckFilter(s); err != nil {
 			return fmt.Errorf("stream subject %q: %w", s, err)
 		}
-		covered = covered || covers(s, cfg.SubjectPrefix)
+		covered = covered || Covers(s, cfg.SubjectPrefix)
 	}
 	if !covered {
 		return fmt.Errorf("stream subjects %v do not capture %s.>: the sink's messages would reach no stream", st.Subjects, cfg.SubjectPrefix)
@@ -172,22 +184,22 @@ func countSet(ss ...string) int {
 	return n
 }
 
-// parseServerURL checks one server URL. Credentials in it are refused so
-// that they never reach a log line.
-func parseServerURL(raw string) (*url.URL, error) {
+// CheckURL checks one server URL without quoting it. Credentials in it
+// are refused so that they never reach a log line.
+func CheckURL(raw string) error {
 	u, err := url.Parse(raw)
 	if err != nil {
-		return nil, errors.New("not a valid URL")
+		return errors.New("not a valid URL")
 	}
 	switch {
 	case u.Scheme != "nats" && u.Scheme != "tls" && u.Scheme != "ws" && u.Scheme != "wss":
-		return nil, errors.New("must start with nats://, tls://, ws:// or wss://")
+		return errors.New("must start with nats://, tls://, ws:// or wss://")
 	case u.User != nil:
-		return nil, errors.New("must not contain credentials: use username and password, token or creds_file")
+		return errors.New("must not contain credentials: use username and password, token or creds_file")
 	case u.Hostname() == "":
-		return nil, errors.New("must name a host")
+		return errors.New("must name a host")
 	}
-	return u, nil
+	return nil
 }
 
 // CheckSubjectPrefix reports whether p can start a subject: one or more
@@ -222,8 +234,8 @@ func CheckStreamName(n string) error {
 	return nil
 }
 
-// checkFilter checks a stream subject, which may hold wildcards.
-func checkFilter(f string) error {
+// CheckFilter checks a stream subject, which may hold wildcards.
+func CheckFilter(f string) error {
 	if f == "" {
 		return errors.New("empty")
 	}
@@ -241,10 +253,10 @@ func checkFilter(f string) error {
 	return nil
 }
 
-// covers reports whether the subject filter f captures every subject the
+// Covers reports whether the subject filter f captures every subject the
 // sink publishes under prefix: prefix plus exactly three more tokens
 // (project, device, data|event).
-func covers(f, prefix string) bool {
+func Covers(f, prefix string) bool {
 	want := append(strings.Split(prefix, "."), "*", "*", "*")
 	ft := strings.Split(f, ".")
 	for i, w := range want {

@@ -370,7 +370,7 @@ func (s *Sink) replicas(nc *nats.Conn) (int, string) {
 
 func coveredBy(filters []string, prefix string) bool {
 	for _, f := range filters {
-		if covers(f, prefix) {
+		if Covers(f, prefix) {
 			return true
 		}
 	}

@@ -110,7 +110,7 @@ func TestCovers(t *testing.T) {
 		{"wittra", "wittra", false},
 		{"wittra.*.*.*.*", "wittra", false},
 	} {
-		if got := covers(c.filter, c.prefix); got != c.want {
+		if got := Covers(c.filter, c.prefix); got != c.want {
 			t.Errorf("covers(%q, %q) = %v, want %v", c.filter, c.prefix, got, c.want)
 		}
 	}
