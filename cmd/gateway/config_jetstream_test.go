@@ -85,3 +85,27 @@ func TestJetStreamSinkValidation(t *testing.T) {
 	}
 	wantProblem(t, errs, "sinks[1].type: must be broker, mqtt, cumulocity or jetstream")
 }
+
+// The commented jetstream sink of config.example.yaml is a valid config.
+func TestJetStreamExampleBlockParses(t *testing.T) {
+	b, err := os.ReadFile("../../config.example.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	i := strings.Index(string(b), "  # - name: central\n")
+	if i < 0 {
+		t.Fatal("no jetstream example in config.example.yaml")
+	}
+	var lines []string
+	for _, l := range strings.Split(strings.TrimRight(string(b[i:]), "\n"), "\n") {
+		if !strings.HasPrefix(l, "  #") {
+			break
+		}
+		lines = append(lines, strings.Replace(l, "# ", "", 1))
+	}
+	cfg := mustParse(t, "sinks:\n"+strings.Join(lines, "\n")+"\n", t.TempDir())
+	j := cfg.Sinks[0].JetStream
+	if cfg.Sinks[0].Type != "jetstream" || len(j.URLs) != 3 || j.Stream.Replicas != 3 || j.Stream.DuplicateWindow != 10*time.Minute {
+		t.Errorf("example sink = %+v", cfg.Sinks[0])
+	}
+}
