@@ -27,6 +27,9 @@ type Options struct {
 	// Name of the cluster; "wittra-test" when empty. A single node (Nodes
 	// 1) runs without a cluster.
 	Name string
+	// NoAdvertise keeps the nodes from telling clients about each other,
+	// so that a client only uses the URLs it was given (e.g. proxies).
+	NoAdvertise bool
 }
 
 // Cluster is a running set of servers. Ports are fixed at start so that a
@@ -81,7 +84,7 @@ func Start(opts Options) (*Cluster, error) {
 			JetStreamMaxStore:  1 << 30,
 		}
 		if opts.Nodes > 1 {
-			so.Cluster = server.ClusterOpts{Name: opts.Name, Host: "127.0.0.1", Port: ports[i*per+1]}
+			so.Cluster = server.ClusterOpts{Name: opts.Name, Host: "127.0.0.1", Port: ports[i*per+1], NoAdvertise: opts.NoAdvertise}
 			so.Routes = server.RoutesFromStr(strings.Join(routes, ","))
 		}
 		if opts.MQTT {

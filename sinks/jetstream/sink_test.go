@@ -6,6 +6,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"net"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -363,4 +365,138 @@ func TestClusterNodeLoss(t *testing.T) {
 	t.Logf("delivered %d with %d failed attempts in %v", progress.Load(), failures, time.Since(began).Round(time.Millisecond))
 
 	checkStream(t, readStream(t, c, DefaultStream), msgs)
+}
+
+// TestWholeClusterDown stops every node mid-stream and starts them again
+// 2 s later: the sink waits, then finishes, everything exactly once.
+func TestWholeClusterDown(t *testing.T) {
+	c := startCluster(t, 3)
+	s, _ := newSink(t, Config{URLs: c.ClientURLs(), AckTimeout: 2 * time.Second})
+	msgs := messages(1, 2000, 25)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*waitLong)
+	defer cancel()
+	var progress atomic.Int64
+	done := make(chan int)
+	go func() { done <- deliver(ctx, t, s, msgs, 100, &progress) }()
+	for progress.Load() < 600 && ctx.Err() == nil {
+		time.Sleep(5 * time.Millisecond)
+	}
+	began := time.Now()
+	c.Close()
+	t.Logf("cluster down at %d delivered", progress.Load())
+	time.Sleep(2 * time.Second)
+	if s.Connected() {
+		t.Error("sink says connected with every server down")
+	}
+	for i := range 3 {
+		go func() {
+			if err := c.Restart(i); err != nil {
+				t.Error(err)
+			}
+		}()
+	}
+	failures := <-done
+	t.Logf("all delivered %v after the cluster went down, %d failed attempts", time.Since(began).Round(time.Millisecond), failures)
+	if failures == 0 {
+		t.Error("no Publish failed: the outage did not hit the stream")
+	}
+	checkStream(t, readStream(t, c, DefaultStream), msgs)
+}
+
+// TestConnectionCut resets the sink's connection three times mid-stream,
+// with acknowledgements in flight: every node sits behind a TCP proxy and
+// advertises no other address, and each cut resets every proxied
+// connection.
+func TestConnectionCut(t *testing.T) {
+	c, err := natstest.Start(natstest.Options{Nodes: 3, Dir: t.TempDir(), NoAdvertise: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	var proxies []*proxy
+	var urls []string
+	for i := range 3 {
+		p := startProxy(t, strings.TrimPrefix(c.ClientURL(i), "nats://"))
+		proxies = append(proxies, p)
+		urls = append(urls, "nats://"+p.addr())
+	}
+	s, log := newSink(t, Config{URLs: urls, AckTimeout: 2 * time.Second})
+	msgs := messages(1, 3000, 30)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*waitLong)
+	defer cancel()
+	var progress atomic.Int64
+	done := make(chan int)
+	go func() { done <- deliver(ctx, t, s, msgs, 200, &progress) }()
+	for k := int64(1); k <= 3; k++ {
+		for progress.Load() < k*int64(len(msgs))/4 && ctx.Err() == nil {
+			time.Sleep(2 * time.Millisecond)
+		}
+		for _, p := range proxies {
+			p.cut()
+		}
+	}
+	failures := <-done
+	reconnects := strings.Count(log.String(), "reconnected to NATS")
+	t.Logf("%d failed attempts; %d reconnects", failures, reconnects)
+	if reconnects < 3 {
+		t.Errorf("%d reconnects logged, want 3: the cuts did not all reach the sink", reconnects)
+	}
+	checkStream(t, readStream(t, c, DefaultStream), msgs)
+}
+
+// proxy forwards loopback TCP connections to a backend and can cut them.
+type proxy struct {
+	l       net.Listener
+	backend string
+	mu      sync.Mutex
+	conns   []net.Conn
+}
+
+func startProxy(t testing.TB, backend string) *proxy {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &proxy{l: l, backend: backend}
+	go p.accept()
+	t.Cleanup(func() {
+		l.Close()
+		p.cut()
+	})
+	return p
+}
+
+func (p *proxy) addr() string { return p.l.Addr().String() }
+
+func (p *proxy) accept() {
+	for {
+		in, err := p.l.Accept()
+		if err != nil {
+			return
+		}
+		out, err := net.Dial("tcp", p.backend)
+		if err != nil {
+			in.Close()
+			continue
+		}
+		p.mu.Lock()
+		p.conns = append(p.conns, in, out)
+		p.mu.Unlock()
+		go func() { io.Copy(out, in); out.Close() }()
+		go func() { io.Copy(in, out); in.Close() }()
+	}
+}
+
+// cut resets every connection through the proxy.
+func (p *proxy) cut() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, c := range p.conns {
+		if tc, ok := c.(*net.TCPConn); ok {
+			tc.SetLinger(0)
+		}
+		c.Close()
+	}
+	p.conns = nil
 }
