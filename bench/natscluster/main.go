@@ -30,8 +30,9 @@ func main() {
 		os.Exit(1)
 	}
 	tmp := *out + ".tmp"
-	if err := os.WriteFile(tmp, []byte(strings.Join(c.ClientURLs(), "\n")+"\n"), 0o644); err == nil {
-		err = os.Rename(tmp, *out)
+	err = os.WriteFile(tmp, []byte(strings.Join(c.ClientURLs(), "\n")+"\n"), 0o644)
+	if err == nil {
+		err = os.Rename(tmp, *out) // the runner sees the file complete or not at all
 	}
 	if err != nil {
 		c.Close()
