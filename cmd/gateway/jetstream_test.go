@@ -340,8 +340,12 @@ func TestJetStreamClusterKill9AndNodeLoss(t *testing.T) {
 	if !g.waitExit(10*time.Second) || g.cmd.ProcessState.ExitCode() != 0 {
 		t.Fatalf("SIGTERM: exited %v (%v)", g.exited(), g.err)
 	}
-	if log, _ := os.ReadFile(h.logPath); !strings.Contains(string(log), `"replicas":3`) {
+	log, _ := os.ReadFile(h.logPath)
+	if !strings.Contains(string(log), `"replicas":3`) {
 		t.Errorf("the gateway did not create the stream with 3 replicas:\n%s", fileTail(h.logPath, 8<<10))
 	}
+	// Not asserted: a kill can land right after the queue recorded a
+	// delivery, leaving nothing to publish again.
+	t.Logf("publications the stream dropped as duplicates after restarts (logged batches): %d", strings.Count(string(log), "stream already had some messages"))
 	t.Logf("total %v", time.Since(began).Round(time.Millisecond))
 }

@@ -418,6 +418,7 @@ func (s *Sink) publish(ctx context.Context, js jetstream.JetStream, msgs []sinks
 		ready     []int      // unblocked after the cursor passed them
 		cursor    int        // next message not yet considered in order
 		delivered int
+		dups      int // acknowledged as already in the stream
 		failErr   error
 		failIdx   = -1
 	)
@@ -482,6 +483,9 @@ func (s *Sink) publish(ctx context.Context, js jetstream.JetStream, msgs []sinks
 			continue // the rest in flight still settles
 		}
 		state[p.i] = stAcked
+		if ack.Duplicate {
+			dups++
+		}
 		if j := next[p.i]; j >= 0 {
 			blocked[j] = false
 			if j < cursor {
@@ -491,6 +495,12 @@ func (s *Sink) publish(ctx context.Context, js jetstream.JetStream, msgs []sinks
 		for delivered < n && state[delivered] == stAcked {
 			delivered++
 		}
+	}
+	if dups > 0 {
+		// Normal after a restart or a lost acknowledgement; worth a line
+		// because it shows the de-duplication at work.
+		s.log.Info().Int("duplicates", dups).Int("acknowledged", delivered).
+			Msg("stream already had some messages (published again); not stored twice")
 	}
 	if delivered == n {
 		return n, nil

@@ -254,9 +254,12 @@ func TestSingleServer(t *testing.T) {
 	}
 	// A restart that republishes what was delivered: the stream drops
 	// every copy, and each copy counts as delivered.
-	s2, _ := newSink(t, Config{URLs: []string{c.ClientURL(0)}})
+	s2, log2 := newSink(t, Config{URLs: []string{c.ClientURL(0)}})
 	if n, err := s2.Publish(ctx, msgs[100:300]); n != 200 || err != nil {
 		t.Fatalf("republish: %d, %v; want 200 delivered as duplicates", n, err)
+	}
+	if !strings.Contains(log2.String(), `"duplicates":200`) {
+		t.Errorf("the 200 duplicates are not logged:\n%s", log2.String())
 	}
 	checkStream(t, readStream(t, c, DefaultStream), msgs)
 }
