@@ -321,7 +321,7 @@ func (s *Sink) ensureStream(ctx context.Context, nc *nats.Conn, js jetstream.Jet
 			// Another gateway created it first, with other settings.
 			st, err = js.Stream(actx, sc.Name)
 		case err != nil:
-			return fmt.Errorf("create stream %s with %d replicas (%s): %w", sc.Name, replicas, why, err)
+			return fmt.Errorf("create stream %s with %d replicas (%s; stream.replicas sets it): %w", sc.Name, replicas, why, err)
 		default:
 			s.log.Info().Str("stream", sc.Name).Strs("subjects", sc.Subjects).Int("replicas", replicas).
 				Str("replicas_because", why).Dur("max_age", sc.MaxAge).Dur("duplicate_window", sc.DuplicateWindow).
