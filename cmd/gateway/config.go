@@ -149,7 +149,7 @@ type UserConfig struct {
 // SinkConfig is one output of the gateway.
 type SinkConfig struct {
 	Name        string // unique, [A-Za-z0-9_-]+
-	Type        string // broker | mqtt | cumulocity
+	Type        string // broker | mqtt | cumulocity | jetstream
 	TopicPrefix string
 	Values      bool
 	Retain      bool
@@ -163,6 +163,8 @@ type SinkConfig struct {
 	Tenant      string // cumulocity
 	DeviceName  string // cumulocity
 	TokenURL    string // cumulocity, mode rest with certificate login
+
+	JetStream JetStreamSinkConfig // type jetstream (config_jetstream.go)
 }
 
 // SinkTLS is the client TLS setup of an mqtt or cumulocity sink.
@@ -426,6 +428,9 @@ func (c *Config) Redacted() *Config {
 		if s.Password != "" {
 			s.Password = mask
 		}
+		if s.JetStream.Token != "" {
+			s.JetStream.Token = mask
+		}
 		r.Sinks[i] = s
 	}
 	return &r
@@ -544,6 +549,7 @@ type rawSink struct {
 	Tenant       yaml.Node  `yaml:"tenant"`
 	DeviceName   yaml.Node  `yaml:"device_name"`
 	TokenURL     yaml.Node  `yaml:"token_url"`
+	rawJetStream `yaml:",inline"`
 }
 
 type rawSinkTLS struct {
@@ -1153,6 +1159,7 @@ func (p *parser) sink(rs *rawSink, base, gatewayID string) SinkConfig {
 	p.str(&rs.Tenant, base+".tenant", &s.Tenant)
 	p.str(&rs.DeviceName, base+".device_name", &s.DeviceName)
 	p.str(&rs.TokenURL, base+".token_url", &s.TokenURL)
+	p.jetstreamSink(&rs.rawJetStream, base, &s)
 	switch s.Type {
 	case "mqtt":
 		if s.ClientID == "" {
@@ -1466,11 +1473,13 @@ func (p *parser) validate(c *Config) {
 				p.invalid(base+".password", "required for type cumulocity (password or password_file; or a device certificate in tls.cert_file and key_file)")
 			}
 			p.c8yCertOnly(base, s)
+		case "jetstream":
 		case "":
-			p.invalid(base+".type", "required: broker, mqtt or cumulocity")
+			p.invalid(base+".type", "required: broker, mqtt, cumulocity or jetstream")
 		default:
-			p.invalid(base+".type", "must be broker, mqtt or cumulocity (got %q)", s.Type)
+			p.invalid(base+".type", "must be broker, mqtt, cumulocity or jetstream (got %q)", s.Type)
 		}
+		p.validateJetStream(base, s)
 	}
 	if hasC8Y && strings.Contains(c.Gateway.ID, ":") {
 		p.invalid("gateway.id", "must not contain ':' with a cumulocity sink (it is the Cumulocity client id)")

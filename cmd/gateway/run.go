@@ -25,6 +25,7 @@ import (
 	"wittra-gateway/sinks"
 	"wittra-gateway/sinks/broker"
 	"wittra-gateway/sinks/cumulocity"
+	"wittra-gateway/sinks/jetstream"
 	"wittra-gateway/sinks/mqttclient"
 )
 
@@ -335,6 +336,8 @@ func (g *gateway) newSink(cfg *Config, sc SinkConfig, log zerolog.Logger) (sinks
 			// restart does not register them again.
 			State: g.queue.KV("cumulocity/" + sc.Name),
 		}, log)
+	case "jetstream":
+		return jetstream.New(jetstreamConfig(cfg, sc), log)
 	default:
 		return nil, fmt.Errorf("sink type %q is not supported by this version", sc.Type)
 	}
