@@ -158,9 +158,12 @@ type gateway struct {
 	receiver   *bridge.Receiver
 	webhook    *http.Server
 	webhookLn  net.Listener
-	admin      *http.Server
-	adminLn    net.Listener
-	ready      atomic.Bool // /readyz: set once everything is up, cleared at stop
+	// webhookScheme is http or https, set before the server starts (the
+	// server's own TLSConfig is changed by ServeTLS: not to be read).
+	webhookScheme string
+	admin         *http.Server
+	adminLn       net.Listener
+	ready         atomic.Bool // /readyz: set once everything is up, cleared at stop
 
 	fwdCancel context.CancelFunc
 	fwdWG     sync.WaitGroup
@@ -256,11 +259,7 @@ func startGateway(cfg *Config, log zerolog.Logger) (g *gateway, err error) {
 // listenerURLs names every listener with its scheme, for the start line:
 // what an operator checks first (is the webhook HTTPS, where is the admin).
 func (g *gateway) listenerURLs(cfg *Config) []string {
-	scheme := "http"
-	if g.webhook != nil && g.webhook.TLSConfig != nil {
-		scheme = "https"
-	}
-	out := []string{"webhook " + scheme + "://" + g.webhookLn.Addr().String()}
+	out := []string{"webhook " + g.webhookScheme + "://" + g.webhookLn.Addr().String()}
 	if g.adminLn != nil {
 		out = append(out, "admin http://"+g.adminLn.Addr().String())
 	}
@@ -349,6 +348,7 @@ func (g *gateway) startWebhook(cfg *Config) error {
 		return fmt.Errorf("webhook listen: %w", err)
 	}
 	g.webhookLn = ln
+	g.webhookScheme = "http"
 	wlog := g.log.With().Str("component", "webhook").Logger()
 	g.webhook = &http.Server{
 		Handler: g.receiver,
@@ -368,6 +368,7 @@ func (g *gateway) startWebhook(cfg *Config) error {
 			return fmt.Errorf("webhook TLS: %w", err)
 		}
 		g.webhook.TLSConfig = bridge.ServerTLSConfig(certs)
+		g.webhookScheme = "https"
 		g.serve(g.webhook, func() error { return g.webhook.ServeTLS(ln, "", "") })
 		return nil
 	}
