@@ -1,0 +1,340 @@
+package broker
+
+import (
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
+	"github.com/rs/zerolog"
+)
+
+// retainedHook takes the gateway's own retained publishes out of mochi's
+// retained index and serves them from retainedStores:
+//   - OnPublish: a retained publish of the gateway (inline client) under an
+//     owned prefix is stored here and passed on with Retain cleared, so
+//     mochi routes it to current subscribers but never indexes it;
+//   - OnSubscribe/OnSubscribed/OnPacketSent(SUBACK): after the SUBACK of a
+//     subscription, its matching retained topics are sent to the client,
+//     as mochi's publishRetainedToClient does for its own index (which
+//     still serves retained messages of other clients): no retained
+//     messages for $share filters, RetainHandling 1 and 2 honoured, the
+//     ACL asked per topic, QoS the lower of the stored and granted one;
+//   - a sweep clears devices not heard of for their policy's MaxAge.
+//
+// A topic a bound clears is announced to current subscribers with an empty,
+// non-retained publish (a retained one would reach this hook again).
+type retainedHook struct {
+	mqtt.HookBase
+	srv  *mqtt.Server
+	acl  func(cl *mqtt.Client, topic string, write bool) bool
+	now  func() time.Time
+	log  zerolog.Logger
+	maxQ byte // server's maximum QoS
+
+	mu      sync.RWMutex
+	stores  []*retainedStore // owned prefixes, longest first; a few (one per broker sink)
+	pending map[*mqtt.Client]*pendingSubscribe
+
+	lastCapLog   atomic.Int64 // unix nanoseconds of the last "cap reached" log
+	evictedSince atomic.Uint64
+}
+
+// pendingSubscribe is a SUBSCRIBE between OnSubscribe and its SUBACK. A
+// client's packets are processed one at a time, so there is at most one per
+// client (bound: connected clients); OnDisconnect drops leftovers.
+type pendingSubscribe struct {
+	packetID uint16
+	filters  packets.Subscriptions
+	existed  []bool
+	granted  []byte
+}
+
+// capLogInterval rate-limits the "retained cap reached" warning.
+const capLogInterval = time.Minute
+
+func newRetainedHook(srv *mqtt.Server, acl func(*mqtt.Client, string, bool) bool, now func() time.Time, log zerolog.Logger) *retainedHook {
+	if now == nil {
+		now = time.Now
+	}
+	return &retainedHook{srv: srv, acl: acl, now: now, log: log, maxQ: srv.Options.Capabilities.MaximumQos,
+		pending: make(map[*mqtt.Client]*pendingSubscribe)}
+}
+
+func (h *retainedHook) ID() string { return "wittra-retained" }
+
+func (h *retainedHook) Provides(b byte) bool {
+	switch b {
+	case mqtt.OnPublish, mqtt.OnSubscribe, mqtt.OnSubscribed, mqtt.OnPacketSent, mqtt.OnDisconnect:
+		return true
+	}
+	return false
+}
+
+// own makes the hook store the gateway's retained topics under prefix.
+// A prefix owned twice (two sinks) keeps the smaller bounds.
+func (h *retainedHook) own(prefix string, p RetainPolicy, pinned ...string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	var st *retainedStore
+	for _, s := range h.stores {
+		if s.prefix == prefix {
+			st = s
+		}
+	}
+	if st == nil {
+		st = newRetainedStore(prefix, p, h.now)
+		h.stores = append(h.stores, st)
+		// Longest prefix first, so a nested prefix's store wins.
+		for i := len(h.stores) - 1; i > 0 && len(h.stores[i].prefix) > len(h.stores[i-1].prefix); i-- {
+			h.stores[i], h.stores[i-1] = h.stores[i-1], h.stores[i]
+		}
+	} else {
+		np := p.withDefaults()
+		st.mu.Lock()
+		st.policy.MaxAge = min(st.policy.MaxAge, np.MaxAge)
+		st.policy.MaxTopics = min(st.policy.MaxTopics, np.MaxTopics)
+		st.policy.MaxBytes = min(st.policy.MaxBytes, np.MaxBytes)
+		st.mu.Unlock()
+	}
+	for _, t := range pinned {
+		st.pin(t)
+	}
+}
+
+func (h *retainedHook) storeFor(topic string) *retainedStore {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	for _, s := range h.stores {
+		if s.owns(topic) {
+			return s
+		}
+	}
+	return nil
+}
+
+func (h *retainedHook) allStores() []*retainedStore {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	return append([]*retainedStore(nil), h.stores...)
+}
+
+// OnPublish keeps the gateway's retained publishes under owned prefixes.
+func (h *retainedHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	if !pk.FixedHeader.Retain || !cl.Net.Inline {
+		return pk, nil
+	}
+	st := h.storeFor(pk.TopicName)
+	if st == nil {
+		return pk, nil
+	}
+	cleared := st.set(pk.TopicName, pk.Payload, pk.FixedHeader.Qos)
+	pk.FixedHeader.Retain = false
+	if len(cleared) > 0 {
+		h.capBit(st, len(cleared))
+		h.announce(st, cleared)
+	}
+	return pk, nil
+}
+
+// capBit logs evictions, at most once per capLogInterval.
+func (h *retainedHook) capBit(st *retainedStore, topics int) {
+	n := h.evictedSince.Add(uint64(topics))
+	now := h.now().UnixNano()
+	last := h.lastCapLog.Load()
+	if now-last < int64(capLogInterval) || !h.lastCapLog.CompareAndSwap(last, now) {
+		return
+	}
+	h.evictedSince.Add(-n)
+	st.mu.Lock()
+	p, stats := st.policy, st.stats
+	st.mu.Unlock()
+	h.log.Warn().Str("prefix", st.prefix).Int("max_topics", p.MaxTopics).Int64("max_bytes", p.MaxBytes).
+		Int("topics", stats.Topics).Int64("bytes", stats.Bytes).Uint64("evicted_topics", n).
+		Msg("retained cap reached: cleared the devices heard of longest ago")
+}
+
+// announce tells current subscribers that cleared topics hold nothing now,
+// unless a new value arrived meanwhile.
+func (h *retainedHook) announce(st *retainedStore, cleared []clearedTopic) {
+	for _, c := range cleared {
+		if st.has(c.topic) {
+			continue
+		}
+		if err := h.srv.Publish(c.topic, nil, false, c.qos); err != nil {
+			h.log.Debug().Err(err).Str("topic", c.topic).Msg("announce cleared retained topic")
+		}
+	}
+}
+
+// sweep clears devices past their MaxAge in every store.
+func (h *retainedHook) sweep() {
+	for _, st := range h.allStores() {
+		cleared := st.sweep()
+		if len(cleared) == 0 {
+			continue
+		}
+		h.log.Info().Str("prefix", st.prefix).Int("topics", len(cleared)).Dur("max_age", st.policy.MaxAge).
+			Msg("retained topics of silent devices cleared")
+		h.announce(st, cleared)
+	}
+}
+
+// sweepLoop runs sweep every interval until done closes.
+func (h *retainedHook) sweepLoop(interval time.Duration, done <-chan struct{}) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-t.C:
+			h.sweep()
+		case <-done:
+			return
+		}
+	}
+}
+
+func (h *retainedHook) stats() RetainedStats {
+	var out RetainedStats
+	for _, st := range h.allStores() {
+		s := st.statsNow()
+		out.Topics += s.Topics
+		out.Devices += s.Devices
+		out.Bytes += s.Bytes
+		out.EvictedTopics += s.EvictedTopics
+		out.EvictedDevices += s.EvictedDevices
+		out.ExpiredTopics += s.ExpiredTopics
+		out.ExpiredDevices += s.ExpiredDevices
+	}
+	return out
+}
+
+// OnSubscribe notes which filters the client held already (RetainHandling 1
+// sends retained messages only for new subscriptions).
+func (h *retainedHook) OnSubscribe(cl *mqtt.Client, pk packets.Packet) packets.Packet {
+	if cl.Net.Inline {
+		return pk
+	}
+	p := &pendingSubscribe{packetID: pk.PacketID, filters: pk.Filters, existed: make([]bool, len(pk.Filters))}
+	for i, f := range pk.Filters {
+		_, p.existed[i] = cl.State.Subscriptions.Get(f.Filter)
+	}
+	h.mu.Lock()
+	h.pending[cl] = p
+	h.mu.Unlock()
+	return pk
+}
+
+// OnSubscribed records the granted QoS of each filter (≥ 0x80: refused).
+func (h *retainedHook) OnSubscribed(cl *mqtt.Client, pk packets.Packet, reasonCodes []byte) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if p := h.pending[cl]; p != nil && p.packetID == pk.PacketID {
+		p.filters = pk.Filters
+		p.granted = append([]byte(nil), reasonCodes...)
+	}
+}
+
+// OnPacketSent sends the retained topics of a subscription once its SUBACK
+// is out. It runs on the client's read goroutine, as mochi's own retained
+// delivery does.
+func (h *retainedHook) OnPacketSent(cl *mqtt.Client, pk packets.Packet, _ []byte) {
+	if pk.FixedHeader.Type != packets.Suback {
+		return
+	}
+	h.mu.Lock()
+	p := h.pending[cl]
+	if p != nil && p.packetID == pk.PacketID {
+		delete(h.pending, cl)
+	} else {
+		p = nil
+	}
+	h.mu.Unlock()
+	if p == nil || len(p.granted) != len(p.filters) {
+		return
+	}
+	for i, sub := range p.filters {
+		if p.granted[i] >= packets.ErrUnspecifiedError.Code {
+			continue
+		}
+		if mqtt.IsSharedFilter(sub.Filter) { // no retained messages for $share
+			continue
+		}
+		if sub.RetainHandling == 2 || sub.RetainHandling == 1 && p.existed[i] {
+			continue
+		}
+		sub.Qos = p.granted[i]
+		h.deliver(cl, sub)
+	}
+}
+
+// OnDisconnect drops a SUBSCRIBE whose SUBACK was never sent.
+func (h *retainedHook) OnDisconnect(cl *mqtt.Client, _ error, _ bool) {
+	h.mu.Lock()
+	delete(h.pending, cl)
+	h.mu.Unlock()
+}
+
+// deliver sends every retained topic sub matches to cl.
+func (h *retainedHook) deliver(cl *mqtt.Client, sub packets.Subscription) {
+	f := strings.Split(sub.Filter, "/")
+	var batch []retainedMsg
+	for _, st := range h.allStores() {
+		for _, d := range st.candidates(f) {
+			batch = st.matches(batch[:0], d, f)
+			for _, m := range batch {
+				if cl.Closed() {
+					return
+				}
+				if !h.acl(cl, m.topic, false) {
+					continue
+				}
+				h.send(cl, sub, m)
+			}
+		}
+	}
+}
+
+// send writes one retained message to cl with the QoS bookkeeping mochi's
+// publishToClient does (it is unexported): a QoS>0 message is put in the
+// client's inflight store before it is written, so the client's ack
+// completes it and a persistent session resends it after a reconnect.
+func (h *retainedHook) send(cl *mqtt.Client, sub packets.Subscription, m retainedMsg) {
+	out := packets.Packet{
+		FixedHeader: packets.FixedHeader{Type: packets.Publish, Retain: true, Qos: min(m.qos, sub.Qos, h.maxQ)},
+		TopicName:   m.topic,
+		Payload:     []byte(m.payload),
+		Created:     h.now().Unix(),
+		Origin:      mqtt.InlineClientId,
+	}
+	if sub.Identifier > 0 && cl.Properties.ProtocolVersion == 5 {
+		out.Properties.SubscriptionIdentifier = []int{sub.Identifier}
+	}
+	if out.FixedHeader.Qos > 0 {
+		window := int(h.srv.Options.Capabilities.MaximumInflight)
+		if rm := int(cl.Properties.Props.ReceiveMaximum); rm > 0 {
+			window = min(window, rm)
+		}
+		if cl.State.Inflight.Len() >= window {
+			atomic.AddInt64(&h.srv.Info.InflightDropped, 1)
+			return
+		}
+		id, err := cl.NextPacketID()
+		if err != nil {
+			atomic.AddInt64(&h.srv.Info.InflightDropped, 1)
+			return
+		}
+		out.PacketID = uint16(id)
+		if cl.State.Inflight.Set(out) {
+			atomic.AddInt64(&h.srv.Info.Inflight, 1)
+			cl.State.Inflight.DecreaseSendQuota()
+		}
+	}
+	if err := cl.WritePacket(out); err != nil {
+		h.log.Debug().Err(err).Str("client", cl.ID).Str("topic", m.topic).Msg("send retained message")
+	}
+}
+
+var _ mqtt.Hook = (*retainedHook)(nil)
