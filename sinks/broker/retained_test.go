@@ -265,7 +265,9 @@ func TestRetainedCap(t *testing.T) {
 		t.Fatal(err)
 	}
 	s, _ := newSink(t, srv, SinkConfig{Values: true, Retain: true, RetainPolicy: RetainPolicy{MaxTopics: MinRetainMaxTopics}})
-	dev := func(i int) sinks.Message { return msg(testProject, fmt.Sprintf("D%02d", i), sinks.KindData, tagBody(i)) }
+	dev := func(i int) sinks.Message {
+		return msg(testProject, fmt.Sprintf("D%02d", i), sinks.KindData, tagBody(i))
+	}
 	per := len(expected(t, dev(0))) // topics per device
 	fit := (MinRetainMaxTopics - 1) / per
 	for i := 0; i < fit; i++ { // the status topic and fit devices fit
