@@ -24,6 +24,8 @@ type metricsCollector struct {
 	delivered, failures, deadLettered           *prometheus.Desc
 	undecodable, lastSuccess, connected         *prometheus.Desc
 	brokerClients, brokerDropped, buildInfo     *prometheus.Desc
+
+	retainedTopics, retainedBytes, retainedCleared *prometheus.Desc
 }
 
 func newMetricsCollector(g *gateway) *metricsCollector {
@@ -55,6 +57,10 @@ func newMetricsCollector(g *gateway) *metricsCollector {
 		brokerClients: d("broker_clients", "Clients connected to the embedded broker."),
 		brokerDropped: d("broker_messages_dropped_total", "Messages the embedded broker dropped for slow or over-quota subscribers."),
 		buildInfo:     d("build_info", "Build information.", "version", "commit", "goversion"),
+
+		retainedTopics:  d("broker_retained_topics", "Retained topics of the gateway held by the embedded broker."),
+		retainedBytes:   d("broker_retained_bytes", "Payload bytes of those retained topics."),
+		retainedCleared: d("broker_retained_cleared_topics_total", "Retained topics cleared by a bound: reason cap (retain_max_topics/bytes) or age (retain_max_age).", "reason"),
 	}
 }
 
@@ -133,6 +139,11 @@ func (c *metricsCollector) Collect(ch chan<- prometheus.Metric) {
 	if g.brokerSrv != nil {
 		gauge(c.brokerClients, float64(g.brokerSrv.ClientsConnected()))
 		counter(c.brokerDropped, uint64(g.brokerSrv.Dropped()))
+		rs := g.brokerSrv.RetainedStats()
+		gauge(c.retainedTopics, float64(rs.Topics))
+		gauge(c.retainedBytes, float64(rs.Bytes))
+		counter(c.retainedCleared, rs.EvictedTopics, "cap")
+		counter(c.retainedCleared, rs.ExpiredTopics, "age")
 	}
 }
 
