@@ -333,3 +333,44 @@ func TestMatchTopic(t *testing.T) {
 		}
 	}
 }
+
+// TestRetainedStoreBounds drives the store alone: the byte cap, eviction
+// order by last heard of, ageing on the injected clock, and pinning.
+func TestRetainedStoreBounds(t *testing.T) {
+	clk := newClock()
+	st := newRetainedStore("p", RetainPolicy{MaxAge: time.Hour, MaxBytes: 1000}, clk.Now)
+	st.pin("p/gateway/gw/status")
+	st.set("p/gateway/gw/status", []byte("online"), 1)
+	body := make([]byte, 300)
+	for i := 0; i < 3; i++ {
+		clk.Add(time.Minute)
+		if cleared := st.set(fmt.Sprintf("p/J/D%d/data", i), body, 1); len(cleared) != 0 {
+			t.Fatalf("device %d: cleared %v below the cap", i, cleared)
+		}
+	}
+	clk.Add(time.Minute)
+	st.set("p/J/D0/temperature", []byte("21.5"), 1) // D0 heard again: D1 is the oldest now
+	clk.Add(time.Minute)
+	cleared := st.set("p/J/D3/data", body, 1) // 6+4+4×300 > 1000
+	if len(cleared) != 1 || cleared[0].topic != "p/J/D1/data" {
+		t.Fatalf("cleared %v, want p/J/D1/data (heard of longest ago)", cleared)
+	}
+	if s := st.statsNow(); s.Bytes != 6+4+900 || s.Devices != 4 || s.EvictedDevices != 1 || s.EvictedTopics != 1 {
+		t.Fatalf("stats %+v, want 910 bytes, 4 devices (status, D0, D2, D3), 1 evicted", s)
+	}
+
+	// Ageing: D2 last heard 3 min after the start, D0 at 4, D3 at 5.
+	clk.Add(time.Hour - time.Minute) // now start+64m: D2 61 min silent, D0 exactly 60
+	got := st.sweep()
+	if len(got) != 1 || got[0].topic != "p/J/D2/data" {
+		t.Fatalf("sweep cleared %v, want p/J/D2/data", got)
+	}
+	clk.Add(1000 * time.Hour)
+	got = st.sweep()
+	if len(got) != 3 || !st.has("p/gateway/gw/status") || st.has("p/J/D0/temperature") {
+		t.Fatalf("sweep cleared %v; want D0's two topics and D3's, never the pinned status", got)
+	}
+	if s := st.statsNow(); s.Topics != 1 || s.Devices != 1 || s.Bytes != 6 || s.ExpiredDevices != 3 || s.ExpiredTopics != 4 {
+		t.Fatalf("stats %+v, want only the status left, 3 devices (4 topics) expired", s)
+	}
+}
