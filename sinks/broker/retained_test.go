@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	paho "github.com/eclipse/paho.mqtt.golang"
+
 	"wittra-gateway/sinks"
 )
 
@@ -172,6 +174,45 @@ func TestRetainedQoS(t *testing.T) {
 				time.Sleep(10 * time.Millisecond)
 			}
 		})
+	}
+}
+
+// TestRetainedInflight: retained QoS 1 messages wait in the client's
+// inflight store until the client acks them, as live ones do.
+func TestRetainedInflight(t *testing.T) {
+	srv := startServer(t, Config{AllowAnonymous: true})
+	s, _ := newSink(t, srv, SinkConfig{Values: true, Retain: true})
+	m := msg(testProject, "D1", sinks.KindData, tagBody(1))
+	publish(t, s, m)
+	want := len(expected(t, m)) + 1 // and the status
+
+	c := mustDial(t, clientOpts{url: tcpURL(srv), configure: func(o *paho.ClientOptions) { o.SetAutoAckDisabled(true) }})
+	msgs := make(chan paho.Message, 64)
+	tok := c.Subscribe("wittra/#", 1, func(_ paho.Client, m paho.Message) { msgs <- m })
+	if !tok.WaitTimeout(waitLong) || tok.Error() != nil {
+		t.Fatalf("subscribe: %v", tok.Error())
+	}
+	var held []paho.Message
+	for len(held) < want {
+		select {
+		case m := <-msgs:
+			held = append(held, m)
+		case <-time.After(waitLong):
+			t.Fatalf("got %d of %d retained messages", len(held), want)
+		}
+	}
+	if n := atomic.LoadInt64(&srv.mochi.Info.Inflight); n != int64(want) {
+		t.Fatalf("inflight before the acks = %d, want %d", n, want)
+	}
+	for _, m := range held {
+		m.Ack()
+	}
+	deadline := time.Now().Add(waitLong)
+	for atomic.LoadInt64(&srv.mochi.Info.Inflight) != 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("inflight after the acks = %d, want 0", atomic.LoadInt64(&srv.mochi.Info.Inflight))
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
 
