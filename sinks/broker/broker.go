@@ -362,6 +362,7 @@ func (s *Server) Close() error {
 		s.closed.Store(true)
 		close(s.sweepDone)
 		_ = s.mochi.Close() // always nil in v2.7.9
+		s.retained.wait()   // retained deliveries end with their clients
 	})
 	return nil
 }

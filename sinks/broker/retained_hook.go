@@ -37,6 +37,8 @@ type retainedHook struct {
 	mu      sync.RWMutex
 	stores  []*retainedStore // owned prefixes, longest first; a few (one per broker sink)
 	pending map[*mqtt.Client]*pendingSubscribe
+	senders map[*mqtt.Client]*sender // bound: connected clients with a delivery under way
+	wg      sync.WaitGroup           // sender goroutines
 
 	lastCapLog   atomic.Int64 // unix nanoseconds of the last "cap reached" log
 	evictedSince atomic.Uint64
@@ -52,15 +54,30 @@ type pendingSubscribe struct {
 	granted  []byte
 }
 
-// capLogInterval rate-limits the "retained cap reached" warning.
-const capLogInterval = time.Minute
+// sender delivers one client's retained messages, one subscription after
+// the other, on its own goroutine: the client's read loop stays free to
+// process the acks that make room in its in-flight window.
+type sender struct {
+	jobs []packets.Subscription // bound: maxQueuedDeliveries
+}
+
+const (
+	// capLogInterval rate-limits the "retained cap reached" warning.
+	capLogInterval = time.Minute
+	// maxQueuedDeliveries bounds the subscriptions waiting for their
+	// retained messages per client; past it a subscription gets none.
+	maxQueuedDeliveries = 256
+	// inflightWait is how long a QoS>0 delivery waits for the client to
+	// ack something when its in-flight window is full before giving up.
+	inflightWait = 30 * time.Second
+)
 
 func newRetainedHook(srv *mqtt.Server, acl func(*mqtt.Client, string, bool) bool, now func() time.Time, log zerolog.Logger) *retainedHook {
 	if now == nil {
 		now = time.Now
 	}
 	return &retainedHook{srv: srv, acl: acl, now: now, log: log, maxQ: srv.Options.Capabilities.MaximumQos,
-		pending: make(map[*mqtt.Client]*pendingSubscribe)}
+		pending: make(map[*mqtt.Client]*pendingSubscribe), senders: make(map[*mqtt.Client]*sender)}
 }
 
 func (h *retainedHook) ID() string { return "wittra-retained" }
@@ -237,9 +254,8 @@ func (h *retainedHook) OnSubscribed(cl *mqtt.Client, pk packets.Packet, reasonCo
 	}
 }
 
-// OnPacketSent sends the retained topics of a subscription once its SUBACK
-// is out. It runs on the client's read goroutine, as mochi's own retained
-// delivery does.
+// OnPacketSent queues the retained topics of a subscription for delivery
+// once its SUBACK is out.
 func (h *retainedHook) OnPacketSent(cl *mqtt.Client, pk packets.Packet, _ []byte) {
 	if pk.FixedHeader.Type != packets.Suback {
 		return
@@ -266,9 +282,47 @@ func (h *retainedHook) OnPacketSent(cl *mqtt.Client, pk packets.Packet, _ []byte
 			continue
 		}
 		sub.Qos = p.granted[i]
+		h.enqueue(cl, sub)
+	}
+}
+
+// enqueue hands sub to cl's sender, starting one if none runs.
+func (h *retainedHook) enqueue(cl *mqtt.Client, sub packets.Subscription) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	sd := h.senders[cl]
+	if sd == nil {
+		sd = &sender{}
+		h.senders[cl] = sd
+		h.wg.Add(1)
+		go h.run(cl, sd)
+	}
+	if len(sd.jobs) >= maxQueuedDeliveries {
+		h.log.Warn().Str("client", cl.ID).Str("filter", sub.Filter).Msg("too many subscriptions waiting for retained messages: none sent for this one")
+		return
+	}
+	sd.jobs = append(sd.jobs, sub)
+}
+
+// run delivers sd's jobs until none is left.
+func (h *retainedHook) run(cl *mqtt.Client, sd *sender) {
+	defer h.wg.Done()
+	for {
+		h.mu.Lock()
+		if len(sd.jobs) == 0 || cl.Closed() {
+			delete(h.senders, cl)
+			h.mu.Unlock()
+			return
+		}
+		sub := sd.jobs[0]
+		sd.jobs = sd.jobs[1:]
+		h.mu.Unlock()
 		h.deliver(cl, sub)
 	}
 }
+
+// wait returns once every sender has stopped (their clients are closed).
+func (h *retainedHook) wait() { h.wg.Wait() }
 
 // OnDisconnect drops a SUBSCRIBE whose SUBACK was never sent.
 func (h *retainedHook) OnDisconnect(cl *mqtt.Client, _ error, _ bool) {
@@ -291,7 +345,9 @@ func (h *retainedHook) deliver(cl *mqtt.Client, sub packets.Subscription) {
 				if !h.acl(cl, m.topic, false) {
 					continue
 				}
-				h.send(cl, sub, m)
+				if !h.send(cl, sub, m) {
+					return
+				}
 			}
 		}
 	}
@@ -301,7 +357,9 @@ func (h *retainedHook) deliver(cl *mqtt.Client, sub packets.Subscription) {
 // publishToClient does (it is unexported): a QoS>0 message is put in the
 // client's inflight store before it is written, so the client's ack
 // completes it and a persistent session resends it after a reconnect.
-func (h *retainedHook) send(cl *mqtt.Client, sub packets.Subscription, m retainedMsg) {
+// Unlike mochi, a full in-flight window is waited out (up to inflightWait
+// without progress) instead of dropping the rest. false: stop delivering.
+func (h *retainedHook) send(cl *mqtt.Client, sub packets.Subscription, m retainedMsg) bool {
 	out := packets.Packet{
 		FixedHeader: packets.FixedHeader{Type: packets.Publish, Retain: true, Qos: min(m.qos, sub.Qos, h.maxQ)},
 		TopicName:   m.topic,
@@ -317,14 +375,15 @@ func (h *retainedHook) send(cl *mqtt.Client, sub packets.Subscription, m retaine
 		if rm := int(cl.Properties.Props.ReceiveMaximum); rm > 0 {
 			window = min(window, rm)
 		}
-		if cl.State.Inflight.Len() >= window {
+		if !waitInflightRoom(cl, window) {
 			atomic.AddInt64(&h.srv.Info.InflightDropped, 1)
-			return
+			h.log.Info().Str("client", cl.ID).Str("filter", sub.Filter).Msg("retained delivery stopped: the client acks nothing")
+			return false
 		}
 		id, err := cl.NextPacketID()
 		if err != nil {
 			atomic.AddInt64(&h.srv.Info.InflightDropped, 1)
-			return
+			return false
 		}
 		out.PacketID = uint16(id)
 		if cl.State.Inflight.Set(out) {
@@ -334,7 +393,31 @@ func (h *retainedHook) send(cl *mqtt.Client, sub packets.Subscription, m retaine
 	}
 	if err := cl.WritePacket(out); err != nil {
 		h.log.Debug().Err(err).Str("client", cl.ID).Str("topic", m.topic).Msg("send retained message")
+		return false
 	}
+	return true
+}
+
+// waitInflightRoom waits until cl has fewer than window messages in
+// flight, polling: mochi signals no ack to hooks but OnQosComplete, which
+// its own quirks make unreliable (client ids reused for inbound QoS).
+func waitInflightRoom(cl *mqtt.Client, window int) bool {
+	deadline := time.Now().Add(inflightWait)
+	last := cl.State.Inflight.Len()
+	for n := last; n >= window; n = cl.State.Inflight.Len() {
+		if cl.Closed() {
+			return false
+		}
+		if n < last { // progress: the client acks
+			deadline = time.Now().Add(inflightWait)
+		}
+		last = n
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	return true
 }
 
 var _ mqtt.Hook = (*retainedHook)(nil)

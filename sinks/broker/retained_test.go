@@ -9,6 +9,7 @@ import (
 	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
+	"github.com/rs/zerolog"
 
 	"wittra-gateway/sinks"
 )
@@ -58,7 +59,7 @@ func expected(t *testing.T, m sinks.Message) map[string]string {
 func (s *subscriber) collect(t *testing.T, want map[string]string) {
 	t.Helper()
 	got := map[string]received{}
-	deadline := time.After(waitLong)
+	deadline := time.After(waitLong + time.Duration(len(want))*time.Millisecond) // generous for big sets under -race
 	for len(got) < len(want) {
 		select {
 		case r := <-s.ch:
@@ -67,7 +68,13 @@ func (s *subscriber) collect(t *testing.T, want map[string]string) {
 			}
 			got[r.topic] = r
 		case <-deadline:
-			t.Fatalf("got %d of %d retained topics within %v: %v", len(got), len(want), waitLong, got)
+			var missing []string
+			for topic := range want {
+				if _, ok := got[topic]; !ok && len(missing) < 5 {
+					missing = append(missing, topic)
+				}
+			}
+			t.Fatalf("got %d of %d retained topics within %v; missing e.g. %v", len(got), len(want), waitLong, missing)
 		}
 	}
 	for topic, r := range got {
@@ -213,6 +220,76 @@ func TestRetainedInflight(t *testing.T) {
 			t.Fatalf("inflight after the acks = %d, want 0", atomic.LoadInt64(&srv.mochi.Info.Inflight))
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestRetainedBeyondInflightWindow: a QoS 1 wildcard subscription matching
+// more retained topics than the client's in-flight window (mochi's
+// MaximumInflight, 8192; 64 here to keep the test small) still gets every
+// one: delivery waits for acks where mochi would drop the rest. The client
+// holds its acks to fill the window.
+func TestRetainedBeyondInflightWindow(t *testing.T) {
+	const window = 64
+	srv, err := New(Config{AllowAnonymous: true, Listeners: []Listener{{Address: "127.0.0.1:0"}}}, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = srv.Close() })
+	srv.mochi.Options.Capabilities.MaximumInflight = window // before any client: read per client and per send
+	if err := srv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	s, _ := newSink(t, srv, SinkConfig{Values: true, Retain: true})
+	want := map[string]string{statusTopic: "online"}
+	for i := 0; len(want) <= 2*window+10; i++ {
+		m := msg(testProject, fmt.Sprintf("D%04d", i), sinks.KindData, tagBody(i%50))
+		publish(t, s, m)
+		for k, v := range expected(t, m) {
+			want[k] = v
+		}
+	}
+	c := mustDial(t, clientOpts{url: tcpURL(srv), configure: func(o *paho.ClientOptions) { o.SetAutoAckDisabled(true) }})
+	msgs := make(chan paho.Message, len(want)+16)
+	tok := c.Subscribe("#", 1, func(_ paho.Client, m paho.Message) { msgs <- m })
+	if !tok.WaitTimeout(waitLong) || tok.Error() != nil {
+		t.Fatalf("subscribe: %v", tok.Error())
+	}
+	next := func() paho.Message {
+		select {
+		case m := <-msgs:
+			return m
+		case <-time.After(2 * waitLong):
+			t.Fatalf("no message within %v", 2*waitLong)
+			return nil
+		}
+	}
+	got := map[string]string{}
+	var held []paho.Message
+	for len(held) < window {
+		m := next()
+		held = append(held, m)
+		got[m.Topic()] = string(m.Payload())
+	}
+	select {
+	case m := <-msgs:
+		t.Fatalf("message %s beyond a full in-flight window", m.Topic())
+	case <-time.After(300 * time.Millisecond):
+	}
+	for _, m := range held {
+		m.Ack()
+	}
+	for len(got) < len(want) {
+		m := next()
+		got[m.Topic()] = string(m.Payload())
+		m.Ack()
+	}
+	for topic, payload := range want {
+		if got[topic] != payload {
+			t.Errorf("%s = %q, want %q", topic, got[topic], payload)
+		}
+	}
+	if d := srv.Dropped(); d != 0 {
+		t.Fatalf("broker dropped %d messages", d)
 	}
 }
 
