@@ -17,15 +17,17 @@ import (
 //     owned prefix is stored here and passed on with Retain cleared, so
 //     mochi routes it to current subscribers but never indexes it;
 //   - OnSubscribe/OnSubscribed/OnPacketSent(SUBACK): after the SUBACK of a
-//     subscription, its matching retained topics are sent to the client,
-//     as mochi's publishRetainedToClient does for its own index (which
+//     subscription, its matching retained topics are sent to the client
+//     (by a sender goroutine per client, values read at send time), as
+//     mochi's publishRetainedToClient does for its own index (which
 //     still serves retained messages of other clients): no retained
 //     messages for $share filters, RetainHandling 1 and 2 honoured, the
 //     ACL asked per topic, QoS the lower of the stored and granted one;
 //   - a sweep clears devices not heard of for their policy's MaxAge.
 //
 // A topic a bound clears is announced to current subscribers with an empty,
-// non-retained publish (a retained one would reach this hook again).
+// non-retained publish: an empty retained one would come through OnPublish
+// and delete a value that arrived in the meantime.
 type retainedHook struct {
 	mqtt.HookBase
 	srv  *mqtt.Server
