@@ -11,8 +11,8 @@
 # Scenarios: intake (with the per-message-fsync baseline), latency, drain
 # (also start-up with the backlog, memory and disk), drain-mqtt (to a
 # mosquitto started late), drain-jetstream (to a local 3-node JetStream
-# cluster, R=3), profile; aliases: all, baseline, memory, startup, disk,
-# mqtt, jetstream. Options: -quick, -keep (keep the scratch directory: logs,
+# cluster, R=3), devices (memory per device), profile; aliases: all, baseline,
+# memory, startup, disk, mqtt, jetstream. Options: -quick, -keep (keep the scratch directory: logs,
 # queue files, profiles), -json FILE (rows as JSON). Environment:
 # BENCH_QUICK=1 is -quick, BENCH_WORK=DIR picks the scratch directory,
 # BENCH_VALUES / BENCH_RETAIN=false change the sink's values/retain.

@@ -7,7 +7,8 @@
 // Scenarios: intake (with the per-message-fsync baseline), latency, drain
 // (includes start-up, memory with the backlog and disk), drain-mqtt (the
 // external-broker drain to mosquitto), profile (CPU and allocation
-// profiles of intake and drain). "all" (the default) is every scenario
+// profiles of intake and drain), devices (memory per device: RSS and heap
+// after 1,000, 10,000 and 100,000 distinct devices). "all" (the default) is every scenario
 // except profile. Every child process is killed when the runner exits.
 package main
 
@@ -124,6 +125,8 @@ func mainErr() int {
 			err = r.drainJetStream()
 		case "profile":
 			err = r.profile()
+		case "devices":
+			err = r.devices()
 		}
 		if err != nil {
 			failed = true
@@ -153,7 +156,7 @@ func (r *runner) sizes() {
 	r.drainN, r.drainTimeout = 1_000_000, 180*time.Second
 }
 
-var allScenarios = []string{"intake", "latency", "drain", "drain-mqtt", "drain-jetstream"}
+var allScenarios = []string{"intake", "latency", "drain", "drain-mqtt", "drain-jetstream", "devices"}
 
 func expand(names []string) ([]string, error) {
 	var out []string
@@ -185,12 +188,14 @@ func expand(names []string) ([]string, error) {
 			add("drain-jetstream")
 		case "profile":
 			add("profile")
+		case "devices", "memory-per-device":
+			add("devices")
 		default:
-			return nil, fmt.Errorf("unknown scenario %q (intake latency drain drain-mqtt drain-jetstream profile; aliases baseline memory startup disk mqtt jetstream all)", n)
+			return nil, fmt.Errorf("unknown scenario %q (intake latency drain drain-mqtt drain-jetstream devices profile; aliases baseline memory memory-per-device startup disk mqtt jetstream all)", n)
 		}
 	}
 	// Keep a stable order.
-	order := map[string]int{"intake": 0, "latency": 1, "drain": 2, "drain-mqtt": 3, "drain-jetstream": 4, "profile": 5}
+	order := map[string]int{"intake": 0, "latency": 1, "drain": 2, "drain-mqtt": 3, "drain-jetstream": 4, "profile": 5, "devices": 6}
 	sort.SliceStable(out, func(i, j int) bool { return order[out[i]] < order[out[j]] })
 	return out, nil
 }

@@ -165,6 +165,10 @@ type SinkConfig struct {
 	TokenURL    string // cumulocity, mode rest with certificate login
 
 	JetStream JetStreamSinkConfig // type jetstream (config_jetstream.go)
+	// Retained-topic bounds of a broker sink; 0 = the broker package default.
+	RetainMaxAge    time.Duration // retain_max_age: clear a device silent this long
+	RetainMaxTopics int           // retain_max_topics: cap, oldest-heard-of devices evicted first
+	RetainMaxBytes  int64         // retain_max_bytes: cap on retained payload bytes
 }
 
 // SinkTLS is the client TLS setup of an mqtt or cumulocity sink.
@@ -550,6 +554,10 @@ type rawSink struct {
 	DeviceName   yaml.Node  `yaml:"device_name"`
 	TokenURL     yaml.Node  `yaml:"token_url"`
 	rawJetStream `yaml:",inline"`
+
+	RetainMaxAge    yaml.Node `yaml:"retain_max_age"`
+	RetainMaxTopics yaml.Node `yaml:"retain_max_topics"`
+	RetainMaxBytes  yaml.Node `yaml:"retain_max_bytes"`
 }
 
 type rawSinkTLS struct {
@@ -1160,6 +1168,9 @@ func (p *parser) sink(rs *rawSink, base, gatewayID string) SinkConfig {
 	p.str(&rs.DeviceName, base+".device_name", &s.DeviceName)
 	p.str(&rs.TokenURL, base+".token_url", &s.TokenURL)
 	p.jetstreamSink(&rs.rawJetStream, base, &s)
+	p.duration(&rs.RetainMaxAge, base+".retain_max_age", &s.RetainMaxAge)
+	p.integer(&rs.RetainMaxTopics, base+".retain_max_topics", &s.RetainMaxTopics)
+	p.size(&rs.RetainMaxBytes, base+".retain_max_bytes", &s.RetainMaxBytes)
 	switch s.Type {
 	case "mqtt":
 		if s.ClientID == "" {
@@ -1436,7 +1447,9 @@ func (p *parser) validate(c *Config) {
 			if !br.Enabled {
 				p.invalid(base+".type", "type broker needs broker.enabled: true")
 			}
+			p.checkRetainBounds(base, s)
 		case "mqtt":
+			p.noRetainBounds(base, s)
 			if s.URL == "" {
 				p.invalid(base+".url", "required for type mqtt")
 			} else {
@@ -1447,6 +1460,7 @@ func (p *parser) validate(c *Config) {
 			}
 		case "cumulocity":
 			hasC8Y = true
+			p.noRetainBounds(base, s)
 			switch s.Mode {
 			case "mqtt", "rest":
 				if s.URL == "" {
@@ -1522,5 +1536,38 @@ func (p *parser) checkURL(field, raw string, schemes []string, want string) {
 		p.invalid(field, "must not contain credentials: use username and password")
 	case u.Host == "":
 		p.invalid(field, "must name a host")
+	}
+}
+
+// checkRetainBounds validates the retained-topic bounds of a broker sink
+// (0 keeps the default).
+func (p *parser) checkRetainBounds(base string, s SinkConfig) {
+	if s.RetainMaxAge < 0 {
+		p.invalid(base+".retain_max_age", "must not be negative")
+	} else if s.RetainMaxAge > 0 && s.RetainMaxAge < time.Minute {
+		p.invalid(base+".retain_max_age", "must be at least 1m (silent devices are looked for every minute)")
+	}
+	if s.RetainMaxTopics < 0 || s.RetainMaxTopics > 0 && s.RetainMaxTopics < broker.MinRetainMaxTopics {
+		p.invalid(base+".retain_max_topics", "must be at least %d (0 or absent: %d)", broker.MinRetainMaxTopics, broker.DefaultRetainMaxTopics)
+	}
+	if s.RetainMaxBytes < 0 {
+		p.invalid(base+".retain_max_bytes", "must not be negative")
+	}
+}
+
+// noRetainBounds rejects the retained-topic bounds where the gateway does
+// not hold the retained messages (an external broker or Cumulocity).
+func (p *parser) noRetainBounds(base string, s SinkConfig) {
+	for _, b := range []struct {
+		key string
+		set bool
+	}{
+		{"retain_max_age", s.RetainMaxAge != 0},
+		{"retain_max_topics", s.RetainMaxTopics != 0},
+		{"retain_max_bytes", s.RetainMaxBytes != 0},
+	} {
+		if b.set {
+			p.invalid(base+"."+b.key, "only for type broker (the embedded broker's retained store)")
+		}
 	}
 }

@@ -928,3 +928,31 @@ func TestSecretFileFromSystemdCredentials(t *testing.T) {
 		t.Fatalf("password from the credential file = %q", got)
 	}
 }
+
+func TestSinkRetainBounds(t *testing.T) {
+	sink := func(extra string) string {
+		return yml("sinks:", "  - {name: local, type: broker, retain: true"+extra+"}")
+	}
+	cfg, err := ParseConfig([]byte(sink(", retain_max_age: 48h, retain_max_topics: 5000, retain_max_bytes: 16MiB")), t.TempDir())
+	if err != nil {
+		t.Fatalf("ParseConfig: %v", err)
+	}
+	s := cfg.Sinks[0]
+	if s.RetainMaxAge != 48*time.Hour || s.RetainMaxTopics != 5000 || s.RetainMaxBytes != 16<<20 {
+		t.Fatalf("bounds = %v %d %d, want 48h 5000 16MiB", s.RetainMaxAge, s.RetainMaxTopics, s.RetainMaxBytes)
+	}
+	for _, tc := range []struct{ name, yaml, field, want string }{
+		{"ShortAge", sink(", retain_max_age: 10s"), "sinks[0].retain_max_age", "at least 1m"},
+		{"NegativeAge", sink(", retain_max_age: -1h"), "sinks[0].retain_max_age", "negative"},
+		{"SmallCap", sink(", retain_max_topics: 10"), "sinks[0].retain_max_topics", "at least 100"},
+		{"NegativeBytes", sink(", retain_max_bytes: -5"), "sinks[0].retain_max_bytes", ""},
+		{"NotBroker", yml("sinks:", "  - {name: plant, type: mqtt, url: 'tcp://h:1883', retain_max_age: 1h}"), "sinks[0].retain_max_age", "only for type broker"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := ParseConfig([]byte(tc.yaml), t.TempDir())
+			if err == nil || !strings.Contains(err.Error(), tc.field) || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("ParseConfig = %v, want an error on %s containing %q", err, tc.field, tc.want)
+			}
+		})
+	}
+}

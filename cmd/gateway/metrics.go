@@ -27,6 +27,8 @@ type metricsCollector struct {
 	refused                                     *prometheus.Desc
 	queueMaxBytes, ready                        *prometheus.Desc
 	certExpiry                                  *prometheus.Desc
+
+	retainedTopics, retainedBytes, retainedCleared *prometheus.Desc
 }
 
 func newMetricsCollector(g *gateway) *metricsCollector {
@@ -62,6 +64,10 @@ func newMetricsCollector(g *gateway) *metricsCollector {
 		ready:         d("ready", "1 while /readyz would answer 200 (started, not stopping, the queue's commit path answers within 1 s), else 0."),
 		refused:       d("messages_refused_total", "Messages of webhook requests answered 503 because the queue was full (not stored; the sender must retry).", "route", "reason"),
 		certExpiry:    d("sink_certificate_expiry_timestamp_seconds", "Unix time the sink's client certificate expires (sinks with one only).", "sink"),
+
+		retainedTopics:  d("broker_retained_topics", "Retained topics of the gateway held by the embedded broker."),
+		retainedBytes:   d("broker_retained_bytes", "Payload bytes of those retained topics."),
+		retainedCleared: d("broker_retained_cleared_topics_total", "Retained topics cleared by a bound: reason cap (retain_max_topics/bytes) or age (retain_max_age).", "reason"),
 	}
 }
 
@@ -151,6 +157,11 @@ func (c *metricsCollector) Collect(ch chan<- prometheus.Metric) {
 	if g.brokerSrv != nil {
 		gauge(c.brokerClients, float64(g.brokerSrv.ClientsConnected()))
 		counter(c.brokerDropped, uint64(g.brokerSrv.Dropped()))
+		rs := g.brokerSrv.RetainedStats()
+		gauge(c.retainedTopics, float64(rs.Topics))
+		gauge(c.retainedBytes, float64(rs.Bytes))
+		counter(c.retainedCleared, rs.EvictedTopics, "cap")
+		counter(c.retainedCleared, rs.ExpiredTopics, "age")
 	}
 }
 

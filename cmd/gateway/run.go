@@ -303,6 +303,9 @@ func (g *gateway) newSink(cfg *Config, sc SinkConfig, log zerolog.Logger) (sinks
 			Values:      sc.Values,
 			Retain:      sc.Retain,
 			GatewayID:   cfg.Gateway.ID,
+			RetainPolicy: broker.RetainPolicy{
+				MaxAge: sc.RetainMaxAge, MaxTopics: sc.RetainMaxTopics, MaxBytes: sc.RetainMaxBytes,
+			},
 		}, log)
 	case "mqtt":
 		return mqttclient.New(mqttclient.Config{

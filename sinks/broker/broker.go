@@ -53,6 +53,10 @@ const (
 
 	// sysTopicInterval is how often, in seconds, mochi republishes $SYS.
 	sysTopicInterval = 10
+
+	// retainSweepInterval is how often retained topics of silent devices
+	// are looked for (the sweep costs only what it clears).
+	retainSweepInterval = time.Minute
 )
 
 var (
@@ -78,6 +82,8 @@ type Config struct {
 	ReservedPrefixes []string
 
 	connectTimeout time.Duration // tests shorten DefaultConnectTimeout
+
+	now func() time.Time // clock of retained ageing; nil = time.Now (tests move it)
 }
 
 // Listener is one network listener of the broker.
@@ -122,6 +128,9 @@ type Server struct {
 	started   atomic.Bool
 	closed    atomic.Bool
 	closeOnce sync.Once
+
+	retained  *retainedHook // the gateway's own retained topics (retained.go)
+	sweepDone chan struct{} // stops the retained sweep
 }
 
 // New builds the broker and binds its listeners; a listener that cannot
@@ -156,6 +165,11 @@ func New(cfg Config, log zerolog.Logger) (*Server, error) {
 	}
 	if err := s.mochi.AddHook(auth, nil); err != nil {
 		return nil, fmt.Errorf("add auth hook: %w", err)
+	}
+	s.retained = newRetainedHook(s.mochi, auth.OnACLCheck, cfg.now, log)
+	s.sweepDone = make(chan struct{})
+	if err := s.mochi.AddHook(s.retained, nil); err != nil {
+		return nil, fmt.Errorf("add retained hook: %w", err)
 	}
 
 	lcs := cfg.Listeners
@@ -312,6 +326,7 @@ func (s *Server) Start() error {
 	if err := s.mochi.Serve(); err != nil {
 		return fmt.Errorf("serve broker: %w", err)
 	}
+	go s.retained.sweepLoop(retainSweepInterval, s.sweepDone)
 	for _, l := range s.lns {
 		s.log.Info().Str("listener", l.ID()).Str("address", l.Address()).Msg("broker listening")
 	}
@@ -345,7 +360,9 @@ func (s *Server) Dropped() int64 {
 func (s *Server) Close() error {
 	s.closeOnce.Do(func() {
 		s.closed.Store(true)
+		close(s.sweepDone)
 		_ = s.mochi.Close() // always nil in v2.7.9
+		s.retained.wait()   // retained deliveries end with their clients
 	})
 	return nil
 }
@@ -378,3 +395,13 @@ func (s *Server) publish(topic string, payload []byte, retain bool, qos byte) er
 	}
 	return s.mochi.Publish(topic, payload, retain, qos)
 }
+
+// ownRetained keeps the gateway's retained topics under prefix in the
+// broker's compact store, bounded by p; pinned topics (the status) are
+// exempt from the bounds.
+func (s *Server) ownRetained(prefix string, p RetainPolicy, pinned ...string) {
+	s.retained.own(prefix, p, pinned...)
+}
+
+// RetainedStats reports the gateway's retained topics held and cleared.
+func (s *Server) RetainedStats() RetainedStats { return s.retained.stats() }

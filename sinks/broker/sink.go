@@ -26,6 +26,9 @@ type SinkConfig struct {
 	Values      bool   // also publish one topic per measured value (SPEC §5)
 	Retain      bool   // publish data, events and values retained
 	GatewayID   string // names the status topic sinks.StatusTopic(prefix, id); required
+	// RetainPolicy bounds the retained topics under TopicPrefix (age of
+	// silent devices, topic and byte caps); zero fields take the defaults.
+	RetainPolicy RetainPolicy
 }
 
 // Sink publishes messages into the embedded broker. Delivery is the
@@ -70,6 +73,7 @@ func NewSink(srv *Server, cfg SinkConfig, log zerolog.Logger) (*Sink, error) {
 		log:    log.With().Str("component", "broker").Str("sink", cfg.Name).Logger(),
 	}
 	srv.reserve(cfg.TopicPrefix)
+	srv.ownRetained(cfg.TopicPrefix, cfg.RetainPolicy, s.status)
 	if err := srv.publish(s.status, []byte("online"), true, publishQoS); err != nil {
 		return nil, fmt.Errorf("publish %s: %w", s.status, err)
 	}
