@@ -1,0 +1,474 @@
+package broker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
+	"github.com/rs/zerolog"
+
+	"wittra-gateway/sinks"
+)
+
+// DefaultWindow is how many publications a durable subscriber has
+// unacknowledged at most; the rest waits in the queue.
+const DefaultWindow = 1000
+
+// SubscriberConfig configures a `type: subscriber` sink: one MQTT client id
+// of the embedded broker that receives the queue's messages from its own
+// cursor. It must be declared in Config.Subscribers when the broker is
+// built, so that its protection holds from the first connection.
+type SubscriberConfig struct {
+	Name        string // sink name in logs and metrics; default the client id
+	ClientID    string // the consumer's MQTT client id; required
+	Username    string // with broker users: the only user who may connect with ClientID
+	TopicPrefix string // default DefaultTopicPrefix
+	Values      bool   // also one topic per measured value
+	QoS         byte   // highest QoS sent: 1 (default) or 2
+	GatewayID   string // names the status topic, which is not delivered durably; required
+	Window      int    // publications unacknowledged at most; default DefaultWindow
+}
+
+func errDuplicateClientID(id string) error {
+	return fmt.Errorf("durable subscriber client id %q declared twice", id)
+}
+
+func (c SubscriberConfig) check() error {
+	if c.ClientID == "" {
+		return errors.New("durable subscriber: client id required")
+	}
+	if c.ClientID == sentinelClient {
+		return fmt.Errorf("durable subscriber: client id %q is reserved", c.ClientID)
+	}
+	c = c.withDefaults()
+	if err := checkTopicPart(c.TopicPrefix, true); err != nil {
+		return fmt.Errorf("durable subscriber %s: topic prefix %q: %w", c.ClientID, c.TopicPrefix, err)
+	}
+	if err := checkTopicPart(c.GatewayID, false); err != nil {
+		return fmt.Errorf("durable subscriber %s: gateway id %q: %w", c.ClientID, c.GatewayID, err)
+	}
+	if c.QoS != 1 && c.QoS != 2 {
+		return fmt.Errorf("durable subscriber %s: qos must be 1 or 2", c.ClientID)
+	}
+	if c.Window < 1 || c.Window > 60000 {
+		return fmt.Errorf("durable subscriber %s: window must be 1..60000", c.ClientID)
+	}
+	return nil
+}
+
+func (c SubscriberConfig) withDefaults() SubscriberConfig {
+	if c.Name == "" {
+		c.Name = c.ClientID
+	}
+	if c.TopicPrefix == "" {
+		c.TopicPrefix = DefaultTopicPrefix
+	}
+	if c.QoS == 0 {
+		c.QoS = 1
+	}
+	if c.Window == 0 {
+		c.Window = DefaultWindow
+	}
+	return c
+}
+
+// Subscriber is the sink of one durable client. Delivery is the client's
+// acknowledgement: a message counts as delivered once the client sent
+// PUBACK (PUBCOMP at QoS 2), on the connection it was sent on, for every
+// publication of the message that matches one of its subscriptions. A
+// message matching none of them counts as delivered without being sent.
+// While the client is away, or connected without a subscription, Publish
+// waits: the messages stay in the queue.
+type Subscriber struct {
+	srv *Server
+	d   *durable
+	cfg SubscriberConfig
+	log zerolog.Logger
+
+	closed atomic.Bool
+	stats  SubscriberStats
+
+	// Reused across Publish calls (Publish is not concurrent).
+	items []item
+	left  []int // per message: publications not done
+	first []int // per message: index of its first item
+	pubs  []sinks.Publication
+}
+
+// SubscriberStats are totals since start.
+type SubscriberStats struct {
+	Sent      atomic.Uint64 // publications written to the client, resends included
+	Acked     atomic.Uint64 // publications acknowledged
+	Unmatched atomic.Uint64 // publications skipped: no subscription of the client matches
+	Refused   atomic.Uint64 // publications the client refused (v5 error reason, or larger than its maximum packet size)
+	Resent    atomic.Uint64 // publications sent again after a reconnect
+}
+
+type item struct {
+	key     pubKey
+	msg     int
+	topic   string
+	payload []byte
+	state   uint8
+	resent  bool
+}
+
+const (
+	itemPending uint8 = iota
+	itemSent          // on the current connection, unacknowledged
+	itemDone
+)
+
+var _ sinks.Sink = (*Subscriber)(nil)
+
+// NewSubscriber attaches the sink of a client id declared in
+// Config.Subscribers; cfg must be that declaration (Name may differ).
+func NewSubscriber(srv *Server, cfg SubscriberConfig, log zerolog.Logger) (*Subscriber, error) {
+	if srv == nil {
+		return nil, errors.New("subscriber sink: no broker")
+	}
+	if err := cfg.check(); err != nil {
+		return nil, err
+	}
+	cfg = cfg.withDefaults()
+	d := srv.subs.byID[cfg.ClientID]
+	if d == nil {
+		return nil, fmt.Errorf("subscriber sink %s: client id %q was not declared when the broker was built", cfg.Name, cfg.ClientID)
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.sink {
+		return nil, fmt.Errorf("subscriber sink %s: client id %q already has a sink", cfg.Name, cfg.ClientID)
+	}
+	d.sink = true
+	srv.reserve(cfg.TopicPrefix)
+	return &Subscriber{
+		srv: srv,
+		d:   d,
+		cfg: cfg,
+		log: log.With().Str("component", "broker").Str("sink", cfg.Name).Str("client", cfg.ClientID).Logger(),
+	}, nil
+}
+
+// Name returns the sink's name.
+func (s *Subscriber) Name() string { return s.cfg.Name }
+
+// Stats returns the sink's counters.
+func (s *Subscriber) Stats() *SubscriberStats { return &s.stats }
+
+// Connected reports whether the client is connected and subscribed.
+func (s *Subscriber) Connected() bool {
+	s.d.mu.Lock()
+	defer s.d.mu.Unlock()
+	c := s.d.cur
+	return c != nil && !c.dead && !c.readyAt.IsZero() && c.cl.State.Subscriptions.Len() > 0
+}
+
+// Close detaches the sink; the client's protection stays with the broker.
+func (s *Subscriber) Close(context.Context) error {
+	if s.closed.CompareAndSwap(false, true) {
+		s.d.mu.Lock()
+		s.d.sink = false
+		s.d.mu.Unlock()
+	}
+	return nil
+}
+
+// Publish sends msgs to the client, at most cfg.Window publications
+// unacknowledged, and returns when every one is acknowledged or skipped, or
+// when ctx ends (with the count acknowledged so far, from the start). A
+// reconnect resends, from the first unacknowledged publication, what the
+// old connection had not acknowledged.
+func (s *Subscriber) Publish(ctx context.Context, msgs []sinks.Message) (int, error) {
+	if s.closed.Load() {
+		return 0, ErrSinkClosed
+	}
+	if err := s.build(msgs); err != nil {
+		return 0, err
+	}
+	defer clear(s.items) // don't pin message bodies
+
+	var (
+		c       *dconn // the connection the items' "sent" state refers to
+		gen     uint64
+		subs    []subFilter
+		window  int
+		next    int // first item that may still need sending on c
+		done    int // messages fully acknowledged, from the start
+		timer   *time.Timer
+		refused uint64
+	)
+	defer func() {
+		if timer != nil {
+			timer.Stop()
+		}
+	}()
+	for {
+		d := s.d
+		d.mu.Lock()
+		if d.cur != c {
+			c = d.cur
+			next = 0
+			for i := range s.items {
+				if s.items[i].state == itemSent {
+					s.items[i].state = itemPending
+					s.items[i].resent = true
+				}
+			}
+			gen = ^uint64(0)
+			if c != nil {
+				// Publications an earlier Publish call sent on this
+				// connection are still awaited, not sent again.
+				for _, e := range c.inflight {
+					if i, ok := s.find(msgs, e.key); ok && s.items[i].state == itemPending {
+						s.items[i].state = itemSent
+					}
+				}
+			}
+		}
+		inflight := 0
+		ready, settling := false, false
+		var readyAt time.Time
+		if c != nil {
+			for _, a := range c.acked {
+				if i, ok := s.find(msgs, a.key); ok && s.items[i].state != itemDone {
+					s.markDone(i)
+					s.stats.Acked.Add(1)
+					if a.refused {
+						refused++
+					}
+				}
+			}
+			c.acked = c.acked[:0]
+			inflight = len(c.inflight)
+			readyAt = c.readyAt
+			ready = !c.dead && !readyAt.IsZero() && !time.Now().Before(readyAt)
+			settling = !c.dead && !readyAt.IsZero() && !ready
+			if ready && c.subsGen != gen {
+				gen = c.subsGen
+				subs = loadSubs(c.cl)
+				window = s.cfg.Window
+				if rm := int(c.cl.Properties.Props.ReceiveMaximum); rm > 0 && rm < window {
+					window = rm
+				}
+			}
+		}
+		d.mu.Unlock()
+		if refused > 0 {
+			s.stats.Refused.Add(refused)
+			s.log.Warn().Uint64("publications", refused).Msg("durable subscriber refused publications (error reason code); counted as delivered")
+			refused = 0
+		}
+
+		for done < len(msgs) && s.left[done] == 0 {
+			done++
+		}
+		if done == len(msgs) {
+			return done, nil
+		}
+		if ready && len(subs) == 0 {
+			ready = false // unsubscribed from everything: wait, as if away
+		}
+		if ready {
+			next = s.send(c, subs, window, inflight, next)
+			for done < len(msgs) && s.left[done] == 0 {
+				done++
+			}
+			if done == len(msgs) {
+				return done, nil
+			}
+		}
+
+		var tick <-chan time.Time
+		if settling {
+			if timer == nil {
+				timer = time.NewTimer(time.Until(readyAt))
+			} else {
+				timer.Reset(time.Until(readyAt))
+			}
+			tick = timer.C
+		}
+		select {
+		case <-d.wake:
+		case <-tick:
+		case <-ctx.Done():
+			return done, ctx.Err()
+		}
+	}
+}
+
+// send writes pending items on c, from next, while fewer than window are
+// unacknowledged, and returns the new next.
+func (s *Subscriber) send(c *dconn, subs []subFilter, window, inflight, next int) int {
+	for ; next < len(s.items) && inflight < window; next++ {
+		it := &s.items[next]
+		if it.state != itemPending {
+			continue
+		}
+		qos, ok := matchQoS(subs, it.topic)
+		if !ok {
+			s.markDone(next)
+			s.stats.Unmatched.Add(1)
+			continue
+		}
+		qos = min(qos, s.cfg.QoS)
+		pk := packets.Packet{
+			FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: qos, Dup: it.resent && qos > 0},
+			TopicName:   it.topic,
+			Payload:     it.payload,
+			Created:     time.Now().Unix(),
+		}
+		if qos > 0 {
+			// NextPacketID advances mochi's per-client counter, so mochi's
+			// own fan-out to this client cannot pick the same id before
+			// this one is in Inflight (it would have to wrap 65535 ids).
+			id, err := c.cl.NextPacketID()
+			if err != nil {
+				return next // every id in use: wait for acknowledgements
+			}
+			pk.PacketID = uint16(id)
+			s.d.mu.Lock()
+			if c.dead || s.d.cur != c {
+				s.d.mu.Unlock()
+				return next
+			}
+			c.inflight[pk.PacketID] = inflightEntry{key: it.key, qos: qos}
+			// In mochi's Inflight too, so the id is reserved and mochi
+			// runs the QoS 2 exchange (PUBREC → PUBREL).
+			if c.cl.State.Inflight.Set(pk) {
+				atomic.AddInt64(&s.srv.mochi.Info.Inflight, 1)
+				c.cl.State.Inflight.DecreaseSendQuota()
+			}
+			s.d.mu.Unlock()
+			it.state = itemSent
+			inflight++
+		}
+		err := c.cl.WritePacket(pk)
+		switch {
+		case err == nil:
+		case errors.Is(err, packets.ErrPacketTooLarge):
+			// The client announced a maximum packet size this message
+			// exceeds: it can never take it.
+			s.forget(c, pk.PacketID)
+			s.stats.Refused.Add(1)
+			s.log.Warn().Str("topic", it.topic).Int("bytes", len(it.payload)).Msg("publication larger than the client's maximum packet size; skipped")
+			s.markDone(next)
+			continue
+		default:
+			// The connection is failing: close it, so that its end is
+			// noticed and the unacknowledged publications are resent on
+			// the next one.
+			c.cl.Stop(fmt.Errorf("durable subscriber write: %w", err))
+			return next
+		}
+		s.stats.Sent.Add(1)
+		if it.resent {
+			s.stats.Resent.Add(1)
+		}
+		if qos == 0 {
+			// The client subscribed at QoS 0: there is no acknowledgement
+			// to wait for, handing it to the connection is all it asked.
+			s.markDone(next)
+		}
+	}
+	return next
+}
+
+// forget removes id from c and from the client's Inflight.
+func (s *Subscriber) forget(c *dconn, id uint16) {
+	s.d.mu.Lock()
+	defer s.d.mu.Unlock()
+	if _, ok := c.inflight[id]; ok {
+		delete(c.inflight, id)
+		if c.cl.State.Inflight.Delete(id) {
+			atomic.AddInt64(&s.srv.mochi.Info.Inflight, -1)
+		}
+	}
+}
+
+// build turns msgs into items, in order.
+func (s *Subscriber) build(msgs []sinks.Message) error {
+	s.items = s.items[:0]
+	s.left = s.left[:0]
+	s.first = s.first[:0]
+	for i, m := range msgs {
+		pubs, verr := sinks.Publications(s.pubs[:0], s.cfg.TopicPrefix, m, s.cfg.Values)
+		s.pubs = pubs
+		if verr != nil {
+			s.log.Warn().Err(verr).Uint64("seq", m.Seq).Str("project", m.Project).Str("device", m.Device).Msg("values not published")
+		}
+		s.first = append(s.first, len(s.items))
+		s.left = append(s.left, len(pubs))
+		for n, p := range pubs {
+			s.items = append(s.items, item{key: pubKey{seq: m.Seq, n: n}, msg: i, topic: p.Topic, payload: p.Payload})
+		}
+	}
+	clear(s.pubs)
+	return nil
+}
+
+// find returns the index of the item k names, if it is in this batch
+// (msgs are in increasing seq order).
+func (s *Subscriber) find(msgs []sinks.Message, k pubKey) (int, bool) {
+	i := sort.Search(len(msgs), func(i int) bool { return msgs[i].Seq >= k.seq })
+	if i == len(msgs) || msgs[i].Seq != k.seq {
+		return 0, false
+	}
+	j := s.first[i] + k.n
+	if k.n < 0 || j >= len(s.items) || s.items[j].key != k {
+		return 0, false
+	}
+	return j, true
+}
+
+func (s *Subscriber) markDone(i int) {
+	if s.items[i].state == itemDone {
+		return
+	}
+	s.items[i].state = itemDone
+	s.left[s.items[i].msg]--
+}
+
+// subFilter is one subscription of the client: the filter (without a
+// $share/<group>/ prefix) and the QoS it asked for.
+type subFilter struct {
+	f   filter
+	qos byte
+}
+
+func loadSubs(cl *mqtt.Client) []subFilter {
+	all := cl.State.Subscriptions.GetAll()
+	out := make([]subFilter, 0, len(all))
+	for text, sub := range all {
+		if mqtt.IsSharedFilter(text) {
+			// A durable client in a share group is served like a plain
+			// subscriber: it gets everything the filter matches.
+			parts := strings.SplitN(text, "/", 3)
+			if len(parts) < 3 {
+				continue
+			}
+			text = parts[2]
+		}
+		out = append(out, subFilter{f: strings.Split(text, "/"), qos: sub.Qos})
+	}
+	return out
+}
+
+// matchQoS returns the highest QoS of the subscriptions matching topic.
+func matchQoS(subs []subFilter, topic string) (byte, bool) {
+	var qos byte
+	ok := false
+	for _, s := range subs {
+		if s.f.covers(topic) {
+			ok = true
+			qos = max(qos, s.qos)
+		}
+	}
+	return qos, ok
+}
