@@ -9,6 +9,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"wittra-gateway/bridge"
+	"wittra-gateway/sinks/broker"
 )
 
 // metricsCollector exposes the components' own counters at scrape time, so
@@ -24,6 +25,8 @@ type metricsCollector struct {
 	delivered, failures, deadLettered           *prometheus.Desc
 	undecodable, lastSuccess, connected         *prometheus.Desc
 	brokerClients, brokerDropped, buildInfo     *prometheus.Desc
+
+	clientDropped, subUnmatched, subResent *prometheus.Desc // durable subscribers (type subscriber)
 }
 
 func newMetricsCollector(g *gateway) *metricsCollector {
@@ -55,6 +58,10 @@ func newMetricsCollector(g *gateway) *metricsCollector {
 		brokerClients: d("broker_clients", "Clients connected to the embedded broker."),
 		brokerDropped: d("broker_messages_dropped_total", "Messages the embedded broker dropped for slow or over-quota subscribers."),
 		buildInfo:     d("build_info", "Build information.", "version", "commit", "goversion"),
+
+		clientDropped: d("broker_client_messages_dropped_total", "Messages the embedded broker dropped per ordinary subscriber (100 clients by name, the rest as _other).", "client"),
+		subUnmatched:  d("subscriber_unmatched_total", "Publications a type subscriber sink skipped because none of the client's subscriptions matched.", "sink"),
+		subResent:     d("subscriber_resent_total", "Publications a type subscriber sink sent again after a reconnect.", "sink"),
 	}
 }
 
@@ -122,6 +129,10 @@ func (c *metricsCollector) Collect(ch chan<- prometheus.Metric) {
 		counter(c.deadLettered, fs.Rejected.Load(), name)
 		counter(c.undecodable, fs.Undecodable.Load(), name)
 		gauge(c.lastSuccess, float64(fs.LastSuccess.Load())/1e9, name)
+		if ss, ok := g.sinks[i].(*broker.Subscriber); ok {
+			counter(c.subUnmatched, ss.Stats().Unmatched.Load(), name)
+			counter(c.subResent, ss.Stats().Resent.Load(), name)
+		}
 		if cs, ok := g.sinks[i].(connectedSink); ok {
 			v := 0.0
 			if cs.Connected() {
@@ -133,6 +144,9 @@ func (c *metricsCollector) Collect(ch chan<- prometheus.Metric) {
 	if g.brokerSrv != nil {
 		gauge(c.brokerClients, float64(g.brokerSrv.ClientsConnected()))
 		counter(c.brokerDropped, uint64(g.brokerSrv.Dropped()))
+		for client, n := range g.brokerSrv.DroppedByClient() {
+			counter(c.clientDropped, n, client)
+		}
 	}
 }
 
