@@ -233,8 +233,8 @@ func (s *Subscriber) Publish(ctx context.Context, msgs []sinks.Message) (int, er
 			}
 		}
 		inflight := 0
-		ready, settling := false, false
-		var readyAt time.Time
+		ready := false
+		var settle time.Time
 		if c != nil {
 			for _, a := range c.acked {
 				if i, ok := s.find(msgs, a.key); ok && s.items[i].state != itemDone {
@@ -247,9 +247,8 @@ func (s *Subscriber) Publish(ctx context.Context, msgs []sinks.Message) (int, er
 			}
 			c.acked = c.acked[:0]
 			inflight = len(c.inflight)
-			readyAt = c.readyAt
-			ready = !c.dead && !readyAt.IsZero() && !time.Now().Before(readyAt)
-			settling = !c.dead && !readyAt.IsZero() && !ready
+			settle = c.settle
+			ready = !c.dead && !c.readyAt.IsZero()
 			if ready && c.subsGen != gen {
 				gen = c.subsGen
 				subs = loadSubs(c.cl)
@@ -275,8 +274,9 @@ func (s *Subscriber) Publish(ctx context.Context, msgs []sinks.Message) (int, er
 		if ready && len(subs) == 0 {
 			ready = false // unsubscribed from everything: wait, as if away
 		}
+		var wait time.Time // an unmatched message waits for more subscriptions until then
 		if ready {
-			next = s.send(c, subs, window, inflight, next)
+			next, wait = s.send(c, subs, window, inflight, next, settle)
 			for done < len(msgs) && s.left[done] == 0 {
 				done++
 			}
@@ -286,11 +286,11 @@ func (s *Subscriber) Publish(ctx context.Context, msgs []sinks.Message) (int, er
 		}
 
 		var tick <-chan time.Time
-		if settling {
+		if !wait.IsZero() {
 			if timer == nil {
-				timer = time.NewTimer(time.Until(readyAt))
+				timer = time.NewTimer(time.Until(wait))
 			} else {
-				timer.Reset(time.Until(readyAt))
+				timer.Reset(time.Until(wait))
 			}
 			tick = timer.C
 		}
@@ -304,8 +304,9 @@ func (s *Subscriber) Publish(ctx context.Context, msgs []sinks.Message) (int, er
 }
 
 // send writes pending items on c, from next, while fewer than window are
-// unacknowledged, and returns the new next.
-func (s *Subscriber) send(c *dconn, subs []subFilter, window, inflight, next int) int {
+// unacknowledged, and returns the new next. It stops at an unmatched item
+// before settle, and returns settle then.
+func (s *Subscriber) send(c *dconn, subs []subFilter, window, inflight, next int, settle time.Time) (int, time.Time) {
 	for ; next < len(s.items) && inflight < window; next++ {
 		it := &s.items[next]
 		if it.state != itemPending {
@@ -313,6 +314,9 @@ func (s *Subscriber) send(c *dconn, subs []subFilter, window, inflight, next int
 		}
 		qos, ok := matchQoS(subs, it.topic)
 		if !ok {
+			if time.Now().Before(settle) {
+				return next, settle
+			}
 			s.markDone(next)
 			s.stats.Unmatched.Add(1)
 			continue
@@ -330,13 +334,13 @@ func (s *Subscriber) send(c *dconn, subs []subFilter, window, inflight, next int
 			// this one is in Inflight (it would have to wrap 65535 ids).
 			id, err := c.cl.NextPacketID()
 			if err != nil {
-				return next // every id in use: wait for acknowledgements
+				return next, time.Time{} // every id in use: wait for acknowledgements
 			}
 			pk.PacketID = uint16(id)
 			s.d.mu.Lock()
 			if c.dead || s.d.cur != c {
 				s.d.mu.Unlock()
-				return next
+				return next, time.Time{}
 			}
 			c.inflight[pk.PacketID] = inflightEntry{key: it.key, qos: qos}
 			// In mochi's Inflight too, so the id is reserved and mochi
@@ -365,7 +369,7 @@ func (s *Subscriber) send(c *dconn, subs []subFilter, window, inflight, next int
 			// noticed and the unacknowledged publications are resent on
 			// the next one.
 			c.cl.Stop(fmt.Errorf("durable subscriber write: %w", err))
-			return next
+			return next, time.Time{}
 		}
 		s.stats.Sent.Add(1)
 		if it.resent {
@@ -377,7 +381,7 @@ func (s *Subscriber) send(c *dconn, subs []subFilter, window, inflight, next int
 			s.markDone(next)
 		}
 	}
-	return next
+	return next, time.Time{}
 }
 
 // forget removes id from c and from the client's Inflight.

@@ -34,11 +34,11 @@ const (
 	sentinelClient = "$wittra-durable-sentinel"
 	sentinelGroup  = "wittra-durable"
 
-	// DefaultSubscribeSettle is how long a durable client's first
-	// subscription on a fresh connection waits for the SUBSCRIBEs that
-	// usually follow it before delivery starts: a message matching none of
-	// its subscriptions is skipped, so delivery must not start between a
-	// client's "data" and "event" subscriptions.
+	// DefaultSubscribeSettle is how long after a durable client's first
+	// subscription on a fresh connection a message matching none of its
+	// subscriptions waits for the SUBSCRIBEs that usually follow instead of
+	// being skipped: a client subscribing to "data" and then to "event"
+	// must not lose the events in between. Matching messages go at once.
 	DefaultSubscribeSettle = 500 * time.Millisecond
 )
 
@@ -251,6 +251,7 @@ type dconn struct {
 	cl       *mqtt.Client
 	dead     bool
 	readyAt  time.Time // zero until it holds a subscription
+	settle   time.Time // until then an unmatched message waits instead of being skipped
 	subsGen  uint64    // bumped when the subscriptions change
 	inflight map[uint16]inflightEntry
 	acked    []ackedKey // acknowledgements the sink has not consumed yet
@@ -313,7 +314,8 @@ func (d *durable) subscribed(cl *mqtt.Client, granted bool, settle time.Duration
 	if c := d.cur; c != nil && c.cl == cl {
 		c.subsGen++
 		if granted && c.readyAt.IsZero() {
-			c.readyAt = time.Now().Add(settle)
+			c.readyAt = time.Now()
+			c.settle = c.readyAt.Add(settle)
 		}
 	}
 	d.mu.Unlock()

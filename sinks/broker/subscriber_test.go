@@ -352,3 +352,39 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// A client that subscribes to data and then, in a second SUBSCRIBE, to
+// events loses no event in between: an unmatched message waits for the
+// settle time before it is skipped.
+func TestSubscriberSecondSubscribeWithinSettle(t *testing.T) {
+	srv := startServer(t, Config{AllowAnonymous: true, Subscribers: []SubscriberConfig{durableCfg()}})
+	dur, _ := newSubscriberSink(t, srv, durableCfg())
+	srv.subs.settle = 3 * time.Second // generous: the machine may be slow
+
+	msgs := []sinks.Message{
+		msg("p", "d1", sinks.KindData, "0"),
+		msg("p", "d1", sinks.KindEvent, "1"),
+		msg("p", "d1", sinks.KindData, "2"),
+	}
+	errc := make(chan error, 1)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	go func() { errc <- forward(ctx, dur, msgs, 1000) }()
+
+	rec := &durableRecorder{}
+	c, err := dialDurable(t, srv, durableID, "", "", "wittra/+/+/data", rec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "first data message", func() bool { return rec.count() >= 1 })
+	if tok := c.Subscribe("wittra/+/+/event", 1, rec.handle); !tok.WaitTimeout(waitLong) || tok.Error() != nil {
+		t.Fatalf("subscribe events: %v", tok.Error())
+	}
+	if err := <-errc; err != nil {
+		t.Fatal(err)
+	}
+	rec.check(t, 1, 3)
+	if u := dur.Stats().Unmatched.Load(); u != 0 {
+		t.Fatalf("unmatched = %d, want 0", u)
+	}
+}
