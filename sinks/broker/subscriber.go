@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -99,6 +100,8 @@ type Subscriber struct {
 	left  []int // per message: publications not done
 	first []int // per message: index of its first item
 	pubs  []sinks.Publication
+	wbuf  bytes.Buffer // encoded publications not yet written
+	qos0  []int        // items in wbuf sent at QoS 0
 }
 
 // SubscriberStats are totals since start.
@@ -275,6 +278,11 @@ func (s *Subscriber) Publish(ctx context.Context, msgs []sinks.Message) (int, er
 			ready = false // unsubscribed from everything: wait, as if away
 		}
 		var wait time.Time // an unmatched message waits for more subscriptions until then
+		if ready && inflight > 0 && window-inflight < min(64, window/4) {
+			// Nearly full: wait for a few more acknowledgements and write
+			// them as one, rather than one write per acknowledgement.
+			ready = false
+		}
 		if ready {
 			next, wait = s.send(c, subs, window, inflight, next, settle)
 			for done < len(msgs) && s.left[done] == 0 {
@@ -306,7 +314,16 @@ func (s *Subscriber) Publish(ctx context.Context, msgs []sinks.Message) (int, er
 // send writes pending items on c, from next, while fewer than window are
 // unacknowledged, and returns the new next. It stops at an unmatched item
 // before settle, and returns settle then.
+//
+// The publications are encoded here and written with one write per
+// maxWriteBytes, under the client's lock as mochi's WritePacket does: one
+// syscall per publication would cost more than the rest of the path. (So
+// mochi's OnPacketEncode and OnPacketSent hooks do not see them.)
 func (s *Subscriber) send(c *dconn, subs []subFilter, window, inflight, next int, settle time.Time) (int, time.Time) {
+	var wait time.Time
+	s.wbuf.Reset()
+	s.qos0 = s.qos0[:0]
+	sent := 0
 	for ; next < len(s.items) && inflight < window; next++ {
 		it := &s.items[next]
 		if it.state != itemPending {
@@ -315,7 +332,8 @@ func (s *Subscriber) send(c *dconn, subs []subFilter, window, inflight, next int
 		qos, ok := matchQoS(subs, it.topic)
 		if !ok {
 			if time.Now().Before(settle) {
-				return next, settle
+				wait = settle
+				break
 			}
 			s.markDone(next)
 			s.stats.Unmatched.Add(1)
@@ -323,24 +341,40 @@ func (s *Subscriber) send(c *dconn, subs []subFilter, window, inflight, next int
 		}
 		qos = min(qos, s.cfg.QoS)
 		pk := packets.Packet{
-			FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: qos, Dup: it.resent && qos > 0},
-			TopicName:   it.topic,
-			Payload:     it.payload,
-			Created:     time.Now().Unix(),
+			FixedHeader:     packets.FixedHeader{Type: packets.Publish, Qos: qos, Dup: it.resent && qos > 0},
+			TopicName:       it.topic,
+			Payload:         it.payload,
+			Created:         time.Now().Unix(),
+			ProtocolVersion: c.cl.Properties.ProtocolVersion,
 		}
+		pk.Mods.MaxSize = c.cl.Properties.Props.MaximumPacketSize
+		pk.Mods.DisallowProblemInfo = c.cl.Properties.Props.RequestProblemInfoFlag && c.cl.Properties.Props.RequestProblemInfo == 0
 		if qos > 0 {
 			// NextPacketID advances mochi's per-client counter, so mochi's
 			// own fan-out to this client cannot pick the same id before
 			// this one is in Inflight (it would have to wrap 65535 ids).
 			id, err := c.cl.NextPacketID()
 			if err != nil {
-				return next, time.Time{} // every id in use: wait for acknowledgements
+				break // every id in use: wait for acknowledgements
 			}
 			pk.PacketID = uint16(id)
+		}
+		mark := s.wbuf.Len()
+		if err := pk.PublishEncode(&s.wbuf); err != nil || (pk.Mods.MaxSize > 0 && uint32(s.wbuf.Len()-mark) > pk.Mods.MaxSize) {
+			// Larger than the maximum packet size the client announced:
+			// it can never take this one.
+			s.wbuf.Truncate(mark)
+			s.stats.Refused.Add(1)
+			s.log.Warn().Err(err).Str("topic", it.topic).Int("bytes", len(it.payload)).Msg("publication the client cannot take (larger than its maximum packet size); skipped")
+			s.markDone(next)
+			continue
+		}
+		if qos > 0 {
 			s.d.mu.Lock()
 			if c.dead || s.d.cur != c {
 				s.d.mu.Unlock()
-				return next, time.Time{}
+				s.wbuf.Truncate(mark)
+				break
 			}
 			c.inflight[pk.PacketID] = inflightEntry{key: it.key, qos: qos}
 			// In mochi's Inflight too, so the id is reserved and mochi
@@ -352,48 +386,62 @@ func (s *Subscriber) send(c *dconn, subs []subFilter, window, inflight, next int
 			s.d.mu.Unlock()
 			it.state = itemSent
 			inflight++
+		} else {
+			s.qos0 = append(s.qos0, next)
 		}
-		err := c.cl.WritePacket(pk)
-		switch {
-		case err == nil:
-		case errors.Is(err, packets.ErrPacketTooLarge):
-			// The client announced a maximum packet size this message
-			// exceeds: it can never take it.
-			s.forget(c, pk.PacketID)
-			s.stats.Refused.Add(1)
-			s.log.Warn().Str("topic", it.topic).Int("bytes", len(it.payload)).Msg("publication larger than the client's maximum packet size; skipped")
-			s.markDone(next)
-			continue
-		default:
-			// The connection is failing: close it, so that its end is
-			// noticed and the unacknowledged publications are resent on
-			// the next one.
-			c.cl.Stop(fmt.Errorf("durable subscriber write: %w", err))
-			return next, time.Time{}
-		}
-		s.stats.Sent.Add(1)
+		sent++
 		if it.resent {
 			s.stats.Resent.Add(1)
 		}
-		if qos == 0 {
-			// The client subscribed at QoS 0: there is no acknowledgement
-			// to wait for, handing it to the connection is all it asked.
-			s.markDone(next)
+		if s.wbuf.Len() >= maxWriteBytes {
+			if !s.flush(c, sent) {
+				return next + 1, time.Time{}
+			}
+			sent = 0
 		}
 	}
-	return next, time.Time{}
+	s.flush(c, sent)
+	return next, wait
 }
 
-// forget removes id from c and from the client's Inflight.
-func (s *Subscriber) forget(c *dconn, id uint16) {
-	s.d.mu.Lock()
-	defer s.d.mu.Unlock()
-	if _, ok := c.inflight[id]; ok {
-		delete(c.inflight, id)
-		if c.cl.State.Inflight.Delete(id) {
-			atomic.AddInt64(&s.srv.mochi.Info.Inflight, -1)
-		}
+// maxWriteBytes bounds one write of encoded publications.
+const maxWriteBytes = 64 << 10
+
+// flush writes the encoded publications to c's connection. A failing
+// connection is closed, so that its end is noticed and what it had not
+// acknowledged is resent on the next one.
+func (s *Subscriber) flush(c *dconn, n int) bool {
+	if s.wbuf.Len() == 0 {
+		return true
 	}
+	cl := c.cl
+	var err error
+	if cl.Closed() || cl.Net.Conn == nil {
+		err = mqtt.ErrConnectionClosed
+	} else {
+		cl.Lock()
+		_, err = cl.Net.Conn.Write(s.wbuf.Bytes())
+		cl.Unlock()
+	}
+	bytes := s.wbuf.Len()
+	s.wbuf.Reset()
+	if err != nil {
+		s.qos0 = s.qos0[:0]
+		cl.Stop(fmt.Errorf("durable subscriber write: %w", err))
+		return false
+	}
+	info := s.srv.mochi.Info
+	atomic.AddInt64(&info.BytesSent, int64(bytes))
+	atomic.AddInt64(&info.PacketsSent, int64(n))
+	atomic.AddInt64(&info.MessagesSent, int64(n))
+	s.stats.Sent.Add(uint64(n))
+	// A client subscribed at QoS 0 asked for no acknowledgement: handing
+	// the publication to its connection is all there is.
+	for _, i := range s.qos0 {
+		s.markDone(i)
+	}
+	s.qos0 = s.qos0[:0]
+	return true
 }
 
 // build turns msgs into items, in order.

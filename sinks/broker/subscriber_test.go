@@ -271,13 +271,17 @@ func TestDropsOfOrdinarySubscriberReported(t *testing.T) {
 	stall := make(chan struct{})
 	defer close(stall)
 	c := mustDial(t, clientOpts{url: tcpURL(srv), configure: func(o *paho.ClientOptions) {
-		o.SetClientID("slow-viewer").SetOrderMatters(true)
+		// Its stalled handler also stalls paho's reading of PINGRESP: a
+		// long keepalive keeps paho from hanging up on a slow machine.
+		o.SetClientID("slow-viewer").SetOrderMatters(true).SetKeepAlive(10 * time.Minute).SetPingTimeout(10 * time.Minute)
 	}})
 	if tok := c.Subscribe("wittra/#", 1, func(paho.Client, paho.Message) { <-stall }); !tok.WaitTimeout(waitLong) || tok.Error() != nil {
 		t.Fatalf("subscribe: %v", tok.Error())
 	}
+	t0 := time.Now()
 	publish(t, local, deviceMsgs(10, 1000)...)
 	publish(t, local, deviceMsgs(10, 1000)...)
+	t.Logf("published in %v; dropped %d, by client %v", time.Since(t0), srv.Dropped(), srv.DroppedByClient())
 	waitFor(t, "drops counted for slow-viewer", func() bool { return srv.DroppedByClient()["slow-viewer"] > 0 })
 	waitFor(t, "drop report logged", func() bool {
 		return strings.Contains(buf.String(), `"client":"slow-viewer"`) && strings.Contains(buf.String(), "type subscriber")
