@@ -120,7 +120,7 @@ type User struct {
 type Server struct {
 	mochi *mqtt.Server
 	auth  *authHook
-	subs  *subscriberHook // durable subscribers and per-client drop counts
+	subs  *subscriberHook
 	lns   []listeners.Listener // in Config order
 	log   zerolog.Logger
 
