@@ -17,8 +17,6 @@ import (
 // durableRecorder is a paho client with a durable subscriber's id that
 // records what it receives, and can stall its handler.
 type durableRecorder struct {
-	c paho.Client
-
 	mu    sync.Mutex
 	got   []string // "<device> <n>" in arrival order
 	stall chan struct{}
