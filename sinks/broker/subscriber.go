@@ -21,6 +21,12 @@ import (
 // unacknowledged at most; the rest waits in the queue.
 const DefaultWindow = 1000
 
+// maxInflightBytes bounds the encoded bytes unacknowledged (one publication
+// may exceed it): what a stalled client has not read then fits in the
+// kernel's socket buffers, so a write never blocks on it and a shutdown
+// does not wait for the connection's deadline.
+const maxInflightBytes = 256 << 10
+
 // SubscriberConfig configures a `type: subscriber` sink: one MQTT client id
 // of the embedded broker that receives the queue's messages from its own
 // cursor. It must be declared in Config.Subscribers when the broker is
@@ -235,7 +241,7 @@ func (s *Subscriber) Publish(ctx context.Context, msgs []sinks.Message) (int, er
 				}
 			}
 		}
-		inflight := 0
+		inflight, inBytes := 0, 0
 		ready := false
 		var settle time.Time
 		if c != nil {
@@ -249,7 +255,7 @@ func (s *Subscriber) Publish(ctx context.Context, msgs []sinks.Message) (int, er
 				}
 			}
 			c.acked = c.acked[:0]
-			inflight = len(c.inflight)
+			inflight, inBytes = len(c.inflight), c.inBytes
 			settle = c.settle
 			ready = !c.dead && !c.readyAt.IsZero()
 			if ready && c.subsGen != gen {
@@ -278,13 +284,13 @@ func (s *Subscriber) Publish(ctx context.Context, msgs []sinks.Message) (int, er
 			ready = false // unsubscribed from everything: wait, as if away
 		}
 		var wait time.Time // an unmatched message waits for more subscriptions until then
-		if ready && inflight > 0 && window-inflight < min(64, window/4) {
+		if ready && inflight > 0 && (window-inflight < min(64, window/4) || inBytes > maxInflightBytes*3/4) {
 			// Nearly full: wait for a few more acknowledgements and write
 			// them as one, rather than one write per acknowledgement.
 			ready = false
 		}
 		if ready {
-			next, wait = s.send(c, subs, window, inflight, next, settle)
+			next, wait = s.send(c, subs, window, inflight, inBytes, next, settle)
 			for done < len(msgs) && s.left[done] == 0 {
 				done++
 			}
@@ -319,12 +325,12 @@ func (s *Subscriber) Publish(ctx context.Context, msgs []sinks.Message) (int, er
 // maxWriteBytes, under the client's lock as mochi's WritePacket does: one
 // syscall per publication would cost more than the rest of the path. (So
 // mochi's OnPacketEncode and OnPacketSent hooks do not see them.)
-func (s *Subscriber) send(c *dconn, subs []subFilter, window, inflight, next int, settle time.Time) (int, time.Time) {
+func (s *Subscriber) send(c *dconn, subs []subFilter, window, inflight, inBytes, next int, settle time.Time) (int, time.Time) {
 	var wait time.Time
 	s.wbuf.Reset()
 	s.qos0 = s.qos0[:0]
 	sent := 0
-	for ; next < len(s.items) && inflight < window; next++ {
+	for ; next < len(s.items) && inflight < window && (inflight == 0 || inBytes < maxInflightBytes); next++ {
 		it := &s.items[next]
 		if it.state != itemPending {
 			continue
@@ -376,7 +382,10 @@ func (s *Subscriber) send(c *dconn, subs []subFilter, window, inflight, next int
 				s.wbuf.Truncate(mark)
 				break
 			}
-			c.inflight[pk.PacketID] = inflightEntry{key: it.key, qos: qos}
+			size := s.wbuf.Len() - mark
+			c.inflight[pk.PacketID] = inflightEntry{key: it.key, qos: qos, bytes: size}
+			c.inBytes += size
+			inBytes += size
 			// In mochi's Inflight too, so the id is reserved and mochi
 			// runs the QoS 2 exchange (PUBREC → PUBREL).
 			if c.cl.State.Inflight.Set(pk) {

@@ -254,12 +254,14 @@ type dconn struct {
 	settle   time.Time // until then an unmatched message waits instead of being skipped
 	subsGen  uint64    // bumped when the subscriptions change
 	inflight map[uint16]inflightEntry
+	inBytes  int        // encoded bytes of the inflight publications
 	acked    []ackedKey // acknowledgements the sink has not consumed yet
 }
 
 type inflightEntry struct {
-	key pubKey
-	qos byte
+	key   pubKey
+	qos   byte
+	bytes int
 }
 
 type ackedKey struct {
@@ -305,6 +307,7 @@ func (d *durable) detach(cl *mqtt.Client, infoInflight *int64) {
 		}
 	}
 	clear(c.inflight)
+	c.inBytes = 0
 	d.mu.Unlock()
 	d.signal()
 }
@@ -335,6 +338,7 @@ func (d *durable) acked(cl *mqtt.Client, id uint16, refused bool) {
 		return
 	}
 	delete(c.inflight, id)
+	c.inBytes -= e.bytes
 	c.acked = append(c.acked, ackedKey{key: e.key, refused: refused})
 	d.mu.Unlock()
 	d.signal()
