@@ -25,6 +25,8 @@ type metricsCollector struct {
 	delivered, failures, deadLettered           *prometheus.Desc
 	undecodable, lastSuccess, connected         *prometheus.Desc
 	brokerClients, brokerDropped, buildInfo     *prometheus.Desc
+	refused                                     *prometheus.Desc
+	certExpiry                                  *prometheus.Desc
 
 	clientDropped, subUnmatched, subResent *prometheus.Desc // durable subscribers (type subscriber)
 }
@@ -58,6 +60,8 @@ func newMetricsCollector(g *gateway) *metricsCollector {
 		brokerClients: d("broker_clients", "Clients connected to the embedded broker."),
 		brokerDropped: d("broker_messages_dropped_total", "Messages the embedded broker dropped for slow or over-quota subscribers."),
 		buildInfo:     d("build_info", "Build information.", "version", "commit", "goversion"),
+		refused:       d("messages_refused_total", "Messages of webhook requests answered 503 because the queue was full (not stored; the sender must retry).", "route", "reason"),
+		certExpiry:    d("sink_certificate_expiry_timestamp_seconds", "Unix time the sink's client certificate expires (sinks with one only).", "sink"),
 
 		clientDropped: d("broker_client_messages_dropped_total", "Messages the embedded broker dropped per ordinary subscriber (100 clients by name, the rest as _other).", "client"),
 		subUnmatched:  d("subscriber_unmatched_total", "Publications a type subscriber sink skipped because none of the client's subscriptions matched.", "sink"),
@@ -71,6 +75,9 @@ func (c *metricsCollector) Describe(ch chan<- *prometheus.Desc) {
 
 // connectedSink is implemented by sinks that hold a connection.
 type connectedSink interface{ Connected() bool }
+
+// certSink is implemented by sinks that may log in with a client certificate.
+type certSink interface{ CertificateExpiry() (time.Time, bool) }
 
 func (c *metricsCollector) Collect(ch chan<- prometheus.Metric) {
 	counter := func(d *prometheus.Desc, v uint64, labels ...string) {
@@ -94,6 +101,7 @@ func (c *metricsCollector) Collect(ch chan<- prometheus.Metric) {
 			}
 			counter(c.accepted, rs.Accepted.Load(), route)
 			counter(c.duplicates, rs.Duplicates.Load(), route)
+			counter(c.refused, rs.Refused.Load(), route, "queue_full")
 			filtered += rs.Dropped.Load()
 		}
 	}
@@ -139,6 +147,11 @@ func (c *metricsCollector) Collect(ch chan<- prometheus.Metric) {
 				v = 1
 			}
 			gauge(c.connected, v, name)
+		}
+		if cs, ok := g.sinks[i].(certSink); ok {
+			if exp, ok := cs.CertificateExpiry(); ok {
+				gauge(c.certExpiry, float64(exp.Unix()), name)
+			}
 		}
 	}
 	if g.brokerSrv != nil {

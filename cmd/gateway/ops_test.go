@@ -246,6 +246,7 @@ func TestSystemdUnit(t *testing.T) {
 		"ProtectHome=yes", "PrivateTmp=yes", "PrivateDevices=yes", "RestrictAddressFamilies=",
 		"SystemCallFilter=@system-service", "CapabilityBoundingSet=\n", "Restart=always",
 		"ExecStart=/usr/local/bin/wittra-gateway run -config /etc/wittra-gateway/config.yaml",
+		"ExecReload=/bin/kill -HUP $MAINPID",
 	} {
 		if !bytes.Contains(unit, []byte(line)) {
 			t.Errorf("unit lacks %q", line)
