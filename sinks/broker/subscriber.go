@@ -98,8 +98,9 @@ type Subscriber struct {
 	cfg SubscriberConfig
 	log zerolog.Logger
 
-	closed atomic.Bool
-	stats  SubscriberStats
+	closed  atomic.Bool
+	stats   SubscriberStats
+	started time.Time
 
 	// Reused across Publish calls (Publish is not concurrent).
 	items []item
@@ -158,10 +159,11 @@ func NewSubscriber(srv *Server, cfg SubscriberConfig, log zerolog.Logger) (*Subs
 	d.sink = true
 	srv.reserve(cfg.TopicPrefix)
 	return &Subscriber{
-		srv: srv,
-		d:   d,
-		cfg: cfg,
-		log: log.With().Str("component", "broker").Str("sink", cfg.Name).Str("client", cfg.ClientID).Logger(),
+		srv:     srv,
+		d:       d,
+		cfg:     cfg,
+		log:     log.With().Str("component", "broker").Str("sink", cfg.Name).Str("client", cfg.ClientID).Logger(),
+		started: time.Now(),
 	}, nil
 }
 
@@ -172,12 +174,30 @@ func (s *Subscriber) Name() string { return s.cfg.Name }
 func (s *Subscriber) Stats() *SubscriberStats { return &s.stats }
 
 // Connected reports whether the client is connected and subscribed.
-func (s *Subscriber) Connected() bool {
+func (s *Subscriber) Connected() bool { return s.LinkState().Connected }
+
+// LinkState is the client's state for the status page: connected means
+// connected and subscribed; LastError says what delivery waits for.
+func (s *Subscriber) LinkState() sinks.LinkState {
 	s.d.mu.Lock()
 	defer s.d.mu.Unlock()
+	ls := sinks.LinkState{Since: s.d.changed}
+	if ls.Since.IsZero() {
+		ls.Since = s.started
+	}
 	c := s.d.cur
-	return c != nil && !c.dead && !c.readyAt.IsZero() && c.cl.State.Subscriptions.Len() > 0
+	switch {
+	case c == nil || c.dead:
+		ls.LastError = "client " + s.cfg.ClientID + " not connected: its messages wait in the queue"
+	case c.readyAt.IsZero() || c.cl.State.Subscriptions.Len() == 0:
+		ls.LastError = "client " + s.cfg.ClientID + " connected but not subscribed: its messages wait in the queue"
+	default:
+		ls.Connected = true
+	}
+	return ls
 }
+
+var _ sinks.Linked = (*Subscriber)(nil)
 
 // Close detaches the sink; the client's protection stays with the broker.
 func (s *Subscriber) Close(context.Context) error {
@@ -312,7 +332,11 @@ func (s *Subscriber) Publish(ctx context.Context, msgs []sinks.Message) (int, er
 		case <-d.wake:
 		case <-tick:
 		case <-ctx.Done():
-			return done, ctx.Err()
+			// Say what delivery waits for: the forwarder reports it.
+			if ls := s.LinkState(); !ls.Connected {
+				return done, fmt.Errorf("%s: %w", ls.LastError, ctx.Err())
+			}
+			return done, fmt.Errorf("client %s: %d of %d messages acknowledged: %w", s.cfg.ClientID, done, len(msgs), ctx.Err())
 		}
 	}
 }

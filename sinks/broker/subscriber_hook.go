@@ -241,9 +241,10 @@ type durable struct {
 	cfg  SubscriberConfig
 	wake chan struct{} // capacity 1: something changed for the sink
 
-	mu   sync.Mutex
-	cur  *dconn // nil while the client is away
-	sink bool   // a Subscriber is attached
+	mu      sync.Mutex
+	cur     *dconn    // nil while the client is away
+	sink    bool      // a Subscriber is attached
+	changed time.Time // when the client last connected, subscribed or left
 }
 
 // dconn is one connection of a durable client.
@@ -286,6 +287,7 @@ func (d *durable) attach(cl *mqtt.Client) {
 		d.cur.dead = true
 	}
 	d.cur = c
+	d.changed = time.Now()
 	d.mu.Unlock()
 	d.signal()
 }
@@ -301,6 +303,7 @@ func (d *durable) detach(cl *mqtt.Client, infoInflight *int64) {
 	}
 	c.dead = true
 	d.cur = nil
+	d.changed = time.Now()
 	for id := range c.inflight {
 		if cl.State.Inflight.Delete(id) {
 			atomic.AddInt64(infoInflight, -1)
@@ -319,6 +322,7 @@ func (d *durable) subscribed(cl *mqtt.Client, granted bool, settle time.Duration
 		if granted && c.readyAt.IsZero() {
 			c.readyAt = time.Now()
 			c.settle = c.readyAt.Add(settle)
+			d.changed = c.readyAt
 		}
 	}
 	d.mu.Unlock()
