@@ -123,6 +123,8 @@ func mainErr() int {
 			err = r.drainMQTT()
 		case "drain-jetstream":
 			err = r.drainJetStream()
+		case "subscriber":
+			err = r.durable()
 		case "profile":
 			err = r.profile()
 		case "devices":
@@ -156,7 +158,7 @@ func (r *runner) sizes() {
 	r.drainN, r.drainTimeout = 1_000_000, 180*time.Second
 }
 
-var allScenarios = []string{"intake", "latency", "drain", "drain-mqtt", "drain-jetstream", "devices"}
+var allScenarios = []string{"intake", "latency", "drain", "drain-mqtt", "drain-jetstream", "subscriber", "devices"}
 
 func expand(names []string) ([]string, error) {
 	var out []string
@@ -186,16 +188,18 @@ func expand(names []string) ([]string, error) {
 			add("drain-mqtt")
 		case "drain-jetstream", "jetstream":
 			add("drain-jetstream")
+		case "subscriber", "durable":
+			add("subscriber")
 		case "profile":
 			add("profile")
 		case "devices", "memory-per-device":
 			add("devices")
 		default:
-			return nil, fmt.Errorf("unknown scenario %q (intake latency drain drain-mqtt drain-jetstream devices profile; aliases baseline memory memory-per-device startup disk mqtt jetstream all)", n)
+			return nil, fmt.Errorf("unknown scenario %q (intake latency drain drain-mqtt drain-jetstream subscriber devices profile; aliases baseline memory memory-per-device startup disk mqtt jetstream durable all)", n)
 		}
 	}
 	// Keep a stable order.
-	order := map[string]int{"intake": 0, "latency": 1, "drain": 2, "drain-mqtt": 3, "drain-jetstream": 4, "profile": 5, "devices": 6}
+	order := map[string]int{"intake": 0, "latency": 1, "drain": 2, "drain-mqtt": 3, "drain-jetstream": 4, "subscriber": 5, "profile": 6, "devices": 7}
 	sort.SliceStable(out, func(i, j int) bool { return order[out[i]] < order[out[j]] })
 	return out, nil
 }

@@ -1416,6 +1416,7 @@ func (p *parser) validate(c *Config) {
 		}
 	}
 	seenSink := map[string]int{}
+	seenClientID := map[string]int{} // client ids of subscriber sinks
 	hasC8Y := false
 	for i, s := range c.Sinks {
 		base := fmt.Sprintf("sinks[%d]", i)
@@ -1488,16 +1489,67 @@ func (p *parser) validate(c *Config) {
 			}
 			p.c8yCertOnly(base, s)
 		case "jetstream":
+		case "subscriber":
+			p.subscriberSink(c, base, s, seenClientID)
 		case "":
-			p.invalid(base+".type", "required: broker, mqtt, cumulocity or jetstream")
+			p.invalid(base+".type", "required: broker, subscriber, mqtt, cumulocity or jetstream")
 		default:
-			p.invalid(base+".type", "must be broker, mqtt, cumulocity or jetstream (got %q)", s.Type)
+			p.invalid(base+".type", "must be broker, subscriber, mqtt, cumulocity or jetstream (got %q)", s.Type)
 		}
 		p.validateJetStream(base, s)
 	}
 	if hasC8Y && strings.Contains(c.Gateway.ID, ":") {
 		p.invalid("gateway.id", "must not contain ':' with a cumulocity sink (it is the Cumulocity client id)")
 	}
+}
+
+// subscriberSink validates a `type: subscriber` sink (a durable client of
+// the embedded broker).
+func (p *parser) subscriberSink(c *Config, base string, s SinkConfig, seen map[string]int) {
+	br := c.Broker
+	if !br.Enabled {
+		p.invalid(base+".type", "type subscriber needs broker.enabled: true")
+	}
+	switch {
+	case s.ClientID == "":
+		p.invalid(base+".client_id", "required for type subscriber (the consumer's MQTT client id)")
+	case s.ClientID == c.Gateway.ID || s.ClientID == "wittra-"+c.Gateway.ID:
+		p.invalid(base+".client_id", "must not be the gateway's own id")
+	default:
+		if j, dup := seen[s.ClientID]; dup {
+			p.invalid(base+".client_id", "same client_id as sinks[%d]: one durable subscriber per client", j)
+		} else {
+			seen[s.ClientID] = p.sinkIndex(c, s.Name)
+		}
+	}
+	if s.QoS != 1 && s.QoS != 2 {
+		p.invalid(base+".qos", "must be 1 or 2 for type subscriber (the cursor moves on the client's acknowledgement)")
+	}
+	if s.Retain {
+		p.invalid(base+".retain", "not for type subscriber: it delivers every message to one client; retained values belong to a type broker sink")
+	}
+	if len(br.Users) > 0 {
+		found := false
+		for _, u := range br.Users {
+			found = found || u.Username == s.Username
+		}
+		switch {
+		case s.Username == "":
+			p.invalid(base+".username", "required for type subscriber when broker.users is set: only this user may take the client's session")
+		case !found:
+			p.invalid(base+".username", "%q is not one of broker.users", s.Username)
+		}
+	}
+}
+
+// sinkIndex returns the position of the sink named name.
+func (p *parser) sinkIndex(c *Config, name string) int {
+	for i, s := range c.Sinks {
+		if s.Name == name {
+			return i
+		}
+	}
+	return -1
 }
 
 // checkOrigin accepts a browser Origin as sent in the header: scheme://host[:port]

@@ -83,7 +83,7 @@ func TestJetStreamSinkValidation(t *testing.T) {
 	if strings.Contains(errs.Error(), "Sup3rS3cret") {
 		t.Errorf("error echoes a secret: %v", errs)
 	}
-	wantProblem(t, errs, "sinks[1].type: must be broker, mqtt, cumulocity or jetstream")
+	wantProblem(t, errs, "sinks[1].type: must be broker, subscriber, mqtt, cumulocity or jetstream")
 }
 
 // The commented jetstream sink of config.example.yaml is a valid config.

@@ -9,6 +9,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"wittra-gateway/bridge"
+	"wittra-gateway/sinks/broker"
 )
 
 // metricsCollector exposes the components' own counters at scrape time, so
@@ -29,6 +30,7 @@ type metricsCollector struct {
 	certExpiry                                  *prometheus.Desc
 
 	retainedTopics, retainedBytes, retainedCleared *prometheus.Desc
+	clientDropped, subUnmatched, subResent         *prometheus.Desc // durable subscribers (type subscriber)
 }
 
 func newMetricsCollector(g *gateway) *metricsCollector {
@@ -68,6 +70,9 @@ func newMetricsCollector(g *gateway) *metricsCollector {
 		retainedTopics:  d("broker_retained_topics", "Retained topics of the gateway held by the embedded broker."),
 		retainedBytes:   d("broker_retained_bytes", "Payload bytes of those retained topics."),
 		retainedCleared: d("broker_retained_cleared_topics_total", "Retained topics cleared by a bound: reason cap (retain_max_topics/bytes) or age (retain_max_age).", "reason"),
+		clientDropped:   d("broker_client_messages_dropped_total", "Messages the embedded broker dropped per ordinary subscriber (100 clients by name, the rest as _other).", "client"),
+		subUnmatched:    d("subscriber_unmatched_total", "Publications a type subscriber sink skipped because none of the client's subscriptions matched.", "sink"),
+		subResent:       d("subscriber_resent_total", "Publications a type subscriber sink sent again after a reconnect.", "sink"),
 	}
 }
 
@@ -141,6 +146,10 @@ func (c *metricsCollector) Collect(ch chan<- prometheus.Metric) {
 		counter(c.deadLettered, fs.Rejected.Load(), name)
 		counter(c.undecodable, fs.Undecodable.Load(), name)
 		gauge(c.lastSuccess, float64(fs.LastSuccess.Load())/1e9, name)
+		if ss, ok := g.sinks[i].(*broker.Subscriber); ok {
+			counter(c.subUnmatched, ss.Stats().Unmatched.Load(), name)
+			counter(c.subResent, ss.Stats().Resent.Load(), name)
+		}
 		if cs, ok := g.sinks[i].(connectedSink); ok {
 			v := 0.0
 			if cs.Connected() {
@@ -162,6 +171,9 @@ func (c *metricsCollector) Collect(ch chan<- prometheus.Metric) {
 		gauge(c.retainedBytes, float64(rs.Bytes))
 		counter(c.retainedCleared, rs.EvictedTopics, "cap")
 		counter(c.retainedCleared, rs.ExpiredTopics, "age")
+		for client, n := range g.brokerSrv.DroppedByClient() {
+			counter(c.clientDropped, n, client)
+		}
 	}
 }
 

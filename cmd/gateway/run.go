@@ -307,6 +307,11 @@ func (g *gateway) newSink(cfg *Config, sc SinkConfig, log zerolog.Logger) (sinks
 				MaxAge: sc.RetainMaxAge, MaxTopics: sc.RetainMaxTopics, MaxBytes: sc.RetainMaxBytes,
 			},
 		}, log)
+	case "subscriber":
+		if g.brokerSrv == nil {
+			return nil, errors.New("type subscriber needs broker.enabled")
+		}
+		return broker.NewSubscriber(g.brokerSrv, subscriberConfig(cfg, sc), log)
 	case "mqtt":
 		return mqttclient.New(mqttclient.Config{
 			Name:        sc.Name,

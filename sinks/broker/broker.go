@@ -80,6 +80,10 @@ type Config struct {
 	// reserves its own prefix too, but only once the broker serves; naming
 	// them here closes that window.
 	ReservedPrefixes []string
+	// Subscribers declares the durable subscribers (`type: subscriber`
+	// sinks): their client ids are protected and kept out of the ordinary
+	// fan-out from the first connection on. NewSubscriber attaches each sink.
+	Subscribers []SubscriberConfig
 
 	connectTimeout time.Duration // tests shorten DefaultConnectTimeout
 
@@ -122,6 +126,7 @@ type User struct {
 type Server struct {
 	mochi *mqtt.Server
 	auth  *authHook
+	subs  *subscriberHook
 	lns   []listeners.Listener // in Config order
 	log   zerolog.Logger
 
@@ -153,13 +158,14 @@ func New(cfg Config, log zerolog.Logger) (*Server, error) {
 	// its queued QoS>0 messages) forever; bound it.
 	caps.MaximumSessionExpiryInterval = DefaultSessionExpiry
 
+	mochiLog := newMochiHandler(zerolog.NewSlogHandler(log))
 	s := &Server{
 		auth: auth,
 		log:  log,
 		mochi: mqtt.New(&mqtt.Options{
 			Capabilities:           caps,
 			InlineClient:           true,
-			Logger:                 slog.New(newMochiHandler(zerolog.NewSlogHandler(log))),
+			Logger:                 slog.New(mochiLog),
 			SysTopicResendInterval: sysTopicInterval,
 		}),
 	}
@@ -170,6 +176,13 @@ func New(cfg Config, log zerolog.Logger) (*Server, error) {
 	s.sweepDone = make(chan struct{})
 	if err := s.mochi.AddHook(s.retained, nil); err != nil {
 		return nil, fmt.Errorf("add retained hook: %w", err)
+	}
+	if s.subs, err = newSubscriberHook(s.mochi, cfg.Subscribers, len(cfg.Users) > 0, log); err != nil {
+		return nil, err
+	}
+	mochiLog.quotaDropped = s.subs.drops.add
+	if err := s.mochi.AddHook(s.subs, nil); err != nil {
+		return nil, fmt.Errorf("add durable subscriber hook: %w", err)
 	}
 
 	lcs := cfg.Listeners
@@ -354,6 +367,10 @@ func (s *Server) Dropped() int64 {
 	return atomic.LoadInt64(&s.mochi.Info.MessagesDropped) + atomic.LoadInt64(&s.mochi.Info.InflightDropped)
 }
 
+// DroppedByClient returns, per client id, the messages the broker dropped
+// for it since start (at most 100 clients by name, the rest as "_other").
+func (s *Server) DroppedByClient() map[string]uint64 { return s.subs.drops.totals() }
+
 // Close stops the listeners and disconnects every client. It is a no-op the
 // second time. Sinks using the server should be closed first so their
 // "offline" status is published.
@@ -361,6 +378,7 @@ func (s *Server) Close() error {
 	s.closeOnce.Do(func() {
 		s.closed.Store(true)
 		close(s.sweepDone)
+		s.subs.drops.close()
 		_ = s.mochi.Close() // always nil in v2.7.9
 		s.retained.wait()   // retained deliveries end with their clients
 	})

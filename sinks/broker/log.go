@@ -16,8 +16,13 @@ import (
 //   - some records carry whole packets ("pk", "packet", "will"), which can
 //     hold payloads or a CONNECT password; those attributes are dropped so
 //     that secrets never reach the log.
+//
+// mochi drops a QoS>0 message for a client whose Inflight is full with no
+// hook, only this warning per message; it is counted per client through
+// quotaDropped instead of logged (the count is logged once a minute).
 type mochiHandler struct {
-	next slog.Handler
+	next         slog.Handler
+	quotaDropped func(client string)
 }
 
 func newMochiHandler(next slog.Handler) *mochiHandler { return &mochiHandler{next: next} }
@@ -26,8 +31,22 @@ func (h *mochiHandler) Enabled(ctx context.Context, level slog.Level) bool {
 	return h.next.Enabled(ctx, level)
 }
 
+// mochiQuotaMsg is mochi's (v2.7.9) warning for a message dropped because
+// the client's Inflight was full.
+const mochiQuotaMsg = "client store quota reached"
+
 func (h *mochiHandler) Handle(ctx context.Context, r slog.Record) error {
 	level, msg := r.Level, r.Message
+	if msg == mochiQuotaMsg && h.quotaDropped != nil {
+		r.Attrs(func(a slog.Attr) bool {
+			if a.Key == "client" {
+				h.quotaDropped(a.Value.String())
+				return false
+			}
+			return true
+		})
+		return nil
+	}
 	if msg == "" {
 		msg = "client connection ended"
 		if level > slog.LevelDebug && level < slog.LevelError {
@@ -54,11 +73,11 @@ func (h *mochiHandler) WithAttrs(attrs []slog.Attr) slog.Handler {
 			keep = append(keep, a)
 		}
 	}
-	return &mochiHandler{next: h.next.WithAttrs(keep)}
+	return &mochiHandler{next: h.next.WithAttrs(keep), quotaDropped: h.quotaDropped}
 }
 
 func (h *mochiHandler) WithGroup(name string) slog.Handler {
-	return &mochiHandler{next: h.next.WithGroup(name)}
+	return &mochiHandler{next: h.next.WithGroup(name), quotaDropped: h.quotaDropped}
 }
 
 func redacted(key string) bool {
