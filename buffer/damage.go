@@ -81,7 +81,10 @@ func (q *Queue) update(fn func(*bolt.Tx) error) (err error) {
 func (q *Queue) markDamaged(cause error) error {
 	q.damagedOnce.Do(func() {
 		q.damagedErr = fmt.Errorf("%w: %v", ErrDamaged, cause)
-		merr := writeMarker(damagedMarker(q.cfg.Path), time.Now().UTC().Format(time.RFC3339)+" "+cause.Error()+"\n")
+		var merr error
+		if !q.readOnly { // an export only reports it
+			merr = writeMarker(damagedMarker(q.cfg.Path), time.Now().UTC().Format(time.RFC3339)+" "+cause.Error()+"\n")
+		}
 		ev := q.log.Error().Err(cause).Str("marker", damagedMarker(q.cfg.Path))
 		if merr != nil {
 			ev = ev.AnErr("marker_error", merr)

@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -376,14 +377,30 @@ func (s *salvager) finish() error {
 				return err
 			}
 		}
-		if _, err := tx.CreateBucketIfNotExists(bucketDedup); err != nil {
+		dedup, err := tx.CreateBucketIfNotExists(bucketDedup)
+		if err != nil {
 			return err
 		}
-		if _, err := tx.CreateBucketIfNotExists(bucketDedupT); err != nil {
+		index, err := tx.CreateBucketIfNotExists(bucketDedupT)
+		if err != nil {
 			return err
 		}
-		for k, at := range s.dedup {
-			if err := putDedup(tx, []byte(k), at); err != nil {
+		// In key order: bbolt inserts into one growing node per bucket
+		// until the commit, so random order costs a quadratic memmove.
+		keys := slices.Sorted(maps.Keys(s.dedup))
+		for _, k := range keys {
+			if err := dedup.Put([]byte(k), u64(s.dedup[k])); err != nil {
+				return err
+			}
+		}
+		ik := make([][]byte, 0, len(keys))
+		for _, k := range keys {
+			ik = append(ik, append(u64(s.dedup[k]), k...))
+		}
+		slices.SortFunc(ik, bytes.Compare)
+		index.FillPercent = appendFill
+		for _, k := range ik {
+			if err := index.Put(k, nil); err != nil {
 				return err
 			}
 		}

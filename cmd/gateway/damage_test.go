@@ -1,9 +1,11 @@
 package main
 
 import (
+	"context"
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"net/http"
 	"net/http/httptest"
@@ -331,5 +333,52 @@ func TestDamagedQueueFileUnderALiveGateway(t *testing.T) {
 	time.Sleep(3 * time.Second)
 	if g.exited() {
 		t.Fatalf("gateway exited again after the salvage: %v", g.err)
+	}
+}
+
+// TestQueueSalvageCommand salvages a damaged file offline, as an operator
+// would with a quarantined queue.db.corrupt-<time>: into an empty queue
+// (sequence numbers and cursors kept), then appended to a queue that has
+// messages of its own.
+func TestQueueSalvageCommand(t *testing.T) {
+	s := newDamageSite(t, false)
+	s.fill()
+	damaged := filepath.Join(s.dir, "queue.db.corrupt-test")
+	if err := os.Rename(s.queuePath, damaged); err != nil {
+		t.Fatal(err)
+	}
+	ids := pagesOfType(t, damaged, 1)
+	smashPages(t, damaged, append(ids, 0, 1)...) // branch pages and both metas
+	run := func(args ...string) (string, error) {
+		var out strings.Builder
+		err := (&QueueCommand{Stdout: &out, Stderr: io.Discard}).Run(context.Background(), append(args, "-config", s.cfgPath))
+		return out.String(), err
+	}
+	if _, err := run("salvage"); exitCode(err) != exitUsage {
+		t.Fatalf("salvage without -from: %v", err)
+	}
+	if _, err := run("salvage", "-from", s.queuePath); exitCode(err) != exitUsage {
+		t.Fatalf("salvage from the queue file itself: %v", err)
+	}
+	out, err := run("salvage", "-from", damaged)
+	if err != nil || !strings.Contains(out, fmt.Sprintf("salvaged %d messages", damageMessages)) || !strings.Contains(out, "written as") {
+		t.Fatalf("salvage into no queue: %v\n%s", err, out)
+	}
+	out, err = run("stats")
+	if err != nil || !strings.Contains(out, fmt.Sprintf("messages     %d", damageMessages)) {
+		t.Fatalf("stats after salvage: %v\n%s", err, out)
+	}
+	// Again, into the queue that now exists: appended after what it has.
+	out, err = run("salvage", "-from", damaged)
+	if err != nil || !strings.Contains(out, "appended to") {
+		t.Fatalf("salvage into an existing queue: %v\n%s", err, out)
+	}
+	out, err = run("export")
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	if len(lines) != 2*damageMessages || !strings.Contains(lines[damageMessages], `"payloadId":"s00000"`) {
+		t.Fatalf("export after two salvages: %d lines, line %d: %.120s", len(lines), damageMessages, lines[min(damageMessages, len(lines)-1)])
 	}
 }
