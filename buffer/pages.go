@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
-	"io"
 	"os"
 )
 
@@ -162,20 +161,23 @@ func (pf *pageFile) page(id, limit uint64) ([]byte, error) {
 	if id < 2 || id >= limit {
 		return nil, bad("out of bounds (%d pages)", limit)
 	}
-	hdr := make([]byte, pageHeaderSize)
-	if _, err := pf.f.ReadAt(hdr, int64(id)*int64(pf.pageSize)); err != nil {
+	// One read for the usual page without overflow, a second for the rest.
+	buf := make([]byte, pf.pageSize)
+	if _, err := pf.f.ReadAt(buf, int64(id)*int64(pf.pageSize)); err != nil {
 		return nil, bad("read: %v", err)
 	}
-	if got := le.Uint64(hdr); got != id {
+	if got := le.Uint64(buf); got != id {
 		return nil, bad("identifies as %d", got)
 	}
-	overflow := uint64(le.Uint32(hdr[12:]))
+	overflow := uint64(le.Uint32(buf[12:]))
 	if id+overflow >= limit {
 		return nil, bad("overflow %d past the end", overflow)
 	}
-	buf := make([]byte, (overflow+1)*uint64(pf.pageSize))
-	if _, err := pf.f.ReadAt(buf, int64(id)*int64(pf.pageSize)); err != nil && !errors.Is(err, io.EOF) {
-		return nil, bad("read: %v", err)
+	if overflow > 0 {
+		buf = append(buf, make([]byte, overflow*uint64(pf.pageSize))...)
+		if _, err := pf.f.ReadAt(buf[pf.pageSize:], int64(id+1)*int64(pf.pageSize)); err != nil {
+			return nil, bad("read overflow: %v", err)
+		}
 	}
 	if err := checkPage(buf); err != nil {
 		return nil, bad("%v", err)

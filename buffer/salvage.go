@@ -18,6 +18,10 @@ import (
 	bolt "go.etcd.io/bbolt"
 )
 
+// salvageReads is the format version whose layout the salvage reads (and
+// writes). TestFormatFixturesSalvage fails when FormatVersion moves on.
+const salvageReads = 1
+
 // SalvageReport counts what a salvage copied out of a damaged file.
 type SalvageReport struct {
 	Salvaged uint64 // messages copied, each after the lowest cursor
