@@ -24,7 +24,7 @@ func (q *Queue) needsCompaction() (bool, int64) {
 	st := q.db.Stats()
 	free := int64(st.FreePageN+st.PendingPageN) * int64(q.db.Info().PageSize)
 	var used int64 // high-water mark of allocated pages; the file may be bigger
-	if err := q.db.View(func(tx *bolt.Tx) error { used = tx.Size(); return nil }); err != nil {
+	if err := q.guard(func() error { return q.db.View(func(tx *bolt.Tx) error { used = tx.Size(); return nil }) }); err != nil {
 		return false, 0
 	}
 	live := used - free
@@ -34,6 +34,9 @@ func (q *Queue) needsCompaction() (bool, int64) {
 // Compact rewrites the file to its live data when it is mostly free space.
 // It runs in the committer, between commits, so writers simply wait.
 func (q *Queue) Compact() error {
+	if q.readOnly {
+		return ErrReadOnly
+	}
 	reply := make(chan error, 1)
 	q.closeMu.RLock()
 	if q.closed {

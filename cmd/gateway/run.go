@@ -84,6 +84,10 @@ wait:
 		case err = <-g.fatal:
 			log.Error().Err(err).Msg("stopping after a fatal error")
 			break wait
+		case <-g.queue.Damaged():
+			err = g.queue.Ping(context.Background()) // the queue's ErrDamaged
+			log.Error().Err(err).Int("exit_status", exitQueueDamaged).Msg("stopping: the queue file is damaged; the next start quarantines and salvages it")
+			break wait
 		case <-c.Reload:
 			cfg = g.reloadFrom(path, cfg)
 		}
