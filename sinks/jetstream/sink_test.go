@@ -152,26 +152,27 @@ func readStream(t testing.TB, c *natstest.Cluster, name string) []stored {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), waitLong)
 	defer cancel()
-	var st jetstream.Stream
+	var (
+		info *jetstream.StreamInfo
+		cons jetstream.Consumer
+	)
 	for {
-		// Right after a node loss the stream may be electing a leader.
-		if st, err = js.Stream(ctx, name); err == nil {
-			break
+		// Right after a node loss or a cut the stream, or the cluster's
+		// meta leader, may be electing a leader: "no responders" then.
+		st, err := js.Stream(ctx, name)
+		if err == nil {
+			if info, err = st.Info(ctx); err == nil {
+				if cons, err = st.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{}); err == nil {
+					break
+				}
+			}
 		}
 		if ctx.Err() != nil {
 			t.Fatalf("stream %s: %v", name, err)
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
-	info, err := st.Info(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
 	total := info.State.Msgs
-	cons, err := st.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{})
-	if err != nil {
-		t.Fatal(err)
-	}
 	var out []stored
 	for uint64(len(out)) < total {
 		batch, err := cons.Fetch(int(min(500, total-uint64(len(out)))), jetstream.FetchMaxWait(5*time.Second))
