@@ -43,7 +43,7 @@ type Message struct {
 type Sink interface {
 	Name() string
 	// Publish delivers msgs in order and returns how many of them, counted
-	// from the start of the slice, are proven delivered (see SPEC §7). When
+	// from the start of the slice, are proven delivered (see docs/contract.md#delivery). When
 	// delivered < len(msgs) the error says why; if it wraps ErrPermanent the
 	// message msgs[delivered] was refused for good and is dead-lettered.
 	Publish(ctx context.Context, msgs []Message) (delivered int, err error)

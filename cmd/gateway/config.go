@@ -1,6 +1,6 @@
 package main
 
-// YAML configuration of the gateway (SPEC §3).
+// YAML configuration of the gateway (docs/contract.md#configuration).
 //
 // API used by the rest of cmd/gateway:
 //
@@ -179,7 +179,7 @@ type SinkTLS struct {
 	InsecureSkipVerify bool
 }
 
-// Default values (SPEC §3).
+// Default values (docs/contract.md#configuration).
 const (
 	DefaultLogLevel       = "info"
 	DefaultLogFormat      = "json"

@@ -27,7 +27,7 @@ var (
 // DefaultConfigPath is where a packaged install keeps the config.
 const DefaultConfigPath = "/etc/wittra-gateway/config.yaml"
 
-// Exit codes (SPEC §2).
+// Exit codes (docs/contract.md#command-line).
 const (
 	exitOK      = 0
 	exitRuntime = 1

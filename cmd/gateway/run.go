@@ -29,7 +29,7 @@ import (
 	"wittra-gateway/sinks/mqttclient"
 )
 
-// shutdownBudget is the whole time a stop may take (SPEC §8: 10 s); the
+// shutdownBudget is the whole time a stop may take (10 s, docs/contract.md#operations); the
 // systemd unit's TimeoutStopSec is above it.
 const shutdownBudget = 9 * time.Second
 

@@ -23,7 +23,7 @@ const publishQoS = 2
 type SinkConfig struct {
 	Name        string // sink name in logs and metrics; default "broker"
 	TopicPrefix string // default DefaultTopicPrefix
-	Values      bool   // also publish one topic per measured value (SPEC §5)
+	Values      bool   // also publish one topic per measured value (docs/contract.md#topics)
 	Retain      bool   // publish data, events and values retained
 	GatewayID   string // names the status topic sinks.StatusTopic(prefix, id); required
 	// RetainPolicy bounds the retained topics under TopicPrefix (age of
@@ -32,7 +32,7 @@ type SinkConfig struct {
 }
 
 // Sink publishes messages into the embedded broker. Delivery is the
-// handover to the broker (SPEC §7): once mochi has routed a publication to
+// handover to the broker (docs/contract.md#delivery): once mochi has routed a publication to
 // the subscribers' queues (and stored it, if retained) it counts.
 type Sink struct {
 	srv    *Server

@@ -1,4 +1,4 @@
-// Package cumulocity is the Cumulocity IoT output of the gateway (SPEC §6):
+// Package cumulocity is the Cumulocity IoT output of the gateway (docs/contract.md#cumulocity):
 // the gateway is a Cumulocity device (external id = gateway id) and every
 // Wittra device becomes its child device (external id = the Wittra device
 // id), registered before its first data; Wittra values become measurements,

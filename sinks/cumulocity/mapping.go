@@ -11,7 +11,7 @@ import (
 )
 
 // The mapper turns one Wittra message into Cumulocity records, the same for
-// both modes; smartrest.go and rest.go only render them. Mapping (SPEC §6):
+// both modes; smartrest.go and rest.go only render them. Mapping (docs/contract.md#cumulocity):
 //
 //	temperature              → c8y_TemperatureMeasurement.T  C    (MQTT: template 211)
 //	battery.percentage       → c8y_Battery.level             %    (one measurement, type c8y_Battery,

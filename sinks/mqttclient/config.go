@@ -50,7 +50,7 @@ type Config struct {
 	QoS                  byte
 	Retain               bool          // publish data, events and values retained
 	TopicPrefix          string        // default DefaultTopicPrefix
-	Values               bool          // also publish one topic per measured value (SPEC §5)
+	Values               bool          // also publish one topic per measured value (docs/contract.md#topics)
 	GatewayID            string        // names the status topic sinks.StatusTopic(prefix, id); required
 	Window               int           // max publications in flight; default DefaultWindow (DefaultWindowQoS2 at QoS 2)
 	AckTimeout           time.Duration // max wait for one acknowledgement; default DefaultAckTimeout
