@@ -41,6 +41,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -1277,8 +1278,8 @@ func (p *parser) validate(c *Config) {
 	if b.Path == "" {
 		p.invalid("buffer.path", "must not be empty")
 	}
-	if b.MaxBytes <= 0 {
-		p.invalid("buffer.max_bytes", "must be greater than 0")
+	if b.MaxBytes < minQueueBytes {
+		p.invalid("buffer.max_bytes", "must be at least 64KiB (a few messages)")
 	}
 	if b.MaxAge <= 0 {
 		p.invalid("buffer.max_age", "must be greater than 0")
@@ -1497,6 +1498,7 @@ func (p *parser) validate(c *Config) {
 			p.invalid(base+".type", "must be broker, subscriber, mqtt, cumulocity or jetstream (got %q)", s.Type)
 		}
 		p.validateJetStream(base, s)
+		p.sinkKeysOfType(base, s.Type)
 	}
 	if hasC8Y && strings.Contains(c.Gateway.ID, ":") {
 		p.invalid("gateway.id", "must not contain ':' with a cumulocity sink (it is the Cumulocity client id)")
@@ -1539,6 +1541,41 @@ func (p *parser) subscriberSink(c *Config, base string, s SinkConfig, seen map[s
 		case !found:
 			p.invalid(base+".username", "%q is not one of broker.users", s.Username)
 		}
+	}
+}
+
+// minQueueBytes is the smallest buffer.max_bytes: below it the queue could
+// hold hardly a request.
+const minQueueBytes = 64 << 10
+
+// sinkKeys are the keys each sink type reads; any other key on a sink of
+// that type is an error (with its line), so a key that belongs to another
+// type is never silently ignored.
+var sinkKeys = map[string][]string{
+	"broker":     {"topic_prefix", "values", "retain", "retain_max_age", "retain_max_topics", "retain_max_bytes"},
+	"subscriber": {"client_id", "username", "topic_prefix", "values", "qos"},
+	"mqtt":       {"url", "client_id", "username", "password", "password_file", "tls", "qos", "retain", "topic_prefix", "values"},
+	"cumulocity": {"mode", "url", "tenant", "username", "password", "password_file", "tls", "device_name", "client_id", "token_url"},
+	"jetstream":  append([]string{"username", "password", "password_file", "tls"}, jetstreamKeys...),
+}
+
+// sinkKeysOfType reports the keys of the sink at base that its type does
+// not read (unless a more specific check already named them).
+func (p *parser) sinkKeysOfType(base, typ string) {
+	allowed, known := sinkKeys[typ]
+	if !known {
+		return // the type itself is the error
+	}
+	reported := map[string]bool{}
+	for _, e := range p.errs {
+		reported[e.Field] = true
+	}
+	for _, e := range p.entries {
+		key, direct := strings.CutPrefix(e.path, base+".")
+		if !direct || strings.ContainsAny(key, ".[") || key == "name" || key == "type" || slices.Contains(allowed, key) || reported[e.path] {
+			continue
+		}
+		p.fail(e.path, "not a key of type %s (its keys: %s)", typ, strings.Join(allowed, ", "))
 	}
 }
 

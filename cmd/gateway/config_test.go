@@ -956,3 +956,41 @@ func TestSinkRetainBounds(t *testing.T) {
 		})
 	}
 }
+
+// A key that belongs to another sink type is an error with its line, not
+// silently ignored; so is a queue too small to hold anything.
+func TestSinkKeysBelongToTheirType(t *testing.T) {
+	cfgText := `buffer: {max_bytes: 5}
+sinks:
+  - {name: local, type: broker, url: "tcp://x:1883", qos: 1}
+  - {name: plant, type: mqtt, url: "tcp://x:1883", tenant: t1, mode: rest}
+  - name: c8y
+    type: cumulocity
+    url: https://t.example.com
+    mode: rest
+    tenant: t1
+    username: u
+    password: p
+    qos: 1
+    retain: true
+    topic_prefix: x
+`
+	_, err := ParseConfig([]byte(cfgText), t.TempDir())
+	if err == nil {
+		t.Fatal("foreign keys accepted")
+	}
+	for _, want := range []string{
+		"line 1: buffer.max_bytes: must be at least 64KiB",
+		"line 3: sinks[0].url: not a key of type broker",
+		"line 3: sinks[0].qos: not a key of type broker",
+		"line 4: sinks[1].tenant: not a key of type mqtt",
+		"line 4: sinks[1].mode: not a key of type mqtt",
+		"line 12: sinks[2].qos: not a key of type cumulocity",
+		"line 13: sinks[2].retain: not a key of type cumulocity",
+		"line 14: sinks[2].topic_prefix: not a key of type cumulocity",
+	} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("errors lack %q:\n%v", want, err)
+		}
+	}
+}
