@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -37,7 +38,7 @@ const queueUsage = `usage: wittra-gateway queue <stats|peek|export|purge|salvage
 
 func (c *QueueCommand) Run(ctx context.Context, args []string) error {
 	if len(args) == 0 {
-		return usageError{errors.New("queue needs a subcommand\n" + queueUsage)}
+		return usageError{fmt.Errorf("queue needs a subcommand\n%s", strings.TrimRight(queueUsage, "\n"))}
 	}
 	sub, args := args[0], args[1:]
 	if sub == "help" || sub == "-h" || sub == "--help" {
