@@ -1,14 +1,12 @@
 package jetstream
 
 import (
-	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"net/url"
-	"os"
 	"strings"
 	"time"
+	"wittra-gateway/internal/tlsfiles"
 )
 
 // Defaults used when a Config field is zero.
@@ -70,12 +68,7 @@ type StreamConfig struct {
 }
 
 // TLSConfig is the client side of TLS.
-type TLSConfig struct {
-	CAFile             string // PEM CA bundle that replaces the system roots
-	CertFile           string // PEM client certificate, with KeyFile, for mutual TLS
-	KeyFile            string
-	InsecureSkipVerify bool // accept any server certificate (testing only)
-}
+type TLSConfig = tlsfiles.Config
 
 // withDefaults fills the zero fields of a stream for subject prefix.
 func (st StreamConfig) withDefaults(prefix string) StreamConfig {
@@ -100,8 +93,6 @@ func (st StreamConfig) withDefaults(prefix string) StreamConfig {
 // WithDefaults returns st with its zero fields filled as the sink fills
 // them for subject prefix.
 func (st StreamConfig) WithDefaults(prefix string) StreamConfig { return st.withDefaults(prefix) }
-
-func (t TLSConfig) isZero() bool { return t == TLSConfig{} }
 
 // withDefaults returns cfg with zero fields defaulted, or an error naming
 // the first invalid field.
@@ -275,32 +266,4 @@ func Covers(f, prefix string) bool {
 		}
 	}
 	return len(ft) == len(want)
-}
-
-// loadTLS builds the client TLS configuration, reading the files now so
-// that a missing or broken file fails at start, naming the file.
-func loadTLS(c TLSConfig) (*tls.Config, error) {
-	tc := &tls.Config{MinVersion: tls.VersionTLS12, InsecureSkipVerify: c.InsecureSkipVerify}
-	if c.CAFile != "" {
-		pem, err := os.ReadFile(c.CAFile)
-		if err != nil {
-			return nil, fmt.Errorf("read tls ca_file: %w", err)
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("tls ca_file %s: no PEM certificate found", c.CAFile)
-		}
-		tc.RootCAs = pool
-	}
-	if (c.CertFile == "") != (c.KeyFile == "") {
-		return nil, errors.New("tls cert_file and key_file must be given together")
-	}
-	if c.CertFile != "" {
-		cert, err := tls.LoadX509KeyPair(c.CertFile, c.KeyFile)
-		if err != nil {
-			return nil, fmt.Errorf("load tls cert_file %s and key_file %s: %w", c.CertFile, c.KeyFile, err)
-		}
-		tc.Certificates = []tls.Certificate{cert}
-	}
-	return tc, nil
 }

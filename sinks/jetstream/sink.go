@@ -84,8 +84,8 @@ func New(cfg Config, log zerolog.Logger) (*Sink, error) {
 			secure = true
 		}
 	}
-	if secure || !cfg.TLS.isZero() {
-		if tc, err = loadTLS(cfg.TLS); err != nil {
+	if secure || !cfg.TLS.IsZero() {
+		if tc, err = cfg.TLS.Client(); err != nil {
 			return nil, fmt.Errorf("jetstream sink %s: %w", cfg.Name, err)
 		}
 	}

@@ -101,10 +101,10 @@ func New(cfg Config, log zerolog.Logger) (*Sink, error) {
 	var tc *tls.Config
 	switch {
 	case secure:
-		if tc, err = loadTLS(cfg.TLS); err != nil {
+		if tc, err = cfg.TLS.Client(); err != nil {
 			return nil, fmt.Errorf("mqtt sink %s: %w", cfg.Name, err)
 		}
-	case !cfg.TLS.isZero():
+	case !cfg.TLS.IsZero():
 		return nil, fmt.Errorf("mqtt sink %s: tls settings need an ssl:// or wss:// url, not %s://", cfg.Name, broker.Scheme)
 	}
 	timer := time.NewTimer(time.Hour)
