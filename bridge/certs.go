@@ -80,9 +80,23 @@ func (r *CertReloader) GetCertificate(*tls.ClientHelloInfo) (*tls.Certificate, e
 // ServerTLSConfig is the webhook's TLS: 1.2 minimum with forward-secret
 // AEAD suites only (1.3 suites are not configurable and all good).
 func ServerTLSConfig(r *CertReloader) *tls.Config {
+	return serverTLSConfig(r.GetCertificate)
+}
+
+// NotAfter is when the certificate served now expires.
+func (r *CertReloader) NotAfter() time.Time {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.cert == nil || r.cert.Leaf == nil {
+		return time.Time{}
+	}
+	return r.cert.Leaf.NotAfter
+}
+
+func serverTLSConfig(get func(*tls.ClientHelloInfo) (*tls.Certificate, error)) *tls.Config {
 	return &tls.Config{
 		MinVersion:     tls.VersionTLS12,
-		GetCertificate: r.GetCertificate,
+		GetCertificate: get,
 		CipherSuites: []uint16{
 			tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
 			tls.TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,

@@ -24,6 +24,7 @@ type metricsCollector struct {
 	delivered, failures, deadLettered           *prometheus.Desc
 	undecodable, lastSuccess, connected         *prometheus.Desc
 	brokerClients, brokerDropped, buildInfo     *prometheus.Desc
+	certExpiry                                  *prometheus.Desc
 }
 
 func newMetricsCollector(g *gateway) *metricsCollector {
@@ -55,6 +56,7 @@ func newMetricsCollector(g *gateway) *metricsCollector {
 		brokerClients: d("broker_clients", "Clients connected to the embedded broker."),
 		brokerDropped: d("broker_messages_dropped_total", "Messages the embedded broker dropped for slow or over-quota subscribers."),
 		buildInfo:     d("build_info", "Build information.", "version", "commit", "goversion"),
+		certExpiry:    d("webhook_cert_expiry_timestamp_seconds", "Unix time the webhook's TLS certificate expires, by ACME domain (or cert_file).", "domain"),
 	}
 }
 
@@ -128,6 +130,13 @@ func (c *metricsCollector) Collect(ch chan<- prometheus.Metric) {
 				v = 1
 			}
 			gauge(c.connected, v, name)
+		}
+	}
+	if g.certExpiry != nil {
+		for name, t := range g.certExpiry() {
+			if !t.IsZero() {
+				gauge(c.certExpiry, float64(t.Unix()), name)
+			}
 		}
 	}
 	if g.brokerSrv != nil {
