@@ -47,10 +47,28 @@ type Forwarder struct {
 // ForwarderStats are totals since start.
 type ForwarderStats struct {
 	Delivered   atomic.Uint64
-	Failures    atomic.Uint64 // failed Publish attempts (each is retried)
+	Failures    atomic.Uint64 // failed or fruitless Publish attempts (each is retried)
 	Rejected    atomic.Uint64 // refused permanently by the sink
 	Undecodable atomic.Uint64 // records the bridge could not decode
 	LastSuccess atomic.Int64  // Unix ns of the last delivery
+	LastFailure atomic.Int64  // Unix ns of the last failed or timed-out attempt
+	lastError   atomic.Pointer[string]
+}
+
+// LastError is the text of the last failed or timed-out attempt ("" before
+// the first). It is kept after delivery resumes: LastSuccess tells which is
+// newer.
+func (s *ForwarderStats) LastError() string {
+	if p := s.lastError.Load(); p != nil {
+		return *p
+	}
+	return ""
+}
+
+func (s *ForwarderStats) failed(err error) {
+	msg := err.Error()
+	s.lastError.Store(&msg)
+	s.LastFailure.Store(time.Now().UnixNano())
 }
 
 // NewForwarder builds the forwarder of sink reading from r.
@@ -152,10 +170,16 @@ func (f *Forwarder) deliver(ctx context.Context, msgs []sinks.Message, recs []bu
 		if err != nil && ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded) {
 			// The attempt ran out while the sink waited for its connection
 			// or for acknowledgements: try again at once (the wait itself
-			// paces the loop) after dropping what the queue deleted.
-			if n == 0 && !failing {
-				f.log.Warn().Msg("sink not delivering yet; waiting")
-				failing = true
+			// paces the loop) after dropping what the queue deleted. An
+			// attempt that delivered nothing is a failure for the operator's
+			// alert, like any other.
+			if n == 0 {
+				f.stats.Failures.Add(1)
+				f.stats.failed(err)
+				if !failing {
+					f.log.Warn().Msg("sink not delivering yet; waiting")
+					failing = true
+				}
 			}
 			continue
 		}
@@ -181,6 +205,7 @@ func (f *Forwarder) deliver(ctx context.Context, msgs []sinks.Message, recs []bu
 			}
 		}
 		f.stats.Failures.Add(1)
+		f.stats.failed(err)
 		if !failing {
 			// Logged once per outage, not per retry.
 			f.log.Warn().Err(err).Msg("sink delivery failing; retrying with backoff")

@@ -49,7 +49,10 @@ func newTestReceiver(t *testing.T, cfg ReceiverConfig, log zerolog.Logger) (*buf
 
 func TestRefusalsAreLoggedOncePerInterval(t *testing.T) {
 	logs := &lockedBuffer{}
-	_, url := newTestReceiver(t, ReceiverConfig{Routes: []Route{{Path: "/wittra", Token: "tok"}}, LogInterval: 200 * time.Millisecond}, zerolog.New(logs))
+	var mu sync.Mutex
+	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	_, url := newTestReceiver(t, ReceiverConfig{Routes: []Route{{Path: "/wittra", Token: "tok"}}, LogInterval: time.Minute, Now: clock}, zerolog.New(logs))
 	post := func() {
 		resp, err := http.Post(url+"/wittra", "application/json", strings.NewReader(`{}`))
 		if err != nil {
@@ -66,7 +69,9 @@ func TestRefusalsAreLoggedOncePerInterval(t *testing.T) {
 	if n := strings.Count(logs.String(), "webhook request refused"); n != 1 {
 		t.Fatalf("50 refusals within the interval logged %d times, want 1:\n%s", n, logs.String())
 	}
-	time.Sleep(250 * time.Millisecond)
+	mu.Lock()
+	now = now.Add(time.Minute)
+	mu.Unlock()
 	post()
 	out := logs.String()
 	if n := strings.Count(out, "webhook request refused"); n != 2 {
@@ -81,6 +86,9 @@ func TestConcurrencyCapAnswers503BeforeReadingTheBody(t *testing.T) {
 	q, url := newTestReceiver(t, ReceiverConfig{Routes: []Route{{Path: "/wittra"}}, MaxConcurrent: 1}, zerolog.Nop())
 	// The first request holds the only slot: its body never finishes.
 	pr, pw := io.Pipe()
+	// Closed on every exit: a failure must not leave the handler (and the
+	// server's Close at cleanup) waiting for this body forever.
+	defer pw.Close()
 	first := make(chan int, 1)
 	go func() {
 		resp, err := http.Post(url+"/wittra", "application/json", pr)
@@ -92,7 +100,9 @@ func TestConcurrencyCapAnswers503BeforeReadingTheBody(t *testing.T) {
 		first <- resp.StatusCode
 	}()
 	pw.Write([]byte(`{"deviceId":`))
-	deadline := time.Now().Add(5 * time.Second)
+	// Generous: on a loaded machine the first request may take a while to
+	// reach the handler; the test asserts the 503, not how soon it comes.
+	deadline := time.Now().Add(60 * time.Second)
 	var code int
 	var retry string
 	for time.Now().Before(deadline) {
@@ -117,5 +127,33 @@ func TestConcurrencyCapAnswers503BeforeReadingTheBody(t *testing.T) {
 	}
 	if st, _ := q.Stats(); st.Messages != 1 {
 		t.Fatalf("queued %d, want only the first request's message", st.Messages)
+	}
+}
+
+// A second, different refusal from the same client is logged at once; the
+// same refusal with other numbers in it is not.
+func TestRefusalLogKeyedByReason(t *testing.T) {
+	logs := &lockedBuffer{}
+	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	_, url := newTestReceiver(t, ReceiverConfig{Routes: []Route{{Path: "/wittra"}}, Now: func() time.Time { return now }}, zerolog.New(logs))
+	post := func(body string) {
+		resp, err := http.Post(url+"/wittra", "application/json", strings.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 400 {
+			t.Fatalf("code %d, want 400", resp.StatusCode)
+		}
+	}
+	post(`{"deviceId": 1,}`)  // not JSON, at one offset
+	post(`{"deviceId":  1,}`) // not JSON, at another offset: alike
+	post(`[{"deviceId":"D1"}, 5]`)
+	out := logs.String()
+	if n := strings.Count(out, "webhook request refused"); n != 2 {
+		t.Fatalf("logged %d refusals, want 2 (one per reason):\n%s", n, out)
+	}
+	if !strings.Contains(out, "not JSON") || !strings.Contains(out, "is not an object") {
+		t.Fatalf("both reasons should be logged:\n%s", out)
 	}
 }

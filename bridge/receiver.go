@@ -52,6 +52,11 @@ type ReceiverConfig struct {
 	// LogInterval: a refusal is logged once per client address and code
 	// per interval; the rest are counted. DefaultLogInterval.
 	LogInterval time.Duration
+	// Now is the clock of the refusal log limiter; time.Now when nil.
+	Now func() time.Time
+	// MaxDevices bounds the last-seen device table (Devices).
+	// DefaultMaxDevices.
+	MaxDevices int
 }
 
 // Defaults used when a ReceiverConfig field is zero.
@@ -68,7 +73,7 @@ type Appender interface {
 // Receiver is the webhook endpoint (SPEC §4). It answers 200 only after
 // every message of the request is committed to the queue.
 type Receiver struct {
-	routes  map[string]*route
+	routes  atomic.Pointer[map[string]*route] // replaced whole by SetRoutes
 	maxBody int64
 	queue   Appender
 	log     zerolog.Logger
@@ -76,12 +81,16 @@ type Receiver struct {
 	noRoute RouteStats
 	slots   chan struct{} // one per request being handled
 	logs    *logLimiter
+	now     func() time.Time
+
+	devices     *deviceTable
+	lastRequest atomic.Int64 // Unix ns
 }
 
 type route struct {
 	Route
 	rawToken, b64Token []byte
-	stats              RouteStats
+	stats              *RouteStats
 }
 
 // ReplyCodes are the HTTP codes the receiver answers with (SPEC §4), in
@@ -96,6 +105,9 @@ type RouteStats struct {
 	Accepted   atomic.Uint64
 	Duplicates atomic.Uint64
 	Dropped    atomic.Uint64 // filtered out by device_prefixes
+	// Refused counts the messages of requests answered 503 because the
+	// queue was full (policy reject): not stored, the sender must retry.
+	Refused atomic.Uint64
 }
 
 func (s *RouteStats) reply(code int) {
@@ -115,37 +127,57 @@ func NewReceiver(cfg ReceiverConfig, q Appender, log zerolog.Logger) *Receiver {
 	if cfg.MaxConcurrent <= 0 {
 		cfg.MaxConcurrent = DefaultMaxConcurrent
 	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
 	if cfg.LogInterval <= 0 {
 		cfg.LogInterval = DefaultLogInterval
 	}
 	r := &Receiver{
-		routes:  make(map[string]*route),
 		maxBody: cfg.MaxBody,
 		queue:   q,
 		log:     log,
 		slots:   make(chan struct{}, cfg.MaxConcurrent),
 		logs:    newLogLimiter(cfg.LogInterval),
+		now:     cfg.Now,
+		devices: newDeviceTable(cfg.MaxDevices),
 	}
-	for _, rt := range cfg.Routes {
-		x := &route{Route: rt}
-		x.stats.Path = rt.Path
-		if rt.Token != "" {
-			x.rawToken = []byte(rt.Token)
-			x.b64Token = []byte(base64.StdEncoding.EncodeToString([]byte(rt.Token)))
-		}
-		r.routes[rt.Path] = x
-	}
+	r.SetRoutes(cfg.Routes)
 	r.bufs.New = func() any { return new(bytes.Buffer) }
 	return r
 }
 
+// SetRoutes replaces the routes (paths, tokens, projects, device filters)
+// while requests are served: a config reload. Requests already past the
+// route lookup finish under the old route. Counters of paths that stay are
+// kept.
+func (r *Receiver) SetRoutes(routes []Route) {
+	old := r.routes.Load()
+	next := make(map[string]*route, len(routes))
+	for _, rt := range routes {
+		x := &route{Route: rt}
+		if prev, ok := lookup(old, rt.Path); ok {
+			x.stats = prev.stats
+		} else {
+			x.stats = &RouteStats{Path: rt.Path}
+		}
+		if rt.Token != "" {
+			x.rawToken = []byte(rt.Token)
+			x.b64Token = []byte(base64.StdEncoding.EncodeToString([]byte(rt.Token)))
+		}
+		next[rt.Path] = x
+	}
+	r.routes.Store(&next)
+}
+
 func (r *Receiver) ServeHTTP(w http.ResponseWriter, req *http.Request) {
-	rt, ok := r.routes[req.URL.Path]
+	r.lastRequest.Store(r.now().UnixNano())
+	rt, ok := (*r.routes.Load())[req.URL.Path]
 	if !ok {
 		r.fail(w, req, &r.noRoute, http.StatusNotFound, "no webhook route at this path")
 		return
 	}
-	st := &rt.stats
+	st := rt.stats
 	select {
 	case r.slots <- struct{}{}:
 		defer func() { <-r.slots }()
@@ -198,20 +230,27 @@ func (r *Receiver) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 			retry := "10"
 			if errors.Is(err, buffer.ErrFull) {
 				retry = "30"
+				st.Refused.Add(uint64(len(entries)))
 			}
 			w.Header().Set("Retry-After", retry)
-			if ok, suppressed := r.logs.allow("queue", 0, time.Now()); ok {
+			if ok, suppressed := r.logs.allow("queue", 0, "", r.now()); ok {
 				r.log.Error().Err(err).Int("failed_since_last", suppressed).Msg("queue refused a webhook request")
 			}
 			r.fail(w, req, st, http.StatusServiceUnavailable, "queue unavailable: "+queueReason(err))
 			return
 		}
+		r.devices.note(entries, time.Now())
 	}
 	st.Accepted.Add(uint64(res.Accepted))
 	st.Duplicates.Add(uint64(res.Duplicates))
 	st.Dropped.Add(uint64(dropped))
 	st.reply(http.StatusOK)
-	writeJSON(w, http.StatusOK, fmt.Sprintf(`{"accepted":%d,"duplicates":%d}`, res.Accepted, res.Duplicates))
+	reply := fmt.Sprintf(`{"accepted":%d,"duplicates":%d}`, res.Accepted, res.Duplicates)
+	if dropped > 0 {
+		// Only then, so replies without a device filter stay as they were.
+		reply = fmt.Sprintf(`{"accepted":%d,"duplicates":%d,"filtered":%d}`, res.Accepted, res.Duplicates, dropped)
+	}
+	writeJSON(w, http.StatusOK, reply)
 }
 
 // putBuf returns a body buffer to the pool unless a huge body grew it.
@@ -235,7 +274,7 @@ func queueReason(err error) string {
 func (r *Receiver) fail(w http.ResponseWriter, req *http.Request, st *RouteStats, code int, msg string) {
 	st.reply(code)
 	if code < 500 || code == http.StatusServiceUnavailable {
-		if ok, suppressed := r.logs.allow(req.RemoteAddr, code, time.Now()); ok {
+		if ok, suppressed := r.logs.allow(req.RemoteAddr, code, msg, r.now()); ok {
 			r.log.Warn().Int("code", code).Str("path", req.URL.Path).Str("remote", req.RemoteAddr).
 				Str("error", msg).Int("suppressed_since_last", suppressed).Msg("webhook request refused")
 		}
@@ -256,9 +295,10 @@ func writeJSON(w http.ResponseWriter, code int, body string) {
 
 // Stats returns every route's counters, the unmatched-path counters last.
 func (r *Receiver) Stats() []*RouteStats {
-	out := make([]*RouteStats, 0, len(r.routes)+1)
-	for _, rt := range r.routes {
-		out = append(out, &rt.stats)
+	routes := *r.routes.Load()
+	out := make([]*RouteStats, 0, len(routes)+1)
+	for _, rt := range routes {
+		out = append(out, rt.stats)
 	}
 	return append(out, &r.noRoute)
 }
@@ -361,10 +401,12 @@ func (rt *route) entry(obj []byte, where string) (e buffer.Entry, keep bool, err
 	if project == "" {
 		project = DefaultProject
 	}
-	if err := wittra.CheckID(device); err != nil {
+	// An id unsafe as a topic level is escaped, not refused: the reading is
+	// kept and published under the escaped id.
+	if device, err = wittra.TopicID(device); err != nil {
 		return e, false, fmt.Errorf("%sdevice id: %w", where, err)
 	}
-	if err := wittra.CheckID(project); err != nil {
+	if project, err = wittra.TopicID(project); err != nil {
 		return e, false, fmt.Errorf("%sproject id: %w", where, err)
 	}
 	kind := sinks.KindData
@@ -384,4 +426,12 @@ func hasAnyPrefix(s string, prefixes []string) bool {
 		}
 	}
 	return false
+}
+
+func lookup(routes *map[string]*route, path string) (*route, bool) {
+	if routes == nil {
+		return nil, false
+	}
+	rt, ok := (*routes)[path]
+	return rt, ok
 }

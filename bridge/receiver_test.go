@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -145,10 +146,7 @@ func TestReceiverRefusals(t *testing.T) {
 		{"JSON number", "POST", "/open", "application/json", `42`, nil, 400, "not a JSON object or array"},
 		{"array with a string", "POST", "/open", "application/json", `[{"deviceId":"D1"}, "x"]`, nil, 400, "element 1 at byte offset 20 is not an object"},
 		{"deviceId not a string", "POST", "/open", "application/json", `{"deviceId":5}`, nil, 400, "deviceId"},
-		{"device with slash", "POST", "/open", "application/json", `{"deviceId":"D1/x"}`, nil, 400, "device id"},
-		{"device with plus in array", "POST", "/open", "application/json", `[{"deviceId":"D1"},{"deviceId":"D+"}]`, nil, 400, "element 1"},
-		{"project with hash", "POST", "/open", "application/json", `{"deviceId":"D1","projectId":"p#"}`, nil, 400, "project id"},
-		{"device with NUL", "POST", "/open", "application/json", `{"deviceId":"D\u0000"}`, nil, 400, "device id"},
+		{"device id too long even escaped", "POST", "/open", "application/json", `[{"deviceId":"D1"},{"deviceId":"` + strings.Repeat("/", 100) + `"}]`, nil, 400, "element 1"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -192,6 +190,10 @@ func TestReceiverQueueFull(t *testing.T) {
 	if q := in.queued(t); len(q) != 0 {
 		t.Fatalf("a rejected request left %d messages (want none: all or nothing)", len(q))
 	}
+	// The operator's alert: the refused messages are counted, not hidden.
+	if got := in.recv.Stats()[0].Refused.Load(); got != 2 {
+		t.Fatalf("refused counter = %d, want the request's 2 messages", got)
+	}
 }
 
 func TestReceiverClosedQueue(t *testing.T) {
@@ -219,7 +221,7 @@ func TestReceiverAccepts(t *testing.T) {
 		{"DATA with base64 token", "/wittra", "application/json", f1, b64, `{"accepted":1,"duplicates":0}`},
 		{"same payloadId again", "/wittra", "application/json; charset=utf-8", f1, raw, `{"accepted":0,"duplicates":1}`},
 		{"EVENT", "/wittra", "application/json", f3, raw, `{"accepted":1,"duplicates":0}`},
-		{"array on a route with a project and a filter", "/site", "application/json", "[" + f4 + ",\n" + f6 + `, {"deviceId":"M00FF"}, {"note":"no id"}]`, nil, `{"accepted":3,"duplicates":0}`},
+		{"array on a route with a project and a filter", "/site", "application/json", "[" + f4 + ",\n" + f6 + `, {"deviceId":"M00FF"}, {"note":"no id"}]`, nil, `{"accepted":3,"duplicates":0,"filtered":1}`},
 		{"empty array", "/site", "application/json", `[]`, nil, `{"accepted":0,"duplicates":0}`},
 	}
 	for _, s := range steps {
@@ -254,6 +256,27 @@ func TestReceiverAccepts(t *testing.T) {
 	}
 	if got := in.q.Counters(); got.Commits == 0 {
 		t.Fatalf("no commits counted")
+	}
+}
+
+// A reading is never lost for the shape of its id: ids unsafe as a topic
+// level are escaped (reversibly) and the whole batch is kept.
+func TestReceiverEscapesUnsafeIDs(t *testing.T) {
+	in := newIntake(t, buffer.Config{})
+	body := `[{"deviceId":"D1"},{"deviceId":"D1/x"},{"deviceId":"D+","projectId":"p#"},{"deviceId":"D\u0000"}]`
+	got := in.post(t, "POST", "/wittra", "application/json", body, nil)
+	if got.code != 200 || strings.TrimSpace(got.body) != `{"accepted":4,"duplicates":0}` {
+		t.Fatalf("batch with unsafe ids: %d %s, want all 4 accepted", got.code, got.body)
+	}
+	want := [][2]string{{DefaultProject, "D1"}, {DefaultProject, "D1%2Fx"}, {"p%23", "D%2B"}, {DefaultProject, "D%00"}}
+	q := in.queued(t)
+	if len(q) != len(want) {
+		t.Fatalf("queued %d messages, want %d", len(q), len(want))
+	}
+	for i, m := range q {
+		if m.Project != want[i][0] || m.Device != want[i][1] {
+			t.Errorf("message %d: project %q device %q, want %q %q", i, m.Project, m.Device, want[i][0], want[i][1])
+		}
 	}
 }
 
@@ -359,5 +382,54 @@ func TestForwarderDeliversInOrderRetriesAndSkipsRejected(t *testing.T) {
 	}
 	if got := in.q.Counters().DeadLetters; got != 1 {
 		t.Errorf("dead letter counter = %d, want 1", got)
+	}
+}
+
+// stalledSink never delivers: it waits for its (absent) connection until
+// the attempt's deadline, as a real sink does during an outage.
+type stalledSink struct{ calls atomic.Int64 }
+
+func (s *stalledSink) Name() string                { return "stalled" }
+func (s *stalledSink) Close(context.Context) error { return nil }
+func (s *stalledSink) Publish(ctx context.Context, msgs []sinks.Message) (int, error) {
+	s.calls.Add(1)
+	<-ctx.Done()
+	return 0, ctx.Err()
+}
+
+// An outage where every attempt ends by its deadline must show in
+// sink_failures_total: it is what operators alert on.
+func TestForwarderCountsAttemptsThatRunOut(t *testing.T) {
+	in := newIntake(t, buffer.Config{})
+	if got := in.post(t, "POST", "/wittra", "application/json", `{"deviceId":"D1"}`, nil); got.code != 200 {
+		t.Fatalf("post: %d", got.code)
+	}
+	r, err := in.q.Reader("s")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sink := &stalledSink{}
+	f := NewForwarder(ForwarderConfig{Attempt: 20 * time.Millisecond}, r, sink, zerolog.Nop())
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error)
+	go func() { done <- f.Run(ctx) }()
+	deadline := time.Now().Add(10 * time.Second)
+	for sink.calls.Load() < 3 && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("Run after cancel: %v", err)
+	}
+	calls := sink.calls.Load()
+	if calls < 3 {
+		t.Fatalf("sink called %d times in 10 s, want at least 3", calls)
+	}
+	// Every attempt but possibly the one cut by cancel ran out.
+	if got := f.Stats().Failures.Load(); got < uint64(calls-1) {
+		t.Fatalf("failures = %d after %d fruitless attempts", got, calls)
+	}
+	if st, _ := in.q.Stats(); st.Messages != 1 {
+		t.Fatalf("queue holds %d, want the undelivered message kept", st.Messages)
 	}
 }

@@ -120,6 +120,8 @@ func mainErr() int {
 			err = r.drain()
 		case "drain-mqtt":
 			err = r.drainMQTT()
+		case "drain-jetstream":
+			err = r.drainJetStream()
 		case "profile":
 			err = r.profile()
 		}
@@ -151,7 +153,7 @@ func (r *runner) sizes() {
 	r.drainN, r.drainTimeout = 1_000_000, 180*time.Second
 }
 
-var allScenarios = []string{"intake", "latency", "drain", "drain-mqtt"}
+var allScenarios = []string{"intake", "latency", "drain", "drain-mqtt", "drain-jetstream"}
 
 func expand(names []string) ([]string, error) {
 	var out []string
@@ -179,14 +181,16 @@ func expand(names []string) ([]string, error) {
 			add("drain")
 		case "drain-mqtt", "mqtt":
 			add("drain-mqtt")
+		case "drain-jetstream", "jetstream":
+			add("drain-jetstream")
 		case "profile":
 			add("profile")
 		default:
-			return nil, fmt.Errorf("unknown scenario %q (intake latency drain drain-mqtt profile; aliases baseline memory startup disk mqtt all)", n)
+			return nil, fmt.Errorf("unknown scenario %q (intake latency drain drain-mqtt drain-jetstream profile; aliases baseline memory startup disk mqtt jetstream all)", n)
 		}
 	}
 	// Keep a stable order.
-	order := map[string]int{"intake": 0, "latency": 1, "drain": 2, "drain-mqtt": 3, "profile": 4}
+	order := map[string]int{"intake": 0, "latency": 1, "drain": 2, "drain-mqtt": 3, "drain-jetstream": 4, "profile": 5}
 	sort.SliceStable(out, func(i, j int) bool { return order[out[i]] < order[out[j]] })
 	return out, nil
 }

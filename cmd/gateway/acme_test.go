@@ -172,7 +172,7 @@ func acmeWebhook(listen string, p *pebbleCA, cacheDir, httpListen string) string
 func waitCertExpiry(t *testing.T, tg *testGateway, p *pebbleCA) float64 {
 	t.Helper()
 	metrics := "http://" + tg.g.adminLn.Addr().String() + "/metrics"
-	name := `wittra_gateway_webhook_cert_expiry_timestamp_seconds{domain="` + acmeTestDomain + `"}`
+	name := `wittra_gateway_webhook_certificate_expiry_timestamp_seconds{domain="` + acmeTestDomain + `"}`
 	deadline := time.Now().Add(2 * time.Minute)
 	for {
 		if _, body := httpGet(t, metrics); metricValue(body, name) > 0 {

@@ -49,6 +49,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"wittra-gateway/bridge"
+	"wittra-gateway/internal/status"
 	"wittra-gateway/sinks/broker"
 )
 
@@ -119,6 +120,15 @@ type BufferConfig struct {
 // AdminConfig is the `admin:` section.
 type AdminConfig struct {
 	Listen string // host:port; "" means off
+	// Users, when set, turn on HTTP basic auth for the admin listener
+	// (status page, /api/status, /metrics; /healthz and /readyz stay open).
+	Users []AdminUser
+}
+
+// AdminUser is one user of the admin listener.
+type AdminUser struct {
+	Username     string
+	PasswordHash string // bcrypt, checked to be well formed
 }
 
 // BrokerConfig is the `broker:` section (the embedded MQTT broker).
@@ -151,7 +161,7 @@ type UserConfig struct {
 // SinkConfig is one output of the gateway.
 type SinkConfig struct {
 	Name        string // unique, [A-Za-z0-9_-]+
-	Type        string // broker | mqtt | cumulocity
+	Type        string // broker | mqtt | cumulocity | jetstream
 	TopicPrefix string
 	Values      bool
 	Retain      bool
@@ -164,6 +174,9 @@ type SinkConfig struct {
 	Mode        string // cumulocity: mqtt | rest
 	Tenant      string // cumulocity
 	DeviceName  string // cumulocity
+	TokenURL    string // cumulocity, mode rest with certificate login
+
+	JetStream JetStreamSinkConfig // type jetstream (config_jetstream.go)
 }
 
 // SinkTLS is the client TLS setup of an mqtt or cumulocity sink.
@@ -319,11 +332,45 @@ func LoadConfig(path string) (*Config, error) {
 // values, reads *_file secrets (relative paths against dir) and validates the
 // result. Any problem gives a ConfigErrors listing all of them.
 func ParseConfig(data []byte, dir string) (*Config, error) {
-	p := newParser(dir)
+	return parseConfig(newParser(dir), data)
+}
+
+// LoadQueueConfig reads the config for the offline `queue` commands: they
+// need the buffer section and the sink names, not the secrets. Unset
+// ${NAME} variables and *_file secrets are not resolved (under systemd the
+// service's environment and credentials are not the shell's), and only
+// problems that concern the queue are reported.
+func LoadQueueConfig(path string) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read config: %w", err)
+	}
+	p := newParser(filepath.Dir(path))
+	p.offline = true
+	cfg, err := parseConfig(p, data)
+	var errs ConfigErrors
+	if !errors.As(err, &errs) || p.structural {
+		return cfg, err
+	}
+	var kept ConfigErrors
+	for _, e := range errs {
+		if strings.HasPrefix(e.Field, "buffer") || (strings.HasPrefix(e.Field, "sinks[") && strings.HasSuffix(e.Field, ".name")) {
+			kept = append(kept, e)
+		}
+	}
+	if len(kept) > 0 {
+		return nil, kept
+	}
+	return p.cfg, nil
+}
+
+func parseConfig(p *parser, data []byte) (*Config, error) {
 	cfg := DefaultConfig()
+	p.cfg = cfg
 
 	root, err := p.parseTree(data)
 	if err != nil {
+		p.structural = true
 		return nil, err
 	}
 	if root != nil {
@@ -332,6 +379,7 @@ func ParseConfig(data []byte, dir string) (*Config, error) {
 		dec.KnownFields(true)
 		if err := dec.Decode(&raw); err != nil && !errors.Is(err, io.EOF) {
 			// raw is partly filled: discard it.
+			p.structural = true
 			return nil, p.decodeErrors(err)
 		}
 		p.apply(&raw, cfg)
@@ -380,10 +428,20 @@ func (c *Config) Redacted() *Config {
 		u.PublishTopics = cloneStrings(u.PublishTopics)
 		r.Broker.Users[i] = u
 	}
+	r.Admin.Users = make([]AdminUser, len(c.Admin.Users))
+	for i, u := range c.Admin.Users {
+		if u.PasswordHash != "" {
+			u.PasswordHash = mask
+		}
+		r.Admin.Users[i] = u
+	}
 	r.Sinks = make([]SinkConfig, len(c.Sinks))
 	for i, s := range c.Sinks {
 		if s.Password != "" {
 			s.Password = mask
+		}
+		if s.JetStream.Token != "" {
+			s.JetStream.Token = mask
 		}
 		r.Sinks[i] = s
 	}
@@ -461,7 +519,14 @@ type rawBuffer struct {
 }
 
 type rawAdmin struct {
-	Listen yaml.Node `yaml:"listen"`
+	Listen yaml.Node      `yaml:"listen"`
+	Users  []rawAdminUser `yaml:"users"`
+}
+
+type rawAdminUser struct {
+	Username     yaml.Node `yaml:"username"`
+	Password     yaml.Node `yaml:"password"` // a bcrypt hash, not the password
+	PasswordFile yaml.Node `yaml:"password_file"`
 }
 
 type rawBroker struct {
@@ -505,6 +570,8 @@ type rawSink struct {
 	Mode         yaml.Node  `yaml:"mode"`
 	Tenant       yaml.Node  `yaml:"tenant"`
 	DeviceName   yaml.Node  `yaml:"device_name"`
+	TokenURL     yaml.Node  `yaml:"token_url"`
+	rawJetStream `yaml:",inline"`
 }
 
 type rawSinkTLS struct {
@@ -530,6 +597,11 @@ type parser struct {
 	entries []keyEntry     // every key and sequence item, in document order
 	bad     map[string]bool
 	errs    ConfigErrors
+	// offline: leave unset ${NAME} empty and *_file secrets unread (the
+	// queue commands need neither).
+	offline    bool
+	structural bool    // the YAML did not decode: nothing else was checked
+	cfg        *Config // what was applied, even when errors were found
 }
 
 func newParser(dir string) *parser {
@@ -809,7 +881,7 @@ func (p *parser) text(n *yaml.Node, field string) (s string, set, ok bool) {
 		return "", false, false
 	}
 	v, missing := expandEnv(n.Value)
-	if len(missing) > 0 {
+	if len(missing) > 0 && !p.offline {
 		for _, name := range missing {
 			p.fail(field, "${%s}: environment variable %s is not set (use ${%s:-default} for a default)", name, name, name)
 		}
@@ -951,6 +1023,9 @@ func (p *parser) secret(val, file *yaml.Node, base, key string, dst *string) {
 		p.bad[vField] = true
 		return
 	}
+	if p.offline {
+		return
+	}
 	if !filepath.IsAbs(path) {
 		path = filepath.Join(p.dir, path)
 	}
@@ -1034,6 +1109,13 @@ func (p *parser) apply(r *rawConfig, cfg *Config) {
 
 	// Present and empty (or null) means off; absent keeps the default.
 	p.str(&r.Admin.Listen, "admin.listen", &cfg.Admin.Listen)
+	for i := range r.Admin.Users {
+		ru, base := &r.Admin.Users[i], fmt.Sprintf("admin.users[%d]", i)
+		var u AdminUser
+		p.str(&ru.Username, base+".username", &u.Username)
+		p.secret(&ru.Password, &ru.PasswordFile, base, "password", &u.PasswordHash)
+		cfg.Admin.Users = append(cfg.Admin.Users, u)
+	}
 
 	br := &cfg.Broker
 	p.boolean(&r.Broker.Enabled, "broker.enabled", &br.Enabled)
@@ -1112,6 +1194,8 @@ func (p *parser) sink(rs *rawSink, base, gatewayID string) SinkConfig {
 	p.str(&rs.Mode, base+".mode", &s.Mode)
 	p.str(&rs.Tenant, base+".tenant", &s.Tenant)
 	p.str(&rs.DeviceName, base+".device_name", &s.DeviceName)
+	p.str(&rs.TokenURL, base+".token_url", &s.TokenURL)
+	p.jetstreamSink(&rs.rawJetStream, base, &s)
 	switch s.Type {
 	case "mqtt":
 		if s.ClientID == "" {
@@ -1271,6 +1355,26 @@ func (p *parser) validate(c *Config) {
 
 	if c.Admin.Listen != "" {
 		p.hostPort("admin.listen", c.Admin.Listen)
+	}
+	seenAdmin := map[string]int{}
+	for i, u := range c.Admin.Users {
+		base := fmt.Sprintf("admin.users[%d]", i)
+		if u.Username == "" {
+			p.invalid(base+".username", "required")
+		} else if j, dup := seenAdmin[u.Username]; dup {
+			p.invalid(base+".username", "duplicate username (also admin.users[%d])", j)
+		} else {
+			seenAdmin[u.Username] = i
+		}
+		field := base + ".password"
+		if _, inFile := p.lines[base+".password_file"]; inFile {
+			field = base + ".password_file"
+		}
+		if u.PasswordHash == "" {
+			p.invalid(base+".password", "required (a bcrypt hash, in password or password_file)")
+		} else if err := status.CheckHash(u.PasswordHash); err != nil {
+			p.invalid(field, "%v", err)
+		}
 	}
 
 	br := c.Broker
@@ -1432,6 +1536,10 @@ func (p *parser) validate(c *Config) {
 			default:
 				p.invalid(base+".mode", "must be mqtt or rest (got %q)", s.Mode)
 			}
+			if s.TLS.CertFile != "" && s.Password == "" {
+				p.checkC8YCertLogin(base, s, c.Gateway.ID) // certificate login: c8ycert.go
+				break
+			}
 			if s.Tenant == "" {
 				p.invalid(base+".tenant", "required for type cumulocity")
 			}
@@ -1439,13 +1547,16 @@ func (p *parser) validate(c *Config) {
 				p.invalid(base+".username", "required for type cumulocity")
 			}
 			if s.Password == "" {
-				p.invalid(base+".password", "required for type cumulocity (password or password_file)")
+				p.invalid(base+".password", "required for type cumulocity (password or password_file; or a device certificate in tls.cert_file and key_file)")
 			}
+			p.c8yCertOnly(base, s)
+		case "jetstream":
 		case "":
-			p.invalid(base+".type", "required: broker, mqtt or cumulocity")
+			p.invalid(base+".type", "required: broker, mqtt, cumulocity or jetstream")
 		default:
-			p.invalid(base+".type", "must be broker, mqtt or cumulocity (got %q)", s.Type)
+			p.invalid(base+".type", "must be broker, mqtt, cumulocity or jetstream (got %q)", s.Type)
 		}
+		p.validateJetStream(base, s)
 	}
 	if hasC8Y && strings.Contains(c.Gateway.ID, ":") {
 		p.invalid("gateway.id", "must not contain ':' with a cumulocity sink (it is the Cumulocity client id)")

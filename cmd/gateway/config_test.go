@@ -905,3 +905,26 @@ func TestBrokerTCPWithCert(t *testing.T) {
 	errs := parseErrs(t, yml("broker:", "  listeners:", "    - {type: tcp, address: ':1883', cert_file: c, key_file: k}"), t.TempDir())
 	wantProblem(t, errs, "line 3: broker.listeners[0].cert_file: needs type tls")
 }
+
+// systemd's LoadCredential= puts secrets in $CREDENTIALS_DIRECTORY; *_file
+// keys name them through the variable.
+func TestSecretFileFromSystemdCredentials(t *testing.T) {
+	creds := t.TempDir()
+	if err := os.WriteFile(filepath.Join(creds, "mqtt-password"), []byte("s3cret\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("CREDENTIALS_DIRECTORY", creds)
+	cfg, err := ParseConfig([]byte(`sinks:
+  - name: plant
+    type: mqtt
+    url: tcp://127.0.0.1:1883
+    username: gw
+    password_file: ${CREDENTIALS_DIRECTORY}/mqtt-password
+`), t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := cfg.Sinks[0].Password; got != "s3cret" {
+		t.Fatalf("password from the credential file = %q", got)
+	}
+}

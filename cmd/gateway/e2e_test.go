@@ -351,3 +351,47 @@ func TestQueueCommands(t *testing.T) {
 		t.Fatalf("stats after purge:\n%s", out)
 	}
 }
+
+// Under systemd the secrets live in the service's environment or
+// credentials; an operator's `queue stats` from a shell has neither and must
+// still work. Problems of the queue itself are still reported.
+func TestQueueCommandsNeedNoSecrets(t *testing.T) {
+	dir := t.TempDir()
+	cfgPath := filepath.Join(dir, "config.yaml")
+	write := func(buffer string) {
+		t.Helper()
+		yaml := `webhook:
+  listen: 127.0.0.1:0
+  routes:
+    - path: /wittra
+      token: ${WITTRA_TEST_UNSET_TOKEN}
+buffer:
+` + buffer + `
+sinks:
+  - name: plant
+    type: mqtt
+    url: tcp://127.0.0.1:1
+    username: gw
+    password_file: ${CREDENTIALS_DIRECTORY}/mqtt-password
+`
+		if err := os.WriteFile(cfgPath, []byte(yaml), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("  path: " + filepath.Join(dir, "q.db"))
+	if _, err := LoadConfig(cfgPath); err == nil {
+		t.Fatal("the full config loaded without its secrets; the test needs it not to")
+	}
+	var out bytes.Buffer
+	if err := (&QueueCommand{Stdout: &out, Stderr: io.Discard}).Run(context.Background(), []string{"stats", "-config", cfgPath}); err != nil {
+		t.Fatalf("queue stats without the service's secrets: %v", err)
+	}
+	if !regexp.MustCompile(`plant\s+0\s`).MatchString(out.String()) {
+		t.Fatalf("stats:\n%s\nwant the sink plant with depth 0", out.String())
+	}
+	write("  path: " + filepath.Join(dir, "q.db") + "\n  max_bytes: lots")
+	err := (&QueueCommand{Stdout: io.Discard, Stderr: io.Discard}).Run(context.Background(), []string{"stats", "-config", cfgPath})
+	if err == nil || !strings.Contains(err.Error(), "buffer.max_bytes") || strings.Contains(err.Error(), "WITTRA_TEST_UNSET_TOKEN") {
+		t.Fatalf("a bad buffer section: err = %v, want only the buffer.max_bytes problem", err)
+	}
+}

@@ -12,6 +12,7 @@ import (
 	"os/signal"
 	"runtime"
 	"runtime/debug"
+	"strings"
 	"syscall"
 )
 
@@ -39,7 +40,10 @@ func (e usageError) Unwrap() error { return e.err }
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	err := (&Main{Stdout: os.Stdout, Stderr: os.Stderr}).Run(ctx, os.Args[1:])
+	// SIGHUP (systemctl reload) re-reads the config instead of killing.
+	reload := make(chan os.Signal, 1)
+	signal.Notify(reload, syscall.SIGHUP)
+	err := (&Main{Stdout: os.Stdout, Stderr: os.Stderr, Reload: reload}).Run(ctx, os.Args[1:])
 	stop()
 	os.Exit(exitCode(err))
 }
@@ -61,25 +65,29 @@ func exitCode(err error) int {
 // Main picks the subcommand.
 type Main struct {
 	Stdout, Stderr io.Writer
+	Reload         <-chan os.Signal // for run: re-read the config
 }
 
 // Run runs the subcommand named by args[0]; no subcommand means run.
 func (m *Main) Run(ctx context.Context, args []string) error {
 	cmd, rest := "run", args
-	if len(args) > 0 && len(args[0]) > 0 && args[0][0] != '-' {
-		cmd, rest = args[0], args[1:]
+	if len(args) > 0 && len(args[0]) > 0 {
+		switch a := args[0]; {
+		case a[0] != '-', a == "-h", a == "-help", a == "--help", a == "-version", a == "--version":
+			cmd, rest = a, args[1:]
+		}
 	}
 	var err error
 	switch cmd {
 	case "run":
-		err = (&RunCommand{Stderr: m.Stderr}).Run(ctx, rest)
+		err = (&RunCommand{Stderr: m.Stderr, Reload: m.Reload}).Run(ctx, rest)
 	case "check-config":
 		err = (&CheckConfigCommand{Stdout: m.Stdout}).Run(ctx, rest)
 	case "queue":
 		err = (&QueueCommand{Stdout: m.Stdout, Stderr: m.Stderr}).Run(ctx, rest)
-	case "version":
+	case "version", "-version", "--version":
 		fmt.Fprintln(m.Stdout, versionString())
-	case "help", "-h", "--help":
+	case "help", "-h", "-help", "--help":
 		fmt.Fprint(m.Stdout, usage)
 	default:
 		err = usageError{fmt.Errorf("unknown command %q\n%s", cmd, usage)}
@@ -95,14 +103,21 @@ const usage = `usage: wittra-gateway <command> [-config PATH]
 commands:
   run            run the gateway (the default)
   check-config   validate the config; print every problem with its line
-  queue          inspect the queue offline: stats | peek | export | purge
-  version        print version, commit and Go version
+  queue          inspect the queue offline (wittra-gateway queue -h)
+  version        print version, commit and Go version (also --version)
+  help           this text; "<command> -h" lists a command's flags
 
-The default config is ` + DefaultConfigPath + `.
+flags:
+  -config PATH   the YAML config (default ` + DefaultConfigPath + `)
 `
 
 func versionString() string {
-	return fmt.Sprintf("wittra-gateway %s (commit %s, %s, %s/%s)", Version, commitString(), runtime.Version(), runtime.GOOS, runtime.GOARCH)
+	commit := commitString()
+	// git describe already names the commit (v1.2-3-gabc1234, or abc1234).
+	if len(commit) >= 7 && strings.Contains(Version, commit[:7]) {
+		return fmt.Sprintf("wittra-gateway %s (%s, %s/%s)", Version, runtime.Version(), runtime.GOOS, runtime.GOARCH)
+	}
+	return fmt.Sprintf("wittra-gateway %s (commit %s, %s, %s/%s)", Version, commit, runtime.Version(), runtime.GOOS, runtime.GOARCH)
 }
 
 // commitString is the build's commit: from -ldflags, else from the Go
@@ -128,6 +143,10 @@ func commitString() string {
 func newFlagSet(name string, out io.Writer, configPath *string) *flag.FlagSet {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(out)
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "usage: wittra-gateway %s [flags]\n\nflags:\n", name)
+		fs.PrintDefaults()
+	}
 	fs.StringVar(configPath, "config", DefaultConfigPath, "path of the YAML config")
 	return fs
 }

@@ -247,6 +247,7 @@ func TestSystemdUnit(t *testing.T) {
 		"SystemCallFilter=@system-service", "CapabilityBoundingSet=\n", "Restart=always",
 		"EnvironmentFile=-/etc/wittra-gateway/env",
 		"ExecStart=/usr/bin/wittra-gateway run -config /etc/wittra-gateway/config.yaml",
+		"ExecReload=/bin/kill -HUP $MAINPID",
 	} {
 		if !bytes.Contains(unit, []byte(line)) {
 			t.Errorf("unit lacks %q", line)

@@ -1367,6 +1367,10 @@ func TestOutageWhenFullPolicies(t *testing.T) {
 		if got := metricValue(text, `wittra_gateway_messages_dropped_total{reason="queue_full"}`); got != 0 {
 			t.Errorf(`messages_dropped_total{reason="queue_full"} = %v under reject, want 0`, got)
 		}
+		// Nothing was dropped, but the refusals must show where operators alert.
+		if got := metricValue(text, `wittra_gateway_messages_refused_total{reason="queue_full",route="/wittra"}`); got != float64(2*perReq) {
+			t.Errorf(`messages_refused_total{reason="queue_full"} = %v, want the 2 refused requests' %d messages`, got, 2*perReq)
+		}
 
 		m.start()
 		sub := outageSubscribe(t, m.url(), "outage-reject-sub", true)

@@ -35,6 +35,10 @@ func (c *QueueCommand) Run(ctx context.Context, args []string) error {
 		return usageError{errors.New("queue needs a subcommand\n" + queueUsage)}
 	}
 	sub, args := args[0], args[1:]
+	if sub == "help" || sub == "-h" || sub == "--help" {
+		fmt.Fprint(c.Stdout, queueUsage)
+		return nil
+	}
 	var path, sinkName string
 	var n int
 	var yes, dead bool
@@ -54,7 +58,7 @@ func (c *QueueCommand) Run(ctx context.Context, args []string) error {
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
-	cfg, err := LoadConfig(path)
+	cfg, err := LoadQueueConfig(path)
 	if err != nil {
 		return usageError{err}
 	}

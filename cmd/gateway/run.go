@@ -8,12 +8,14 @@ import (
 	stdlog "log"
 	"net"
 	"net/http"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/coreos/go-systemd/v22/daemon"
+	"github.com/mattn/go-isatty"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/rs/zerolog"
@@ -23,6 +25,7 @@ import (
 	"wittra-gateway/sinks"
 	"wittra-gateway/sinks/broker"
 	"wittra-gateway/sinks/cumulocity"
+	"wittra-gateway/sinks/jetstream"
 	"wittra-gateway/sinks/mqttclient"
 )
 
@@ -33,6 +36,9 @@ const shutdownBudget = 9 * time.Second
 // RunCommand runs the gateway until SIGINT/SIGTERM.
 type RunCommand struct {
 	Stderr io.Writer
+	// Reload asks for the config to be read again (SIGHUP, systemctl
+	// reload); nil: never.
+	Reload <-chan os.Signal
 	// ready, when set, is called once the queue is open and every
 	// listener is up (tests use it; systemd notify will too).
 	ready func(*gateway)
@@ -52,6 +58,11 @@ func (c *RunCommand) Run(ctx context.Context, args []string) error {
 	if err != nil {
 		return usageError{err}
 	}
+	// The level lives in zerolog's process-wide setting, which a reload can
+	// lower or raise; the logger itself lets everything through to it.
+	zerolog.SetGlobalLevel(log.GetLevel())
+	defer zerolog.SetGlobalLevel(zerolog.TraceLevel)
+	log = log.Level(zerolog.TraceLevel)
 	g, err := startGateway(cfg, log)
 	if err != nil {
 		log.Error().Err(err).Msg("start failed")
@@ -64,11 +75,18 @@ func (c *RunCommand) Run(ctx context.Context, args []string) error {
 	wdCtx, stopWatchdog := context.WithCancel(context.Background())
 	defer stopWatchdog()
 	go g.watchdog(wdCtx)
-	select {
-	case <-ctx.Done():
-		log.Info().Msg("stopping")
-	case err = <-g.fatal:
-		log.Error().Err(err).Msg("stopping after a fatal error")
+wait:
+	for {
+		select {
+		case <-ctx.Done():
+			log.Info().Msg("stopping")
+			break wait
+		case err = <-g.fatal:
+			log.Error().Err(err).Msg("stopping after a fatal error")
+			break wait
+		case <-c.Reload:
+			cfg = g.reloadFrom(path, cfg)
+		}
 	}
 	stopWatchdog()
 	notify(log, daemon.SdNotifyStopping)
@@ -94,7 +112,10 @@ func newLogger(cfg LogConfig, w io.Writer) (zerolog.Logger, error) {
 	}
 	switch cfg.Format {
 	case "console":
-		w = zerolog.ConsoleWriter{Out: w, TimeFormat: time.DateTime}
+		// Colours only for a person at a terminal, never into a file or the journal.
+		f, isFile := w.(*os.File)
+		color := isFile && isatty.IsTerminal(f.Fd())
+		w = zerolog.ConsoleWriter{Out: w, TimeFormat: time.DateTime, NoColor: !color}
 	case "journald":
 		w = journaldWriter{w}
 	}
@@ -129,20 +150,20 @@ func (j journaldWriter) WriteLevel(l zerolog.Level, p []byte) (int, error) {
 
 // gateway is a running gateway: every component, in start order.
 type gateway struct {
-	log        zerolog.Logger
-	queue      *buffer.Queue
-	brokerSrv  *broker.Server
-	sinks      []sinks.Sink
-	forwarders []*bridge.Forwarder
-	receiver   *bridge.Receiver
-	webhook    *http.Server
-	webhookLn  net.Listener
-	acmeHTTP   *http.Server                // http-01 challenges; nil unless webhook.tls.acme.http_listen
-	acmeCancel context.CancelFunc          // stops the ACME certificate loop
-	certExpiry func() map[string]time.Time // webhook certificate expiry by name; nil for plain HTTP
-	admin      *http.Server
-	adminLn    net.Listener
-	ready      atomic.Bool // /readyz: set once everything is up, cleared at stop
+	log               zerolog.Logger
+	queue             *buffer.Queue
+	brokerSrv         *broker.Server
+	sinks             []sinks.Sink
+	forwarders        []*bridge.Forwarder
+	receiver          *bridge.Receiver
+	webhook           *http.Server
+	webhookLn         net.Listener
+	acmeHTTP          *http.Server                // http-01 challenges; nil unless webhook.tls.acme.http_listen
+	acmeCancel        context.CancelFunc          // stops the ACME certificate loop
+	webhookCertExpiry func() map[string]time.Time // webhook certificate expiry by name; nil for plain HTTP
+	admin             *http.Server
+	adminLn           net.Listener
+	ready             atomic.Bool // /readyz: set once everything is up, cleared at stop
 
 	fwdCancel context.CancelFunc
 	fwdWG     sync.WaitGroup
@@ -153,7 +174,7 @@ type gateway struct {
 }
 
 func startGateway(cfg *Config, log zerolog.Logger) (g *gateway, err error) {
-	g = &gateway{log: log, fatal: make(chan error, 4)}
+	g = &gateway{log: log, fatal: make(chan error, 1)}
 	defer func() {
 		if err != nil {
 			ctx, cancel := context.WithTimeout(context.Background(), shutdownBudget)
@@ -182,8 +203,9 @@ func startGateway(cfg *Config, log zerolog.Logger) (g *gateway, err error) {
 	}
 
 	for _, sc := range cfg.Sinks {
-		slog := log.With().Str("component", "sink").Str("sink", sc.Name).Logger()
-		s, err := g.newSink(cfg, sc, slog)
+		// Each sink names its own component and sink in its lines; one key
+		// each, never twice in a line.
+		s, err := g.newSink(cfg, sc, log)
 		if err != nil {
 			return g, fmt.Errorf("sink %s: %w", sc.Name, err)
 		}
@@ -192,7 +214,8 @@ func startGateway(cfg *Config, log zerolog.Logger) (g *gateway, err error) {
 		if err != nil {
 			return g, err
 		}
-		g.forwarders = append(g.forwarders, bridge.NewForwarder(bridge.ForwarderConfig{Attempt: forwarderAttempt}, r, s, slog))
+		flog := log.With().Str("component", "forwarder").Str("sink", sc.Name).Logger()
+		g.forwarders = append(g.forwarders, bridge.NewForwarder(bridge.ForwarderConfig{Attempt: forwarderAttempt}, r, s, flog))
 	}
 	fctx, cancel := context.WithCancel(context.Background())
 	g.fwdCancel = cancel
@@ -201,7 +224,7 @@ func startGateway(cfg *Config, log zerolog.Logger) (g *gateway, err error) {
 		go func() {
 			defer g.fwdWG.Done()
 			if err := f.Run(fctx); err != nil {
-				g.fatal <- fmt.Errorf("forwarder: %w", err)
+				g.fail(fmt.Errorf("forwarder: %w", err))
 			}
 		}()
 	}
@@ -216,14 +239,14 @@ func startGateway(cfg *Config, log zerolog.Logger) (g *gateway, err error) {
 		return g, err
 	}
 	if cfg.Admin.Listen != "" {
-		if err := g.startAdmin(cfg.Admin.Listen); err != nil {
+		if err := g.startAdmin(cfg); err != nil {
 			return g, err
 		}
 	}
 	g.ready.Store(true)
 	st, _ := g.queue.Stats()
 	log.Info().
-		Str("webhook", g.webhookLn.Addr().String()).
+		Strs("listeners", g.listenerURLs(cfg)).
 		Strs("routes", routePaths(cfg)).
 		Strs("sinks", names).
 		Str("queue", cfg.Buffer.Path).
@@ -231,6 +254,37 @@ func startGateway(cfg *Config, log zerolog.Logger) (g *gateway, err error) {
 		Str("version", Version).
 		Msg("gateway ready")
 	return g, nil
+}
+
+// listenerURLs names every listener with its scheme, for the start line:
+// what an operator checks first (is the webhook HTTPS, where is the admin).
+func (g *gateway) listenerURLs(cfg *Config) []string {
+	scheme := "http"
+	if g.webhook != nil && g.webhook.TLSConfig != nil {
+		scheme = "https"
+	}
+	out := []string{"webhook " + scheme + "://" + g.webhookLn.Addr().String()}
+	if g.adminLn != nil {
+		out = append(out, "admin http://"+g.adminLn.Addr().String())
+	}
+	if g.brokerSrv != nil {
+		for i, addr := range g.brokerSrv.Addrs() {
+			scheme := "mqtt"
+			if i < len(cfg.Broker.Listeners) {
+				l := cfg.Broker.Listeners[i]
+				switch {
+				case l.Type == "tls":
+					scheme = "mqtts"
+				case l.Type == "websocket" && l.CertFile != "":
+					scheme = "wss"
+				case l.Type == "websocket":
+					scheme = "ws"
+				}
+			}
+			out = append(out, "broker "+scheme+"://"+addr)
+		}
+	}
+	return out
 }
 
 func routePaths(cfg *Config) []string {
@@ -279,10 +333,14 @@ func (g *gateway) newSink(cfg *Config, sc SinkConfig, log zerolog.Logger) (sinks
 			TLS:        cumulocity.TLSConfig{CAFile: sc.TLS.CAFile, CertFile: sc.TLS.CertFile, KeyFile: sc.TLS.KeyFile, InsecureSkipVerify: sc.TLS.InsecureSkipVerify},
 			GatewayID:  cfg.Gateway.ID,
 			DeviceName: sc.DeviceName,
+			ClientID:   sc.ClientID, // certificate login only
+			TokenURL:   sc.TokenURL, // rest mode with certificate login
 			// Registered children are remembered in the queue file, so a
 			// restart does not register them again.
 			State: g.queue.KV("cumulocity/" + sc.Name),
 		}, log)
+	case "jetstream":
+		return jetstream.New(jetstreamConfig(cfg, sc), log)
 	default:
 		return nil, fmt.Errorf("sink type %q is not supported by this version", sc.Type)
 	}
@@ -343,8 +401,8 @@ func (d debugWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-func (g *gateway) startAdmin(addr string) error {
-	ln, err := net.Listen("tcp", addr)
+func (g *gateway) startAdmin(cfg *Config) error {
+	ln, err := net.Listen("tcp", cfg.Admin.Listen)
 	if err != nil {
 		return fmt.Errorf("admin listen: %w", err)
 	}
@@ -354,22 +412,37 @@ func (g *gateway) startAdmin(addr string) error {
 		io.WriteString(w, "ok\n")
 	})
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
-		if !g.ready.Load() {
-			http.Error(w, "not ready: starting or stopping", http.StatusServiceUnavailable)
-			return
-		}
-		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
-		defer cancel()
-		if err := g.queue.Ping(ctx); err != nil {
-			http.Error(w, "queue: "+err.Error(), http.StatusServiceUnavailable)
+		if err := g.readyNow(2 * time.Second); err != nil {
+			http.Error(w, "not ready: "+err.Error(), http.StatusServiceUnavailable)
 			return
 		}
 		io.WriteString(w, "ready\n")
 	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(newRegistry(g), promhttp.HandlerOpts{}))
-	g.admin = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, WriteTimeout: 10 * time.Second}
+	handler, err := adminHandler(cfg, mux)
+	if err != nil {
+		ln.Close()
+		return err
+	}
+	g.admin = &http.Server{Handler: handler, ReadHeaderTimeout: 5 * time.Second, WriteTimeout: 10 * time.Second}
+	if err := g.addStatus(cfg, mux); err != nil {
+		ln.Close()
+		return fmt.Errorf("status page: %w", err)
+	}
+	g.warnOpenAdmin(cfg)
 	g.serve(g.admin, func() error { return g.admin.Serve(ln) })
 	return nil
+}
+
+// fail reports a component's fatal error; the first one stops the gateway.
+// It never blocks: later ones are only logged, since a sender stuck here
+// could never be waited for at shutdown.
+func (g *gateway) fail(err error) {
+	select {
+	case g.fatal <- err:
+	default:
+		g.log.Error().Err(err).Msg("fatal error while already stopping")
+	}
 }
 
 func (g *gateway) serve(srv *http.Server, run func() error) {
@@ -377,7 +450,7 @@ func (g *gateway) serve(srv *http.Server, run func() error) {
 	go func() {
 		defer g.srvWG.Done()
 		if err := run(); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			g.fatal <- fmt.Errorf("http server: %w", err)
+			g.fail(fmt.Errorf("http server: %w", err))
 		}
 	}()
 }
@@ -449,6 +522,20 @@ func notify(log zerolog.Logger, state string) {
 // watchdog pings systemd's watchdog while the queue's commit path answers,
 // so a wedged gateway is restarted. A sink outage is not a reason to restart:
 // data waits in the queue.
+// readyNow says why the gateway is not ready, or nil: it has started, is
+// not stopping, and the queue's commit path answers within timeout.
+func (g *gateway) readyNow(timeout time.Duration) error {
+	if !g.ready.Load() {
+		return errors.New("starting or stopping")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	if err := g.queue.Ping(ctx); err != nil {
+		return fmt.Errorf("queue: %w", err)
+	}
+	return nil
+}
+
 func (g *gateway) watchdog(ctx context.Context) {
 	interval, err := daemon.SdWatchdogEnabled(false)
 	if err != nil || interval <= 0 {

@@ -43,7 +43,7 @@ func (g *gateway) webhookTLS(cfg *Config, wlog zerolog.Logger) (*tls.Config, err
 		ctx, cancel := context.WithCancel(context.Background())
 		g.acmeCancel = cancel
 		go a.Run(ctx)
-		g.certExpiry = a.Expiry
+		g.webhookCertExpiry = a.Expiry
 		alog.Info().Strs("domains", t.ACME.Domains).Str("directory", t.ACME.DirectoryURL).
 			Bool("http01", t.ACME.HTTPListen != "").Msg("ACME: requesting certificates (tls-alpn-01 on the webhook port)")
 		return a.TLSConfig(), nil
@@ -52,8 +52,12 @@ func (g *gateway) webhookTLS(cfg *Config, wlog zerolog.Logger) (*tls.Config, err
 		if err != nil {
 			return nil, err
 		}
-		g.certExpiry = func() map[string]time.Time {
-			return map[string]time.Time{t.CertFile: certs.NotAfter()}
+		g.webhookCertExpiry = func() map[string]time.Time {
+			var exp time.Time
+			if leaf := certs.Leaf(); leaf != nil {
+				exp = leaf.NotAfter
+			}
+			return map[string]time.Time{t.CertFile: exp}
 		}
 		return bridge.ServerTLSConfig(certs), nil
 	}

@@ -9,6 +9,7 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
@@ -40,9 +41,7 @@ import (
 // client could not publish itself is refused.
 type authHook struct {
 	mqtt.HookBase
-	anonymous bool
-	users     map[string]*userEntry
-	dummy     *userEntry // compared against for unknown users, to take as long
+	ledger    atomic.Pointer[ledger] // replaced whole by setUsers (config reload)
 	bcryptSem chan struct{}
 	log       zerolog.Logger
 
@@ -83,13 +82,45 @@ func CheckPassword(password string) error {
 	return nil
 }
 
+// ledger is who may connect and what each user may read and write.
+type ledger struct {
+	anonymous bool
+	users     map[string]*userEntry
+	dummy     *userEntry // compared against for unknown users, to take as long
+}
+
 func newAuthHook(anonymous bool, users []User, reserved []string, log zerolog.Logger) (*authHook, error) {
 	h := &authHook{
+		bcryptSem: make(chan struct{}, max(1, runtime.GOMAXPROCS(0))),
+		log:       log,
+	}
+	if err := h.setUsers(anonymous, users); err != nil {
+		return nil, err
+	}
+	for _, p := range reserved {
+		h.reserve(p)
+	}
+	return h, nil
+}
+
+// setUsers replaces the users and the anonymous rule, or changes nothing
+// when users are invalid. Connected clients keep their connection; from
+// then on their reads and writes are checked against the new rules (a
+// removed user can read and write nothing).
+func (h *authHook) setUsers(anonymous bool, users []User) error {
+	l, err := newLedger(anonymous, users)
+	if err != nil {
+		return err
+	}
+	h.ledger.Store(l)
+	return nil
+}
+
+func newLedger(anonymous bool, users []User) (*ledger, error) {
+	h := &ledger{
 		anonymous: anonymous,
 		users:     make(map[string]*userEntry, len(users)),
 		dummy:     &userEntry{},
-		bcryptSem: make(chan struct{}, max(1, runtime.GOMAXPROCS(0))),
-		log:       log,
 	}
 	maxCost := 0
 	for i, u := range users {
@@ -134,9 +165,6 @@ func newAuthHook(anonymous bool, users []User, reserved []string, log zerolog.Lo
 			return nil, fmt.Errorf("broker user %q: publish_topics set but publish is false", u.Username)
 		}
 		h.users[u.Username] = e
-	}
-	for _, p := range reserved {
-		h.reserve(p)
 	}
 	return h, nil
 }
@@ -195,13 +223,14 @@ func (h *authHook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) boo
 	var ok bool
 	var write filters
 	reason := "bad username or password"
+	l := h.ledger.Load()
 	if name == "" {
-		ok = h.anonymous
+		ok = l.anonymous
 		reason = "anonymous clients not allowed"
 	} else {
-		u, known := h.users[name]
+		u, known := l.users[name]
 		if !known {
-			u = h.dummy // take as long as for a known user
+			u = l.dummy // take as long as for a known user
 		}
 		match := h.passwordOK(u, pk.Connect.Password)
 		ok = known && match
@@ -228,7 +257,7 @@ func (h *authHook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 	var read, pub filters
 	if name == "" {
 		read = anonymousRead
-	} else if u, ok := h.users[name]; ok {
+	} else if u, ok := h.ledger.Load().users[name]; ok {
 		read, pub = u.read, u.write
 	}
 	if !write {
@@ -268,3 +297,11 @@ func (h *authHook) mayWrite(pub filters, topic string) bool {
 }
 
 var _ mqtt.Hook = (*authHook)(nil)
+
+// SetUsers replaces the broker's users and its anonymous rule while it
+// serves (a config reload); invalid users change nothing. Connected
+// clients stay connected, but every later read and write of theirs is
+// checked against the new rules.
+func (s *Server) SetUsers(allowAnonymous bool, users []User) error {
+	return s.auth.setUsers(allowAnonymous, users)
+}

@@ -14,6 +14,9 @@
 //   - rest: the REST API (identity, inventory, measurementCollection,
 //     events), delivered on HTTP 2xx.
 //
+// Login: "<tenant>/<user>" and password, or a device certificate (X.509)
+// without a password (see certauth.go).
+//
 // Children registered (and, in REST mode, managed object ids) are kept in
 // State so a restart does not register them again.
 //
@@ -39,6 +42,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"wittra-gateway/internal/certreload"
 	"wittra-gateway/sinks"
 )
 
@@ -63,8 +67,11 @@ type State interface {
 
 // TLSConfig is the client TLS setup.
 type TLSConfig struct {
-	CAFile             string // PEM CA bundle; empty = system roots
-	CertFile, KeyFile  string // client certificate (optional)
+	CAFile string // PEM CA bundle; empty = system roots
+	// CertFile and KeyFile are the client certificate (optional). They are
+	// re-read when they change. Without a Password the certificate is the
+	// login (see certauth.go).
+	CertFile, KeyFile  string
 	InsecureSkipVerify bool
 }
 
@@ -75,11 +82,21 @@ type Config struct {
 	// URL of Cumulocity: mqtt mode tcp://host:1883, mqtts:// or ssl://
 	// host:8883 (port defaults by scheme); rest mode https://tenant.example.com
 	// (http:// allowed, for tests).
-	URL                        string
-	Tenant, Username, Password string // login "<tenant>/<username>"
+	URL string
+	// Login "<tenant>/<username>" with Password. All three may be empty
+	// when TLS.CertFile is set: the device certificate is then the login.
+	Tenant, Username, Password string
 	TLS                        TLSConfig
 	GatewayID                  string // the gateway's external id (c8y_Serial) and MQTT client id
 	DeviceName                 string // default "Wittra gateway <GatewayID>"
+	// ClientID overrides the MQTT client id with certificate login only:
+	// its device identifier ("d:<id>:<template>" without the parts) must
+	// be the certificate's common name, which may then differ from
+	// GatewayID (the Cumulocity device is the common name).
+	ClientID string
+	// TokenURL is the mTLS endpoint that issues device access tokens in
+	// rest mode with certificate login; default https://<URL host>:8443.
+	TokenURL string
 	// State remembers registered children (and REST managed object ids)
 	// across restarts; nil keeps them in memory only.
 	State          State
@@ -87,6 +104,9 @@ type Config struct {
 
 	// Tests shorten paho's retry of a failed first connect (default 5 s).
 	connectRetryInterval time.Duration
+	// now is the clock for certificate expiry warnings and token expiry
+	// (tests inject one); time.Now when nil.
+	now func() time.Time
 }
 
 // Sink delivers messages to Cumulocity.
@@ -100,6 +120,15 @@ type Sink struct {
 
 	mqtt *mqttLink
 	rest *restLink
+
+	// Certificate login (nil certs: none). identity is the Cumulocity
+	// device the gateway is (GatewayID, or the certificate's common name
+	// with ClientID), clientID the MQTT client id.
+	certs     *certreload.Reloader
+	certLogin bool
+	identity  string
+	clientID  string
+	expiry    expiryWatch
 
 	closeCtx  context.Context // cancelled by Close
 	closeNow  context.CancelFunc
@@ -130,6 +159,10 @@ func New(cfg Config, log zerolog.Logger) (*Sink, error) {
 	if cfg.connectRetryInterval <= 0 {
 		cfg.connectRetryInterval = 5 * time.Second
 	}
+	if cfg.now == nil {
+		cfg.now = time.Now
+	}
+	certLogin := cfg.TLS.CertFile != "" && cfg.Password == ""
 	switch {
 	case cfg.Mode != ModeMQTT && cfg.Mode != ModeREST:
 		return nil, fmt.Errorf("cumulocity sink %s: mode %q: want mqtt or rest", cfg.Name, cfg.Mode)
@@ -137,8 +170,10 @@ func New(cfg Config, log zerolog.Logger) (*Sink, error) {
 		return nil, fmt.Errorf("cumulocity sink %s: gateway id required", cfg.Name)
 	case strings.ContainsAny(cfg.GatewayID, ":/+#\x00"):
 		return nil, fmt.Errorf("cumulocity sink %s: gateway id %q must not contain : / + # or NUL (it is the MQTT client id and external id)", cfg.Name, cfg.GatewayID)
-	case cfg.Tenant == "" || cfg.Username == "":
-		return nil, fmt.Errorf("cumulocity sink %s: tenant and username required", cfg.Name)
+	case !certLogin && (cfg.Tenant == "" || cfg.Username == ""):
+		return nil, fmt.Errorf("cumulocity sink %s: tenant and username required (or a client certificate in tls.cert_file/key_file and no password)", cfg.Name)
+	case cfg.ClientID != "" && (!certLogin || cfg.Mode != ModeMQTT):
+		return nil, fmt.Errorf("cumulocity sink %s: client_id is only used by mode mqtt with certificate login", cfg.Name)
 	case strings.Contains(cfg.Tenant, "/"):
 		return nil, fmt.Errorf("cumulocity sink %s: tenant %q must not contain /", cfg.Name, cfg.Tenant)
 	}
@@ -150,14 +185,24 @@ func New(cfg Config, log zerolog.Logger) (*Sink, error) {
 		cfg:         cfg,
 		log:         log.With().Str("component", "cumulocity").Str("sink", cfg.Name).Str("mode", cfg.Mode).Logger(),
 		state:       cfg.State,
-		prefix:      cfg.Mode + "|" + u.Host + "|" + cfg.Tenant + "|" + cfg.GatewayID + "|",
+		certLogin:   certLogin,
+		identity:    cfg.GatewayID,
+		clientID:    cfg.GatewayID,
 		loggedSkips: map[string]bool{},
 	}
+	tlsCfg, err := s.buildTLS(u)
+	if err != nil {
+		return nil, fmt.Errorf("cumulocity sink %s: %w", cfg.Name, err)
+	}
+	s.prefix = cfg.Mode + "|" + u.Host + "|" + cfg.Tenant + "|" + s.identity + "|"
 	s.closeCtx, s.closeNow = context.WithCancel(context.Background())
 	if s.state == nil {
 		s.state = newMemState()
 	}
-	tlsCfg, err := buildTLS(cfg.TLS, u.Hostname())
+	if s.certs != nil {
+		s.checkExpiry() // at start, so a certificate near its end is logged at once
+		go s.watchExpiry()
+	}
 	if err == nil {
 		if cfg.Mode == ModeMQTT {
 			s.mqtt, err = newMQTTLink(s, u, tlsCfg)
@@ -263,8 +308,9 @@ func (m *memState) Put(_ context.Context, key string, value []byte) error {
 	return nil
 }
 
-// buildTLS builds the client TLS configuration.
-func buildTLS(c TLSConfig, serverName string) (*tls.Config, error) {
+// tlsBase builds the client TLS configuration without the client
+// certificate.
+func tlsBase(c TLSConfig, serverName string) (*tls.Config, error) {
 	cfg := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: serverName, InsecureSkipVerify: c.InsecureSkipVerify} //nolint:gosec // operator's explicit choice
 	if c.CAFile != "" {
 		pem, err := os.ReadFile(c.CAFile)
@@ -279,13 +325,6 @@ func buildTLS(c TLSConfig, serverName string) (*tls.Config, error) {
 	}
 	if (c.CertFile == "") != (c.KeyFile == "") {
 		return nil, errors.New("tls: set both cert_file and key_file or neither")
-	}
-	if c.CertFile != "" {
-		cert, err := tls.LoadX509KeyPair(c.CertFile, c.KeyFile)
-		if err != nil {
-			return nil, fmt.Errorf("load client certificate: %w", err)
-		}
-		cfg.Certificates = []tls.Certificate{cert}
 	}
 	return cfg, nil
 }

@@ -85,6 +85,9 @@ type mqttLink struct {
 	seMu    sync.Mutex
 	seTexts map[string]bool // s/e lines already logged
 	seCount atomic.Uint64
+
+	loginMu  sync.Mutex
+	loginErr string // last failure before a CONNACK, logged once until connected
 }
 
 // epochConn is one dialed connection; dead closes when it fails or closes.
@@ -94,6 +97,8 @@ type epochConn struct {
 	dead     chan struct{}
 	deadOnce sync.Once
 	killed   atomic.Bool
+	gotData  atomic.Bool     // something was read (the CONNACK at least)
+	early    func(err error) // a read failing before any data: login refused
 }
 
 // errKilled is what paho reads from a connection the sink dropped. paho
@@ -112,7 +117,13 @@ func (c *epochConn) kill() {
 
 func (c *epochConn) Read(b []byte) (int, error) {
 	n, err := c.Conn.Read(b)
+	if n > 0 {
+		c.gotData.Store(true)
+	}
 	if err != nil {
+		if !c.gotData.Load() && !c.killed.Load() && c.early != nil {
+			c.early(err)
+		}
 		c.markDead()
 		if c.killed.Load() {
 			err = errKilled
@@ -154,9 +165,7 @@ func newMQTTLink(s *Sink, u *url.URL, tlsCfg *tls.Config) (*mqttLink, error) {
 	l.dialer.KeepAlive = 30 * time.Second
 	opts := paho.NewClientOptions().
 		AddBroker(u.String()).
-		SetClientID(s.cfg.GatewayID).
-		SetUsername(s.cfg.Tenant + "/" + s.cfg.Username).
-		SetPassword(s.cfg.Password).
+		SetClientID(s.clientID).
 		SetProtocolVersion(4). // 3.1.1; unset, paho retries a refused connect as 3.1
 		SetCleanSession(true). // Cumulocity requires it
 		SetAutoReconnect(true).
@@ -173,6 +182,9 @@ func newMQTTLink(s *Sink, u *url.URL, tlsCfg *tls.Config) (*mqttLink, error) {
 		SetCustomOpenConnectionFn(l.dial).
 		SetOnConnectHandler(l.onConnect).
 		SetConnectionLostHandler(l.onLost)
+	if !s.certLogin { // with a certificate, CONNECT carries no credentials
+		opts.SetUsername(s.cfg.Tenant + "/" + s.cfg.Username).SetPassword(s.cfg.Password)
+	}
 	l.client = paho.NewClient(opts)
 	l.client.Connect() // non-blocking; ConnectRetry keeps trying in the background
 	return l, nil
@@ -199,13 +211,31 @@ func (l *mqttLink) dial(u *url.URL, _ paho.ClientOptions) (net.Conn, error) {
 		c, err = td.DialContext(ctx, "tcp", host)
 	}
 	if err != nil {
+		l.loginFailed(err)
 		return nil, err
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.epoch++
-	l.conn = &epochConn{Conn: c, epoch: l.epoch, dead: make(chan struct{})}
+	l.conn = &epochConn{Conn: c, epoch: l.epoch, dead: make(chan struct{}), early: l.loginFailed}
 	return l.conn, nil
+}
+
+// loginFailed logs why a connection failed before Cumulocity answered the
+// CONNECT (a refused certificate shows up here: with TLS 1.3 the server's
+// verdict arrives as the first read), once per distinct reason until a
+// connection succeeds. paho itself retries silently.
+func (l *mqttLink) loginFailed(err error) {
+	if l.s.closeCtx.Err() != nil {
+		return
+	}
+	l.loginMu.Lock()
+	defer l.loginMu.Unlock()
+	if err.Error() == l.loginErr {
+		return
+	}
+	l.loginErr = err.Error()
+	l.s.log.Warn().Err(err).Str("url", l.s.cfg.URL).Msg("cannot connect to Cumulocity; retrying (logged again only if the reason changes)")
 }
 
 // scanStore wraps paho's store of unacknowledged packets:
@@ -273,6 +303,9 @@ func (l *mqttLink) currentEpoch() uint64 {
 // and announce the gateway.
 func (l *mqttLink) onConnect(c paho.Client) {
 	l.s.log.Info().Str("url", l.s.cfg.URL).Msg("connected to Cumulocity")
+	l.loginMu.Lock()
+	l.loginErr = ""
+	l.loginMu.Unlock()
 	tok := c.Subscribe("s/e", 0, l.onError)
 	if !tok.WaitTimeout(l.s.cfg.RequestTimeout) || tok.Error() != nil {
 		l.s.log.Warn().AnErr("error", tok.Error()).Msg("subscribe to s/e failed; Cumulocity errors will not be logged")

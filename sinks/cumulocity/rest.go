@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"wittra-gateway/sinks"
@@ -90,7 +91,10 @@ type restLink struct {
 	s    *Sink
 	base string // URL without trailing slash
 	hc   *http.Client
-	auth string
+	auth string       // Basic login; "" with certificate login
+	tok  *tokenSource // certificate login only
+
+	reachable atomic.Bool // last request answered, and not with 401/403
 
 	mu  sync.Mutex
 	ids map[string]string // external id → managed object id (cache of State)
@@ -103,21 +107,45 @@ func newRESTLink(s *Sink, u *url.URL, tlsCfg *tls.Config) (*restLink, error) {
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	tr.TLSClientConfig = tlsCfg
 	tr.Proxy = nil
-	login := s.cfg.Tenant + "/" + s.cfg.Username + ":" + s.cfg.Password
-	return &restLink{
+	r := &restLink{
 		s:    s,
 		base: strings.TrimRight(u.String(), "/"),
 		hc:   &http.Client{Transport: tr},
-		auth: "Basic " + base64.StdEncoding.EncodeToString([]byte(login)),
 		ids:  map[string]string{},
-	}, nil
+	}
+	if s.certLogin {
+		r.tok = &tokenSource{s: s, hc: r.hc, url: s.cfg.TokenURL}
+	} else {
+		login := s.cfg.Tenant + "/" + s.cfg.Username + ":" + s.cfg.Password
+		r.auth = "Basic " + base64.StdEncoding.EncodeToString([]byte(login))
+	}
+	return r, nil
 }
 
 func (r *restLink) close() { r.hc.CloseIdleConnections() }
 
 // do sends one request. out, when set, receives the decoded reply (the
-// request then sends Accept).
+// request then sends Accept). With certificate login a 401 renews the
+// device access token and the request is sent once more.
 func (r *restLink) do(ctx context.Context, method, path, mediaType string, body []byte, out any) error {
+	if r.tok == nil {
+		return r.doAuth(ctx, r.auth, method, path, mediaType, body, out)
+	}
+	for attempt := 0; ; attempt++ {
+		tok, err := r.tok.get(ctx)
+		if err != nil {
+			r.reachable.Store(false)
+			return err
+		}
+		err = r.doAuth(ctx, "Bearer "+tok, method, path, mediaType, body, out)
+		if attempt > 0 || !isStatus(err, http.StatusUnauthorized) {
+			return err
+		}
+		r.tok.refused(tok)
+	}
+}
+
+func (r *restLink) doAuth(ctx context.Context, auth, method, path, mediaType string, body []byte, out any) error {
 	ctx, cancel := r.s.opCtx(ctx)
 	defer cancel()
 	var rd io.Reader
@@ -128,7 +156,7 @@ func (r *restLink) do(ctx context.Context, method, path, mediaType string, body 
 	if err != nil {
 		return fmt.Errorf("%s %s: %w", method, path, err)
 	}
-	req.Header.Set("Authorization", r.auth)
+	req.Header.Set("Authorization", auth)
 	if body != nil {
 		req.Header.Set("Content-Type", media(mediaType))
 	}
@@ -137,12 +165,14 @@ func (r *restLink) do(ctx context.Context, method, path, mediaType string, body 
 	}
 	resp, err := r.hc.Do(req)
 	if err != nil {
+		r.reachable.Store(false)
 		if r.s.closeCtx.Err() != nil {
 			return ErrClosed
 		}
 		return fmt.Errorf("%s %s: %w", method, path, err)
 	}
 	defer resp.Body.Close()
+	r.reachable.Store(resp.StatusCode != http.StatusUnauthorized && resp.StatusCode != http.StatusForbidden)
 	data, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
 	if resp.StatusCode < 200 || resp.StatusCode > 299 {
 		return &httpError{method: method, path: path, status: resp.StatusCode,

@@ -75,6 +75,7 @@ type Sink struct {
 	done    chan struct{}    // closed by Close
 	drop    chan dropRequest // Publish asks the supervisor to drop a client's connection
 	lastErr string           // last connection failure, for Publish errors
+	since   time.Time        // when client last became set or nil (status page)
 	bg      sync.WaitGroup   // supervisor and "online" announcements
 
 	// Used by Publish only, which the forwarder calls from one goroutine.
@@ -119,6 +120,7 @@ func New(cfg Config, log zerolog.Logger) (*Sink, error) {
 		drop:     make(chan dropRequest, 1),
 		inflight: ring{buf: make([]pending, cfg.Window)},
 		timer:    timer,
+		since:    time.Now(),
 	}
 	ev := s.log.Info().Str("url", broker.Redacted()).Str("client_id", cfg.ClientID).Int("qos", int(cfg.QoS))
 	if cfg.Username != "" {
@@ -215,6 +217,7 @@ func (s *Sink) supervise() {
 		}
 		s.epoch.Add(1)
 		s.client, s.lastErr, lastErr = c, "", ""
+		s.since = time.Now()
 		s.wakeLocked()
 		s.bg.Add(1)
 		s.mu.Unlock()
@@ -252,6 +255,7 @@ func (s *Sink) supervise() {
 		s.mu.Lock()
 		s.epoch.Add(1)
 		s.client = nil
+		s.since = time.Now()
 		s.wakeLocked()
 		s.mu.Unlock()
 		// Like paho: the first loss in a while is retried at once, a loss
@@ -326,6 +330,7 @@ func (s *Sink) dropConnection(c paho.Client, why error) {
 	if s.client == c {
 		s.epoch.Add(1)
 		s.client = nil
+		s.since = time.Now()
 		s.wakeLocked()
 	}
 	s.mu.Unlock()
@@ -345,6 +350,17 @@ func (s *Sink) Connected() bool {
 	s.mu.Unlock()
 	return c != nil && c.IsConnectionOpen()
 }
+
+// LinkState reports the connection for the status page. A connection paho
+// already knows is closed counts as down, since when it came up.
+func (s *Sink) LinkState() sinks.LinkState {
+	s.mu.Lock()
+	c, since, lastErr := s.client, s.since, s.lastErr
+	s.mu.Unlock()
+	return sinks.LinkState{Connected: c != nil && c.IsConnectionOpen(), Since: since, LastError: lastErr}
+}
+
+var _ sinks.Linked = (*Sink)(nil)
 
 // Publish sends msgs in order and returns how many of them, from the
 // start, are proven delivered (see the package doc). It first waits for a

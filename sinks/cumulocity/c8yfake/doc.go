@@ -81,8 +81,28 @@
 //   - A login without "<tenant>/" is accepted (as on the tenant's domain).
 //   - Retry-After is sent on 429/503 only when a fault asks for it.
 //
+// Certificates (Options.CertAuth)
+//   - The MQTT TLS listener requires a client certificate that chains to
+//     one of TrustedCAs at the fake's clock (expired and not-yet-valid are
+//     refused) with the clientAuth key usage; a refused handshake is
+//     recorded in Errors ("TLS handshake refused: ..."). The real platform
+//     also accepts password logins on 8883; this listener does not.
+//   - Auto-registration is always on: any such certificate logs in as user
+//     "device_<CN>" with no prior registration; username and password in
+//     CONNECT are ignored.
+//   - The client id's device identifier must equal the CN, else CONNACK 5.
+//   - POST /devicecontrol/deviceAccessToken is served only on its own mTLS
+//     listener (TokenURL; Cumulocity's is port 8443 of the tenant domain).
+//     X-Ssl-Cert-Chain is optional; when sent, its first certificate must
+//     be the one presented, else 401. The reply is {"accessToken": ...}, a
+//     JWT-shaped token whose payload carries sub, ten and exp (the real
+//     token's claims are not documented beyond being a JWT); lifetime
+//     TokenLifetime (default 1 h as documented).
+//   - The REST API accepts "Authorization: Bearer <token>" until the
+//     token expires or RevokeTokens; then 401 security/Unauthorized.
+//
 // Not implemented: JSON over MQTT (measurement/measurements/create and
 // the other JSON topics, the error topic's content), operations, custom
-// templates, TLS listeners, certificate authentication, the per-tenant rate
-// limiter (its queue-then-disconnect behaviour).
+// templates, password logins over TLS, certificate revocation lists, the
+// per-tenant rate limiter (its queue-then-disconnect behaviour).
 package c8yfake

@@ -35,6 +35,9 @@ type Options struct {
 	// Values below 16384 are enforced exactly.
 	MaxPacketSize int
 	Logger        *slog.Logger // mochi's log; nil discards
+	// CertAuth, when set, adds an MQTT TLS listener (MQTTSURL) that
+	// requires a client certificate and an mTLS token endpoint (TokenURL).
+	CertAuth *CertAuth
 }
 
 // Server is a running fake.
@@ -53,6 +56,7 @@ type Server struct {
 	st     *store
 	faults faults
 	conns  map[string]*clientConn // by MQTT client id
+	certs  *certListener          // nil without Options.CertAuth
 }
 
 // Start starts a fake with both sides on loopback.
@@ -93,6 +97,12 @@ func Start(opts Options) (*Server, error) {
 	}
 	s.tcp = tcp
 	s.mqttAddr = tcp.Address()
+	if opts.CertAuth != nil {
+		if err := s.startCertListeners(); err != nil {
+			_ = s.mochi.Close()
+			return nil, err
+		}
+	}
 	if err := s.mochi.Serve(); err != nil {
 		_ = s.mochi.Close()
 		return nil, fmt.Errorf("serve mqtt: %w", err)
@@ -138,7 +148,11 @@ func (s *Server) Close() error {
 				cl.Stop(errors.New("c8yfake: shutting down"))
 			}
 		})
-		err = errors.Join(s.httpSrv.Close(), s.mochi.Close())
+		if s.certs != nil {
+			// Its clients were stopped above; same deadlock as above.
+			s.certs.mqtts.Close(func(string) {})
+		}
+		err = errors.Join(s.httpSrv.Close(), s.closeCertListeners(), s.mochi.Close())
 		<-s.done
 	})
 	return err

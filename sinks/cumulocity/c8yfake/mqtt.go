@@ -25,6 +25,18 @@ type clientConn struct {
 	cl     *mqtt.Client
 	serial string // device identifier from the client id
 	user   string
+	info   ConnInfo
+}
+
+// ConnInfo describes how a live connection logged in.
+type ConnInfo struct {
+	Serial       string // device identifier from the client id
+	ClientID     string
+	User         string // the Cumulocity user it acts as
+	Username     string // as sent in CONNECT ("" if none)
+	PasswordSent bool
+	CertCN       string // common name of the client certificate ("" if none)
+	CertSerial   string // its serial number, decimal
 }
 
 // splitClientID reads a Cumulocity MQTT client id,
@@ -109,12 +121,23 @@ func (h *hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	code, refused := s.faults.takeConnect()
 	s.mu.Unlock()
 	serial, err := splitClientID(pk.Connect.ClientIdentifier)
-	user, userOK := s.checkUser(string(pk.Connect.Username), string(pk.Connect.Password), true)
+	cn, serialNo, byCert := certIdentity(cl)
+	var user string
+	var userOK bool
+	if byCert {
+		// A verified certificate authenticates; credentials are not
+		// needed (and not checked) on this listener.
+		user, userOK = certUserPrefix+cn, true
+	} else {
+		user, userOK = s.checkUser(string(pk.Connect.Username), string(pk.Connect.Password), true)
+	}
 	reason := "injected refusal"
 	switch {
 	case refused:
 	case err != nil:
 		code, reason = 2, err.Error()
+	case byCert && serial != cn:
+		code, reason = 5, fmt.Sprintf("client id identifier %q is not the certificate's common name %q", serial, cn)
 	case !userOK:
 		code, reason = 4, "bad username or password"
 	}
@@ -134,7 +157,10 @@ func (h *hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 			c.cl.Stop(errors.New("c8yfake: same device identifier connected again"))
 		}
 	}
-	s.conns[cl.ID] = &clientConn{cl: cl, serial: serial, user: user}
+	s.conns[cl.ID] = &clientConn{cl: cl, serial: serial, user: user, info: ConnInfo{
+		Serial: serial, ClientID: cl.ID, User: user, Username: string(pk.Connect.Username),
+		PasswordSent: pk.Connect.PasswordFlag || len(pk.Connect.Password) > 0, CertCN: cn, CertSerial: serialNo,
+	}}
 	return nil
 }
 
@@ -302,6 +328,19 @@ func (s *Server) KickWithConnack(code byte) int {
 	}
 	s.faults.count("kick")
 	return n
+}
+
+// Connections describes the live connections.
+func (s *Server) Connections() []ConnInfo {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []ConnInfo
+	for _, c := range s.conns {
+		if !c.cl.Closed() {
+			out = append(out, c.info)
+		}
+	}
+	return out
 }
 
 // Connected returns the device identifiers connected now.

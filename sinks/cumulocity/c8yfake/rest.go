@@ -71,6 +71,9 @@ func (s *Server) middleware(next http.Handler) http.Handler {
 		r.Body = io.NopCloser(bytes.NewReader(body))
 		login, password, _ := basicAuth(r.Header.Get("Authorization"))
 		user, ok := s.checkUser(login, password, false)
+		if bu, bok := s.bearerUser(r.Header.Get("Authorization")); bok {
+			user, ok = bu, true
+		}
 		if !ok {
 			s.write(w, r, login, fail(http.StatusUnauthorized, "security/Unauthorized", "Invalid credentials! : Bad credentials"))
 			return

@@ -1,0 +1,38 @@
+package mqttclient
+
+import (
+	"syscall"
+	"testing"
+	"time"
+)
+
+// LinkState feeds the status page: down with the reason and since when,
+// then up since the reconnection.
+func TestLinkState(t *testing.T) {
+	m := newMosquitto(t, 0, mosqOpts{})
+	before := time.Now()
+	s, _ := newSink(t, Config{URL: m.url()}) // nothing listens yet
+	waitLink := func(what string, ok func() bool) {
+		t.Helper()
+		deadline := time.Now().Add(waitLong)
+		for !ok() {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: state %+v", what, s.LinkState())
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	waitLink("connection refused reported", func() bool { return s.LinkState().LastError != "" })
+	if ls := s.LinkState(); ls.Connected || ls.Since.Before(before) {
+		t.Fatalf("while the broker is down: %+v", ls)
+	}
+	m.start()
+	waitConnected(t, s)
+	up := s.LinkState()
+	if !up.Connected || up.LastError != "" || up.Since.Before(before) {
+		t.Fatalf("connected: %+v", up)
+	}
+	m.stop(syscall.SIGTERM)
+	waitLink("loss noticed", func() bool { return !s.LinkState().Connected })
+	waitLink("loss time recorded", func() bool { return s.LinkState().Since.After(up.Since) })
+}
