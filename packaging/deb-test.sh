@@ -116,7 +116,8 @@ EOF
 gw_pid=$!
 addr=
 for _ in $(seq 1 300); do
-	addr=$(grep -o '"webhook":"127.0.0.1:[0-9]*"' "$work/gw.log" | head -1 | sed 's/.*:"//; s/"$//' || true)
+	# The start line names the webhook address ("webhook http://127.0.0.1:N").
+	addr=$(grep -oE '(webhook https?://|"webhook":")127\.0\.0\.1:[0-9]+' "$work/gw.log" | head -1 | grep -oE '127\.0\.0\.1:[0-9]+' || true)
 	[ -n "$addr" ] && break
 	sleep 0.1
 done
