@@ -259,8 +259,10 @@ func startGateway(cfg *Config, log zerolog.Logger) (g *gateway, err error) {
 // listenerURLs names every listener with its scheme, for the start line:
 // what an operator checks first (is the webhook HTTPS, where is the admin).
 func (g *gateway) listenerURLs(cfg *Config) []string {
+	// From the config, not g.webhook.TLSConfig: ServeTLS, already running,
+	// may replace that field (http2 set-up), a data race to read.
 	scheme := "http"
-	if g.webhook != nil && g.webhook.TLSConfig != nil {
+	if cfg.Webhook.TLS.CertFile != "" || cfg.Webhook.TLS.ACME != nil {
 		scheme = "https"
 	}
 	out := []string{"webhook " + scheme + "://" + g.webhookLn.Addr().String()}
