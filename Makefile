@@ -7,7 +7,7 @@ PREFIX  ?= /usr/local
 DESTDIR ?=
 BIN     := dist/wittra-gateway
 
-.PHONY: build run test test-short bench bench-go vet lint fmt cross install clean
+.PHONY: build run test test-short bench bench-go vet lint fmt cross install clean deb deb-test
 
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/gateway
@@ -55,7 +55,7 @@ cross:
 install: build
 	install -D -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/bin/wittra-gateway
 	install -D -m 0644 systemd/wittra-gateway.service $(DESTDIR)/etc/systemd/system/wittra-gateway.service
-	sed -i 's|/usr/local/bin/wittra-gateway|$(PREFIX)/bin/wittra-gateway|' $(DESTDIR)/etc/systemd/system/wittra-gateway.service
+	sed -i 's|/usr/bin/wittra-gateway|$(PREFIX)/bin/wittra-gateway|' $(DESTDIR)/etc/systemd/system/wittra-gateway.service
 	install -d -m 0755 $(DESTDIR)/etc/wittra-gateway
 	# The service user; only on the real root (a packager's DESTDIR has none).
 	if [ -z "$(DESTDIR)" ] && ! getent passwd wittra-gateway >/dev/null; then \
@@ -66,6 +66,16 @@ install: build
 	chmod 0640 $(DESTDIR)/etc/wittra-gateway/config.yaml
 	if getent group wittra-gateway >/dev/null; then chgrp wittra-gateway $(DESTDIR)/etc/wittra-gateway/config.yaml; fi
 	@echo "installed; now: systemctl daemon-reload && systemctl enable --now wittra-gateway"
+
+# .deb packages for amd64, arm64 and armhf in dist/ (pure Go: nfpm, pinned
+# in packaging/go.mod). DEB_VERSION overrides the version taken from git.
+deb:
+	$(GO) -C packaging run ./mkdeb -arch amd64,arm64,armhf -out dist $(if $(DEB_VERSION),-version $(DEB_VERSION))
+
+# Installs, upgrades, removes and purges the package on this machine: root
+# only, run by CI after `make test` (see packaging/deb-test.sh).
+deb-test:
+	./packaging/deb-test.sh
 
 clean:
 	rm -rf dist

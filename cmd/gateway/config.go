@@ -49,6 +49,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"wittra-gateway/bridge"
 	"wittra-gateway/internal/status"
 	"wittra-gateway/sinks/broker"
 )
@@ -83,10 +84,21 @@ type WebhookConfig struct {
 	Routes  []RouteConfig
 }
 
-// WebhookTLS enables HTTPS when both files are set.
+// WebhookTLS enables HTTPS when both files are set, or when ACME is.
 type WebhookTLS struct {
 	CertFile string
 	KeyFile  string
+	ACME     *WebhookACME // nil: no ACME (the key is absent)
+}
+
+// WebhookACME is `webhook.tls.acme:`: certificates from an ACME CA.
+type WebhookACME struct {
+	Domains      []string
+	Email        string
+	CacheDir     string // default: "acme" beside buffer.path
+	DirectoryURL string // default: Let's Encrypt production
+	CAFile       string // extra roots for directory_url (a private CA); optional
+	HTTPListen   string // host:port for http-01; "" means tls-alpn-01 only
 }
 
 // RouteConfig is one webhook route (one Wittra project integration).
@@ -483,6 +495,16 @@ type rawWebhook struct {
 type rawWebhookTLS struct {
 	CertFile yaml.Node `yaml:"cert_file"`
 	KeyFile  yaml.Node `yaml:"key_file"`
+	ACME     *rawACME  `yaml:"acme"`
+}
+
+type rawACME struct {
+	Domains      []yaml.Node `yaml:"domains"`
+	Email        yaml.Node   `yaml:"email"`
+	CacheDir     yaml.Node   `yaml:"cache_dir"`
+	DirectoryURL yaml.Node   `yaml:"directory_url"`
+	CAFile       yaml.Node   `yaml:"ca_file"`
+	HTTPListen   yaml.Node   `yaml:"http_listen"`
 }
 
 type rawRoute struct {
@@ -1057,6 +1079,16 @@ func (p *parser) apply(r *rawConfig, cfg *Config) {
 	p.str(&r.Webhook.TLS.CertFile, "webhook.tls.cert_file", &w.TLS.CertFile)
 	p.str(&r.Webhook.TLS.KeyFile, "webhook.tls.key_file", &w.TLS.KeyFile)
 	p.size(&r.Webhook.MaxBody, "webhook.max_body", &w.MaxBody)
+	if ra := r.Webhook.TLS.ACME; ra != nil {
+		a := &WebhookACME{DirectoryURL: bridge.LetsEncryptProduction}
+		a.Domains = p.strList(ra.Domains, "webhook.tls.acme.domains")
+		p.str(&ra.Email, "webhook.tls.acme.email", &a.Email)
+		p.str(&ra.CacheDir, "webhook.tls.acme.cache_dir", &a.CacheDir)
+		p.str(&ra.DirectoryURL, "webhook.tls.acme.directory_url", &a.DirectoryURL)
+		p.str(&ra.CAFile, "webhook.tls.acme.ca_file", &a.CAFile)
+		p.str(&ra.HTTPListen, "webhook.tls.acme.http_listen", &a.HTTPListen)
+		w.TLS.ACME = a
+	}
 	if len(r.Webhook.Routes) > 0 {
 		w.Routes = make([]RouteConfig, len(r.Webhook.Routes))
 		for i := range r.Webhook.Routes {
@@ -1079,6 +1111,10 @@ func (p *parser) apply(r *rawConfig, cfg *Config) {
 	p.duration(&r.Buffer.MaxAge, "buffer.max_age", &b.MaxAge)
 	p.str(&r.Buffer.WhenFull, "buffer.when_full", &b.WhenFull)
 	p.duration(&r.Buffer.DedupWindow, "buffer.dedup_window", &b.DedupWindow)
+	// ACME state lives beside the queue: /var/lib/wittra-gateway/acme when packaged.
+	if a := w.TLS.ACME; a != nil && a.CacheDir == "" {
+		a.CacheDir = filepath.Join(filepath.Dir(b.Path), "acme")
+	}
 
 	// Present and empty (or null) means off; absent keeps the default.
 	p.str(&r.Admin.Listen, "admin.listen", &cfg.Admin.Listen)
@@ -1221,6 +1257,41 @@ func (p *parser) hostPort(field, addr string) {
 	}
 }
 
+// validateACME checks webhook.tls.acme.
+func (p *parser) validateACME(c *Config, a *WebhookACME) {
+	const base = "webhook.tls.acme"
+	if c.Webhook.TLS.CertFile != "" || c.Webhook.TLS.KeyFile != "" {
+		p.invalid(base, "set either acme or cert_file/key_file, not both")
+	}
+	if len(a.Domains) == 0 {
+		p.invalid(base+".domains", "at least one domain is required")
+	}
+	seen := map[string]int{}
+	for i, d := range a.Domains {
+		field := fmt.Sprintf("%s.domains[%d]", base, i)
+		if err := bridge.CheckACMEDomain(d); err != nil {
+			p.invalid(field, "%v", err)
+			continue
+		}
+		if j, dup := seen[strings.ToLower(d)]; dup {
+			p.invalid(field, "duplicate of %s.domains[%d]", base, j)
+		}
+		seen[strings.ToLower(d)] = i
+	}
+	if a.Email != "" && !strings.Contains(a.Email, "@") {
+		p.invalid(base+".email", "must be an address (name@host)")
+	}
+	if a.CacheDir == "" {
+		p.invalid(base+".cache_dir", "must not be empty")
+	}
+	if u, err := url.Parse(a.DirectoryURL); err != nil || u.Scheme != "https" || u.Host == "" {
+		p.invalid(base+".directory_url", "must be an https:// URL")
+	}
+	if a.HTTPListen != "" {
+		p.hostPort(base+".http_listen", a.HTTPListen)
+	}
+}
+
 func (p *parser) validate(c *Config) {
 	switch {
 	case c.Gateway.ID == "":
@@ -1240,6 +1311,9 @@ func (p *parser) validate(c *Config) {
 	p.hostPort("webhook.listen", w.Listen)
 	if (w.TLS.CertFile == "") != (w.TLS.KeyFile == "") {
 		p.invalid("webhook.tls", "cert_file and key_file must be set together")
+	}
+	if a := w.TLS.ACME; a != nil {
+		p.validateACME(c, a)
 	}
 	if w.MaxBody <= 0 {
 		p.invalid("webhook.max_body", "must be greater than 0")
@@ -1402,6 +1476,9 @@ func (p *parser) validate(c *Config) {
 		addrs[addr] = field
 	}
 	claim("webhook.listen", w.Listen)
+	if w.TLS.ACME != nil {
+		claim("webhook.tls.acme.http_listen", w.TLS.ACME.HTTPListen)
+	}
 	claim("admin.listen", c.Admin.Listen)
 	if br.Enabled {
 		for i, l := range br.Listeners {

@@ -28,7 +28,7 @@ type metricsCollector struct {
 	brokerClients, brokerDropped, buildInfo     *prometheus.Desc
 	refused                                     *prometheus.Desc
 	queueMaxBytes, ready                        *prometheus.Desc
-	certExpiry                                  *prometheus.Desc
+	certExpiry, webhookCertExpiry               *prometheus.Desc
 
 	retainedTopics, retainedBytes, retainedCleared *prometheus.Desc
 	clientDropped, subUnmatched, subResent         *prometheus.Desc // durable subscribers (type subscriber)
@@ -39,36 +39,37 @@ func newMetricsCollector(g *gateway) *metricsCollector {
 		return prometheus.NewDesc("wittra_gateway_"+name, help, labels, nil)
 	}
 	return &metricsCollector{
-		g:             g,
-		requests:      d("webhook_requests_total", "Webhook requests by route and reply code.", "route", "code"),
-		accepted:      d("messages_accepted_total", "Messages newly queued.", "route"),
-		duplicates:    d("messages_duplicate_total", "Messages acknowledged as already seen (payloadId within dedup_window).", "route"),
-		dropped:       d("messages_dropped_total", "Messages deleted without delivery by policy.", "reason"),
-		expired:       d("messages_expired_total", "Undelivered messages deleted after buffer.max_age."),
-		commits:       d("queue_commits_total", "Queue transactions committed (each one fsync)."),
-		compactions:   d("queue_compactions_total", "Times the queue file was rewritten to shrink it."),
-		quarantined:   d("queue_quarantined_total", "Damaged queue files moved aside at start (queue.db.corrupt-<time>)."),
-		salvaged:      d("queue_salvaged_messages_total", "Messages copied out of quarantined queue files at start."),
-		salvageLost:   d("queue_salvage_lost_messages_total", "Undelivered messages of quarantined queue files that could not be read."),
-		depth:         d("queue_depth_messages", "Messages queued for the sink and not yet delivered.", "sink"),
-		oldestAge:     d("queue_oldest_age_seconds", "Age of the oldest message not yet delivered to the sink (0 when none).", "sink"),
-		queueMessages: d("queue_messages", "Messages stored in the queue."),
-		queueBytes:    d("queue_bytes", "Bytes of stored messages, as counted against buffer.max_bytes."),
-		fileBytes:     d("queue_file_bytes", "Size of the queue file on disk."),
-		deadStored:    d("dead_letters_total", "Messages sinks refused permanently (kept in the dead-letter bucket)."),
-		delivered:     d("sink_deliveries_total", "Messages delivered to the sink.", "sink"),
-		failures:      d("sink_failures_total", "Failed delivery attempts (each is retried with backoff).", "sink"),
-		deadLettered:  d("sink_dead_letters_total", "Messages the sink refused permanently since start.", "sink"),
-		undecodable:   d("sink_undecodable_total", "Queue records that could not be decoded for the sink.", "sink"),
-		lastSuccess:   d("sink_last_success_timestamp_seconds", "Unix time of the sink's last delivery (0 before the first).", "sink"),
-		connected:     d("sink_connected", "1 when the sink's connection is up (sinks with a connection only).", "sink"),
-		brokerClients: d("broker_clients", "Clients connected to the embedded broker."),
-		brokerDropped: d("broker_messages_dropped_total", "Messages the embedded broker dropped for slow or over-quota subscribers."),
-		buildInfo:     d("build_info", "Build information.", "version", "commit", "goversion"),
-		queueMaxBytes: d("queue_max_bytes", "buffer.max_bytes: the bound queue_bytes is held to."),
-		ready:         d("ready", "1 while /readyz would answer 200 (started, not stopping, the queue's commit path answers within 1 s), else 0."),
-		refused:       d("messages_refused_total", "Messages of webhook requests answered 503 because the queue was full (not stored; the sender must retry).", "route", "reason"),
-		certExpiry:    d("sink_certificate_expiry_timestamp_seconds", "Unix time the sink's client certificate expires (sinks with one only).", "sink"),
+		g:                 g,
+		requests:          d("webhook_requests_total", "Webhook requests by route and reply code.", "route", "code"),
+		accepted:          d("messages_accepted_total", "Messages newly queued.", "route"),
+		duplicates:        d("messages_duplicate_total", "Messages acknowledged as already seen (payloadId within dedup_window).", "route"),
+		dropped:           d("messages_dropped_total", "Messages deleted without delivery by policy.", "reason"),
+		expired:           d("messages_expired_total", "Undelivered messages deleted after buffer.max_age."),
+		commits:           d("queue_commits_total", "Queue transactions committed (each one fsync)."),
+		compactions:       d("queue_compactions_total", "Times the queue file was rewritten to shrink it."),
+		quarantined:       d("queue_quarantined_total", "Damaged queue files moved aside at start (queue.db.corrupt-<time>)."),
+		salvaged:          d("queue_salvaged_messages_total", "Messages copied out of quarantined queue files at start."),
+		salvageLost:       d("queue_salvage_lost_messages_total", "Undelivered messages of quarantined queue files that could not be read."),
+		depth:             d("queue_depth_messages", "Messages queued for the sink and not yet delivered.", "sink"),
+		oldestAge:         d("queue_oldest_age_seconds", "Age of the oldest message not yet delivered to the sink (0 when none).", "sink"),
+		queueMessages:     d("queue_messages", "Messages stored in the queue."),
+		queueBytes:        d("queue_bytes", "Bytes of stored messages, as counted against buffer.max_bytes."),
+		fileBytes:         d("queue_file_bytes", "Size of the queue file on disk."),
+		deadStored:        d("dead_letters_total", "Messages sinks refused permanently (kept in the dead-letter bucket)."),
+		delivered:         d("sink_deliveries_total", "Messages delivered to the sink.", "sink"),
+		failures:          d("sink_failures_total", "Failed delivery attempts (each is retried with backoff).", "sink"),
+		deadLettered:      d("sink_dead_letters_total", "Messages the sink refused permanently since start.", "sink"),
+		undecodable:       d("sink_undecodable_total", "Queue records that could not be decoded for the sink.", "sink"),
+		lastSuccess:       d("sink_last_success_timestamp_seconds", "Unix time of the sink's last delivery (0 before the first).", "sink"),
+		connected:         d("sink_connected", "1 when the sink's connection is up (sinks with a connection only).", "sink"),
+		brokerClients:     d("broker_clients", "Clients connected to the embedded broker."),
+		brokerDropped:     d("broker_messages_dropped_total", "Messages the embedded broker dropped for slow or over-quota subscribers."),
+		buildInfo:         d("build_info", "Build information.", "version", "commit", "goversion"),
+		queueMaxBytes:     d("queue_max_bytes", "buffer.max_bytes: the bound queue_bytes is held to."),
+		ready:             d("ready", "1 while /readyz would answer 200 (started, not stopping, the queue's commit path answers within 1 s), else 0."),
+		refused:           d("messages_refused_total", "Messages of webhook requests answered 503 because the queue was full (not stored; the sender must retry).", "route", "reason"),
+		certExpiry:        d("sink_certificate_expiry_timestamp_seconds", "Unix time the sink's client certificate expires (sinks with one only).", "sink"),
+		webhookCertExpiry: d("webhook_certificate_expiry_timestamp_seconds", "Unix time the webhook's TLS certificate expires, by ACME domain (or cert_file).", "domain"),
 
 		retainedTopics:  d("broker_retained_topics", "Retained topics of the gateway held by the embedded broker."),
 		retainedBytes:   d("broker_retained_bytes", "Payload bytes of those retained topics."),
@@ -165,6 +166,13 @@ func (c *metricsCollector) Collect(ch chan<- prometheus.Metric) {
 		if cs, ok := g.sinks[i].(certSink); ok {
 			if exp, ok := cs.CertificateExpiry(); ok {
 				gauge(c.certExpiry, float64(exp.Unix()), name)
+			}
+		}
+	}
+	if g.webhookCertExpiry != nil {
+		for name, t := range g.webhookCertExpiry() {
+			if !t.IsZero() {
+				gauge(c.webhookCertExpiry, float64(t.Unix()), name)
 			}
 		}
 	}

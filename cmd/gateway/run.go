@@ -164,10 +164,13 @@ type gateway struct {
 	webhookLn  net.Listener
 	// webhookScheme is http or https, set before the server starts (the
 	// server's own TLSConfig is changed by ServeTLS: not to be read).
-	webhookScheme string
-	admin         *http.Server
-	adminLn       net.Listener
-	ready         atomic.Bool // /readyz: set once everything is up, cleared at stop
+	webhookScheme     string
+	acmeHTTP          *http.Server                // http-01 challenges; nil unless webhook.tls.acme.http_listen
+	acmeCancel        context.CancelFunc          // stops the ACME certificate loop
+	webhookCertExpiry func() map[string]time.Time // webhook certificate expiry by name; nil for plain HTTP
+	admin             *http.Server
+	adminLn           net.Listener
+	ready             atomic.Bool // /readyz: set once everything is up, cleared at stop
 
 	fwdCancel context.CancelFunc
 	fwdWG     sync.WaitGroup
@@ -374,12 +377,13 @@ func (g *gateway) startWebhook(cfg *Config) error {
 		// TLS handshake failures from scanners are noise: debug level.
 		ErrorLog: stdlog.New(debugWriter{wlog}, "", 0),
 	}
-	if cfg.Webhook.TLS.CertFile != "" {
-		certs, err := bridge.NewCertReloader(cfg.Webhook.TLS.CertFile, cfg.Webhook.TLS.KeyFile, wlog)
-		if err != nil {
-			return fmt.Errorf("webhook TLS: %w", err)
-		}
-		g.webhook.TLSConfig = bridge.ServerTLSConfig(certs)
+	tlsCfg, err := g.webhookTLS(cfg, wlog)
+	if err != nil {
+		ln.Close()
+		return fmt.Errorf("webhook TLS: %w", err)
+	}
+	if tlsCfg != nil {
+		g.webhook.TLSConfig = tlsCfg
 		g.webhookScheme = "https"
 		g.serve(g.webhook, func() error { return g.webhook.ServeTLS(ln, "", "") })
 		return nil
@@ -470,7 +474,10 @@ func (g *gateway) close(ctx context.Context) error {
 	g.closeOnce.Do(func() {
 		g.ready.Store(false)
 		var errs []error
-		for _, srv := range []*http.Server{g.webhook, g.admin} {
+		if g.acmeCancel != nil {
+			g.acmeCancel()
+		}
+		for _, srv := range []*http.Server{g.webhook, g.acmeHTTP, g.admin} {
 			if srv == nil {
 				continue
 			}
