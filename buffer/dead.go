@@ -28,7 +28,7 @@ type DeadLetter struct {
 func (r *Reader) DeadLetter(ctx context.Context, rec Record, reason string) error {
 	key := binary.BigEndian.AppendUint64(nil, rec.Seq)
 	key = append(key, r.name...)
-	v := binary.BigEndian.AppendUint64(nil, uint64(time.Now().UnixNano()))
+	v := binary.BigEndian.AppendUint64(nil, uint64(r.q.tl.now().wall.UnixNano()))
 	v = binary.BigEndian.AppendUint64(v, uint64(rec.Time.UnixNano()))
 	v = binary.AppendUvarint(v, uint64(len(reason)))
 	v = append(v, reason...)

@@ -17,6 +17,8 @@ import (
 	"github.com/rs/zerolog"
 	bolt "go.etcd.io/bbolt"
 	bolterrors "go.etcd.io/bbolt/errors"
+
+	"wittra-gateway/internal/clock"
 )
 
 var (
@@ -59,6 +61,18 @@ type Config struct {
 	// CompactMinSize: the file is compacted when it is at least this big
 	// and mostly free pages. DefaultCompactMinSize.
 	CompactMinSize int64
+
+	// Clock reads wall and monotonic time; clock.System() when nil.
+	Clock clock.Clock
+	// BuildFloor: a wall clock before it is known to be wrong (the
+	// binary's build time). clock.BuildFloor("") when zero.
+	BuildFloor time.Time
+	// ClockStep: a wall-clock jump larger than this, against the monotonic
+	// clock, is a step (logged, counted, a new epoch). DefaultClockStep.
+	ClockStep time.Duration
+	// MaxOffline bounds the down time between two runs in different boots
+	// that the wall clock alone can vouch for. DefaultMaxOffline.
+	MaxOffline time.Duration
 }
 
 // Entry is one message to append.
@@ -77,8 +91,11 @@ type AppendResult struct {
 // caller owns.
 type Record struct {
 	Seq  uint64
-	Time time.Time // receive (commit) time
-	Data []byte
+	Time time.Time // receive (commit) time, corrected for clock steps where it can be
+	// TimeUnsure: Time was read from a wall clock known to be wrong and
+	// cannot be corrected yet (the clock is still wrong).
+	TimeUnsure bool
+	Data       []byte
 }
 
 var (
@@ -103,6 +120,7 @@ type state struct {
 	last    uint64 // bucket sequence: the highest ever assigned
 	bytes   int64
 	cursors map[string]uint64
+	epochs  []epoch // copy-on-write (see putEpoch)
 }
 
 func (s state) clone() state {
@@ -137,6 +155,7 @@ type Counters struct {
 type Queue struct {
 	cfg Config
 	log zerolog.Logger
+	tl  *timeline
 
 	// dbMu guards the db pointer: compaction swaps the file under Lock;
 	// readers hold RLock for the length of a read transaction.
@@ -189,6 +208,18 @@ func Open(cfg Config, log zerolog.Logger) (*Queue, error) {
 	if cfg.CompactMinSize <= 0 {
 		cfg.CompactMinSize = DefaultCompactMinSize
 	}
+	if cfg.Clock == nil {
+		cfg.Clock = clock.System()
+	}
+	if cfg.BuildFloor.IsZero() {
+		cfg.BuildFloor = clock.BuildFloor("")
+	}
+	if cfg.ClockStep <= 0 {
+		cfg.ClockStep = DefaultClockStep
+	}
+	if cfg.MaxOffline <= 0 {
+		cfg.MaxOffline = DefaultMaxOffline
+	}
 	if cfg.MaxFileSize == 0 && cfg.MaxBytes > 0 {
 		cfg.MaxFileSize = 2*cfg.MaxBytes + 64<<20
 	}
@@ -202,6 +233,7 @@ func Open(cfg Config, log zerolog.Logger) (*Queue, error) {
 		ops:        make(chan *op, 1024),
 		done:       make(chan struct{}),
 		compactReq: make(chan chan error),
+		tl:         &timeline{clk: cfg.Clock, floor: cfg.BuildFloor, step: cfg.ClockStep, log: log},
 	}
 	err := q.openAndLoad()
 	if isCorrupt(err) {
@@ -320,6 +352,9 @@ func (q *Queue) load(tx *bolt.Tx) error {
 			}
 		}
 		st.cursors[name] = seq
+	}
+	if err := q.startTimeline(tx, &st); err != nil {
+		return err
 	}
 	// Consumers removed above may have been the ones holding messages back.
 	if err := trim(tx, &st); err != nil {
@@ -451,7 +486,11 @@ func (q *Queue) commit(batch []*op) {
 				return o.err
 			}
 		}
-		return tx.Bucket(bucketMeta).Put(keyBytes, u64(uint64(st.bytes)))
+		meta := tx.Bucket(bucketMeta)
+		if err := meta.Put(keyClock, q.tl.state(q.tl.now()).value()); err != nil {
+			return fmt.Errorf("put clock: %w", err)
+		}
+		return meta.Put(keyBytes, u64(uint64(st.bytes)))
 	})
 	appended := false
 	if err == nil {
@@ -484,7 +523,7 @@ func (q *Queue) Append(ctx context.Context, entries []Entry) (AppendResult, erro
 		// The op may run again in a retried batch: results are recomputed
 		// from scratch every time.
 		res = AppendResult{}
-		now := time.Now()
+		now := q.tl.now()
 		dups := make([]bool, len(entries))
 		var need int64
 		var seen map[string]struct{}
@@ -494,7 +533,7 @@ func (q *Queue) Append(ctx context.Context, entries []Entry) (AppendResult, erro
 					seen = make(map[string]struct{}, len(entries))
 				}
 				_, inRequest := seen[e.DedupKey]
-				if inRequest || q.seenRecently(tx, dedupKey(e.DedupKey), now) {
+				if inRequest || q.seenRecently(tx, dedupKey(e.DedupKey), now.g) {
 					dups[i] = true
 					res.Duplicates++
 					continue
@@ -512,9 +551,14 @@ func (q *Queue) Append(ctx context.Context, entries []Entry) (AppendResult, erro
 				return err
 			}
 		}
+		if res.Duplicates < len(entries) {
+			if err := noteEpoch(tx, st, now, q.tl.step); err != nil {
+				return err
+			}
+		}
 		msgs := tx.Bucket(bucketMsgs)
 		msgs.FillPercent = appendFill
-		nowNs := uint64(now.UnixNano())
+		nowNs := uint64(now.wall.UnixNano())
 		for i, e := range entries {
 			if dups[i] {
 				continue
@@ -530,7 +574,7 @@ func (q *Queue) Append(ctx context.Context, entries []Entry) (AppendResult, erro
 				return fmt.Errorf("put message %d: %w", seq, err)
 			}
 			if q.cfg.DedupWindow > 0 && e.DedupKey != "" {
-				if err := putDedup(tx, dedupKey(e.DedupKey), nowNs); err != nil {
+				if err := putDedup(tx, dedupKey(e.DedupKey), uint64(now.g)); err != nil {
 					return err
 				}
 			}
@@ -557,13 +601,14 @@ func dedupKey(k string) []byte {
 	return sum[:]
 }
 
-func (q *Queue) seenRecently(tx *bolt.Tx, key []byte, now time.Time) bool {
+// seenRecently: was key accepted within the dedup window, in gateway time
+// (dedup values are gateway times, see timeline.go).
+func (q *Queue) seenRecently(tx *bolt.Tx, key []byte, g int64) bool {
 	v := tx.Bucket(bucketDedup).Get(key)
 	if len(v) != 8 {
 		return false
 	}
-	at := time.Unix(0, int64(binary.BigEndian.Uint64(v)))
-	return now.Sub(at) < q.cfg.DedupWindow
+	return time.Duration(g-int64(binary.BigEndian.Uint64(v))) < q.cfg.DedupWindow
 }
 
 func putDedup(tx *bolt.Tx, key []byte, nowNs uint64) error {
@@ -604,6 +649,9 @@ func deleteFront(tx *bolt.Tx, st *state, stop func(seq uint64, v []byte) bool) (
 	if n == 0 {
 		return 0, nil
 	}
+	if err := pruneEpochs(tx, st); err != nil {
+		return n, err
+	}
 	meta := tx.Bucket(bucketMeta)
 	for name, cur := range st.cursors {
 		if cur < st.head-1 {
@@ -642,6 +690,9 @@ func (q *Queue) Close() error {
 	close(q.ops)
 	q.closeMu.Unlock()
 	q.wg.Wait()
+	if err := q.saveClock(); err != nil {
+		q.log.Warn().Err(err).Msg("save the clock reading at close: the next start counts from the last commit")
+	}
 	if err := q.db.Close(); err != nil {
 		return fmt.Errorf("close queue: %w", err)
 	}

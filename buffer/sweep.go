@@ -39,14 +39,16 @@ func (q *Queue) sweepLoop() {
 // Sweep expires messages older than MaxAge and forgets dedup keys older
 // than DedupWindow. It runs periodically; tests call it directly.
 func (q *Queue) Sweep(ctx context.Context) error {
-	now := time.Now()
 	var expired uint64
 	err := q.submit(ctx, &op{apply: func(tx *bolt.Tx, st *state, c *Counters) error {
 		expired = 0
+		// Ages are gateway time (timeline.go): a wall-clock step neither
+		// expires nor keeps anything.
+		now := q.tl.now()
 		if q.cfg.MaxAge > 0 {
-			cutoff := uint64(now.Add(-q.cfg.MaxAge).UnixNano())
-			n, err := deleteFront(tx, st, func(_ uint64, v []byte) bool {
-				return binary.BigEndian.Uint64(v) >= cutoff
+			cutoff := now.g - int64(q.cfg.MaxAge)
+			n, err := deleteFront(tx, st, func(seq uint64, v []byte) bool {
+				return recordG(st.epochs, seq, int64(binary.BigEndian.Uint64(v))) >= cutoff
 			})
 			if err != nil {
 				return err
@@ -54,8 +56,11 @@ func (q *Queue) Sweep(ctx context.Context) error {
 			expired = n
 			c.Expired += n
 		}
-		if q.cfg.DedupWindow > 0 {
-			return sweepDedup(tx, uint64(now.Add(-q.cfg.DedupWindow).UnixNano()))
+		// Gateway time starts near zero on a box that booted at 1970: a
+		// negative cutoff means nothing is old enough yet (and must not
+		// wrap around as an unsigned key).
+		if cutoff := now.g - int64(q.cfg.DedupWindow); q.cfg.DedupWindow > 0 && cutoff > 0 {
+			return sweepDedup(tx, uint64(cutoff))
 		}
 		return nil
 	}})
