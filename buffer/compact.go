@@ -34,6 +34,9 @@ func (q *Queue) needsCompaction() (bool, int64) {
 // Compact rewrites the file to its live data when it is mostly free space.
 // It runs in the committer, between commits, so writers simply wait.
 func (q *Queue) Compact() error {
+	if q.readOnly {
+		return ErrReadOnly
+	}
 	reply := make(chan error, 1)
 	q.closeMu.RLock()
 	if q.closed {

@@ -9,13 +9,33 @@
 //	                byte order is arrival order and keys are never reused.
 //	                value: 8-byte big-endian receive time (Unix ns) + the
 //	                opaque record bytes the caller appended.
-//	bucket "meta"   "bytes"          8-byte total of stored value sizes
+//	bucket "meta"   "format"         8-byte file format version (format.go);
+//	                                 absent = 1 (files from before it).
+//	                "format/msgs"    8-byte layout version of bucket msgs
+//	                                 alone (what `queue export` reads).
+//	                "bytes"          8-byte total of stored value sizes
 //	                "cursor/<name>"  8-byte sequence: the last one consumer
 //	                                 <name> acknowledged. It resumes at +1.
 //	bucket "dedup"  key: dedup key (payloadId; a SHA-256 of it when longer
 //	                than 128 bytes) → 8-byte accept time (Unix ns).
 //	bucket "dedupt" key: 8-byte accept time + dedup key → empty. A time index
 //	                so expired dedup keys are swept without a full scan.
+//	bucket "dead"   key: 8-byte sequence + consumer name → 8-byte refusal
+//	                time, 8-byte receive time, uvarint length + reason,
+//	                record bytes. Created on the first dead letter.
+//	bucket "kv"     one nested bucket per namespace (a sink's own state).
+//
+// All integers are big-endian. Format version 1 is exactly this layout.
+//
+// # Format versions
+//
+// A change to any of the above is a new format version: add a migration
+// step (format.go) that rewrites version N into N+1 inside one transaction,
+// bump "format/msgs" too if msgs changes, and commit a fixture written by
+// the new code (go run ./buffer/internal/mkfixture). Open migrates older
+// files, refuses newer ones with a *FormatError and writes nothing to them;
+// OpenReadOnly skips that check so messages can be exported after a
+// rollback.
 //
 // Messages are only ever deleted from the front (lowest keys): when the
 // slowest cursor passes them, when they are older than MaxAge, or when

@@ -172,6 +172,9 @@ type Queue struct {
 	counters Counters
 	readers  map[string]*Reader
 
+	// readOnly: opened by OpenReadOnly, no committer; writes fail.
+	readOnly bool
+
 	closeMu sync.RWMutex
 	closed  bool
 	ops     chan *op
@@ -290,6 +293,9 @@ func (q *Queue) openAndLoad() (err error) {
 			db.Close()
 		}
 	}()
+	if err := upgrade(db, q.cfg.Path, q.log); err != nil {
+		return fmt.Errorf("open queue %s: %w", q.cfg.Path, err)
+	}
 	if err := db.Update(q.load); err != nil {
 		return fmt.Errorf("open queue %s: %w", q.cfg.Path, err)
 	}
@@ -384,6 +390,9 @@ func u64(v uint64) []byte {
 
 // submit hands o to the committer and waits for its commit.
 func (q *Queue) submit(ctx context.Context, o *op) error {
+	if q.readOnly {
+		return ErrReadOnly
+	}
 	o.done = make(chan struct{})
 	q.closeMu.RLock()
 	if q.closed {

@@ -67,13 +67,27 @@ func (c *QueueCommand) Run(ctx context.Context, args []string) error {
 	}
 	bc := bufferConfig(cfg, names)
 	bc.LockTimeout = time.Second
+	out := bufio.NewWriter(c.Stdout)
+	defer out.Flush()
+	if sub == "export" {
+		// Export only reads, through the read-only path that skips the
+		// format version check: after a rollback an operator can still
+		// get the messages out of a file a newer version wrote.
+		q, err := buffer.OpenReadOnly(bc.Path, bc.LockTimeout, zerolog.New(c.Stderr))
+		if err != nil {
+			return err
+		}
+		defer q.Close()
+		if dead {
+			return deadExport(out, q)
+		}
+		return queueExport(out, q, 0, -1)
+	}
 	q, err := buffer.Open(bc, zerolog.Nop())
 	if err != nil {
 		return err
 	}
 	defer q.Close()
-	out := bufio.NewWriter(c.Stdout)
-	defer out.Flush()
 	switch sub {
 	case "stats":
 		return queueStats(out, q)
@@ -82,11 +96,6 @@ func (c *QueueCommand) Run(ctx context.Context, args []string) error {
 			sinkName = names[0]
 		}
 		return queuePeek(out, q, sinkName, n)
-	case "export":
-		if dead {
-			return deadExport(out, q)
-		}
-		return queueExport(out, q, 0, -1)
 	default:
 		deleted, err := q.Purge(ctx)
 		if err != nil {
