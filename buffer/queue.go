@@ -699,8 +699,10 @@ func (q *Queue) Close() error {
 	close(q.ops)
 	q.closeMu.Unlock()
 	q.wg.Wait()
-	if err := q.saveClock(); err != nil {
-		q.log.Warn().Err(err).Msg("save the clock reading at close: the next start counts from the last commit")
+	if !q.readOnly {
+		if err := q.saveClock(); err != nil {
+			q.log.Warn().Err(err).Msg("save the clock reading at close: the next start counts from the last commit")
+		}
 	}
 	if err := q.db.Close(); err != nil {
 		return fmt.Errorf("close queue: %w", err)

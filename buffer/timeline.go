@@ -214,14 +214,36 @@ func (t *timeline) state(r reading) clockState {
 //     wall times are gateway times; else at the newest stored time (no time
 //     is assumed to have passed).
 func (q *Queue) startTimeline(tx *bolt.Tx, st *state) error {
-	tl := q.tl
-	w, m, boot := tl.clk.Now(), tl.clk.Mono(), tl.clk.BootID()
-	trusted := !w.Before(tl.floor)
 	meta := tx.Bucket(bucketMeta)
 	prev, ok, err := readClockState(meta)
 	if err != nil {
 		return err
 	}
+	q.resumeTimeline(tx, prev, ok, q.cfg.MaxOffline)
+	if err := loadEpochs(tx, st); err != nil {
+		return err
+	}
+	if !ok && len(st.epochs) == 0 {
+		// A new file: gateway time started at the wall clock.
+		if err := putEpoch(tx, st, epoch{first: 0, offset: 0, trusted: true}); err != nil {
+			return err
+		}
+	}
+	// A restart starts a new epoch for any offset change beyond clock
+	// noise: the step threshold is for telling a step from drift while
+	// running, not an error to carry over.
+	if err := noteEpoch(tx, st, q.tl.last, time.Millisecond); err != nil {
+		return err
+	}
+	return meta.Put(keyClock, q.tl.state(q.tl.last).value())
+}
+
+// resumeTimeline sets the timeline's origin from the previous run's last
+// reading (ok false: none); see startTimeline.
+func (q *Queue) resumeTimeline(tx *bolt.Tx, prev clockState, ok bool, maxOffline time.Duration) {
+	tl := q.tl
+	w, m, boot := tl.clk.Now(), tl.clk.Mono(), tl.clk.BootID()
+	trusted := !w.Before(tl.floor)
 	var g0 int64
 	if !ok {
 		g0 = w.UnixNano()
@@ -235,7 +257,7 @@ func (q *Queue) startTimeline(tx *bolt.Tx, st *state) error {
 		case prev.boot == boot && m >= prev.mono:
 			elapsed = m - prev.mono
 		case prev.trusted && trusted && gap > elapsed:
-			elapsed = min(gap, q.cfg.MaxOffline)
+			elapsed = min(gap, maxOffline)
 		}
 		g0 = prev.g + int64(elapsed)
 		if d := gap - elapsed; d > tl.step || d < -tl.step {
@@ -248,34 +270,66 @@ func (q *Queue) startTimeline(tx *bolt.Tx, st *state) error {
 	if !trusted {
 		tl.logTrust(tl.last)
 	}
-	if err := loadEpochs(tx, st); err != nil {
-		return err
-	}
-	if !ok && len(st.epochs) == 0 {
-		// Records written before gateway time: their wall time is taken
-		// as their gateway time.
-		if err := putEpoch(tx, st, epoch{first: 0, offset: 0, trusted: true}); err != nil {
+}
+
+// readOnlyTimeline sets up the timeline of a read-only queue (export):
+// receive times come out as a running gateway would show them.
+func (q *Queue) readOnlyTimeline(tx *bolt.Tx) error {
+	q.tl = &timeline{clk: clock.System(), floor: clock.BuildFloor(""), step: DefaultClockStep, log: q.log}
+	var prev clockState
+	var ok bool
+	if meta := tx.Bucket(bucketMeta); meta != nil {
+		var err error
+		if prev, ok, err = readClockState(meta); err != nil {
 			return err
 		}
 	}
-	// A restart starts a new epoch for any offset change beyond clock
-	// noise: the step threshold is for telling a step from drift while
-	// running, not an error to carry over.
-	if err := noteEpoch(tx, st, tl.last, time.Millisecond); err != nil {
-		return err
+	if tx.Bucket(bucketMsgs) == nil {
+		return nil
 	}
-	return meta.Put(keyClock, tl.state(tl.last).value())
+	q.resumeTimeline(tx, prev, ok, DefaultMaxOffline)
+	if b := tx.Bucket(bucketEpochs); b != nil {
+		return b.ForEach(func(k, v []byte) error {
+			if len(k) != 8 || len(v) != 9 {
+				return &CorruptError{Key: fmt.Sprintf("epochs/%x", k), Err: fmt.Errorf("epoch has %d+%d bytes, want 8+9", len(k), len(v))}
+			}
+			q.st.epochs = append(q.st.epochs, epoch{first: binary.BigEndian.Uint64(k), offset: int64(binary.BigEndian.Uint64(v)), trusted: v[8] == 1})
+			return nil
+		})
+	}
+	return nil
+}
+
+// migrateGatewayTime upgrades format 1 to 2: it adds the epochs bucket
+// with one epoch for every stored record, offset 0, trusted: gateway time
+// starts as the wall clock (startTimeline, no "clock" reading yet), so the
+// stored receive times and dedup times keep their meaning and are not
+// rewritten. Records stamped before the build floor still count as unsure
+// (receiveTime). The msgs bucket is unchanged (MsgsFormat stays 1).
+func migrateGatewayTime(tx *bolt.Tx) (map[string]int, error) {
+	b, err := tx.CreateBucketIfNotExists(bucketEpochs)
+	if err != nil {
+		return nil, fmt.Errorf("create bucket epochs: %w", err)
+	}
+	if err := b.Put(u64(0), epoch{trusted: true}.value()); err != nil {
+		return nil, fmt.Errorf("put epoch: %w", err)
+	}
+	return map[string]int{"epochs": 1}, nil
 }
 
 // newestStored is the newest time the file holds (last message, newest
 // dedup key), or 0.
 func newestStored(tx *bolt.Tx) int64 {
 	var newest int64
-	if _, v := tx.Bucket(bucketMsgs).Cursor().Last(); len(v) >= 8 {
-		newest = int64(binary.BigEndian.Uint64(v))
+	if b := tx.Bucket(bucketMsgs); b != nil {
+		if _, v := b.Cursor().Last(); len(v) >= 8 {
+			newest = int64(binary.BigEndian.Uint64(v))
+		}
 	}
-	if k, _ := tx.Bucket(bucketDedupT).Cursor().Last(); len(k) >= 8 {
-		newest = max(newest, int64(binary.BigEndian.Uint64(k)))
+	if b := tx.Bucket(bucketDedupT); b != nil {
+		if k, _ := b.Cursor().Last(); len(k) >= 8 {
+			newest = max(newest, int64(binary.BigEndian.Uint64(k)))
+		}
 	}
 	return newest
 }
