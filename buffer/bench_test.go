@@ -7,6 +7,10 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	bolt "go.etcd.io/bbolt"
+
+	"wittra-gateway/internal/clock"
 )
 
 // BenchmarkAppend measures durable appends of 200-byte messages: MaxBatch 1
@@ -51,4 +55,60 @@ func BenchmarkAppend(b *testing.B) {
 			}
 		}
 	}
+}
+
+// BenchmarkDeadLetterAtCap: one dead letter into a full bucket
+// (MaxDeadLetters stored), so each insert also drops the oldest.
+func BenchmarkDeadLetterAtCap(b *testing.B) {
+	path := b.TempDir() + "/q.db"
+	q := openQueue(b, Config{Path: path})
+	data := make([]byte, 200)
+	err := q.db.Update(func(tx *bolt.Tx) error {
+		dead, err := tx.CreateBucketIfNotExists(bucketDead)
+		if err != nil {
+			return err
+		}
+		dead.FillPercent = appendFill
+		for i := range MaxDeadLetters {
+			if err := dead.Put(append(u64(uint64(i+1)), 'a'), append(make([]byte, 17), data...)); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	q.Close()
+	q = openQueue(b, Config{Path: path})
+	r, _ := q.Reader("a")
+	b.ResetTimer()
+	for i := range b.N {
+		if err := r.DeadLetter(context.Background(), Record{Seq: uint64(MaxDeadLetters + i + 1), Data: data}, "bad"); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkDedupSweep: how fast a sweep forgets expired dedup keys
+// (keys/s), to compare with the append rate.
+func BenchmarkDedupSweep(b *testing.B) {
+	fc := clock.NewFake(time.Now())
+	q := openQueue(b, Config{DedupWindow: time.Minute, Clock: fc})
+	entries := make([]Entry, 0, 1000)
+	for i := 0; i < b.N; {
+		entries = entries[:0]
+		for ; len(entries) < 1000 && i < b.N; i++ {
+			entries = append(entries, Entry{Data: []byte("x"), DedupKey: fmt.Sprintf("payload-%012d", i)})
+		}
+		if _, err := q.Append(context.Background(), entries); err != nil {
+			b.Fatal(err)
+		}
+	}
+	fc.Advance(2 * time.Minute)
+	b.ResetTimer()
+	if err := q.Sweep(context.Background()); err != nil {
+		b.Fatal(err)
+	}
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "keys/s")
 }

@@ -1,15 +1,29 @@
 package buffer
 
 import (
+	"bytes"
+	"encoding/binary"
 	"fmt"
 	"os"
 	"path/filepath"
+	"time"
 
 	bolt "go.etcd.io/bbolt"
 )
 
 // compactTxMax bounds each copy transaction of a compaction.
 const compactTxMax = 16 << 20
+
+// dirtyBuckets names buckets an op may change that compaction cannot
+// catch up incrementally: written during a copy, they are copied again
+// whole at the switch-over. Ops that only touch msgs, dedup, dedupt, meta
+// and epochs need no flag.
+type dirtyBuckets uint8
+
+const (
+	dirtyKV dirtyBuckets = 1 << iota
+	dirtyDead
+)
 
 // needsCompaction reports whether the file is big and mostly free pages:
 // bbolt never shrinks a file, so after a drained backlog it would keep its
@@ -31,30 +45,54 @@ func (q *Queue) needsCompaction() (bool, int64) {
 	return live*4 <= fi.Size(), fi.Size()
 }
 
-// Compact rewrites the file to its live data when it is mostly free space.
-// It runs in the committer, between commits, so writers simply wait.
-func (q *Queue) Compact() error {
-	if q.readOnly {
-		return ErrReadOnly
-	}
-	reply := make(chan error, 1)
+// inCommitter runs fn in the committer, between two commits: no write runs
+// meanwhile.
+func (q *Queue) inCommitter(fn func()) error {
+	done := make(chan struct{})
 	q.closeMu.RLock()
 	if q.closed {
 		q.closeMu.RUnlock()
 		return ErrClosed
 	}
-	q.compactReq <- reply
+	q.compactReq <- func() { fn(); close(done) }
 	q.closeMu.RUnlock()
-	err := <-reply
-	if err == nil {
-		q.releaseMapped()
-	}
-	return err
+	<-done
+	return nil
 }
 
-// compact copies the live data into a new file and swaps it in. On any
-// failure the original file stays in use.
-func (q *Queue) compact() error {
+// compactMarks: where the copy's snapshot is known to reach at least.
+type compactMarks struct {
+	lastSeq    uint64 // msgs: every key up to here is in the copy or deleted later
+	lastDedupG uint64 // dedupt: every entry before this time likewise
+}
+
+// Compact rewrites the file to its live data when it is mostly free space,
+// without stopping intake for the copy:
+//
+//  1. the committer notes that a compaction runs (it then records which
+//     whole-copy buckets writes touch);
+//  2. bbolt copies a read snapshot into a new file while commits go on;
+//  3. the committer pauses for the switch-over only: it copies what changed
+//     since the snapshot — messages appended after it and deleted from the
+//     front, dedup entries added and swept, meta and epochs (small), and
+//     the KV or dead-letter bucket if written meanwhile — then swaps files.
+//
+// Writes wait only for step 3, which is proportional to what changed
+// during the copy. The one exception: a commit that needs the file to grow
+// waits for the copy's read snapshot (bbolt remaps only without readers);
+// compaction runs when at least three quarters of the file are free pages,
+// so that takes a burst of three times the live data during the copy.
+func (q *Queue) Compact() error {
+	if q.readOnly {
+		return ErrReadOnly
+	}
+	q.compactMu.Lock()
+	defer q.compactMu.Unlock()
+	if err := q.inCommitter(func() { q.compacting, q.compactDirty = true, 0 }); err != nil {
+		return err
+	}
+	defer q.inCommitter(func() { q.compacting = false })
+
 	before, _ := os.Stat(q.cfg.Path)
 	tmp := q.cfg.Path + ".compact"
 	os.Remove(tmp)
@@ -62,18 +100,81 @@ func (q *Queue) compact() error {
 	if err != nil {
 		return fmt.Errorf("compact: create %s: %w", tmp, err)
 	}
-	q.dbMu.Lock()
-	defer q.dbMu.Unlock()
-	// Compact keeps bucket sequences, so sequence numbers never restart.
-	if err := bolt.Compact(dst, q.db, compactTxMax); err != nil {
+	fail := func(err error) error {
 		dst.Close()
 		os.Remove(tmp)
-		return fmt.Errorf("compact: copy: %w", err)
+		return err
+	}
+	var marks compactMarks
+	began := time.Now()
+	q.dbMu.RLock()
+	err = q.db.View(func(tx *bolt.Tx) error {
+		marks.lastSeq = tx.Bucket(bucketMsgs).Sequence()
+		if k, _ := tx.Bucket(bucketDedupT).Cursor().Last(); len(k) >= 8 {
+			marks.lastDedupG = binary.BigEndian.Uint64(k)
+		}
+		return nil
+	})
+	if err == nil {
+		// Compact keeps bucket sequences, so sequence numbers never restart.
+		err = bolt.Compact(dst, q.db, compactTxMax)
+	}
+	q.dbMu.RUnlock()
+	if err != nil {
+		return fail(fmt.Errorf("compact: copy: %w", err))
+	}
+	if q.compactHook != nil {
+		q.compactHook()
+	}
+	copied := time.Now()
+	var swapErr error
+	var paused time.Duration
+	if err := q.inCommitter(func() {
+		start := time.Now()
+		swapErr = q.switchOver(dst, tmp, marks)
+		paused = time.Since(start)
+	}); err != nil {
+		return fail(err)
+	}
+	if swapErr != nil {
+		return swapErr
+	}
+	after, _ := os.Stat(q.cfg.Path)
+	q.mu.Lock()
+	q.counters.Compactions++
+	q.mu.Unlock()
+	if before != nil && after != nil {
+		q.log.Info().Int64("before_bytes", before.Size()).Int64("after_bytes", after.Size()).
+			Dur("copy", copied.Sub(began)).Dur("writes_paused", paused).Msg("queue file compacted")
+	}
+	q.releaseMapped()
+	return nil
+}
+
+// switchOver runs in the committer: it brings the copy up to date and
+// swaps it in. On any failure before the rename the original file stays in
+// use and the copy is removed.
+func (q *Queue) switchOver(dst *bolt.DB, tmp string, marks compactMarks) error {
+	fail := func(err error) error {
+		dst.Close()
+		os.Remove(tmp)
+		return err
+	}
+	q.mu.Lock()
+	head := q.st.head
+	q.mu.Unlock()
+	err := q.db.View(func(src *bolt.Tx) error {
+		return dst.Update(func(dtx *bolt.Tx) error { return catchUp(src, dtx, head, marks, q.compactDirty) })
+	})
+	if err != nil {
+		return fail(fmt.Errorf("compact: catch up: %w", err))
 	}
 	if err := dst.Close(); err != nil {
 		os.Remove(tmp)
 		return fmt.Errorf("compact: close copy: %w", err)
 	}
+	q.dbMu.Lock()
+	defer q.dbMu.Unlock()
 	if err := q.db.Close(); err != nil {
 		os.Remove(tmp)
 		return fmt.Errorf("compact: close queue: %w", err)
@@ -93,14 +194,108 @@ func (q *Queue) compact() error {
 		os.Remove(tmp)
 		return fmt.Errorf("compact: swap files: %w", renameErr)
 	}
-	after, _ := os.Stat(q.cfg.Path)
-	q.mu.Lock()
-	q.counters.Compactions++
-	q.mu.Unlock()
-	if before != nil && after != nil {
-		q.log.Info().Int64("before_bytes", before.Size()).Int64("after_bytes", after.Size()).Msg("queue file compacted")
-	}
 	return nil
+}
+
+// catchUp applies to the copy dtx what changed in src since the snapshot
+// marks describe. It relies on how the queue writes: msgs and dedupt only
+// grow at the end and shrink at the front, msgs values never change, and
+// every dedup write comes with a dedupt entry.
+func catchUp(src, dtx *bolt.Tx, head uint64, marks compactMarks, dirty dirtyBuckets) error {
+	sm, dm := src.Bucket(bucketMsgs), dtx.Bucket(bucketMsgs)
+	dm.FillPercent = appendFill
+	dc := dm.Cursor()
+	for k, _ := dc.First(); k != nil && binary.BigEndian.Uint64(k) < head; k, _ = dc.First() {
+		if err := dc.Delete(); err != nil {
+			return err
+		}
+	}
+	sc := sm.Cursor()
+	for k, v := sc.Seek(u64(marks.lastSeq + 1)); k != nil; k, v = sc.Next() {
+		if err := dm.Put(k, v); err != nil {
+			return err
+		}
+	}
+	if err := dm.SetSequence(sm.Sequence()); err != nil {
+		return err
+	}
+
+	si, di := src.Bucket(bucketDedupT), dtx.Bucket(bucketDedupT)
+	sk, dk := src.Bucket(bucketDedup), dtx.Bucket(bucketDedup)
+	di.FillPercent = appendFill
+	// A key whose index entry came or went: its dedup value is the
+	// current one.
+	mirror := func(key []byte) error {
+		if v := sk.Get(key); v != nil {
+			return dk.Put(key, v)
+		}
+		return dk.Delete(key)
+	}
+	first, _ := si.Cursor().First()
+	ic := di.Cursor()
+	for k, _ := ic.First(); k != nil && (first == nil || bytes.Compare(k, first) < 0); k, _ = ic.First() {
+		key := append([]byte(nil), k[8:]...)
+		if err := ic.Delete(); err != nil {
+			return err
+		}
+		if err := mirror(key); err != nil {
+			return err
+		}
+	}
+	c := si.Cursor()
+	for k, _ := c.Seek(u64(marks.lastDedupG)); k != nil; k, _ = c.Next() {
+		if err := di.Put(k, nil); err != nil {
+			return err
+		}
+		if err := mirror(k[8:]); err != nil {
+			return err
+		}
+	}
+
+	// Every other bucket is copied whole when it may have changed: meta
+	// and epochs always (a few keys), kv and dead when written during the
+	// copy, and any bucket this code does not know.
+	return src.ForEach(func(name []byte, b *bolt.Bucket) error {
+		switch string(name) {
+		case string(bucketMsgs), string(bucketDedup), string(bucketDedupT):
+			return nil
+		case string(bucketKV):
+			if dirty&dirtyKV == 0 {
+				return nil
+			}
+		case string(bucketDead):
+			if dirty&dirtyDead == 0 && dtx.Bucket(name) != nil {
+				return nil
+			}
+		}
+		if dtx.Bucket(name) != nil {
+			if err := dtx.DeleteBucket(name); err != nil {
+				return err
+			}
+		}
+		nb, err := dtx.CreateBucket(name)
+		if err != nil {
+			return err
+		}
+		return copyBucket(nb, b)
+	})
+}
+
+// copyBucket copies src into the empty bucket dst, nested buckets too.
+func copyBucket(dst, src *bolt.Bucket) error {
+	if err := dst.SetSequence(src.Sequence()); err != nil {
+		return err
+	}
+	return src.ForEach(func(k, v []byte) error {
+		if v != nil {
+			return dst.Put(k, v)
+		}
+		nb, err := dst.CreateBucket(k)
+		if err != nil {
+			return err
+		}
+		return copyBucket(nb, src.Bucket(k))
+	})
 }
 
 func syncDir(dir string) error {

@@ -121,6 +121,7 @@ type state struct {
 	bytes   int64
 	cursors map[string]uint64
 	epochs  []epoch // copy-on-write (see putEpoch)
+	dead    uint64  // dead letters stored (≤ maxDeadLetters)
 }
 
 func (s state) clone() state {
@@ -161,8 +162,16 @@ type Queue struct {
 	// readers hold RLock for the length of a read transaction.
 	dbMu sync.RWMutex
 	db   *bolt.DB
-	// compactReq asks the committer to compact between two commits.
-	compactReq chan chan error
+	// compactReq runs a function in the committer between two commits
+	// (compaction's start, catch-up and switch-over).
+	compactReq chan func()
+	// compactMu: one compaction at a time. compacting and compactDirty
+	// are only touched in the committer: while a compaction copies, the
+	// buckets it must copy again whole (see compact.go).
+	compactMu    sync.Mutex
+	compacting   bool
+	compactDirty dirtyBuckets
+	compactHook  func() // tests: runs between the copy and the switch-over
 	// readSinceRelease counts record bytes read since the mapped file's
 	// pages were last released (see mapped.go).
 	readSinceRelease atomic.Int64
@@ -175,6 +184,9 @@ type Queue struct {
 	// readOnly: opened by OpenReadOnly, no committer; writes fail.
 	readOnly bool
 
+	pingMu sync.Mutex
+	ping   *pingCall // the round trip in flight, shared by every Ping
+
 	closeMu sync.RWMutex
 	closed  bool
 	ops     chan *op
@@ -186,6 +198,7 @@ type Queue struct {
 // transaction; it must return a rejection (see reject) only before it has
 // written anything, and any other error aborts the whole transaction.
 type op struct {
+	dirty dirtyBuckets // buckets it may change that compaction copies whole
 	apply func(tx *bolt.Tx, st *state, c *Counters) error
 	err   error
 	done  chan struct{}
@@ -235,7 +248,7 @@ func Open(cfg Config, log zerolog.Logger) (*Queue, error) {
 		readers:    make(map[string]*Reader),
 		ops:        make(chan *op, 1024),
 		done:       make(chan struct{}),
-		compactReq: make(chan chan error),
+		compactReq: make(chan func()),
 		tl:         &timeline{clk: cfg.Clock, floor: cfg.BuildFloor, step: cfg.ClockStep, log: log},
 	}
 	err := q.openAndLoad()
@@ -366,8 +379,10 @@ func (q *Queue) load(tx *bolt.Tx) error {
 	if err := trim(tx, &st); err != nil {
 		return err
 	}
+	// Counted once here (a walk of the bucket); inserts keep it current.
+	st.dead = deadLetterCount(tx)
 	q.st = st
-	q.counters.DeadLetters = deadLetterCount(tx)
+	q.counters.DeadLetters = st.dead
 	return nil
 }
 
@@ -425,8 +440,8 @@ func (q *Queue) commitLoop() {
 				return
 			}
 			first = o
-		case reply := <-q.compactReq:
-			reply <- q.compact()
+		case fn := <-q.compactReq:
+			fn()
 			continue
 		}
 		batch = append(batch[:0], first)
@@ -508,6 +523,13 @@ func (q *Queue) commit(batch []*op) {
 		appended = st.last != q.st.last
 		q.st, q.counters = st, counters
 		q.mu.Unlock()
+	}
+	if err == nil && q.compacting {
+		for _, o := range batch {
+			if o.err == nil {
+				q.compactDirty |= o.dirty
+			}
+		}
 	}
 	for _, o := range batch {
 		switch {
@@ -722,18 +744,37 @@ func (q *Queue) Path() string { return q.cfg.Path }
 
 // Ping round-trips an empty write through the committer: it fails when
 // the commit path is stuck or the file is gone (the systemd watchdog and
-// /readyz use it).
+// /readyz use it). Concurrent pings share one round trip, so a wedged
+// committer holds at most one waiting goroutine however often it is asked.
 func (q *Queue) Ping(ctx context.Context) error {
-	done := make(chan error, 1)
-	go func() {
-		done <- q.submit(context.Background(), &op{apply: func(*bolt.Tx, *state, *Counters) error { return nil }})
-	}()
+	q.pingMu.Lock()
+	c := q.ping
+	if c == nil {
+		c = &pingCall{done: make(chan struct{})}
+		q.ping = c
+		go q.runPing(c)
+	}
+	q.pingMu.Unlock()
 	select {
-	case err := <-done:
-		return err
+	case <-c.done:
+		return c.err
 	case <-ctx.Done():
 		return fmt.Errorf("queue ping: %w", ctx.Err())
 	}
+}
+
+// pingCall is the one outstanding ping; err is set before done closes.
+type pingCall struct {
+	done chan struct{}
+	err  error
+}
+
+func (q *Queue) runPing(c *pingCall) {
+	c.err = q.submit(context.Background(), &op{apply: func(*bolt.Tx, *state, *Counters) error { return nil }})
+	q.pingMu.Lock()
+	q.ping = nil
+	q.pingMu.Unlock()
+	close(c.done)
 }
 
 // FileSize is the size of the queue file on disk.
