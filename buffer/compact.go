@@ -38,7 +38,7 @@ func (q *Queue) needsCompaction() (bool, int64) {
 	st := q.db.Stats()
 	free := int64(st.FreePageN+st.PendingPageN) * int64(q.db.Info().PageSize)
 	var used int64 // high-water mark of allocated pages; the file may be bigger
-	if err := q.db.View(func(tx *bolt.Tx) error { used = tx.Size(); return nil }); err != nil {
+	if err := q.guard(func() error { return q.db.View(func(tx *bolt.Tx) error { used = tx.Size(); return nil }) }); err != nil {
 		return false, 0
 	}
 	live := used - free
@@ -108,16 +108,18 @@ func (q *Queue) Compact() error {
 	var marks compactMarks
 	began := time.Now()
 	q.dbMu.RLock()
-	err = q.db.View(func(tx *bolt.Tx) error {
-		marks.lastSeq = tx.Bucket(bucketMsgs).Sequence()
-		if k, _ := tx.Bucket(bucketDedupT).Cursor().Last(); len(k) >= 8 {
-			marks.lastDedupG = binary.BigEndian.Uint64(k)
-		}
-		return nil
+	err = q.guard(func() error {
+		return q.db.View(func(tx *bolt.Tx) error {
+			marks.lastSeq = tx.Bucket(bucketMsgs).Sequence()
+			if k, _ := tx.Bucket(bucketDedupT).Cursor().Last(); len(k) >= 8 {
+				marks.lastDedupG = binary.BigEndian.Uint64(k)
+			}
+			return nil
+		})
 	})
 	if err == nil {
 		// Compact keeps bucket sequences, so sequence numbers never restart.
-		err = bolt.Compact(dst, q.db, compactTxMax)
+		err = q.guard(func() error { return bolt.Compact(dst, q.db, compactTxMax) })
 	}
 	q.dbMu.RUnlock()
 	if err != nil {
@@ -163,8 +165,10 @@ func (q *Queue) switchOver(dst *bolt.DB, tmp string, marks compactMarks) error {
 	q.mu.Lock()
 	head := q.st.head
 	q.mu.Unlock()
-	err := q.db.View(func(src *bolt.Tx) error {
-		return dst.Update(func(dtx *bolt.Tx) error { return catchUp(src, dtx, head, marks, q.compactDirty) })
+	err := q.guard(func() error {
+		return q.db.View(func(src *bolt.Tx) error {
+			return dst.Update(func(dtx *bolt.Tx) error { return catchUp(src, dtx, head, marks, q.compactDirty) })
+		})
 	})
 	if err != nil {
 		return fail(fmt.Errorf("compact: catch up: %w", err))

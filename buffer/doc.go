@@ -51,6 +51,16 @@
 // one contiguous run from the head to the bucket's sequence, and the depth
 // of a consumer is sequence minus its cursor.
 //
+// # Damage
+//
+// Beside the file: <path>.corrupt-<UTC> (a damaged file moved aside),
+// <path>.opening (opens that began and did not finish) and <path>.damaged
+// (bbolt panicked at run time). damage.go says how each is used; pages.go
+// reads the format above without bbolt to check a file before bbolt opens
+// it, and salvage.go copies what is readable into a fresh file. Salvage
+// reads format version 1 (the layout above): a format bump must teach it
+// the new layout too.
+//
 // # Commits
 //
 // All writes (appends, acknowledgements, sweeps) go through one committer

@@ -140,116 +140,142 @@ func TestFormatFixturesOpenWithCurrentCode(t *testing.T) {
 	for _, v := range fixtureVersions(t) {
 		t.Run(fmt.Sprintf("v%d", v), func(t *testing.T) {
 			path, m := copyFixture(t, v)
-			oldest := time.Unix(0, m.Messages[0].TimeNs)
-			// The window reaches back past the fixture's first key, so
-			// every key in it counts as recent.
-			window := time.Since(oldest) + 24*time.Hour
-			var logs bytes.Buffer
-			cfg := Config{Path: path, Consumers: m.Consumers, DedupWindow: window}
-			q, err := Open(cfg, zerolog.New(&logs))
-			if err != nil {
-				t.Fatalf("open v%d fixture: %v", v, err)
-			}
-			defer func() { q.Close() }()
-			if v < FormatVersion() && !strings.Contains(logs.String(), "migrated") {
-				t.Errorf("no migration logged:\n%s", logs.String())
-			}
-			st, err := q.Stats()
-			if err != nil {
-				t.Fatal(err)
-			}
-			if st.Head != m.Head || st.Last != m.Last || st.Messages != uint64(len(m.Messages)) {
-				t.Fatalf("head %d last %d messages %d, want %d %d %d", st.Head, st.Last, st.Messages, m.Head, m.Last, len(m.Messages))
-			}
-			ctx := context.Background()
-			for _, name := range m.Consumers {
-				r, err := q.Reader(name)
-				if err != nil {
-					t.Fatal(err)
-				}
-				if r.Cursor() != m.Cursors[name] {
-					t.Fatalf("%s cursor %d, want %d", name, r.Cursor(), m.Cursors[name])
-				}
-				var want []int
-				for i, msg := range m.Messages {
-					if msg.Seq > m.Cursors[name] {
-						want = append(want, i)
-					}
-				}
-				recs := readAll(t, r, len(want))
-				if len(recs) != len(want) {
-					t.Fatalf("%s read %d records, want %d", name, len(recs), len(want))
-				}
-				for j, i := range want {
-					exp := m.Messages[i]
-					if recs[j].Seq != exp.Seq || string(recs[j].Data) != exp.Data || recs[j].Time.UnixNano() != exp.TimeNs {
-						t.Fatalf("%s record %d: seq %d time %d data %.24q, want %d %d %.24q", name, j, recs[j].Seq, recs[j].Time.UnixNano(), recs[j].Data, exp.Seq, exp.TimeNs, exp.Data)
-					}
-				}
-				// Nothing more: each message exactly once.
-				short, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
-				extra, err := r.Read(short, 10, 1<<20)
-				cancel()
-				if !errors.Is(err, context.DeadlineExceeded) {
-					t.Fatalf("%s: read past the end returned %d records, %v", name, len(extra), err)
-				}
-			}
-			// Every dedup key of the file is still within the window.
-			for _, k := range m.DedupKeys {
-				res, err := q.Append(ctx, []Entry{{Data: []byte("again"), DedupKey: k}})
-				if err != nil || res.Duplicates != 1 || res.Accepted != 0 {
-					t.Fatalf("append of fixture key %s: %+v %v, want a duplicate", k, res, err)
-				}
-			}
-			res, err := q.Append(ctx, []Entry{{Data: []byte("new"), DedupKey: "after-upgrade"}})
-			if err != nil || res.Accepted != 1 {
-				t.Fatalf("new append: %+v %v", res, err)
-			}
-			var dead []string
-			q.DeadLetters(func(d DeadLetter) bool {
-				dead = append(dead, fmt.Sprintf("%s/%d/%s/%s", d.Consumer, d.Seq, d.Reason, d.Data))
-				return true
-			})
-			var wantDead []string
-			for _, d := range m.DeadLetters {
-				wantDead = append(wantDead, fmt.Sprintf("%s/%d/%s/%s", d.Consumer, d.Seq, d.Reason, d.Data))
-			}
-			if !slices.Equal(dead, wantDead) || q.Counters().DeadLetters != uint64(len(wantDead)) {
-				t.Fatalf("dead letters %q (counter %d), want %q", dead, q.Counters().DeadLetters, wantDead)
-			}
-			for _, kv := range m.KV {
-				got, err := q.KV(kv.Namespace).Get(kv.Key)
-				if err != nil || string(got) != kv.Value {
-					t.Fatalf("kv %s/%s = %q %v, want %q", kv.Namespace, kv.Key, got, err, kv.Value)
-				}
-			}
-
-			// After acknowledging everything and a restart, nothing
-			// acknowledged is sent again and the file is current.
-			for _, name := range m.Consumers {
-				r, _ := q.Reader(name)
-				recs := readAll(t, r, 1) // the one appended above
-				if recs[0].Seq != m.Last+1 {
-					t.Fatalf("%s: new message has seq %d, want %d (sequence kept)", name, recs[0].Seq, m.Last+1)
-				}
-				if err := r.Ack(ctx, recs[0].Seq); err != nil {
-					t.Fatal(err)
-				}
-			}
-			if err := q.Close(); err != nil {
-				t.Fatal(err)
-			}
-			q, err = Open(cfg, zerolog.Nop())
-			if err != nil {
-				t.Fatal(err)
-			}
-			if st, _ := q.Stats(); st.Messages != 0 || st.Last != m.Last+1 {
-				t.Fatalf("after acking all and reopening: %d messages, last %d", st.Messages, st.Last)
-			}
-			if got := onDiskFormat(t, q); got != FormatVersion() {
-				t.Fatalf("file format after open = %d, want %d", got, FormatVersion())
-			}
+			testFixture(t, v, path, m, true)
 		})
+	}
+}
+
+// TestFormatFixturesSalvage salvages every fixture as if it were damaged:
+// a healthy file of any known version comes across whole.
+func TestFormatFixturesSalvage(t *testing.T) {
+	if FormatVersion() != salvageReads {
+		t.Fatalf("salvage.go reads format %d, the code writes %d: teach Salvage the new layout", salvageReads, FormatVersion())
+	}
+	for _, v := range fixtureVersions(t) {
+		t.Run(fmt.Sprintf("v%d", v), func(t *testing.T) {
+			src, m := copyFixture(t, v)
+			dst := filepath.Join(t.TempDir(), "salvaged.db")
+			rep, err := Salvage(src, dst, zerolog.Nop())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if rep.Salvaged != uint64(len(m.Messages)) || !rep.LostKnown || rep.Lost != 0 || rep.DamagedPages != 0 {
+				t.Fatalf("salvage report %+v, want %d messages, none lost", rep, len(m.Messages))
+			}
+			testFixture(t, v, dst, m, false)
+		})
+	}
+}
+
+func testFixture(t *testing.T, v uint64, path string, m fixtureManifest, migrates bool) {
+	oldest := time.Unix(0, m.Messages[0].TimeNs)
+	// The window reaches back past the fixture's first key, so
+	// every key in it counts as recent.
+	window := time.Since(oldest) + 24*time.Hour
+	var logs bytes.Buffer
+	cfg := Config{Path: path, Consumers: m.Consumers, DedupWindow: window}
+	q, err := Open(cfg, zerolog.New(&logs))
+	if err != nil {
+		t.Fatalf("open v%d fixture: %v", v, err)
+	}
+	defer func() { q.Close() }()
+	if migrates && v < FormatVersion() && !strings.Contains(logs.String(), "migrated") {
+		t.Errorf("no migration logged:\n%s", logs.String())
+	}
+	st, err := q.Stats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Head != m.Head || st.Last != m.Last || st.Messages != uint64(len(m.Messages)) {
+		t.Fatalf("head %d last %d messages %d, want %d %d %d", st.Head, st.Last, st.Messages, m.Head, m.Last, len(m.Messages))
+	}
+	ctx := context.Background()
+	for _, name := range m.Consumers {
+		r, err := q.Reader(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.Cursor() != m.Cursors[name] {
+			t.Fatalf("%s cursor %d, want %d", name, r.Cursor(), m.Cursors[name])
+		}
+		var want []int
+		for i, msg := range m.Messages {
+			if msg.Seq > m.Cursors[name] {
+				want = append(want, i)
+			}
+		}
+		recs := readAll(t, r, len(want))
+		if len(recs) != len(want) {
+			t.Fatalf("%s read %d records, want %d", name, len(recs), len(want))
+		}
+		for j, i := range want {
+			exp := m.Messages[i]
+			if recs[j].Seq != exp.Seq || string(recs[j].Data) != exp.Data || recs[j].Time.UnixNano() != exp.TimeNs {
+				t.Fatalf("%s record %d: seq %d time %d data %.24q, want %d %d %.24q", name, j, recs[j].Seq, recs[j].Time.UnixNano(), recs[j].Data, exp.Seq, exp.TimeNs, exp.Data)
+			}
+		}
+		// Nothing more: each message exactly once.
+		short, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
+		extra, err := r.Read(short, 10, 1<<20)
+		cancel()
+		if !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("%s: read past the end returned %d records, %v", name, len(extra), err)
+		}
+	}
+	// Every dedup key of the file is still within the window.
+	for _, k := range m.DedupKeys {
+		res, err := q.Append(ctx, []Entry{{Data: []byte("again"), DedupKey: k}})
+		if err != nil || res.Duplicates != 1 || res.Accepted != 0 {
+			t.Fatalf("append of fixture key %s: %+v %v, want a duplicate", k, res, err)
+		}
+	}
+	res, err := q.Append(ctx, []Entry{{Data: []byte("new"), DedupKey: "after-upgrade"}})
+	if err != nil || res.Accepted != 1 {
+		t.Fatalf("new append: %+v %v", res, err)
+	}
+	var dead []string
+	q.DeadLetters(func(d DeadLetter) bool {
+		dead = append(dead, fmt.Sprintf("%s/%d/%s/%s", d.Consumer, d.Seq, d.Reason, d.Data))
+		return true
+	})
+	var wantDead []string
+	for _, d := range m.DeadLetters {
+		wantDead = append(wantDead, fmt.Sprintf("%s/%d/%s/%s", d.Consumer, d.Seq, d.Reason, d.Data))
+	}
+	if !slices.Equal(dead, wantDead) || q.Counters().DeadLetters != uint64(len(wantDead)) {
+		t.Fatalf("dead letters %q (counter %d), want %q", dead, q.Counters().DeadLetters, wantDead)
+	}
+	for _, kv := range m.KV {
+		got, err := q.KV(kv.Namespace).Get(kv.Key)
+		if err != nil || string(got) != kv.Value {
+			t.Fatalf("kv %s/%s = %q %v, want %q", kv.Namespace, kv.Key, got, err, kv.Value)
+		}
+	}
+
+	// After acknowledging everything and a restart, nothing
+	// acknowledged is sent again and the file is current.
+	for _, name := range m.Consumers {
+		r, _ := q.Reader(name)
+		recs := readAll(t, r, 1) // the one appended above
+		if recs[0].Seq != m.Last+1 {
+			t.Fatalf("%s: new message has seq %d, want %d (sequence kept)", name, recs[0].Seq, m.Last+1)
+		}
+		if err := r.Ack(ctx, recs[0].Seq); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := q.Close(); err != nil {
+		t.Fatal(err)
+	}
+	q, err = Open(cfg, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st, _ := q.Stats(); st.Messages != 0 || st.Last != m.Last+1 {
+		t.Fatalf("after acking all and reopening: %d messages, last %d", st.Messages, st.Last)
+	}
+	if got := onDiskFormat(t, q); got != FormatVersion() {
+		t.Fatalf("file format after open = %d, want %d", got, FormatVersion())
 	}
 }
 

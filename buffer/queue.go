@@ -9,6 +9,7 @@ import (
 	"maps"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -146,6 +147,8 @@ type Counters struct {
 	Commits     uint64 // transactions committed
 	Compactions uint64 // times the file was rewritten to shrink it
 	Quarantined uint64 // corrupt files moved aside at open
+	Salvaged    uint64 // messages copied out of quarantined files at open
+	SalvageLost uint64 // undelivered messages of quarantined files that could not be read
 	// DeadLetters counts messages refused permanently by a sink; it starts
 	// from what the file holds.
 	DeadLetters uint64
@@ -183,6 +186,11 @@ type Queue struct {
 
 	// readOnly: opened by OpenReadOnly, no committer; writes fail.
 	readOnly bool
+	// damaged is closed when bbolt panicked at run time (damage.go);
+	// damagedErr says why.
+	damaged     chan struct{}
+	damagedOnce sync.Once
+	damagedErr  error
 
 	pingMu sync.Mutex
 	ping   *pingCall // the round trip in flight, shared by every Ping
@@ -250,20 +258,9 @@ func Open(cfg Config, log zerolog.Logger) (*Queue, error) {
 		done:       make(chan struct{}),
 		compactReq: make(chan func()),
 		tl:         &timeline{clk: cfg.Clock, floor: cfg.BuildFloor, step: cfg.ClockStep, log: log},
+		damaged:    make(chan struct{}),
 	}
-	err := q.openAndLoad()
-	if isCorrupt(err) {
-		// A queue that cannot be read must not stop the site from taking
-		// new readings: keep the damaged file for forensics, start afresh.
-		aside := fmt.Sprintf("%s.corrupt-%s", cfg.Path, time.Now().UTC().Format("20060102T150405Z"))
-		if rerr := os.Rename(cfg.Path, aside); rerr != nil {
-			return nil, fmt.Errorf("open queue %s: %w (and moving it aside failed: %v)", cfg.Path, err, rerr)
-		}
-		log.Error().Err(err).Str("moved_to", aside).Msg("queue file is corrupt: moved aside, starting on a fresh queue; messages in it were NOT delivered")
-		q.counters.Quarantined++
-		err = q.openAndLoad()
-	}
-	if err != nil {
+	if err := q.openChecked(); err != nil {
 		return nil, err
 	}
 	q.releaseMapped()
@@ -294,18 +291,20 @@ func (q *Queue) openDB() (*bolt.DB, error) {
 // openAndLoad opens the file and reads its state. bbolt panics on some
 // damaged pages; that is reported as corruption, not a crash loop.
 func (q *Queue) openAndLoad() (err error) {
-	db, err := q.openDB()
-	if err != nil {
-		return err
-	}
+	var db *bolt.DB
 	defer func() {
 		if r := recover(); r != nil {
 			err = &CorruptError{Key: "(file)", Err: fmt.Errorf("bbolt panic: %v", r)}
 		}
-		if err != nil {
+		if err != nil && db != nil {
 			db.Close()
 		}
 	}()
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	db, err = q.openDB()
+	if err != nil {
+		return err
+	}
 	if err := upgrade(db, q.cfg.Path, q.log); err != nil {
 		return fmt.Errorf("open queue %s: %w", q.cfg.Path, err)
 	}
@@ -318,7 +317,7 @@ func (q *Queue) openAndLoad() (err error) {
 
 func isCorrupt(err error) bool {
 	var ce *CorruptError
-	return errors.As(err, &ce) || errors.Is(err, bolterrors.ErrInvalid) ||
+	return errors.As(err, &ce) || errors.Is(err, bolterrors.ErrInvalid) || errors.Is(err, bolterrors.ErrIncompatibleValue) ||
 		errors.Is(err, bolterrors.ErrVersionMismatch) || errors.Is(err, bolterrors.ErrChecksum)
 }
 
@@ -326,7 +325,7 @@ func isCorrupt(err error) bool {
 func (q *Queue) view(fn func(*bolt.Tx) error) error {
 	q.dbMu.RLock()
 	defer q.dbMu.RUnlock()
-	return q.db.View(fn)
+	return q.guard(func() error { return q.db.View(fn) })
 }
 
 // load creates the buckets, reconciles the cursors with cfg.Consumers and
@@ -407,6 +406,9 @@ func u64(v uint64) []byte {
 func (q *Queue) submit(ctx context.Context, o *op) error {
 	if q.readOnly {
 		return ErrReadOnly
+	}
+	if err := q.damagedError(); err != nil {
+		return err
 	}
 	o.done = make(chan struct{})
 	q.closeMu.RLock()
@@ -502,7 +504,7 @@ func (q *Queue) commit(batch []*op) {
 	st, counters := q.st.clone(), q.counters
 	q.mu.Unlock()
 
-	err := q.db.Update(func(tx *bolt.Tx) error {
+	err := q.update(func(tx *bolt.Tx) error {
 		for _, o := range batch {
 			o.err = o.apply(tx, &st, &counters)
 			var r rejection
@@ -721,8 +723,20 @@ func (q *Queue) Close() error {
 	close(q.ops)
 	q.closeMu.Unlock()
 	q.wg.Wait()
+	if q.damagedError() != nil {
+		// bbolt panicked on this file: its close may wait on state the
+		// panic left behind. The process is about to exit anyway.
+		closed := make(chan error, 1)
+		go func() { closed <- q.guard(q.db.Close) }()
+		select {
+		case err := <-closed:
+			return err
+		case <-time.After(2 * time.Second):
+			return fmt.Errorf("close queue: %w: gave up waiting", ErrDamaged)
+		}
+	}
 	if !q.readOnly {
-		if err := q.saveClock(); err != nil {
+		if err := q.guard(q.saveClock); err != nil {
 			q.log.Warn().Err(err).Msg("save the clock reading at close: the next start counts from the last commit")
 		}
 	}

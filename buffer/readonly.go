@@ -42,6 +42,7 @@ func OpenReadOnly(path string, lockTimeout time.Duration, log zerolog.Logger) (*
 		readers:  map[string]*Reader{},
 		ops:      make(chan *op),
 		done:     make(chan struct{}),
+		damaged:  make(chan struct{}),
 	}
 	err = db.View(func(tx *bolt.Tx) error {
 		var err error

@@ -381,7 +381,7 @@ func noteEpoch(tx *bolt.Tx, st *state, r reading, step time.Duration) error {
 // saveClock commits the current reading, so the next Open counts from
 // here, not from the last write.
 func (q *Queue) saveClock() error {
-	return q.db.Update(func(tx *bolt.Tx) error {
+	return q.update(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketMeta).Put(keyClock, q.tl.state(q.tl.now()).value())
 	})
 }

@@ -13,6 +13,8 @@ import (
 	"runtime"
 	"runtime/debug"
 	"syscall"
+
+	"wittra-gateway/buffer"
 )
 
 // Set at build time: -ldflags "-X main.Version=... -X main.Commit=...".
@@ -29,6 +31,9 @@ const (
 	exitOK      = 0
 	exitRuntime = 1
 	exitUsage   = 2
+	// exitQueueDamaged: bbolt panicked on the queue file at run time. The
+	// file is marked; the next start quarantines and salvages it.
+	exitQueueDamaged = 3
 )
 
 // usageError marks bad usage or bad config: exit code 2.
@@ -53,6 +58,8 @@ func exitCode(err error) int {
 		return exitOK
 	case errors.As(err, &ue):
 		return exitUsage
+	case errors.Is(err, buffer.ErrDamaged):
+		return exitQueueDamaged
 	default:
 		return exitRuntime
 	}
@@ -95,7 +102,7 @@ const usage = `usage: wittra-gateway <command> [-config PATH]
 commands:
   run            run the gateway (the default)
   check-config   validate the config; print every problem with its line
-  queue          inspect the queue offline: stats | peek | export | purge
+  queue          inspect the queue offline: stats | peek | export | purge | salvage
   version        print version, commit and Go version
 
 The default config is ` + DefaultConfigPath + `.

@@ -20,6 +20,7 @@ type metricsCollector struct {
 	expired, commits, compactions, quarantined  *prometheus.Desc
 	depth, oldestAge, queueMessages, queueBytes *prometheus.Desc
 	fileBytes, deadStored                       *prometheus.Desc
+	salvaged, salvageLost                       *prometheus.Desc
 	delivered, failures, deadLettered           *prometheus.Desc
 	undecodable, lastSuccess, connected         *prometheus.Desc
 	brokerClients, brokerDropped, buildInfo     *prometheus.Desc
@@ -39,7 +40,9 @@ func newMetricsCollector(g *gateway) *metricsCollector {
 		expired:       d("messages_expired_total", "Undelivered messages deleted after buffer.max_age."),
 		commits:       d("queue_commits_total", "Queue transactions committed (each one fsync)."),
 		compactions:   d("queue_compactions_total", "Times the queue file was rewritten to shrink it."),
-		quarantined:   d("queue_quarantined_total", "Corrupt queue files moved aside at start."),
+		quarantined:   d("queue_quarantined_total", "Damaged queue files moved aside at start (queue.db.corrupt-<time>)."),
+		salvaged:      d("queue_salvaged_messages_total", "Messages copied out of quarantined queue files at start."),
+		salvageLost:   d("queue_salvage_lost_messages_total", "Undelivered messages of quarantined queue files that could not be read."),
 		depth:         d("queue_depth_messages", "Messages queued for the sink and not yet delivered.", "sink"),
 		oldestAge:     d("queue_oldest_age_seconds", "Age of the oldest message not yet delivered to the sink (0 when none).", "sink"),
 		queueMessages: d("queue_messages", "Messages stored in the queue."),
@@ -101,6 +104,8 @@ func (c *metricsCollector) Collect(ch chan<- prometheus.Metric) {
 			counter(c.commits, st.Commits)
 			counter(c.compactions, st.Compactions)
 			counter(c.quarantined, st.Quarantined)
+			counter(c.salvaged, st.Salvaged)
+			counter(c.salvageLost, st.SalvageLost)
 			counter(c.deadStored, st.DeadLetters)
 			gauge(c.queueMessages, float64(st.Messages))
 			gauge(c.queueBytes, float64(st.Bytes))

@@ -7,6 +7,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
+	"path/filepath"
+	"strconv"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -22,12 +25,14 @@ type QueueCommand struct {
 	Stdout, Stderr io.Writer
 }
 
-const queueUsage = `usage: wittra-gateway queue <stats|peek|export|purge> [-config PATH] [flags]
+const queueUsage = `usage: wittra-gateway queue <stats|peek|export|purge|salvage> [-config PATH] [flags]
 
   stats            depth and oldest age per sink
   peek [-n N]      the next N messages (default 10) of -sink (default: the first sink)
   export [-dead]   every stored message (or dead letter) as JSON lines
   purge -yes       delete every stored message (they are NOT delivered)
+  salvage -from F  copy every readable message of the damaged queue file F
+                   (e.g. a quarantined queue.db.corrupt-<time>) into the queue
 `
 
 func (c *QueueCommand) Run(ctx context.Context, args []string) error {
@@ -38,6 +43,7 @@ func (c *QueueCommand) Run(ctx context.Context, args []string) error {
 	var path, sinkName string
 	var n int
 	var yes, dead bool
+	var from string
 	fs := newFlagSet("queue "+sub, c.Stderr, &path)
 	switch sub {
 	case "stats":
@@ -48,6 +54,8 @@ func (c *QueueCommand) Run(ctx context.Context, args []string) error {
 		fs.StringVar(&sinkName, "sink", "", "whose next messages (default: the first sink)")
 	case "purge":
 		fs.BoolVar(&yes, "yes", false, "really delete every stored message")
+	case "salvage":
+		fs.StringVar(&from, "from", "", "the damaged queue file to salvage")
 	default:
 		return usageError{fmt.Errorf("unknown queue subcommand %q\n%s", sub, queueUsage)}
 	}
@@ -60,6 +68,9 @@ func (c *QueueCommand) Run(ctx context.Context, args []string) error {
 	}
 	if sub == "purge" && !yes {
 		return usageError{errors.New("purge deletes undelivered messages: add -yes to confirm")}
+	}
+	if sub == "salvage" && from == "" {
+		return usageError{errors.New("salvage needs -from FILE (the damaged queue file)")}
 	}
 	names := make([]string, len(cfg.Sinks))
 	for i, s := range cfg.Sinks {
@@ -82,6 +93,9 @@ func (c *QueueCommand) Run(ctx context.Context, args []string) error {
 			return deadExport(out, q)
 		}
 		return queueExport(out, q, 0, -1)
+	}
+	if sub == "salvage" {
+		return queueSalvage(ctx, out, bc, from, zerolog.New(c.Stderr))
 	}
 	q, err := buffer.Open(bc, zerolog.Nop())
 	if err != nil {
@@ -181,4 +195,45 @@ func deadExport(w io.Writer, q *buffer.Queue) error {
 		return werr == nil
 	})
 	return errors.Join(err, werr)
+}
+
+// queueSalvage copies what can be read from a damaged queue file into the
+// configured queue: as the queue itself when there is none yet (sequence
+// numbers and cursors kept), else appended to it.
+func queueSalvage(ctx context.Context, w io.Writer, bc buffer.Config, from string, log zerolog.Logger) error {
+	if abs, _ := filepath.Abs(from); abs != "" {
+		if qp, _ := filepath.Abs(bc.Path); abs == qp {
+			return usageError{fmt.Errorf("-from %s is the queue file itself: salvage a copy or a quarantined file", from)}
+		}
+	}
+	if _, err := os.Stat(from); err != nil {
+		return usageError{fmt.Errorf("-from: %w", err)}
+	}
+	var rep buffer.SalvageReport
+	var err error
+	how := "appended to"
+	if _, serr := os.Stat(bc.Path); errors.Is(serr, os.ErrNotExist) {
+		how = "written as"
+		if err := os.MkdirAll(filepath.Dir(bc.Path), 0o750); err != nil {
+			return err
+		}
+		rep, err = buffer.Salvage(from, bc.Path, log)
+	} else {
+		var q *buffer.Queue
+		if q, err = buffer.Open(bc, log); err != nil {
+			return err
+		}
+		rep, err = q.Import(ctx, from)
+		err = errors.Join(err, q.Close())
+	}
+	if err != nil {
+		return err
+	}
+	lost := "unknown (the file's sequence or cursors were unreadable)"
+	if rep.LostKnown {
+		lost = strconv.FormatUint(rep.Lost, 10)
+	}
+	fmt.Fprintf(w, "salvaged %d messages from %s, %s %s\nlost           %s\ncursors        %v\ndedup keys     %d\ndead letters   %d\ndamaged pages  %d\n",
+		rep.Salvaged, from, how, bc.Path, lost, rep.Cursors != nil, rep.DedupKeys, rep.DeadLetters, rep.DamagedPages)
+	return nil
 }

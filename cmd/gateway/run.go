@@ -69,6 +69,9 @@ func (c *RunCommand) Run(ctx context.Context, args []string) error {
 		log.Info().Msg("stopping")
 	case err = <-g.fatal:
 		log.Error().Err(err).Msg("stopping after a fatal error")
+	case <-g.queue.Damaged():
+		err = g.queue.Ping(context.Background()) // the queue's ErrDamaged
+		log.Error().Err(err).Int("exit_status", exitQueueDamaged).Msg("stopping: the queue file is damaged; the next start quarantines and salvages it")
 	}
 	stopWatchdog()
 	notify(log, daemon.SdNotifyStopping)
