@@ -128,6 +128,22 @@ func (q *Queue) Compact() error {
 	if q.compactHook != nil {
 		q.compactHook()
 	}
+	// Reopened as the queue opens its file, now, while writes go on: at
+	// the switch-over it only has to be renamed into place.
+	if err := dst.Close(); err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("compact: close copy: %w", err)
+	}
+	dst, err = bolt.Open(tmp, 0o600, &bolt.Options{ // the options of openDB
+		Timeout:        q.cfg.LockTimeout,
+		NoFreelistSync: true,
+		FreelistType:   bolt.FreelistMapType,
+		MaxSize:        int(q.cfg.MaxFileSize),
+	})
+	if err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("compact: reopen copy: %w", err)
+	}
 	copied := time.Now()
 	var swapErr error
 	var paused time.Duration
@@ -153,9 +169,10 @@ func (q *Queue) Compact() error {
 	return nil
 }
 
-// switchOver runs in the committer: it brings the copy up to date and
-// swaps it in. On any failure before the rename the original file stays in
-// use and the copy is removed.
+// switchOver runs in the committer: it brings the copy up to date, renames
+// it into place and swaps it in; the old file is closed afterwards, off
+// the paused path. On any failure before the rename the original file
+// stays in use and the copy is removed.
 func (q *Queue) switchOver(dst *bolt.DB, tmp string, marks compactMarks) error {
 	fail := func(err error) error {
 		dst.Close()
@@ -173,31 +190,29 @@ func (q *Queue) switchOver(dst *bolt.DB, tmp string, marks compactMarks) error {
 	if err != nil {
 		return fail(fmt.Errorf("compact: catch up: %w", err))
 	}
-	if err := dst.Close(); err != nil {
-		os.Remove(tmp)
-		return fmt.Errorf("compact: close copy: %w", err)
+	// The copy holds its own lock (a lock is per file, and the old file
+	// keeps its own until closed), so it is renamed while open.
+	if err := os.Rename(tmp, q.cfg.Path); err != nil {
+		return fail(fmt.Errorf("compact: swap files: %w", err))
+	}
+	if err := syncDir(filepath.Dir(q.cfg.Path)); err != nil {
+		// The rename happened; only its durability is in doubt, and the
+		// next commit's fsync does not cover the directory.
+		q.log.Warn().Err(err).Msg("compact: sync the queue directory")
 	}
 	q.dbMu.Lock()
-	defer q.dbMu.Unlock()
-	if err := q.db.Close(); err != nil {
-		os.Remove(tmp)
-		return fmt.Errorf("compact: close queue: %w", err)
-	}
-	renameErr := os.Rename(tmp, q.cfg.Path)
-	if renameErr == nil {
-		renameErr = syncDir(filepath.Dir(q.cfg.Path))
-	}
-	db, err := q.openDB()
-	if err != nil {
-		// Without a file the gateway cannot accept anything: the caller
-		// treats this as fatal.
-		return fmt.Errorf("compact: reopen: %w", err)
-	}
-	q.db = db
-	if renameErr != nil {
-		os.Remove(tmp)
-		return fmt.Errorf("compact: swap files: %w", renameErr)
-	}
+	old := q.db
+	q.db = dst
+	q.dbMu.Unlock()
+	// Closing the old file unmaps it (hundreds of milliseconds for a big
+	// file): nothing uses it any more, so writes need not wait for that.
+	q.wg.Add(1)
+	go func() {
+		defer q.wg.Done()
+		if err := old.Close(); err != nil {
+			q.log.Warn().Err(err).Msg("compact: close the old queue file")
+		}
+	}()
 	return nil
 }
 
