@@ -2,12 +2,15 @@ package buffer
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/rs/zerolog"
 	bolt "go.etcd.io/bbolt"
 
 	"wittra-gateway/internal/clock"
@@ -111,4 +114,91 @@ func BenchmarkDedupSweep(b *testing.B) {
 		b.Fatal(err)
 	}
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "keys/s")
+}
+
+// BenchmarkCompactionUnderIntake compacts a file of 100,000 1 KiB messages
+// with three quarters acknowledged while one writer appends: it reports how
+// long the copy ran, how long writes were paused for the switch-over (from
+// the compaction's log line) and the slowest append meanwhile.
+func BenchmarkCompactionUnderIntake(b *testing.B) {
+	for range b.N {
+		var logs syncLog
+		q, err := Open(Config{Path: b.TempDir() + "/q.db", Consumers: []string{"a"}, CompactMinSize: 1 << 20, SweepInterval: time.Hour, DedupWindow: time.Hour}, zerolog.New(&logs))
+		if err != nil {
+			b.Fatal(err)
+		}
+		ctx := context.Background()
+		data := make([]byte, 1000)
+		for i := 0; i < 100000; i += 500 {
+			batch := make([]Entry, 500)
+			for j := range batch {
+				batch[j] = Entry{Data: data, DedupKey: fmt.Sprint("k", i+j)}
+			}
+			if _, err := q.Append(ctx, batch); err != nil {
+				b.Fatal(err)
+			}
+		}
+		r, _ := q.Reader("a")
+		for read := 0; read < 75000; {
+			recs, err := r.Read(ctx, 1000, 1<<20)
+			if err != nil {
+				b.Fatal(err)
+			}
+			read += len(recs)
+			if err := r.Ack(ctx, recs[len(recs)-1].Seq); err != nil {
+				b.Fatal(err)
+			}
+		}
+		var stop atomic.Bool
+		var worst time.Duration
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			for i := 0; !stop.Load(); i++ {
+				start := time.Now()
+				if _, err := q.Append(ctx, []Entry{{Data: data, DedupKey: fmt.Sprint("live", i)}}); err != nil {
+					b.Error(err)
+					return
+				}
+				worst = max(worst, time.Since(start))
+			}
+		}()
+		b.ResetTimer()
+		if err := q.Compact(); err != nil {
+			b.Fatal(err)
+		}
+		b.StopTimer()
+		stop.Store(true)
+		<-done
+		q.Close()
+		var line struct {
+			Copy   float64 `json:"copy"`
+			Paused float64 `json:"writes_paused"`
+		}
+		for _, l := range strings.Split(logs.String(), "\n") {
+			if strings.Contains(l, "queue file compacted") {
+				json.Unmarshal([]byte(l), &line)
+			}
+		}
+		b.ReportMetric(line.Copy, "copy-ms")
+		b.ReportMetric(line.Paused, "paused-ms")
+		b.ReportMetric(float64(worst.Milliseconds()), "worst-append-ms")
+	}
+}
+
+type syncLog struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *syncLog) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *syncLog) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }
