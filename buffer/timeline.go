@@ -210,9 +210,9 @@ func (t *timeline) state(r reading) clockState {
 //     the wall clocks' difference when both readings were trusted, and by
 //     at most MaxOffline of it;
 //   - no reading (a new file, or one written before gateway time existed):
-//     gateway time starts at the wall clock when it is trusted, so stored
-//     wall times are gateway times; else at the newest stored time (no time
-//     is assumed to have passed).
+//     gateway time starts at the wall clock, so stored wall times are
+//     gateway times, or at the newest stored time if that is later (no
+//     time is assumed to have passed).
 func (q *Queue) startTimeline(tx *bolt.Tx, st *state) error {
 	meta := tx.Bucket(bucketMeta)
 	prev, ok, err := readClockState(meta)
@@ -246,10 +246,8 @@ func (q *Queue) resumeTimeline(tx *bolt.Tx, prev clockState, ok bool, maxOffline
 	trusted := !w.Before(tl.floor)
 	var g0 int64
 	if !ok {
-		g0 = w.UnixNano()
-		if !trusted {
-			g0 = max(g0, newestStored(tx))
-		}
+		// Never behind what the file holds: ages are not negative.
+		g0 = max(w.UnixNano(), newestStored(tx))
 	} else {
 		elapsed := m // a new boot: at least its uptime passed
 		gap := time.Duration(w.UnixNano() - prev.wall)
