@@ -110,6 +110,19 @@ func (q *Queue) markDamaged(cause error) error {
 // what it can into a fresh file at path.
 func (q *Queue) openChecked() error {
 	path := q.cfg.Path
+	unlock, err := lockFile(path, q.cfg.LockTimeout)
+	if errors.Is(err, ErrLocked) {
+		return fmt.Errorf("open queue %s: %w (is another gateway or queue command running?)", path, ErrLocked)
+	}
+	if err != nil {
+		return fmt.Errorf("open queue %s: %w", path, err)
+	}
+	locked := true
+	defer func() {
+		if locked {
+			unlock()
+		}
+	}()
 	var cause error
 	if b, err := os.ReadFile(damagedMarker(path)); err == nil {
 		cause = fmt.Errorf("marked damaged at run time: %s", b)
@@ -140,7 +153,10 @@ func (q *Queue) openChecked() error {
 		// Only a safety net (a full disk must not stop the open).
 		q.log.Warn().Err(err).Msg("write queue open marker")
 	}
-	err := q.openAndLoad()
+	// bbolt takes the lock itself, through another descriptor.
+	unlock()
+	locked = false
+	err = q.openAndLoad()
 	if isCorrupt(err) {
 		if qerr := q.quarantine(err); qerr != nil {
 			return qerr

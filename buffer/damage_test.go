@@ -451,3 +451,33 @@ func BenchmarkCheckAndSalvage16MiB(b *testing.B) {
 		}
 	})
 }
+
+// TestCheckNeverReadsALiveFile: a second Open while a queue writes must
+// wait for the lock and fail with ErrLocked, never check (and so never
+// quarantine) a file whose freed pages are being reused under it.
+func TestCheckNeverReadsALiveFile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "q.db")
+	q := openQueue(t, Config{Path: path, DedupWindow: time.Hour})
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			q.Append(context.Background(), []Entry{{Data: make([]byte, 300), DedupKey: fmt.Sprint(i)}})
+		}
+	}()
+	_, err := Open(Config{Path: path, Consumers: []string{"a"}, LockTimeout: 300 * time.Millisecond}, zerolog.Nop())
+	close(stop)
+	<-done
+	if !errors.Is(err, ErrLocked) {
+		t.Fatalf("second Open: %v, want ErrLocked", err)
+	}
+	if aside, _ := filepath.Glob(path + ".*"); len(aside) != 0 {
+		t.Fatalf("files beside the live queue: %v", aside)
+	}
+}

@@ -125,6 +125,23 @@ func pagesOfType(t *testing.T, path string, flags uint16) []int64 {
 	return ids
 }
 
+// dedupIndexPages lists leaf pages of the dedup time index: keys of an
+// 8-byte time plus the payloadId, empty values.
+func dedupIndexPages(t *testing.T, path string) []int64 {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []int64
+	for _, id := range pagesOfType(t, path, 2) {
+		e := b[id*4096+16:] // first leaf element: flags, pos, ksize, vsize
+		if binary.LittleEndian.Uint32(e[8:]) > 8 && binary.LittleEndian.Uint32(e[12:]) == 0 {
+			out = append(out, id)
+		}
+	}
+	return out
+}
+
 func smashPages(t *testing.T, path string, ids ...int64) {
 	f, err := os.OpenFile(path, os.O_WRONLY, 0)
 	if err != nil {
@@ -229,6 +246,13 @@ func TestDamagedQueueFileAtStart(t *testing.T) {
 			}
 			smashPages(t, path, ids...)
 		}, true},
+		{"dedup index pages", func(t *testing.T, path string) {
+			ids := dedupIndexPages(t, path)
+			if len(ids) == 0 {
+				t.Fatal("no dedup index page")
+			}
+			smashPages(t, path, ids...)
+		}, true},
 		{"three leaf pages in the middle", func(t *testing.T, path string) {
 			ids := pagesOfType(t, path, 2)
 			var mid []int64
@@ -266,6 +290,18 @@ func TestDamagedQueueFileAtStart(t *testing.T) {
 			}
 			if code := s.post("fresh-1"); code != 200 {
 				t.Fatalf("new post: %d", code)
+			}
+			if tc.exact {
+				// The dedup window survived: an old payloadId is a duplicate.
+				resp, err := http.Post("http://"+s.webhook+"/wittra", "application/json", strings.NewReader(`{"deviceId":"D00007","payloadId":"s00007"}`))
+				if err != nil {
+					t.Fatal(err)
+				}
+				body, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if !strings.Contains(string(body), `"duplicates":1`) {
+					t.Fatalf("repost of a salvaged payloadId: %d %s, want a duplicate", resp.StatusCode, body)
+				}
 			}
 			got := s.received(salvaged + 1)
 			if len(got) != salvaged+1 || !got["fresh-1"] {
