@@ -1,7 +1,9 @@
 # wittra-gateway — build, test, install.
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 COMMIT  ?= $(shell git rev-parse --short HEAD 2>/dev/null)
-LDFLAGS := -s -w -X main.Version=$(VERSION) -X main.Commit=$(COMMIT)
+# The source's commit time: a wall clock before it is known to be wrong.
+BUILD_TIME ?= $(shell git log -1 --format=%cI 2>/dev/null)
+LDFLAGS := -s -w -X main.Version=$(VERSION) -X main.Commit=$(COMMIT) -X main.BuildTime=$(BUILD_TIME)
 GO      ?= go
 PREFIX  ?= /usr/local
 DESTDIR ?=

@@ -16,16 +16,24 @@
 //	                "bytes"          8-byte total of stored value sizes
 //	                "cursor/<name>"  8-byte sequence: the last one consumer
 //	                                 <name> acknowledged. It resumes at +1.
+//	                "clock"          (v2) the last committed clock reading:
+//	                                 8-byte gateway time, 8-byte wall (Unix
+//	                                 ns), 8-byte boot-clock reading, 1-byte
+//	                                 trusted, boot id (timeline.go).
 //	bucket "dedup"  key: dedup key (payloadId; a SHA-256 of it when longer
-//	                than 128 bytes) → 8-byte accept time (Unix ns).
+//	                than 128 bytes) → 8-byte accept time (Unix ns; from v2
+//	                gateway time ns, see timeline.go).
 //	bucket "dedupt" key: 8-byte accept time + dedup key → empty. A time index
 //	                so expired dedup keys are swept without a full scan.
+//	bucket "epochs" (v2) key: 8-byte first sequence → 8-byte offset (wall −
+//	                gateway time, ns, two's complement) + 1-byte trusted.
 //	bucket "dead"   key: 8-byte sequence + consumer name → 8-byte refusal
 //	                time, 8-byte receive time, uvarint length + reason,
 //	                record bytes. Created on the first dead letter.
 //	bucket "kv"     one nested bucket per namespace (a sink's own state).
 //
-// All integers are big-endian. Format version 1 is exactly this layout.
+// All integers are big-endian. Format version 1 is this layout without the
+// entries marked (v2); version 2 adds them (gateway time, timeline.go).
 //
 // # Format versions
 //

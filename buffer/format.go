@@ -41,7 +41,9 @@ type migration struct {
 // upgrades version i+1 to i+2. Adding a step is what bumps FormatVersion;
 // TestFormatFixturesCoverEveryVersion then wants a testdata/format/vN
 // fixture written by the code of that version.
-var migrations = []migration{}
+var migrations = []migration{
+	{from: 1, about: "gateway time: epochs bucket, dedup times read as gateway time", apply: migrateGatewayTime},
+}
 
 // FormatVersion is the file layout this code writes and runs on.
 func FormatVersion() uint64 { return 1 + uint64(len(migrations)) }

@@ -34,10 +34,27 @@ func OpenReadOnly(path string, lockTimeout time.Duration, log zerolog.Logger) (*
 		return nil, fmt.Errorf("open queue %s read-only: %w", path, err)
 	}
 	var format, msgs uint64
+	q := &Queue{
+		cfg:      Config{Path: path},
+		log:      log,
+		db:       db,
+		readOnly: true,
+		readers:  map[string]*Reader{},
+		ops:      make(chan *op),
+		done:     make(chan struct{}),
+		damaged:  make(chan struct{}),
+	}
 	err = db.View(func(tx *bolt.Tx) error {
 		var err error
-		format, msgs, err = fileFormat(tx)
-		return err
+		if format, msgs, err = fileFormat(tx); err != nil {
+			return err
+		}
+		if err := q.readOnlyTimeline(tx); err != nil {
+			// Receive times then come out as stored; the messages matter.
+			log.Warn().Err(err).Msg("queue file's clock records unreadable: receive times are shown as stored")
+			q.st.epochs = nil
+		}
+		return nil
 	})
 	if err == nil && msgs > MsgsFormat {
 		err = fmt.Errorf("its message layout is version %d, this binary reads version %d: export it with the newer wittra-gateway", msgs, MsgsFormat)
@@ -48,16 +65,6 @@ func OpenReadOnly(path string, lockTimeout time.Duration, log zerolog.Logger) (*
 	}
 	if format > FormatVersion() {
 		log.Warn().Uint64("format", format).Uints64("known", KnownFormats()).Msg("queue file has a newer format; reading its messages only")
-	}
-	q := &Queue{
-		cfg:      Config{Path: path},
-		log:      log,
-		db:       db,
-		readOnly: true,
-		readers:  map[string]*Reader{},
-		ops:      make(chan *op),
-		done:     make(chan struct{}),
-		damaged:  make(chan struct{}),
 	}
 	return q, nil
 }

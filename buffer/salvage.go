@@ -20,7 +20,7 @@ import (
 
 // salvageReads is the format version whose layout the salvage reads (and
 // writes). TestFormatFixturesSalvage fails when FormatVersion moves on.
-const salvageReads = 1
+const salvageReads = 2
 
 // SalvageReport counts what a salvage copied out of a damaged file.
 type SalvageReport struct {
@@ -116,6 +116,8 @@ type salvager struct {
 	cursors  map[string]uint64 // from the meta bucket; nil = unknown
 	scanCur  map[string]uint64 // cursors found by the page scan
 	dedup    map[string]uint64 // key → latest accept time
+	clock    []byte            // meta "clock" (format 2), nil when unread
+	epochs   [][2][]byte       // bucket epochs (format 2)
 	dead     [][2][]byte
 	kv       [][3][]byte
 	present  map[uint64]bool // sequences copied
@@ -180,8 +182,17 @@ func (s *salvager) walkTrees() {
 				if name, ok := strings.CutPrefix(string(k), cursorPrefix); ok && len(v) == 8 {
 					cursors[name] = binary.BigEndian.Uint64(v)
 				}
+				if string(k) == string(keyClock) && len(v) >= 25 {
+					s.clock = slices.Clone(v)
+				}
 			})
 			s.cursors = cursors
+		case string(bucketEpochs):
+			s.w.walkBucket("epochs", v, func(k, v []byte, _ uint32) {
+				if len(k) == 8 && len(v) == 9 {
+					s.epochs = append(s.epochs, [2][]byte{slices.Clone(k), slices.Clone(v)})
+				}
+			})
 		case string(bucketDedup):
 			s.w.walkBucket("dedup", v, func(k, v []byte, _ uint32) {
 				if len(v) == 8 {
@@ -405,6 +416,26 @@ func (s *salvager) finish() error {
 		index.FillPercent = appendFill
 		for _, k := range ik {
 			if err := index.Put(k, nil); err != nil {
+				return err
+			}
+		}
+		// Gateway time (timeline.go): the last clock reading and the
+		// epochs keep ages and receive-time corrections; without them the
+		// stored wall times are taken as gateway times, as for format 1.
+		epochs, err := tx.CreateBucketIfNotExists(bucketEpochs)
+		if err != nil {
+			return err
+		}
+		if len(s.epochs) == 0 {
+			s.epochs = [][2][]byte{{u64(0), epoch{trusted: true}.value()}}
+		}
+		for _, e := range s.epochs {
+			if err := epochs.Put(e[0], e[1]); err != nil {
+				return err
+			}
+		}
+		if s.clock != nil {
+			if err := meta.Put(keyClock, s.clock); err != nil {
 				return err
 			}
 		}

@@ -31,11 +31,16 @@ func (k Kind) String() string {
 // Message is one accepted webhook message as the queue holds it.
 type Message struct {
 	Seq      uint64    // queue sequence, strictly increasing in acceptance order
-	Received time.Time // when the gateway committed it
+	Received time.Time // when the gateway committed it (corrected for clock steps where it can be)
 	Project  string    // topic-safe project name (body projectId, route project, or "default")
 	Device   string    // topic-safe device id, or "_unknown"
 	Kind     Kind
 	Body     []byte // the JSON object exactly as received; read-only
+
+	// ReceivedUnsure: Received was read from a wall clock known to be wrong
+	// (before the build time) and cannot be corrected yet. A sink must not
+	// publish it as a time; the forwarder asks the queue again on every retry.
+	ReceivedUnsure bool
 }
 
 // Sink is one output. A forwarder calls Publish from a single goroutine with

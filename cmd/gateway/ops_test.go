@@ -78,6 +78,8 @@ func TestMetricsMoveAndReadinessFlips(t *testing.T) {
 		`wittra_gateway_queue_depth_messages{sink="local"}`:                 0,
 		`wittra_gateway_queue_oldest_age_seconds{sink="local"}`:             0,
 		`wittra_gateway_broker_clients`:                                     1,
+		`wittra_gateway_clock_trusted`:                                      1,
+		`wittra_gateway_clock_steps_total`:                                  0,
 	} {
 		if got := metricValue(text, name); got != want {
 			t.Errorf("%s = %v, want %v", name, got, want)

@@ -135,7 +135,7 @@ func queueStats(w io.Writer, q *buffer.Queue) error {
 	for _, c := range st.Consumers {
 		age := "-"
 		if !c.Oldest.IsZero() {
-			age = time.Since(c.Oldest).Round(time.Second).String()
+			age = c.OldestAge.Round(time.Second).String()
 		}
 		fmt.Fprintf(w, "%-20s %10d %14s\n", c.Name, c.Depth, age)
 	}

@@ -259,6 +259,8 @@ func startGateway(cfg *Config, log zerolog.Logger) (g *gateway, err error) {
 		Str("queue", cfg.Buffer.Path).
 		Uint64("queued", st.Messages).
 		Str("version", Version).
+		Bool("clock_trusted", g.queue.Clock().Trusted).
+		Time("clock", g.queue.Clock().Wall).
 		Msg("gateway ready")
 	return g, nil
 }

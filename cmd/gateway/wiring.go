@@ -3,6 +3,7 @@ package main
 import (
 	"wittra-gateway/bridge"
 	"wittra-gateway/buffer"
+	"wittra-gateway/internal/clock"
 	"wittra-gateway/sinks/broker"
 )
 
@@ -21,6 +22,7 @@ func bufferConfig(cfg *Config, consumers []string) buffer.Config {
 		WhenFull:    policy,
 		DedupWindow: cfg.Buffer.DedupWindow,
 		Consumers:   consumers,
+		BuildFloor:  clock.BuildFloor(BuildTime),
 	}
 }
 
