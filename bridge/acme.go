@@ -269,7 +269,7 @@ func (a *ACME) checkAll(ctx context.Context) bool {
 			renewBefore = 30 * 24 * time.Hour // autocert's default
 		}
 		if left := time.Until(cert.Leaf.NotAfter); left < renewBefore/2 {
-			a.log.Warn().Str("domain", d).Time("not_after", cert.Leaf.NotAfter).Dur("left", left).
+			a.log.Warn().Str("domain", d).Time("not_after", cert.Leaf.NotAfter).Stringer("left", left).
 				Msg("TLS certificate: renewal is overdue; check that the CA can reach this gateway")
 		}
 	}

@@ -140,7 +140,7 @@ func (q *Queue) openChecked() error {
 		case err != nil:
 			return fmt.Errorf("check queue %s: %w", path, err)
 		default:
-			q.log.Debug().Int("pages", pages).Dur("took", time.Since(began)).Msg("queue file checked")
+			q.log.Debug().Int("pages", pages).Stringer("took", time.Since(began)).Msg("queue file checked")
 		}
 	}
 	if cause != nil {

@@ -165,7 +165,7 @@ func upgrade(db *bolt.DB, path string, log zerolog.Logger) error {
 	if err != nil {
 		return err
 	}
-	ev := log.Info().Uint64("from_format", found).Uint64("to_format", want).Dur("took", time.Since(began))
+	ev := log.Info().Uint64("from_format", found).Uint64("to_format", want).Stringer("took", time.Since(began))
 	for k, n := range kept {
 		ev = ev.Int("kept_"+k, n)
 	}

@@ -85,7 +85,7 @@ func (q *Queue) Sweep(ctx context.Context) error {
 		return err
 	}
 	if expired > 0 {
-		q.log.Warn().Uint64("expired", expired).Dur("max_age", q.cfg.MaxAge).Msg("undelivered messages expired")
+		q.log.Warn().Uint64("expired", expired).Stringer("max_age", q.cfg.MaxAge).Msg("undelivered messages expired")
 	}
 	return nil
 }

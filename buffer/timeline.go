@@ -259,7 +259,7 @@ func (q *Queue) resumeTimeline(tx *bolt.Tx, prev clockState, ok bool, maxOffline
 		}
 		g0 = prev.g + int64(elapsed)
 		if d := gap - elapsed; d > tl.step || d < -tl.step {
-			q.log.Warn().Time("last_wall", time.Unix(0, prev.wall)).Time("wall", w).Dur("wall_gap", gap).Dur("counted", elapsed).
+			q.log.Warn().Time("last_wall", time.Unix(0, prev.wall)).Time("wall", w).Stringer("wall_gap", gap).Stringer("counted", elapsed).
 				Bool("same_boot", prev.boot == boot).Msg("wall clock moved between runs by other than the time counted as passed: message ages count what the queue could verify")
 		}
 	}

@@ -341,7 +341,7 @@ func (s *Server) Start() error {
 	}
 	go s.retained.sweepLoop(retainSweepInterval, s.sweepDone)
 	for _, l := range s.lns {
-		s.log.Info().Str("listener", l.ID()).Str("address", l.Address()).Msg("broker listening")
+		s.log.Debug().Str("listener", l.ID()).Str("address", l.Address()).Msg("broker listening")
 	}
 	return nil
 }

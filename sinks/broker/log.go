@@ -5,9 +5,10 @@ import (
 	"log/slog"
 )
 
-// mochiHandler sits between mochi's slog logger and zerolog. mochi logs
-// only lifecycle events at info (hook added, listener attached, started,
-// stopped), so its level is left as configured, but:
+// mochiHandler sits between mochi's slog logger and zerolog:
+//   - mochi logs only lifecycle events at info (hook added, listener
+//     attached, started, stopped); they are demoted to debug, so the
+//     gateway's start line is the first thing an operator reads;
 //   - its TCP listener logs every connection that ends with an error (EOF
 //     from a client that just went away, a refused login, a keepalive
 //     timeout) as a warning with an empty message. Those are per-connection
@@ -46,6 +47,15 @@ func (h *mochiHandler) Handle(ctx context.Context, r slog.Record) error {
 			return true
 		})
 		return nil
+	}
+	if level == slog.LevelInfo {
+		// Lifecycle lines (hook added, listener attached, started): the
+		// gateway's own start line names the listeners; these are for
+		// debugging the broker.
+		level = slog.LevelDebug
+		if !h.next.Enabled(ctx, level) {
+			return nil
+		}
 	}
 	if msg == "" {
 		msg = "client connection ended"

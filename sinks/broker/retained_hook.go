@@ -195,7 +195,7 @@ func (h *retainedHook) sweep() {
 		if len(cleared) == 0 {
 			continue
 		}
-		h.log.Info().Str("prefix", st.prefix).Int("topics", len(cleared)).Dur("max_age", st.policy.MaxAge).
+		h.log.Info().Str("prefix", st.prefix).Int("topics", len(cleared)).Stringer("max_age", st.policy.MaxAge).
 			Msg("retained topics of silent devices cleared")
 		h.announce(st, cleared)
 	}

@@ -405,7 +405,7 @@ func (l *mqttLink) wait(ctx context.Context, p pending) error {
 		// its unacknowledged publishes also keep their packet ids until
 		// paho reconnects. Closing it makes paho reconnect and resend.
 		if !p.conn.isDead() {
-			l.s.log.Warn().Str("topic", p.topic).Dur("timeout", l.s.cfg.RequestTimeout).
+			l.s.log.Warn().Str("topic", p.topic).Stringer("timeout", l.s.cfg.RequestTimeout).
 				Msg("no PUBACK in time; dropping the connection to reconnect")
 			p.conn.kill()
 		}

@@ -324,7 +324,7 @@ func (s *Sink) ensureStream(ctx context.Context, nc *nats.Conn, js jetstream.Jet
 			return fmt.Errorf("create stream %s with %d replicas (%s; stream.replicas sets it): %w", sc.Name, replicas, why, err)
 		default:
 			s.log.Info().Str("stream", sc.Name).Strs("subjects", sc.Subjects).Int("replicas", replicas).
-				Str("replicas_because", why).Dur("max_age", sc.MaxAge).Dur("duplicate_window", sc.DuplicateWindow).
+				Str("replicas_because", why).Stringer("max_age", sc.MaxAge).Stringer("duplicate_window", sc.DuplicateWindow).
 				Msg("created stream")
 		}
 	}
@@ -344,7 +344,7 @@ func (s *Sink) ensureStream(ctx context.Context, nc *nats.Conn, js jetstream.Jet
 			ev = s.log.Warn() // redeliveries after a crash become duplicates
 		}
 		ev.Str("stream", sc.Name).Strs("subjects", info.Config.Subjects).Int("replicas", info.Config.Replicas).
-			Dur("max_age", info.Config.MaxAge).Dur("duplicate_window", info.Config.Duplicates).
+			Dur("max_age", info.Config.MaxAge).Stringer("duplicate_window", info.Config.Duplicates).
 			Msg("publishing into stream")
 	}
 	s.checked = epoch
