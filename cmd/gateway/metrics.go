@@ -26,6 +26,7 @@ type metricsCollector struct {
 	brokerClients, brokerDropped, buildInfo     *prometheus.Desc
 	refused                                     *prometheus.Desc
 	certExpiry                                  *prometheus.Desc
+	dedupKeys                                   *prometheus.Desc
 }
 
 func newMetricsCollector(g *gateway) *metricsCollector {
@@ -59,6 +60,7 @@ func newMetricsCollector(g *gateway) *metricsCollector {
 		buildInfo:     d("build_info", "Build information.", "version", "commit", "goversion"),
 		refused:       d("messages_refused_total", "Messages of webhook requests answered 503 because the queue was full (not stored; the sender must retry).", "route", "reason"),
 		certExpiry:    d("sink_certificate_expiry_timestamp_seconds", "Unix time the sink's client certificate expires (sinks with one only).", "sink"),
+		dedupKeys:     d("queue_dedup_keys", "payloadIds remembered for deduplication (bounded by dedup_window × intake; counted by a walk of the index at scrape time)."),
 	}
 }
 
@@ -120,6 +122,9 @@ func (c *metricsCollector) Collect(ch chan<- prometheus.Metric) {
 			}
 		}
 		gauge(c.fileBytes, float64(g.queue.FileSize()))
+		if n, err := g.queue.DedupKeys(); err == nil {
+			gauge(c.dedupKeys, float64(n))
+		}
 	}
 
 	for i, f := range g.forwarders {
