@@ -22,6 +22,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"sort"
 	"strings"
 	"syscall"
@@ -46,6 +47,11 @@ type runner struct {
 	intakeDur, baselineDur, latencyDur time.Duration
 	drainN                             uint64
 	drainTimeout                       time.Duration
+
+	// The soak scenario (soak.go): duration, offered rate, output dir.
+	soakDur  time.Duration
+	soakRate float64
+	soakOut  string
 }
 
 // row is one line of the result table.
@@ -71,7 +77,10 @@ func mainErr() int {
 	flag.BoolVar(&r.values, "values", true, "sink values: (product default true)")
 	flag.BoolVar(&r.retain, "retain", true, "sink retain: (product default true)")
 	jsonOut := flag.String("json", "", "also write the rows as JSON to this file")
-	maxTotal := flag.Duration("max-total", 20*time.Minute, "abort everything after this long")
+	maxTotal := flag.Duration("max-total", 20*time.Minute, "abort everything after this long (a soak adds its own -soak)")
+	flag.DurationVar(&r.soakDur, "soak", 10*time.Minute, "soak scenario: how long the intake runs")
+	flag.Float64Var(&r.soakRate, "soak-rate", float64(1000*runtime.NumCPU()), "soak scenario: messages/s offered")
+	flag.StringVar(&r.soakOut, "soak-out", "dist/soak", "soak scenario: directory for samples.csv and soak.png")
 	flag.Parse()
 	if r.bin == "" || r.work == "" {
 		fmt.Fprintln(os.Stderr, "runner: -bin and -work are required")
@@ -88,6 +97,9 @@ func mainErr() int {
 		return 2
 	}
 
+	if slices.Contains(plan, "soak") {
+		*maxTotal += r.soakDur + 10*time.Minute
+	}
 	// Whatever happens, no child outlives the runner.
 	defer killAll()
 	sigs := make(chan os.Signal, 1)
@@ -122,6 +134,8 @@ func mainErr() int {
 			err = r.drainMQTT()
 		case "profile":
 			err = r.profile()
+		case "soak":
+			err = r.soak()
 		}
 		if err != nil {
 			failed = true
@@ -181,12 +195,14 @@ func expand(names []string) ([]string, error) {
 			add("drain-mqtt")
 		case "profile":
 			add("profile")
+		case "soak":
+			add("soak")
 		default:
-			return nil, fmt.Errorf("unknown scenario %q (intake latency drain drain-mqtt profile; aliases baseline memory startup disk mqtt all)", n)
+			return nil, fmt.Errorf("unknown scenario %q (intake latency drain drain-mqtt profile soak; aliases baseline memory startup disk mqtt all)", n)
 		}
 	}
 	// Keep a stable order.
-	order := map[string]int{"intake": 0, "latency": 1, "drain": 2, "drain-mqtt": 3, "profile": 4}
+	order := map[string]int{"intake": 0, "latency": 1, "drain": 2, "drain-mqtt": 3, "profile": 4, "soak": 5}
 	sort.SliceStable(out, func(i, j int) bool { return order[out[i]] < order[out[j]] })
 	return out, nil
 }
