@@ -366,14 +366,6 @@ func (m *mosq) stop() error {
 	return nil
 }
 
-// pidOf returns the pid of a proc, 0 when nil.
-func pidOf(p *proc) int {
-	if p == nil || p.exited() {
-		return 0
-	}
-	return p.pid()
-}
-
 func killHard(p *proc) {
 	_ = syscall.Kill(-p.pid(), syscall.SIGKILL)
 	<-p.done

@@ -166,7 +166,13 @@ sinks:
 		fmt.Fprintf(os.Stderr, "soak: %6.1fs %s\n", time.Since(t0).Seconds(), fmt.Sprintf(format, a...))
 	}
 	outages := 0
+	var evErrMu sync.Mutex
 	var evErr error
+	setErr := func(err error) {
+		evErrMu.Lock()
+		evErr = errors.Join(evErr, err)
+		evErrMu.Unlock()
+	}
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
@@ -176,13 +182,13 @@ sinks:
 				return
 			}
 			if err := m.stop(); err != nil {
-				evErr = err
+				setErr(err)
 				return
 			}
 			event("mosquitto stopped")
 			sleepUntil(ctx, at.Add(plan.down))
 			if err := m.start(); err != nil {
-				evErr = err
+				setErr(err)
 				return
 			}
 			outages++
@@ -199,7 +205,7 @@ sinks:
 		g.kill()
 		event("gateway SIGKILLed")
 		if err := g.start(); err != nil {
-			evErr = fmt.Errorf("restart after SIGKILL: %w", err)
+			setErr(fmt.Errorf("restart after SIGKILL: %w", err))
 			cancel()
 			return
 		}
