@@ -103,7 +103,12 @@ type soakResult struct {
 	events        []string
 	outages       int
 	killed        bool
-	load          *soakLoad
+	died          string // the gateway exited on its own
+	failedSamples int    // readings the gateway did not answer (restart excluded)
+	// incomplete: the run was long enough to judge trends but the samples
+	// after warm-up cover too little of it (the gateway hung or died).
+	incomplete bool
+	load       *soakLoad
 }
 
 func analyseSoak(plan soakPlan, samples []soakSample, acks *ackLog, ext, emb *soakSub, windows []window, l *soakLoad) *soakResult {
@@ -125,6 +130,9 @@ func analyseSoak(plan soakPlan, samples []soakSample, acks *ackLog, ext, emb *so
 		res.judgedSpan = post[len(post)-1].T - post[0].T
 	}
 	res.judged = len(post) >= 10 && res.judgedSpan >= plan.minJudged.Seconds()
+	if want := (plan.dur - plan.warmup).Seconds(); want >= plan.minJudged.Seconds() && res.judgedSpan < 0.75*want {
+		res.incomplete = true
+	}
 	for _, ser := range soakSeriesList {
 		sr := seriesResult{s: ser, judged: res.judged}
 		if len(post) >= 2 {
@@ -216,9 +224,21 @@ func mean(v []float64) float64 {
 func (r *runner) reportSoak(scen string, plan soakPlan, res *soakResult) {
 	l := res.load
 	judgedNote := fmt.Sprintf("judged %.0f s from %.0f s", res.judgedSpan, res.judgedFrom)
-	if !res.judged {
+	switch {
+	case res.incomplete:
+		judgedNote = fmt.Sprintf("the samples after warm-up cover %.0f s of %.0f s", res.judgedSpan, (plan.dur - plan.warmup).Seconds())
+	case !res.judged:
 		judgedNote = fmt.Sprintf("NOT judged: the window after warm-up is %.0f s, < %.0f s (run longer)", res.judgedSpan, plan.minJudged.Seconds())
 	}
+	health := "answered every sample"
+	if res.failedSamples > 0 {
+		health = fmt.Sprintf("%d samples unanswered", res.failedSamples)
+	}
+	if res.died != "" {
+		health = res.died
+	}
+	r.add(row{Scenario: scen, Measure: "gateway", Value: health, Target: "up and answering; judged window covered",
+		Result: pass(res.died == "" && !res.incomplete && res.failedSamples <= 2), Note: judgedNote})
 	for _, sr := range res.series {
 		f := func(v float64) string {
 			if sr.s.Unit == "" {

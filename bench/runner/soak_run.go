@@ -64,8 +64,14 @@ func (g *soakGateway) kill() {
 func (r *runner) soak() (err error) {
 	const scen = "soak"
 	plan := newSoakPlan(r.soakDur, r.soakRate)
-	dir := r.path("soak")
 	out := r.soakOut
+	// Logs, configs, queue file and mosquitto's store go next to the
+	// samples, so they outlive bench.sh's scratch directory; replaced by the
+	// next run.
+	dir := filepath.Join(out, "run")
+	if err := os.RemoveAll(dir); err != nil {
+		return err
+	}
 	for _, d := range []string{dir, out} {
 		if err := mkdir(d); err != nil {
 			return err
@@ -213,8 +219,11 @@ sinks:
 		event("gateway restarted (ready)")
 	}()
 
-	// Sampling, in this goroutine, until the intake ends.
+	// Sampling, in this goroutine, until the intake ends. A gateway that
+	// exits on its own, or stops answering /metrics, fails the soak.
 	var samples []soakSample
+	var died string
+	failedSamples := 0
 	tick := time.NewTicker(plan.sampleEvery)
 	for ctx.Err() == nil {
 		select {
@@ -222,6 +231,16 @@ sinks:
 		case <-tick.C:
 			if s, ok := sampleGateway(g, t0, load); ok {
 				samples = append(samples, s)
+				continue
+			}
+			p := g.proc()
+			if p == nil {
+				continue // being killed and restarted
+			}
+			failedSamples++
+			if p.exited() && died == "" {
+				died = fmt.Sprintf("gateway exited on its own (%v): %s", p.err, tail(p.log.Name(), 3))
+				event("%s", died)
 			}
 		}
 	}
@@ -247,6 +266,7 @@ sinks:
 
 	res := analyseSoak(plan, samples, acks, ext, emb, windows, load)
 	res.events, res.outages, res.killed = events, outages, killed
+	res.died, res.failedSamples = died, failedSamples
 	r.reportSoak(scen, plan, res)
 	if err := writeSoakCSV(filepath.Join(out, "samples.csv"), samples); err != nil {
 		return err

@@ -48,8 +48,14 @@ func TestAnalyseSoakJudgesTrends(t *testing.T) {
 	if r := rssOf(mk(32 << 10)); r.ok {
 		t.Errorf("rise of 1.9 MiB/min passed: fit rise %.0f, allowed %.0f", r.fitRise, r.allowed)
 	}
+	// Samples that stop early (the gateway died or hung) are not a pass.
 	short := mk(0)[:30] // up to 145 s: 25 s after warm-up
-	if res := analyseSoak(plan, short, ack, sub, sub, nil, &soakLoad{}); res.judged {
-		t.Errorf("a %.0f s window was judged", res.judgedSpan)
+	if res := analyseSoak(plan, short, ack, sub, sub, nil, &soakLoad{}); res.judged || !res.incomplete {
+		t.Errorf("samples ending at 145 s of 600: judged %v, incomplete %v; want not judged, incomplete", res.judged, res.incomplete)
+	}
+	// A run too short to judge is not incomplete.
+	quick := soakPlan{dur: 45 * time.Second, warmup: 30 * time.Second, minJudged: time.Minute}
+	if res := analyseSoak(quick, mk(0)[:10], ack, sub, sub, nil, &soakLoad{}); res.judged || res.incomplete {
+		t.Errorf("45 s run: judged %v, incomplete %v; want neither", res.judged, res.incomplete)
 	}
 }
