@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -239,7 +240,7 @@ sinks:
 			}
 			failedSamples++
 			if p.exited() && died == "" {
-				died = fmt.Sprintf("gateway exited on its own (%v): %s", p.err, tail(p.log.Name(), 3))
+				died = fmt.Sprintf("gateway exited on its own (%v): %s", p.err, crashLine(p.log.Name()))
 				event("%s", died)
 			}
 		}
@@ -267,7 +268,14 @@ sinks:
 	res := analyseSoak(plan, samples, acks, ext, emb, windows, load)
 	res.events, res.outages, res.killed = events, outages, killed
 	res.died, res.failedSamples = died, failedSamples
+	before := len(r.rows)
 	r.reportSoak(scen, plan, res)
+	var missed []string
+	for _, x := range r.rows[before:] {
+		if x.Result == "MISSED" {
+			missed = append(missed, x.Measure)
+		}
+	}
 	if err := writeSoakCSV(filepath.Join(out, "samples.csv"), samples); err != nil {
 		return err
 	}
@@ -275,7 +283,26 @@ sinks:
 		return err
 	}
 	r.note("soak: samples %s, plot %s, logs in %s", filepath.Join(out, "samples.csv"), filepath.Join(out, "soak.png"), dir)
+	if len(missed) > 0 {
+		// make soak exits non-zero.
+		return fmt.Errorf("soak failed: %s", strings.Join(missed, ", "))
+	}
 	return nil
+}
+
+// crashLine is the Go runtime's first panic or fatal-error line in a log,
+// else its last line.
+func crashLine(path string) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return ""
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(l, "panic: ") || strings.HasPrefix(l, "fatal error: ") {
+			return l + " (log " + path + ")"
+		}
+	}
+	return tail(path, 1)
 }
 
 func sleepUntil(ctx context.Context, t time.Time) bool {
