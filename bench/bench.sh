@@ -58,5 +58,9 @@ $GO build -o "$bin/" ./cmd/wittra-load ./bench/baseline ./bench/profile ./bench/
 
 args=(-bin "$bin" -work "$work" -values="${BENCH_VALUES:-true}" -retain="${BENCH_RETAIN:-true}")
 [ -n "$quick" ] && args+=(-quick)
+# The soak scenario (make soak): its duration, rate and output directory.
+[ -n "${SOAK:-}" ] && args+=(-soak "$SOAK")
+[ -n "${SOAK_RATE:-}" ] && args+=(-soak-rate "$SOAK_RATE")
+[ -n "${SOAK_OUT:-}" ] && args+=(-soak-out "$SOAK_OUT")
 [ -n "$json" ] && args+=(-json "$json")
 "$bin/runner" "${args[@]}" ${scenarios[@]+"${scenarios[@]}"}

@@ -23,6 +23,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"sort"
 	"strings"
 	"syscall"
@@ -47,6 +48,11 @@ type runner struct {
 	intakeDur, baselineDur, latencyDur time.Duration
 	drainN                             uint64
 	drainTimeout                       time.Duration
+
+	// The soak scenario (soak.go): duration, offered rate, output dir.
+	soakDur  time.Duration
+	soakRate float64
+	soakOut  string
 }
 
 // row is one line of the result table.
@@ -72,7 +78,10 @@ func mainErr() int {
 	flag.BoolVar(&r.values, "values", true, "sink values: (product default true)")
 	flag.BoolVar(&r.retain, "retain", true, "sink retain: (product default true)")
 	jsonOut := flag.String("json", "", "also write the rows as JSON to this file")
-	maxTotal := flag.Duration("max-total", 20*time.Minute, "abort everything after this long")
+	maxTotal := flag.Duration("max-total", 20*time.Minute, "abort everything after this long (a soak adds its own -soak)")
+	flag.DurationVar(&r.soakDur, "soak", 10*time.Minute, "soak scenario: how long the intake runs")
+	flag.Float64Var(&r.soakRate, "soak-rate", float64(1000*runtime.NumCPU()), "soak scenario: messages/s offered")
+	flag.StringVar(&r.soakOut, "soak-out", "dist/soak", "soak scenario: directory for samples.csv and soak.png")
 	flag.Parse()
 	if r.bin == "" || r.work == "" {
 		fmt.Fprintln(os.Stderr, "runner: -bin and -work are required")
@@ -89,6 +98,9 @@ func mainErr() int {
 		return 2
 	}
 
+	if slices.Contains(plan, "soak") {
+		*maxTotal += r.soakDur + 10*time.Minute
+	}
 	// Whatever happens, no child outlives the runner.
 	defer killAll()
 	sigs := make(chan os.Signal, 1)
@@ -129,6 +141,8 @@ func mainErr() int {
 			err = r.profile()
 		case "devices":
 			err = r.devices()
+		case "soak":
+			err = r.soak()
 		}
 		if err != nil {
 			failed = true
@@ -194,12 +208,14 @@ func expand(names []string) ([]string, error) {
 			add("profile")
 		case "devices", "memory-per-device":
 			add("devices")
+		case "soak":
+			add("soak")
 		default:
-			return nil, fmt.Errorf("unknown scenario %q (intake latency drain drain-mqtt drain-jetstream subscriber devices profile; aliases baseline memory memory-per-device startup disk mqtt jetstream durable all)", n)
+			return nil, fmt.Errorf("unknown scenario %q (intake latency drain drain-mqtt drain-jetstream subscriber devices profile soak; aliases baseline memory memory-per-device startup disk mqtt jetstream durable all)", n)
 		}
 	}
 	// Keep a stable order.
-	order := map[string]int{"intake": 0, "latency": 1, "drain": 2, "drain-mqtt": 3, "drain-jetstream": 4, "subscriber": 5, "profile": 6, "devices": 7}
+	order := map[string]int{"intake": 0, "latency": 1, "drain": 2, "drain-mqtt": 3, "drain-jetstream": 4, "subscriber": 5, "profile": 6, "devices": 7, "soak": 8}
 	sort.SliceStable(out, func(i, j int) bool { return order[out[i]] < order[out[j]] })
 	return out, nil
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"runtime"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -32,6 +33,14 @@ type metricsCollector struct {
 
 	retainedTopics, retainedBytes, retainedCleared *prometheus.Desc
 	clientDropped, subUnmatched, subResent         *prometheus.Desc // durable subscribers (type subscriber)
+	dedupKeys                                      *prometheus.Desc
+
+	// The dedup count walks the whole index: at most once per
+	// dedupCountEvery, however often Prometheus scrapes.
+	dedupMu    sync.Mutex
+	dedupAt    time.Time
+	dedupN     int
+	dedupKnown bool
 }
 
 func newMetricsCollector(g *gateway) *metricsCollector {
@@ -77,6 +86,7 @@ func newMetricsCollector(g *gateway) *metricsCollector {
 		clientDropped:   d("broker_client_messages_dropped_total", "Messages the embedded broker dropped per ordinary subscriber (100 clients by name, the rest as _other).", "client"),
 		subUnmatched:    d("subscriber_unmatched_total", "Publications a type subscriber sink skipped because none of the client's subscriptions matched.", "sink"),
 		subResent:       d("subscriber_resent_total", "Publications a type subscriber sink sent again after a reconnect.", "sink"),
+		dedupKeys:       d("queue_dedup_keys", "payloadIds remembered for deduplication (bounded by dedup_window × intake; counted by a walk of the index at most every 30 s)."),
 	}
 }
 
@@ -139,6 +149,9 @@ func (c *metricsCollector) Collect(ch chan<- prometheus.Metric) {
 			}
 		}
 		gauge(c.fileBytes, float64(g.queue.FileSize()))
+		if n, ok := c.dedupCount(g); ok {
+			gauge(c.dedupKeys, float64(n))
+		}
 	}
 
 	for i, f := range g.forwarders {
@@ -202,4 +215,19 @@ func boolGauge(b bool) float64 {
 		return 1
 	}
 	return 0
+}
+
+// dedupCountEvery bounds how often a scrape walks the dedup index (up to
+// millions of keys with a 24 h window).
+const dedupCountEvery = 30 * time.Second
+
+func (c *metricsCollector) dedupCount(g *gateway) (int, bool) {
+	c.dedupMu.Lock()
+	defer c.dedupMu.Unlock()
+	if !c.dedupKnown || time.Since(c.dedupAt) >= dedupCountEvery {
+		n, err := g.queue.DedupKeys()
+		c.dedupAt = time.Now()
+		c.dedupN, c.dedupKnown = n, err == nil
+	}
+	return c.dedupN, c.dedupKnown
 }

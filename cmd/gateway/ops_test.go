@@ -85,7 +85,7 @@ func TestMetricsMoveAndReadinessFlips(t *testing.T) {
 			t.Errorf("%s = %v, want %v", name, got, want)
 		}
 	}
-	for _, name := range []string{"wittra_gateway_build_info", "process_resident_memory_bytes", "wittra_gateway_queue_file_bytes"} {
+	for _, name := range []string{"wittra_gateway_build_info", "process_resident_memory_bytes", "wittra_gateway_queue_file_bytes", "wittra_gateway_queue_dedup_keys"} {
 		if !strings.Contains(text, name) {
 			t.Errorf("/metrics has no %s", name)
 		}
