@@ -63,6 +63,11 @@ type State interface {
 	Put(ctx context.Context, key string, value []byte) error
 }
 
+// maxCachedDevices bounds the in-memory caches of what State holds per
+// device (registered children, managed object ids): a site's devices fit,
+// and device churn cannot grow them without end. A miss costs a State read.
+const maxCachedDevices = 10000
+
 // TLSConfig is the client TLS setup.
 // CertFile and KeyFile are the client certificate (optional). They are
 // re-read when they change. Without a Password the certificate is the login
