@@ -574,6 +574,10 @@ func outageScrape(admin string) string {
 // returns how long it took.
 func outageWait(t *testing.T, d time.Duration, what string, cond func() bool) time.Duration {
 	t.Helper()
+	// d says when the condition is surely late on an idle machine; the
+	// test waits outageSlack times that, since it asserts that it happens,
+	// not how fast (the figures are logged).
+	d *= outageSlack
 	began := time.Now()
 	for i := 0; ; i++ {
 		if cond() {
@@ -585,6 +589,10 @@ func outageWait(t *testing.T, d time.Duration, what string, cond func() bool) ti
 		time.Sleep(outagePoll)
 	}
 }
+
+// outageSlack multiplies the outage tests' waits: they bound hangs, not
+// speed, and a loaded 2-core machine may be several times slower.
+const outageSlack = 4
 
 // outageMQTTSink is the YAML of an mqtt sink named plant to url.
 func outageMQTTSink(url string) string {
@@ -1186,7 +1194,7 @@ sinks: [%s]
 			var b strings.Builder
 			for {
 				r := next.Add(1) - 1
-				if r >= total/perReq || time.Since(intakeStart) > 60*time.Second {
+				if r >= total/perReq || time.Since(intakeStart) > outageSlack*60*time.Second {
 					return
 				}
 				b.Reset()
@@ -1232,7 +1240,7 @@ sinks: [%s]
 	upAt := time.Now()
 	sub := outageSubscribe(t, m.url(), "outage-backlog-sub", true)
 	var connectedAt, drainedAt time.Time
-	for i := 0; i < 2000 && time.Since(upAt) < 60*time.Second; i++ {
+	for time.Since(upAt) < outageSlack*60*time.Second {
 		text = outageScrape(admin)
 		now := time.Now()
 		if connectedAt.IsZero() && metricValue(text, `wittra_gateway_sink_connected{sink="plant"}`) == 1 {
@@ -1248,7 +1256,7 @@ sinks: [%s]
 		time.Sleep(50 * time.Millisecond)
 	}
 	if drainedAt.IsZero() {
-		t.Fatalf("backlog not drained within 60 s of mosquitto's start (connected: %v); metrics depth %v",
+		t.Fatalf("backlog not drained within %d×60 s of mosquitto's start (connected: %v); metrics depth %v", outageSlack,
 			!connectedAt.IsZero(), metricValue(text, `wittra_gateway_queue_depth_messages{sink="plant"}`))
 	}
 	subTook := outageWait(t, 30*time.Second, "all 100,000 at the subscriber", func() bool { return sub.unique() == total })
