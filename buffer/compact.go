@@ -163,7 +163,7 @@ func (q *Queue) Compact() error {
 	q.mu.Unlock()
 	if before != nil && after != nil {
 		q.log.Info().Int64("before_bytes", before.Size()).Int64("after_bytes", after.Size()).
-			Dur("copy", copied.Sub(began)).Stringer("writes_paused", paused).Msg("queue file compacted")
+			Stringer("copy", copied.Sub(began)).Stringer("writes_paused", paused).Msg("queue file compacted")
 	}
 	q.releaseMapped()
 	return nil

@@ -1,5 +1,7 @@
 package buffer
 
+import bolt "go.etcd.io/bbolt"
+
 // releaseEvery is how much record data a consumer reads between two
 // releases of the mapped file.
 const releaseEvery = 4 << 20
@@ -26,12 +28,23 @@ func (q *Queue) noteRead(recs []Record) {
 
 // releaseMapped drops the resident pages of the mapped file from this
 // process (see above). Errors are ignored: it is only an optimisation.
+//
+// It runs inside a read transaction: bbolt remaps the file (munmap, then
+// mmap elsewhere) when a commit grows it, but never while a read
+// transaction is open, so the address and length stay those of the live
+// mapping. Outside one, the old range could already hold Go heap memory,
+// and MADV_DONTNEED would zero it (a corrupted heap: "bad sweepgen"). The
+// length is the transaction's view of the file, never more than is mapped.
 func (q *Queue) releaseMapped() {
 	q.dbMu.RLock()
 	defer q.dbMu.RUnlock()
-	size := q.FileSize()
-	if size <= 0 {
+	if q.db == nil {
 		return
 	}
-	dontNeed(q.db.Info().Data, uintptr(size))
+	_ = q.db.View(func(tx *bolt.Tx) error {
+		if size := tx.Size(); size > 0 {
+			dontNeed(q.db.Info().Data, uintptr(size))
+		}
+		return nil
+	})
 }

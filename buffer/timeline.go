@@ -121,7 +121,7 @@ func (t *timeline) now() reading {
 		t.steps++
 		// Where the wall clock would be had it not stepped, and where it is.
 		t.log.Error().Time("expected_wall", t.last.wall.Add(time.Duration(r.g-t.last.g))).Time("wall", w).
-			Dur("step", d).Bool("trusted", r.trusted).
+			Stringer("step", d).Bool("trusted", r.trusted).
 			Msg("wall clock stepped: message ages are measured by the monotonic clock and do not move; receive times taken before the step may be off by the step")
 	}
 	if r.trusted != t.last.trusted {

@@ -344,7 +344,7 @@ func (s *Sink) ensureStream(ctx context.Context, nc *nats.Conn, js jetstream.Jet
 			ev = s.log.Warn() // redeliveries after a crash become duplicates
 		}
 		ev.Str("stream", sc.Name).Strs("subjects", info.Config.Subjects).Int("replicas", info.Config.Replicas).
-			Dur("max_age", info.Config.MaxAge).Stringer("duplicate_window", info.Config.Duplicates).
+			Stringer("max_age", info.Config.MaxAge).Stringer("duplicate_window", info.Config.Duplicates).
 			Msg("publishing into stream")
 	}
 	s.checked = epoch
