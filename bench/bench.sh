@@ -10,7 +10,8 @@
 #
 # Scenarios: intake (with the per-message-fsync baseline), latency, drain
 # (also start-up with the backlog, memory and disk), drain-mqtt (to a
-# mosquitto started late), profile; aliases: all, baseline, memory, startup,
+# mosquitto started late), profile, soak (make soak; SOAK=10m, SOAK_RATE,
+# SOAK_OUT=dist/soak); aliases: all, baseline, memory, startup,
 # disk, mqtt. Options: -quick, -keep (keep the scratch directory: logs,
 # queue files, profiles), -json FILE (rows as JSON). Environment:
 # BENCH_QUICK=1 is -quick, BENCH_WORK=DIR picks the scratch directory,

@@ -7,8 +7,8 @@
 // Scenarios: intake (with the per-message-fsync baseline), latency, drain
 // (includes start-up, memory with the backlog and disk), drain-mqtt (the
 // external-broker drain to mosquitto), profile (CPU and allocation
-// profiles of intake and drain). "all" (the default) is every scenario
-// except profile. Every child process is killed when the runner exits.
+// profiles of intake and drain), soak (make soak: a bounded long run,
+// soak*.go). "all" (the default) is every scenario except profile and soak. Every child process is killed when the runner exits.
 package main
 
 import (
