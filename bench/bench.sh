@@ -28,7 +28,7 @@ while [ $# -gt 0 ]; do
 	-quick | --quick) quick=-quick ;;
 	-keep | --keep) keep=1 ;;
 	-json | --json) json=$2; shift ;;
-	-h | --help) sed -n '2,19p' "$0"; exit 0 ;;
+	-h | --help) sed -n '2,20p' "$0"; exit 0 ;;
 	-*) echo "bench.sh: unknown option $1" >&2; exit 2 ;;
 	*) scenarios+=("$1") ;;
 	esac

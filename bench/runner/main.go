@@ -8,7 +8,8 @@
 // (includes start-up, memory with the backlog and disk), drain-mqtt (the
 // external-broker drain to mosquitto), profile (CPU and allocation
 // profiles of intake and drain), soak (make soak: a bounded long run,
-// soak*.go). "all" (the default) is every scenario except profile and soak. Every child process is killed when the runner exits.
+// soak*.go). "all" (the default) is every scenario except profile and
+// soak. Every child process is killed when the runner exits.
 package main
 
 import (
