@@ -1,13 +1,15 @@
 # wittra-gateway — build, test, install.
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 COMMIT  ?= $(shell git rev-parse --short HEAD 2>/dev/null)
-LDFLAGS := -s -w -X main.Version=$(VERSION) -X main.Commit=$(COMMIT)
+# The source's commit time: a wall clock before it is known to be wrong.
+BUILD_TIME ?= $(shell git log -1 --format=%cI 2>/dev/null)
+LDFLAGS := -s -w -X main.Version=$(VERSION) -X main.Commit=$(COMMIT) -X main.BuildTime=$(BUILD_TIME)
 GO      ?= go
 PREFIX  ?= /usr/local
 DESTDIR ?=
 BIN     := dist/wittra-gateway
 
-.PHONY: build run test test-short bench bench-go soak vet lint fmt cross install clean
+.PHONY: build run test test-short bench bench-go soak vet lint fmt cross install clean deb deb-test
 
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/gateway
@@ -64,7 +66,7 @@ cross:
 install: build
 	install -D -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/bin/wittra-gateway
 	install -D -m 0644 systemd/wittra-gateway.service $(DESTDIR)/etc/systemd/system/wittra-gateway.service
-	sed -i 's|/usr/local/bin/wittra-gateway|$(PREFIX)/bin/wittra-gateway|' $(DESTDIR)/etc/systemd/system/wittra-gateway.service
+	sed -i 's|/usr/bin/wittra-gateway|$(PREFIX)/bin/wittra-gateway|' $(DESTDIR)/etc/systemd/system/wittra-gateway.service
 	install -d -m 0755 $(DESTDIR)/etc/wittra-gateway
 	# The service user; only on the real root (a packager's DESTDIR has none).
 	if [ -z "$(DESTDIR)" ] && ! getent passwd wittra-gateway >/dev/null; then \
@@ -75,6 +77,16 @@ install: build
 	chmod 0640 $(DESTDIR)/etc/wittra-gateway/config.yaml
 	if getent group wittra-gateway >/dev/null; then chgrp wittra-gateway $(DESTDIR)/etc/wittra-gateway/config.yaml; fi
 	@echo "installed; now: systemctl daemon-reload && systemctl enable --now wittra-gateway"
+
+# .deb packages for amd64, arm64 and armhf in dist/ (pure Go: nfpm, pinned
+# in packaging/go.mod). DEB_VERSION overrides the version taken from git.
+deb:
+	$(GO) -C packaging run ./mkdeb -arch amd64,arm64,armhf -out dist $(if $(DEB_VERSION),-version $(DEB_VERSION))
+
+# Installs, upgrades, removes and purges the package on this machine: root
+# only, run by CI after `make test` (see packaging/deb-test.sh).
+deb-test:
+	./packaging/deb-test.sh
 
 clean:
 	rm -rf dist

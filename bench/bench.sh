@@ -10,9 +10,11 @@
 #
 # Scenarios: intake (with the per-message-fsync baseline), latency, drain
 # (also start-up with the backlog, memory and disk), drain-mqtt (to a
-# mosquitto started late), profile, soak (make soak; SOAK=10m, SOAK_RATE,
-# SOAK_OUT=dist/soak); aliases: all, baseline, memory, startup,
-# disk, mqtt. Options: -quick, -keep (keep the scratch directory: logs,
+# mosquitto started late), drain-jetstream (to a local 3-node JetStream
+# cluster, R=3), devices (memory per device), subscriber (durable subscriber
+# replay and latency), profile, soak (make soak; SOAK=10m, SOAK_RATE,
+# SOAK_OUT=dist/soak); aliases: all, baseline, memory, startup, disk,
+# mqtt, jetstream, durable. Options: -quick, -keep (keep the scratch directory: logs,
 # queue files, profiles), -json FILE (rows as JSON). Environment:
 # BENCH_QUICK=1 is -quick, BENCH_WORK=DIR picks the scratch directory,
 # BENCH_VALUES / BENCH_RETAIN=false change the sink's values/retain.
@@ -53,7 +55,7 @@ mkdir -p "$bin"
 echo "bench.sh: building into $bin" >&2
 # The gateway exactly as `make build` builds it.
 CGO_ENABLED=0 $GO build -trimpath -ldflags "-s -w -X main.Version=bench" -o "$bin/wittra-gateway" ./cmd/gateway
-$GO build -o "$bin/" ./cmd/wittra-load ./bench/baseline ./bench/profile ./bench/fill ./bench/qstat ./bench/runner
+$GO build -o "$bin/" ./cmd/wittra-load ./bench/baseline ./bench/profile ./bench/fill ./bench/qstat ./bench/natscluster ./bench/runner
 
 args=(-bin "$bin" -work "$work" -values="${BENCH_VALUES:-true}" -retain="${BENCH_RETAIN:-true}")
 [ -n "$quick" ] && args+=(-quick)

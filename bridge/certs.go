@@ -21,9 +21,13 @@ func NewCertReloader(certFile, keyFile string, log zerolog.Logger) (*CertReloade
 // ServerTLSConfig is the webhook's TLS: 1.2 minimum with forward-secret
 // AEAD suites only (1.3 suites are not configurable and all good).
 func ServerTLSConfig(r *CertReloader) *tls.Config {
+	return serverTLSConfig(r.GetCertificate)
+}
+
+func serverTLSConfig(get func(*tls.ClientHelloInfo) (*tls.Certificate, error)) *tls.Config {
 	return &tls.Config{
 		MinVersion:     tls.VersionTLS12,
-		GetCertificate: r.GetCertificate,
+		GetCertificate: get,
 		CipherSuites: []uint16{
 			tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
 			tls.TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,

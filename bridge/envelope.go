@@ -32,7 +32,7 @@ var errEnvelope = errors.New("bad envelope")
 // DecodeRecord turns a queue record into a sink message. The body aliases
 // rec.Data.
 func DecodeRecord(rec buffer.Record) (sinks.Message, error) {
-	m := sinks.Message{Seq: rec.Seq, Received: rec.Time}
+	m := sinks.Message{Seq: rec.Seq, Received: rec.Time, ReceivedUnsure: rec.TimeUnsure}
 	d := rec.Data
 	if len(d) < 2 || d[0] != envelopeVersion || d[1] > byte(sinks.KindEvent) {
 		return m, fmt.Errorf("record %d: %w: header", rec.Seq, errEnvelope)

@@ -159,6 +159,7 @@ func (f *Forwarder) deliver(ctx context.Context, msgs []sinks.Message, recs []bu
 		if len(msgs) == 0 {
 			break
 		}
+		retime(msgs, f.reader)
 		actx, cancel := context.WithTimeout(ctx, f.cfg.Attempt)
 		n, err := f.sink.Publish(actx, msgs)
 		cancel()
@@ -228,6 +229,18 @@ func (f *Forwarder) deadLetter(ctx context.Context, seq uint64, recs []buffer.Re
 		}
 	}
 	return fmt.Errorf("dead-letter %d: record not in batch", seq)
+}
+
+// retime asks the queue again for receive times read from a wall clock
+// known to be wrong: once the clock is right they come back corrected.
+func retime(msgs []sinks.Message, r *buffer.Reader) {
+	for i := range msgs {
+		if msgs[i].ReceivedUnsure {
+			if t, unsure, ok := r.ReceiveTime(msgs[i].Seq); ok {
+				msgs[i].Received, msgs[i].ReceivedUnsure = t, unsure
+			}
+		}
+	}
 }
 
 // dropDeleted skips the leading messages at or below cursor: the queue

@@ -24,7 +24,7 @@ import (
 	"wittra-gateway/wittra"
 )
 
-// UnknownDevice is the device of a message that names none (SPEC §4).
+// UnknownDevice is the device of a message that names none (docs/contract.md#webhook).
 const UnknownDevice = "_unknown"
 
 // DefaultProject is the project of a message when neither its body nor its
@@ -70,7 +70,7 @@ type Appender interface {
 	Append(ctx context.Context, entries []buffer.Entry) (buffer.AppendResult, error)
 }
 
-// Receiver is the webhook endpoint (SPEC §4). It answers 200 only after
+// Receiver is the webhook endpoint (docs/contract.md#webhook). It answers 200 only after
 // every message of the request is committed to the queue.
 type Receiver struct {
 	routes  atomic.Pointer[map[string]*route] // replaced whole by SetRoutes
@@ -93,7 +93,7 @@ type route struct {
 	stats              *RouteStats
 }
 
-// ReplyCodes are the HTTP codes the receiver answers with (SPEC §4), in
+// ReplyCodes are the HTTP codes the receiver answers with (docs/contract.md#webhook), in
 // the order of RouteStats.Replies.
 var ReplyCodes = [...]int{200, 400, 401, 404, 405, 413, 415, 503}
 

@@ -1,15 +1,29 @@
 package buffer
 
 import (
+	"bytes"
+	"encoding/binary"
 	"fmt"
 	"os"
 	"path/filepath"
+	"time"
 
 	bolt "go.etcd.io/bbolt"
 )
 
 // compactTxMax bounds each copy transaction of a compaction.
 const compactTxMax = 16 << 20
+
+// dirtyBuckets names buckets an op may change that compaction cannot
+// catch up incrementally: written during a copy, they are copied again
+// whole at the switch-over. Ops that only touch msgs, dedup, dedupt, meta
+// and epochs need no flag.
+type dirtyBuckets uint8
+
+const (
+	dirtyKV dirtyBuckets = 1 << iota
+	dirtyDead
+)
 
 // needsCompaction reports whether the file is big and mostly free pages:
 // bbolt never shrinks a file, so after a drained backlog it would keep its
@@ -24,34 +38,61 @@ func (q *Queue) needsCompaction() (bool, int64) {
 	st := q.db.Stats()
 	free := int64(st.FreePageN+st.PendingPageN) * int64(q.db.Info().PageSize)
 	var used int64 // high-water mark of allocated pages; the file may be bigger
-	if err := q.db.View(func(tx *bolt.Tx) error { used = tx.Size(); return nil }); err != nil {
+	if err := q.guard(func() error { return q.db.View(func(tx *bolt.Tx) error { used = tx.Size(); return nil }) }); err != nil {
 		return false, 0
 	}
 	live := used - free
 	return live*4 <= fi.Size(), fi.Size()
 }
 
-// Compact rewrites the file to its live data when it is mostly free space.
-// It runs in the committer, between commits, so writers simply wait.
-func (q *Queue) Compact() error {
-	reply := make(chan error, 1)
+// inCommitter runs fn in the committer, between two commits: no write runs
+// meanwhile.
+func (q *Queue) inCommitter(fn func()) error {
+	done := make(chan struct{})
 	q.closeMu.RLock()
 	if q.closed {
 		q.closeMu.RUnlock()
 		return ErrClosed
 	}
-	q.compactReq <- reply
+	q.compactReq <- func() { fn(); close(done) }
 	q.closeMu.RUnlock()
-	err := <-reply
-	if err == nil {
-		q.releaseMapped()
-	}
-	return err
+	<-done
+	return nil
 }
 
-// compact copies the live data into a new file and swaps it in. On any
-// failure the original file stays in use.
-func (q *Queue) compact() error {
+// compactMarks: where the copy's snapshot is known to reach at least.
+type compactMarks struct {
+	lastSeq    uint64 // msgs: every key up to here is in the copy or deleted later
+	lastDedupG uint64 // dedupt: every entry before this time likewise
+}
+
+// Compact rewrites the file to its live data when it is mostly free space,
+// without stopping intake for the copy:
+//
+//  1. the committer notes that a compaction runs (it then records which
+//     whole-copy buckets writes touch);
+//  2. bbolt copies a read snapshot into a new file while commits go on;
+//  3. the committer pauses for the switch-over only: it copies what changed
+//     since the snapshot — messages appended after it and deleted from the
+//     front, dedup entries added and swept, meta and epochs (small), and
+//     the KV or dead-letter bucket if written meanwhile — then swaps files.
+//
+// Writes wait only for step 3, which is proportional to what changed
+// during the copy. The one exception: a commit that needs the file to grow
+// waits for the copy's read snapshot (bbolt remaps only without readers);
+// compaction runs when at least three quarters of the file are free pages,
+// so that takes a burst of three times the live data during the copy.
+func (q *Queue) Compact() error {
+	if q.readOnly {
+		return ErrReadOnly
+	}
+	q.compactMu.Lock()
+	defer q.compactMu.Unlock()
+	if err := q.inCommitter(func() { q.compacting, q.compactDirty = true, 0 }); err != nil {
+		return err
+	}
+	defer q.inCommitter(func() { q.compacting = false })
+
 	before, _ := os.Stat(q.cfg.Path)
 	tmp := q.cfg.Path + ".compact"
 	os.Remove(tmp)
@@ -59,45 +100,221 @@ func (q *Queue) compact() error {
 	if err != nil {
 		return fmt.Errorf("compact: create %s: %w", tmp, err)
 	}
-	q.dbMu.Lock()
-	defer q.dbMu.Unlock()
-	// Compact keeps bucket sequences, so sequence numbers never restart.
-	if err := bolt.Compact(dst, q.db, compactTxMax); err != nil {
+	fail := func(err error) error {
 		dst.Close()
 		os.Remove(tmp)
-		return fmt.Errorf("compact: copy: %w", err)
+		return err
 	}
+	var marks compactMarks
+	began := time.Now()
+	q.dbMu.RLock()
+	err = q.guard(func() error {
+		return q.db.View(func(tx *bolt.Tx) error {
+			marks.lastSeq = tx.Bucket(bucketMsgs).Sequence()
+			if k, _ := tx.Bucket(bucketDedupT).Cursor().Last(); len(k) >= 8 {
+				marks.lastDedupG = binary.BigEndian.Uint64(k)
+			}
+			return nil
+		})
+	})
+	if err == nil {
+		// Compact keeps bucket sequences, so sequence numbers never restart.
+		err = q.guard(func() error { return bolt.Compact(dst, q.db, compactTxMax) })
+	}
+	q.dbMu.RUnlock()
+	if err != nil {
+		return fail(fmt.Errorf("compact: copy: %w", err))
+	}
+	if q.compactHook != nil {
+		q.compactHook()
+	}
+	// Reopened as the queue opens its file, now, while writes go on: at
+	// the switch-over it only has to be renamed into place.
 	if err := dst.Close(); err != nil {
 		os.Remove(tmp)
 		return fmt.Errorf("compact: close copy: %w", err)
 	}
-	if err := q.db.Close(); err != nil {
-		os.Remove(tmp)
-		return fmt.Errorf("compact: close queue: %w", err)
-	}
-	renameErr := os.Rename(tmp, q.cfg.Path)
-	if renameErr == nil {
-		renameErr = syncDir(filepath.Dir(q.cfg.Path))
-	}
-	db, err := q.openDB()
+	dst, err = bolt.Open(tmp, 0o600, &bolt.Options{ // the options of openDB
+		Timeout:        q.cfg.LockTimeout,
+		NoFreelistSync: true,
+		FreelistType:   bolt.FreelistMapType,
+		MaxSize:        int(q.cfg.MaxFileSize),
+	})
 	if err != nil {
-		// Without a file the gateway cannot accept anything: the caller
-		// treats this as fatal.
-		return fmt.Errorf("compact: reopen: %w", err)
-	}
-	q.db = db
-	if renameErr != nil {
 		os.Remove(tmp)
-		return fmt.Errorf("compact: swap files: %w", renameErr)
+		return fmt.Errorf("compact: reopen copy: %w", err)
+	}
+	copied := time.Now()
+	var swapErr error
+	var paused time.Duration
+	if err := q.inCommitter(func() {
+		start := time.Now()
+		swapErr = q.switchOver(dst, tmp, marks)
+		paused = time.Since(start)
+	}); err != nil {
+		return fail(err)
+	}
+	if swapErr != nil {
+		return swapErr
 	}
 	after, _ := os.Stat(q.cfg.Path)
 	q.mu.Lock()
 	q.counters.Compactions++
 	q.mu.Unlock()
 	if before != nil && after != nil {
-		q.log.Info().Int64("before_bytes", before.Size()).Int64("after_bytes", after.Size()).Msg("queue file compacted")
+		q.log.Info().Int64("before_bytes", before.Size()).Int64("after_bytes", after.Size()).
+			Dur("copy", copied.Sub(began)).Stringer("writes_paused", paused).Msg("queue file compacted")
 	}
+	q.releaseMapped()
 	return nil
+}
+
+// switchOver runs in the committer: it brings the copy up to date, renames
+// it into place and swaps it in; the old file is closed afterwards, off
+// the paused path. On any failure before the rename the original file
+// stays in use and the copy is removed.
+func (q *Queue) switchOver(dst *bolt.DB, tmp string, marks compactMarks) error {
+	fail := func(err error) error {
+		dst.Close()
+		os.Remove(tmp)
+		return err
+	}
+	q.mu.Lock()
+	head := q.st.head
+	q.mu.Unlock()
+	err := q.guard(func() error {
+		return q.db.View(func(src *bolt.Tx) error {
+			return dst.Update(func(dtx *bolt.Tx) error { return catchUp(src, dtx, head, marks, q.compactDirty) })
+		})
+	})
+	if err != nil {
+		return fail(fmt.Errorf("compact: catch up: %w", err))
+	}
+	// The copy holds its own lock (a lock is per file, and the old file
+	// keeps its own until closed), so it is renamed while open.
+	if err := os.Rename(tmp, q.cfg.Path); err != nil {
+		return fail(fmt.Errorf("compact: swap files: %w", err))
+	}
+	if err := syncDir(filepath.Dir(q.cfg.Path)); err != nil {
+		// The rename happened; only its durability is in doubt, and the
+		// next commit's fsync does not cover the directory.
+		q.log.Warn().Err(err).Msg("compact: sync the queue directory")
+	}
+	q.dbMu.Lock()
+	old := q.db
+	q.db = dst
+	q.dbMu.Unlock()
+	// Closing the old file unmaps it (hundreds of milliseconds for a big
+	// file): nothing uses it any more, so writes need not wait for that.
+	q.wg.Add(1)
+	go func() {
+		defer q.wg.Done()
+		if err := old.Close(); err != nil {
+			q.log.Warn().Err(err).Msg("compact: close the old queue file")
+		}
+	}()
+	return nil
+}
+
+// catchUp applies to the copy dtx what changed in src since the snapshot
+// marks describe. It relies on how the queue writes: msgs and dedupt only
+// grow at the end and shrink at the front, msgs values never change, and
+// every dedup write comes with a dedupt entry.
+func catchUp(src, dtx *bolt.Tx, head uint64, marks compactMarks, dirty dirtyBuckets) error {
+	sm, dm := src.Bucket(bucketMsgs), dtx.Bucket(bucketMsgs)
+	dm.FillPercent = appendFill
+	dc := dm.Cursor()
+	for k, _ := dc.First(); k != nil && binary.BigEndian.Uint64(k) < head; k, _ = dc.First() {
+		if err := dc.Delete(); err != nil {
+			return err
+		}
+	}
+	sc := sm.Cursor()
+	for k, v := sc.Seek(u64(marks.lastSeq + 1)); k != nil; k, v = sc.Next() {
+		if err := dm.Put(k, v); err != nil {
+			return err
+		}
+	}
+	if err := dm.SetSequence(sm.Sequence()); err != nil {
+		return err
+	}
+
+	si, di := src.Bucket(bucketDedupT), dtx.Bucket(bucketDedupT)
+	sk, dk := src.Bucket(bucketDedup), dtx.Bucket(bucketDedup)
+	di.FillPercent = appendFill
+	// A key whose index entry came or went: its dedup value is the
+	// current one.
+	mirror := func(key []byte) error {
+		if v := sk.Get(key); v != nil {
+			return dk.Put(key, v)
+		}
+		return dk.Delete(key)
+	}
+	first, _ := si.Cursor().First()
+	ic := di.Cursor()
+	for k, _ := ic.First(); k != nil && (first == nil || bytes.Compare(k, first) < 0); k, _ = ic.First() {
+		key := append([]byte(nil), k[8:]...)
+		if err := ic.Delete(); err != nil {
+			return err
+		}
+		if err := mirror(key); err != nil {
+			return err
+		}
+	}
+	c := si.Cursor()
+	for k, _ := c.Seek(u64(marks.lastDedupG)); k != nil; k, _ = c.Next() {
+		if err := di.Put(k, nil); err != nil {
+			return err
+		}
+		if err := mirror(k[8:]); err != nil {
+			return err
+		}
+	}
+
+	// Every other bucket is copied whole when it may have changed: meta
+	// and epochs always (a few keys), kv and dead when written during the
+	// copy, and any bucket this code does not know.
+	return src.ForEach(func(name []byte, b *bolt.Bucket) error {
+		switch string(name) {
+		case string(bucketMsgs), string(bucketDedup), string(bucketDedupT):
+			return nil
+		case string(bucketKV):
+			if dirty&dirtyKV == 0 {
+				return nil
+			}
+		case string(bucketDead):
+			if dirty&dirtyDead == 0 && dtx.Bucket(name) != nil {
+				return nil
+			}
+		}
+		if dtx.Bucket(name) != nil {
+			if err := dtx.DeleteBucket(name); err != nil {
+				return err
+			}
+		}
+		nb, err := dtx.CreateBucket(name)
+		if err != nil {
+			return err
+		}
+		return copyBucket(nb, b)
+	})
+}
+
+// copyBucket copies src into the empty bucket dst, nested buckets too.
+func copyBucket(dst, src *bolt.Bucket) error {
+	if err := dst.SetSequence(src.Sequence()); err != nil {
+		return err
+	}
+	return src.ForEach(func(k, v []byte) error {
+		if v != nil {
+			return dst.Put(k, v)
+		}
+		nb, err := dst.CreateBucket(k)
+		if err != nil {
+			return err
+		}
+		return copyBucket(nb, src.Bucket(k))
+	})
 }
 
 func syncDir(dir string) error {

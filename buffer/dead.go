@@ -15,6 +15,9 @@ var bucketDead = []byte("dead")
 // MaxDeadLetters bounds the dead-letter bucket; the oldest go first.
 const MaxDeadLetters = 100000
 
+// maxDeadLetters is MaxDeadLetters; tests lower it.
+var maxDeadLetters uint64 = MaxDeadLetters
+
 // DeadLetter is a message a sink refused permanently, kept for inspection.
 type DeadLetter struct {
 	Consumer string
@@ -28,25 +31,36 @@ type DeadLetter struct {
 func (r *Reader) DeadLetter(ctx context.Context, rec Record, reason string) error {
 	key := binary.BigEndian.AppendUint64(nil, rec.Seq)
 	key = append(key, r.name...)
-	v := binary.BigEndian.AppendUint64(nil, uint64(time.Now().UnixNano()))
+	v := binary.BigEndian.AppendUint64(nil, uint64(r.q.tl.now().wall.UnixNano()))
 	v = binary.BigEndian.AppendUint64(v, uint64(rec.Time.UnixNano()))
 	v = binary.AppendUvarint(v, uint64(len(reason)))
 	v = append(v, reason...)
 	v = append(v, rec.Data...)
-	return r.q.submit(ctx, &op{apply: func(tx *bolt.Tx, _ *state, c *Counters) error {
+	return r.q.submit(ctx, &op{dirty: dirtyDead, apply: func(tx *bolt.Tx, st *state, c *Counters) error {
 		b, err := tx.CreateBucketIfNotExists(bucketDead)
 		if err != nil {
 			return fmt.Errorf("dead-letter bucket: %w", err)
 		}
-		if b.Stats().KeyN >= MaxDeadLetters {
-			if k, _ := b.Cursor().First(); k != nil {
-				if err := b.Delete(k); err != nil {
-					return fmt.Errorf("drop oldest dead letter: %w", err)
-				}
+		// The count lives in the state: walking the bucket (Stats) would
+		// cost O(n) per insert and, reading committed pages only, miss the
+		// inserts of the same batch.
+		replaced := b.Get(key) != nil
+		for !replaced && st.dead >= maxDeadLetters {
+			k, _ := b.Cursor().First()
+			if k == nil {
+				st.dead = 0
+				break
 			}
+			if err := b.Delete(k); err != nil {
+				return fmt.Errorf("drop oldest dead letter: %w", err)
+			}
+			st.dead--
 		}
 		if err := b.Put(key, v); err != nil {
 			return fmt.Errorf("put dead letter: %w", err)
+		}
+		if !replaced {
+			st.dead++
 		}
 		c.DeadLetters++
 		return nil

@@ -9,19 +9,57 @@
 //	                byte order is arrival order and keys are never reused.
 //	                value: 8-byte big-endian receive time (Unix ns) + the
 //	                opaque record bytes the caller appended.
-//	bucket "meta"   "bytes"          8-byte total of stored value sizes
+//	bucket "meta"   "format"         8-byte file format version (format.go);
+//	                                 absent = 1 (files from before it).
+//	                "format/msgs"    8-byte layout version of bucket msgs
+//	                                 alone (what `queue export` reads).
+//	                "bytes"          8-byte total of stored value sizes
 //	                "cursor/<name>"  8-byte sequence: the last one consumer
 //	                                 <name> acknowledged. It resumes at +1.
+//	                "clock"          (v2) the last committed clock reading:
+//	                                 8-byte gateway time, 8-byte wall (Unix
+//	                                 ns), 8-byte boot-clock reading, 1-byte
+//	                                 trusted, boot id (timeline.go).
 //	bucket "dedup"  key: dedup key (payloadId; a SHA-256 of it when longer
-//	                than 128 bytes) → 8-byte accept time (Unix ns).
+//	                than 128 bytes) → 8-byte accept time (Unix ns; from v2
+//	                gateway time ns, see timeline.go).
 //	bucket "dedupt" key: 8-byte accept time + dedup key → empty. A time index
 //	                so expired dedup keys are swept without a full scan.
+//	bucket "epochs" (v2) key: 8-byte first sequence → 8-byte offset (wall −
+//	                gateway time, ns, two's complement) + 1-byte trusted.
+//	bucket "dead"   key: 8-byte sequence + consumer name → 8-byte refusal
+//	                time, 8-byte receive time, uvarint length + reason,
+//	                record bytes. Created on the first dead letter.
+//	bucket "kv"     one nested bucket per namespace (a sink's own state).
+//
+// All integers are big-endian. Format version 1 is this layout without the
+// entries marked (v2); version 2 adds them (gateway time, timeline.go).
+//
+// # Format versions
+//
+// A change to any of the above is a new format version: add a migration
+// step (format.go) that rewrites version N into N+1 inside one transaction,
+// bump "format/msgs" too if msgs changes, and commit a fixture written by
+// the new code (go run ./buffer/internal/mkfixture). Open migrates older
+// files, refuses newer ones with a *FormatError and writes nothing to them;
+// OpenReadOnly skips that check so messages can be exported after a
+// rollback.
 //
 // Messages are only ever deleted from the front (lowest keys): when the
 // slowest cursor passes them, when they are older than MaxAge, or when
 // WhenFull is DropOldest and room is needed. So the stored keys are always
 // one contiguous run from the head to the bucket's sequence, and the depth
 // of a consumer is sequence minus its cursor.
+//
+// # Damage
+//
+// Beside the file: <path>.corrupt-<UTC> (a damaged file moved aside),
+// <path>.opening (opens that began and did not finish) and <path>.damaged
+// (bbolt panicked at run time). damage.go says how each is used; pages.go
+// reads the format above without bbolt to check a file before bbolt opens
+// it, and salvage.go copies what is readable into a fresh file. Salvage
+// reads format version 1 (the layout above): a format bump must teach it
+// the new layout too.
 //
 // # Commits
 //

@@ -40,7 +40,7 @@ func (k *KV) Get(key string) ([]byte, error) {
 // Put stores value under key durably (it returns after the commit).
 func (k *KV) Put(ctx context.Context, key string, value []byte) error {
 	value = append([]byte{}, value...)
-	err := k.q.submit(ctx, &op{apply: func(tx *bolt.Tx, _ *state, _ *Counters) error {
+	err := k.q.submit(ctx, &op{dirty: dirtyKV, apply: func(tx *bolt.Tx, _ *state, _ *Counters) error {
 		root, err := tx.CreateBucketIfNotExists(bucketKV)
 		if err != nil {
 			return err

@@ -9,6 +9,7 @@ import (
 	"maps"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -17,6 +18,8 @@ import (
 	"github.com/rs/zerolog"
 	bolt "go.etcd.io/bbolt"
 	bolterrors "go.etcd.io/bbolt/errors"
+
+	"wittra-gateway/internal/clock"
 )
 
 var (
@@ -59,6 +62,18 @@ type Config struct {
 	// CompactMinSize: the file is compacted when it is at least this big
 	// and mostly free pages. DefaultCompactMinSize.
 	CompactMinSize int64
+
+	// Clock reads wall and monotonic time; clock.System() when nil.
+	Clock clock.Clock
+	// BuildFloor: a wall clock before it is known to be wrong (the
+	// binary's build time). clock.BuildFloor("") when zero.
+	BuildFloor time.Time
+	// ClockStep: a wall-clock jump larger than this, against the monotonic
+	// clock, is a step (logged, counted, a new epoch). DefaultClockStep.
+	ClockStep time.Duration
+	// MaxOffline bounds the down time between two runs in different boots
+	// that the wall clock alone can vouch for. DefaultMaxOffline.
+	MaxOffline time.Duration
 }
 
 // Entry is one message to append.
@@ -77,8 +92,11 @@ type AppendResult struct {
 // caller owns.
 type Record struct {
 	Seq  uint64
-	Time time.Time // receive (commit) time
-	Data []byte
+	Time time.Time // receive (commit) time, corrected for clock steps where it can be
+	// TimeUnsure: Time was read from a wall clock known to be wrong and
+	// cannot be corrected yet (the clock is still wrong).
+	TimeUnsure bool
+	Data       []byte
 }
 
 var (
@@ -103,6 +121,8 @@ type state struct {
 	last    uint64 // bucket sequence: the highest ever assigned
 	bytes   int64
 	cursors map[string]uint64
+	epochs  []epoch // copy-on-write (see putEpoch)
+	dead    uint64  // dead letters stored (≤ maxDeadLetters)
 }
 
 func (s state) clone() state {
@@ -127,6 +147,8 @@ type Counters struct {
 	Commits     uint64 // transactions committed
 	Compactions uint64 // times the file was rewritten to shrink it
 	Quarantined uint64 // corrupt files moved aside at open
+	Salvaged    uint64 // messages copied out of quarantined files at open
+	SalvageLost uint64 // undelivered messages of quarantined files that could not be read
 	// DeadLetters counts messages refused permanently by a sink; it starts
 	// from what the file holds.
 	DeadLetters uint64
@@ -137,13 +159,22 @@ type Counters struct {
 type Queue struct {
 	cfg Config
 	log zerolog.Logger
+	tl  *timeline
 
 	// dbMu guards the db pointer: compaction swaps the file under Lock;
 	// readers hold RLock for the length of a read transaction.
 	dbMu sync.RWMutex
 	db   *bolt.DB
-	// compactReq asks the committer to compact between two commits.
-	compactReq chan chan error
+	// compactReq runs a function in the committer between two commits
+	// (compaction's start, catch-up and switch-over).
+	compactReq chan func()
+	// compactMu: one compaction at a time. compacting and compactDirty
+	// are only touched in the committer: while a compaction copies, the
+	// buckets it must copy again whole (see compact.go).
+	compactMu    sync.Mutex
+	compacting   bool
+	compactDirty dirtyBuckets
+	compactHook  func() // tests: runs between the copy and the switch-over
 	// readSinceRelease counts record bytes read since the mapped file's
 	// pages were last released (see mapped.go).
 	readSinceRelease atomic.Int64
@@ -152,6 +183,17 @@ type Queue struct {
 	st       state
 	counters Counters
 	readers  map[string]*Reader
+
+	// readOnly: opened by OpenReadOnly, no committer; writes fail.
+	readOnly bool
+	// damaged is closed when bbolt panicked at run time (damage.go);
+	// damagedErr says why.
+	damaged     chan struct{}
+	damagedOnce sync.Once
+	damagedErr  error
+
+	pingMu sync.Mutex
+	ping   *pingCall // the round trip in flight, shared by every Ping
 
 	closeMu sync.RWMutex
 	closed  bool
@@ -164,6 +206,7 @@ type Queue struct {
 // transaction; it must return a rejection (see reject) only before it has
 // written anything, and any other error aborts the whole transaction.
 type op struct {
+	dirty dirtyBuckets // buckets it may change that compaction copies whole
 	apply func(tx *bolt.Tx, st *state, c *Counters) error
 	err   error
 	done  chan struct{}
@@ -189,6 +232,18 @@ func Open(cfg Config, log zerolog.Logger) (*Queue, error) {
 	if cfg.CompactMinSize <= 0 {
 		cfg.CompactMinSize = DefaultCompactMinSize
 	}
+	if cfg.Clock == nil {
+		cfg.Clock = clock.System()
+	}
+	if cfg.BuildFloor.IsZero() {
+		cfg.BuildFloor = clock.BuildFloor("")
+	}
+	if cfg.ClockStep <= 0 {
+		cfg.ClockStep = DefaultClockStep
+	}
+	if cfg.MaxOffline <= 0 {
+		cfg.MaxOffline = DefaultMaxOffline
+	}
 	if cfg.MaxFileSize == 0 && cfg.MaxBytes > 0 {
 		cfg.MaxFileSize = 2*cfg.MaxBytes + 64<<20
 	}
@@ -201,21 +256,11 @@ func Open(cfg Config, log zerolog.Logger) (*Queue, error) {
 		readers:    make(map[string]*Reader),
 		ops:        make(chan *op, 1024),
 		done:       make(chan struct{}),
-		compactReq: make(chan chan error),
+		compactReq: make(chan func()),
+		tl:         &timeline{clk: cfg.Clock, floor: cfg.BuildFloor, step: cfg.ClockStep, log: log},
+		damaged:    make(chan struct{}),
 	}
-	err := q.openAndLoad()
-	if isCorrupt(err) {
-		// A queue that cannot be read must not stop the site from taking
-		// new readings: keep the damaged file for forensics, start afresh.
-		aside := fmt.Sprintf("%s.corrupt-%s", cfg.Path, time.Now().UTC().Format("20060102T150405Z"))
-		if rerr := os.Rename(cfg.Path, aside); rerr != nil {
-			return nil, fmt.Errorf("open queue %s: %w (and moving it aside failed: %v)", cfg.Path, err, rerr)
-		}
-		log.Error().Err(err).Str("moved_to", aside).Msg("queue file is corrupt: moved aside, starting on a fresh queue; messages in it were NOT delivered")
-		q.counters.Quarantined++
-		err = q.openAndLoad()
-	}
-	if err != nil {
+	if err := q.openChecked(); err != nil {
 		return nil, err
 	}
 	q.releaseMapped()
@@ -246,18 +291,23 @@ func (q *Queue) openDB() (*bolt.DB, error) {
 // openAndLoad opens the file and reads its state. bbolt panics on some
 // damaged pages; that is reported as corruption, not a crash loop.
 func (q *Queue) openAndLoad() (err error) {
-	db, err := q.openDB()
-	if err != nil {
-		return err
-	}
+	var db *bolt.DB
 	defer func() {
 		if r := recover(); r != nil {
 			err = &CorruptError{Key: "(file)", Err: fmt.Errorf("bbolt panic: %v", r)}
 		}
-		if err != nil {
+		if err != nil && db != nil {
 			db.Close()
 		}
 	}()
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	db, err = q.openDB()
+	if err != nil {
+		return err
+	}
+	if err := upgrade(db, q.cfg.Path, q.log); err != nil {
+		return fmt.Errorf("open queue %s: %w", q.cfg.Path, err)
+	}
 	if err := db.Update(q.load); err != nil {
 		return fmt.Errorf("open queue %s: %w", q.cfg.Path, err)
 	}
@@ -267,7 +317,7 @@ func (q *Queue) openAndLoad() (err error) {
 
 func isCorrupt(err error) bool {
 	var ce *CorruptError
-	return errors.As(err, &ce) || errors.Is(err, bolterrors.ErrInvalid) ||
+	return errors.As(err, &ce) || errors.Is(err, bolterrors.ErrInvalid) || errors.Is(err, bolterrors.ErrIncompatibleValue) ||
 		errors.Is(err, bolterrors.ErrVersionMismatch) || errors.Is(err, bolterrors.ErrChecksum)
 }
 
@@ -275,7 +325,7 @@ func isCorrupt(err error) bool {
 func (q *Queue) view(fn func(*bolt.Tx) error) error {
 	q.dbMu.RLock()
 	defer q.dbMu.RUnlock()
-	return q.db.View(fn)
+	return q.guard(func() error { return q.db.View(fn) })
 }
 
 // load creates the buckets, reconciles the cursors with cfg.Consumers and
@@ -321,12 +371,17 @@ func (q *Queue) load(tx *bolt.Tx) error {
 		}
 		st.cursors[name] = seq
 	}
+	if err := q.startTimeline(tx, &st); err != nil {
+		return err
+	}
 	// Consumers removed above may have been the ones holding messages back.
 	if err := trim(tx, &st); err != nil {
 		return err
 	}
+	// Counted once here (a walk of the bucket); inserts keep it current.
+	st.dead = deadLetterCount(tx)
 	q.st = st
-	q.counters.DeadLetters = deadLetterCount(tx)
+	q.counters.DeadLetters = st.dead
 	return nil
 }
 
@@ -349,6 +404,12 @@ func u64(v uint64) []byte {
 
 // submit hands o to the committer and waits for its commit.
 func (q *Queue) submit(ctx context.Context, o *op) error {
+	if q.readOnly {
+		return ErrReadOnly
+	}
+	if err := q.damagedError(); err != nil {
+		return err
+	}
 	o.done = make(chan struct{})
 	q.closeMu.RLock()
 	if q.closed {
@@ -381,8 +442,8 @@ func (q *Queue) commitLoop() {
 				return
 			}
 			first = o
-		case reply := <-q.compactReq:
-			reply <- q.compact()
+		case fn := <-q.compactReq:
+			fn()
 			continue
 		}
 		batch = append(batch[:0], first)
@@ -443,7 +504,7 @@ func (q *Queue) commit(batch []*op) {
 	st, counters := q.st.clone(), q.counters
 	q.mu.Unlock()
 
-	err := q.db.Update(func(tx *bolt.Tx) error {
+	err := q.update(func(tx *bolt.Tx) error {
 		for _, o := range batch {
 			o.err = o.apply(tx, &st, &counters)
 			var r rejection
@@ -451,7 +512,11 @@ func (q *Queue) commit(batch []*op) {
 				return o.err
 			}
 		}
-		return tx.Bucket(bucketMeta).Put(keyBytes, u64(uint64(st.bytes)))
+		meta := tx.Bucket(bucketMeta)
+		if err := meta.Put(keyClock, q.tl.state(q.tl.now()).value()); err != nil {
+			return fmt.Errorf("put clock: %w", err)
+		}
+		return meta.Put(keyBytes, u64(uint64(st.bytes)))
 	})
 	appended := false
 	if err == nil {
@@ -460,6 +525,13 @@ func (q *Queue) commit(batch []*op) {
 		appended = st.last != q.st.last
 		q.st, q.counters = st, counters
 		q.mu.Unlock()
+	}
+	if err == nil && q.compacting {
+		for _, o := range batch {
+			if o.err == nil {
+				q.compactDirty |= o.dirty
+			}
+		}
 	}
 	for _, o := range batch {
 		switch {
@@ -484,7 +556,7 @@ func (q *Queue) Append(ctx context.Context, entries []Entry) (AppendResult, erro
 		// The op may run again in a retried batch: results are recomputed
 		// from scratch every time.
 		res = AppendResult{}
-		now := time.Now()
+		now := q.tl.now()
 		dups := make([]bool, len(entries))
 		var need int64
 		var seen map[string]struct{}
@@ -494,7 +566,7 @@ func (q *Queue) Append(ctx context.Context, entries []Entry) (AppendResult, erro
 					seen = make(map[string]struct{}, len(entries))
 				}
 				_, inRequest := seen[e.DedupKey]
-				if inRequest || q.seenRecently(tx, dedupKey(e.DedupKey), now) {
+				if inRequest || q.seenRecently(tx, dedupKey(e.DedupKey), now.g) {
 					dups[i] = true
 					res.Duplicates++
 					continue
@@ -512,9 +584,14 @@ func (q *Queue) Append(ctx context.Context, entries []Entry) (AppendResult, erro
 				return err
 			}
 		}
+		if res.Duplicates < len(entries) {
+			if err := noteEpoch(tx, st, now, q.tl.step); err != nil {
+				return err
+			}
+		}
 		msgs := tx.Bucket(bucketMsgs)
 		msgs.FillPercent = appendFill
-		nowNs := uint64(now.UnixNano())
+		nowNs := uint64(now.wall.UnixNano())
 		for i, e := range entries {
 			if dups[i] {
 				continue
@@ -530,7 +607,7 @@ func (q *Queue) Append(ctx context.Context, entries []Entry) (AppendResult, erro
 				return fmt.Errorf("put message %d: %w", seq, err)
 			}
 			if q.cfg.DedupWindow > 0 && e.DedupKey != "" {
-				if err := putDedup(tx, dedupKey(e.DedupKey), nowNs); err != nil {
+				if err := putDedup(tx, dedupKey(e.DedupKey), uint64(now.g)); err != nil {
 					return err
 				}
 			}
@@ -557,13 +634,14 @@ func dedupKey(k string) []byte {
 	return sum[:]
 }
 
-func (q *Queue) seenRecently(tx *bolt.Tx, key []byte, now time.Time) bool {
+// seenRecently: was key accepted within the dedup window, in gateway time
+// (dedup values are gateway times, see timeline.go).
+func (q *Queue) seenRecently(tx *bolt.Tx, key []byte, g int64) bool {
 	v := tx.Bucket(bucketDedup).Get(key)
 	if len(v) != 8 {
 		return false
 	}
-	at := time.Unix(0, int64(binary.BigEndian.Uint64(v)))
-	return now.Sub(at) < q.cfg.DedupWindow
+	return time.Duration(g-int64(binary.BigEndian.Uint64(v))) < q.cfg.DedupWindow
 }
 
 func putDedup(tx *bolt.Tx, key []byte, nowNs uint64) error {
@@ -604,6 +682,9 @@ func deleteFront(tx *bolt.Tx, st *state, stop func(seq uint64, v []byte) bool) (
 	if n == 0 {
 		return 0, nil
 	}
+	if err := pruneEpochs(tx, st); err != nil {
+		return n, err
+	}
 	meta := tx.Bucket(bucketMeta)
 	for name, cur := range st.cursors {
 		if cur < st.head-1 {
@@ -642,6 +723,23 @@ func (q *Queue) Close() error {
 	close(q.ops)
 	q.closeMu.Unlock()
 	q.wg.Wait()
+	if q.damagedError() != nil {
+		// bbolt panicked on this file: its close may wait on state the
+		// panic left behind. The process is about to exit anyway.
+		closed := make(chan error, 1)
+		go func() { closed <- q.guard(q.db.Close) }()
+		select {
+		case err := <-closed:
+			return err
+		case <-time.After(2 * time.Second):
+			return fmt.Errorf("close queue: %w: gave up waiting", ErrDamaged)
+		}
+	}
+	if !q.readOnly {
+		if err := q.guard(q.saveClock); err != nil {
+			q.log.Warn().Err(err).Msg("save the clock reading at close: the next start counts from the last commit")
+		}
+	}
 	if err := q.db.Close(); err != nil {
 		return fmt.Errorf("close queue: %w", err)
 	}
@@ -660,18 +758,37 @@ func (q *Queue) Path() string { return q.cfg.Path }
 
 // Ping round-trips an empty write through the committer: it fails when
 // the commit path is stuck or the file is gone (the systemd watchdog and
-// /readyz use it).
+// /readyz use it). Concurrent pings share one round trip, so a wedged
+// committer holds at most one waiting goroutine however often it is asked.
 func (q *Queue) Ping(ctx context.Context) error {
-	done := make(chan error, 1)
-	go func() {
-		done <- q.submit(context.Background(), &op{apply: func(*bolt.Tx, *state, *Counters) error { return nil }})
-	}()
+	q.pingMu.Lock()
+	c := q.ping
+	if c == nil {
+		c = &pingCall{done: make(chan struct{})}
+		q.ping = c
+		go q.runPing(c)
+	}
+	q.pingMu.Unlock()
 	select {
-	case err := <-done:
-		return err
+	case <-c.done:
+		return c.err
 	case <-ctx.Done():
 		return fmt.Errorf("queue ping: %w", ctx.Err())
 	}
+}
+
+// pingCall is the one outstanding ping; err is set before done closes.
+type pingCall struct {
+	done chan struct{}
+	err  error
+}
+
+func (q *Queue) runPing(c *pingCall) {
+	c.err = q.submit(context.Background(), &op{apply: func(*bolt.Tx, *state, *Counters) error { return nil }})
+	q.pingMu.Lock()
+	q.ping = nil
+	q.pingMu.Unlock()
+	close(c.done)
 }
 
 // FileSize is the size of the queue file on disk.

@@ -11,6 +11,8 @@ import (
 
 	"github.com/rs/zerolog"
 	"go.uber.org/goleak"
+
+	"wittra-gateway/internal/clock"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -151,12 +153,13 @@ func TestDedup(t *testing.T) {
 }
 
 func TestDedupWindowExpires(t *testing.T) {
-	q := openQueue(t, Config{DedupWindow: 50 * time.Millisecond})
+	fc := clock.NewFake(time.Now())
+	q := openQueue(t, Config{DedupWindow: time.Minute, Clock: fc})
 	ctx := context.Background()
 	if _, err := q.Append(ctx, []Entry{{Data: []byte("x"), DedupKey: "p1"}}); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(80 * time.Millisecond)
+	fc.Advance(time.Minute + time.Second)
 	if err := q.Sweep(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -203,9 +206,10 @@ func TestWhenFullDropOldest(t *testing.T) {
 }
 
 func TestMaxAgeExpiry(t *testing.T) {
-	q := openQueue(t, Config{MaxAge: 50 * time.Millisecond})
+	fc := clock.NewFake(time.Now())
+	q := openQueue(t, Config{MaxAge: time.Minute, Clock: fc})
 	appendN(t, q, 0, 3)
-	time.Sleep(80 * time.Millisecond)
+	fc.Advance(time.Minute + time.Second)
 	appendN(t, q, 3, 2)
 	if err := q.Sweep(context.Background()); err != nil {
 		t.Fatal(err)

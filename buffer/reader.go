@@ -85,6 +85,7 @@ func (r *Reader) Read(ctx context.Context, max int, maxBytes int) ([]Record, err
 // caller does any I/O.
 func (q *Queue) readFrom(from uint64, max, maxBytes int) ([]Record, error) {
 	var recs []Record
+	timeOf := q.timer()
 	err := q.view(func(tx *bolt.Tx) error {
 		c := tx.Bucket(bucketMsgs).Cursor()
 		n, size := 0, 0
@@ -102,11 +103,9 @@ func (q *Queue) readFrom(from uint64, max, maxBytes int) ([]Record, error) {
 		for k, v := c.Seek(u64(from)); k != nil && len(recs) < n; k, v = c.Next() {
 			start := len(slab)
 			slab = append(slab, v[8:]...)
-			recs = append(recs, Record{
-				Seq:  binary.BigEndian.Uint64(k),
-				Time: time.Unix(0, int64(binary.BigEndian.Uint64(v))),
-				Data: slab[start:len(slab):len(slab)],
-			})
+			seq := binary.BigEndian.Uint64(k)
+			t, unsure := timeOf(seq, int64(binary.BigEndian.Uint64(v)))
+			recs = append(recs, Record{Seq: seq, Time: t, TimeUnsure: unsure, Data: slab[start:len(slab):len(slab)]})
 		}
 		return nil
 	})
@@ -151,6 +150,9 @@ type ConsumerStats struct {
 	Cursor uint64    // last acknowledged sequence
 	Depth  uint64    // messages stored after the cursor
 	Oldest time.Time // receive time of the first unacknowledged message; zero when none
+	// OldestAge is that message's age in gateway time (what MaxAge
+	// measures; immune to wall-clock steps); 0 when none.
+	OldestAge time.Duration
 }
 
 // Stats describes the queue.
@@ -177,6 +179,7 @@ func (q *Queue) Stats() (Stats, error) {
 		names = append(names, n)
 	}
 	slices.Sort(names)
+	timeOf, now := q.timer(), q.tl.now()
 	err := q.view(func(tx *bolt.Tx) error {
 		c := tx.Bucket(bucketMsgs).Cursor()
 		for _, n := range names {
@@ -184,7 +187,9 @@ func (q *Queue) Stats() (Stats, error) {
 			if st.last > cs.Cursor {
 				cs.Depth = st.last - cs.Cursor
 				if k, v := c.Seek(u64(cs.Cursor + 1)); k != nil && len(v) >= 8 {
-					cs.Oldest = time.Unix(0, int64(binary.BigEndian.Uint64(v)))
+					wall := int64(binary.BigEndian.Uint64(v))
+					cs.Oldest, _ = timeOf(cs.Cursor+1, wall)
+					cs.OldestAge = max(0, time.Duration(now.g-recordG(st.epochs, binary.BigEndian.Uint64(k), wall)))
 				}
 			}
 			s.Consumers = append(s.Consumers, cs)
@@ -200,13 +205,16 @@ func (q *Queue) Stats() (Stats, error) {
 // Scan calls fn for stored records from sequence from on, in order, until fn
 // returns false. Record data is only valid during the call.
 func (q *Queue) Scan(from uint64, fn func(Record) bool) error {
+	timeOf := q.timer()
 	return q.view(func(tx *bolt.Tx) error {
 		c := tx.Bucket(bucketMsgs).Cursor()
 		for k, v := c.Seek(u64(from)); k != nil; k, v = c.Next() {
 			if len(v) < 8 {
 				return &CorruptError{Key: fmt.Sprint(binary.BigEndian.Uint64(k)), Err: fmt.Errorf("value has %d bytes", len(v))}
 			}
-			rec := Record{Seq: binary.BigEndian.Uint64(k), Time: time.Unix(0, int64(binary.BigEndian.Uint64(v))), Data: v[8:]}
+			seq := binary.BigEndian.Uint64(k)
+			t, unsure := timeOf(seq, int64(binary.BigEndian.Uint64(v)))
+			rec := Record{Seq: seq, Time: t, TimeUnsure: unsure, Data: v[8:]}
 			if !fn(rec) {
 				return nil
 			}
@@ -225,4 +233,19 @@ func (q *Queue) Purge(ctx context.Context) (uint64, error) {
 		return err
 	}})
 	return n, err
+}
+
+// ReceiveTime re-reads the receive time of a stored record as best known
+// now (see Record.Time): a sink that could not use an unsure time asks
+// again once the clock may be right. ok is false when seq is not stored.
+func (r *Reader) ReceiveTime(seq uint64) (t time.Time, unsure, ok bool) {
+	timeOf := r.q.timer()
+	err := r.q.view(func(tx *bolt.Tx) error {
+		if v := tx.Bucket(bucketMsgs).Get(u64(seq)); len(v) >= 8 {
+			t, unsure = timeOf(seq, int64(binary.BigEndian.Uint64(v)))
+			ok = true
+		}
+		return nil
+	})
+	return t, unsure, ok && err == nil
 }

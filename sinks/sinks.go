@@ -31,11 +31,16 @@ func (k Kind) String() string {
 // Message is one accepted webhook message as the queue holds it.
 type Message struct {
 	Seq      uint64    // queue sequence, strictly increasing in acceptance order
-	Received time.Time // when the gateway committed it
+	Received time.Time // when the gateway committed it (corrected for clock steps where it can be)
 	Project  string    // topic-safe project name (body projectId, route project, or "default")
 	Device   string    // topic-safe device id, or "_unknown"
 	Kind     Kind
 	Body     []byte // the JSON object exactly as received; read-only
+
+	// ReceivedUnsure: Received was read from a wall clock known to be wrong
+	// (before the build time) and cannot be corrected yet. A sink must not
+	// publish it as a time; the forwarder asks the queue again on every retry.
+	ReceivedUnsure bool
 }
 
 // Sink is one output. A forwarder calls Publish from a single goroutine with
@@ -43,7 +48,7 @@ type Message struct {
 type Sink interface {
 	Name() string
 	// Publish delivers msgs in order and returns how many of them, counted
-	// from the start of the slice, are proven delivered (see SPEC §7). When
+	// from the start of the slice, are proven delivered (see docs/contract.md#delivery). When
 	// delivered < len(msgs) the error says why; if it wraps ErrPermanent the
 	// message msgs[delivered] was refused for good and is dead-lettered.
 	Publish(ctx context.Context, msgs []Message) (delivered int, err error)

@@ -12,7 +12,7 @@ type Publication struct {
 	Payload []byte
 }
 
-// Publications returns the MQTT publishes for m under prefix (SPEC §5): the
+// Publications returns the MQTT publishes for m under prefix (docs/contract.md#topics): the
 // message as received on P/J/D/data or P/J/D/event, then, when values is
 // set, one topic per measured value under P/J/D/. It appends to dst to let
 // callers reuse a slice across messages.

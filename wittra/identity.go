@@ -10,7 +10,7 @@ const MaxIDLen = 256
 
 // Identity is what the gateway needs to route and deduplicate one message.
 type Identity struct {
-	Device    string // SPEC §4: top-level deviceId, else payload.deviceId (events), else gatewayInfo.delegatedDeviceId (legacy); "" when none
+	Device    string // docs/contract.md#webhook: top-level deviceId, else payload.deviceId (events), else gatewayInfo.delegatedDeviceId (legacy); "" when none
 	Project   string // top-level projectId, "" when none
 	PayloadID string // top-level payloadId, "" when none
 	Event     bool   // payloadType == "EVENT"

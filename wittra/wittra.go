@@ -39,7 +39,7 @@ type Value struct {
 	Payload []byte
 }
 
-// Values returns the measured values of a message body (SPEC §5), sorted by
+// Values returns the measured values of a message body (docs/contract.md#topics), sorted by
 // Path. The sources are the members of payload (when payloadType is DATA or
 // absent), each top-level "wittra-*" key (Data 2.0, rooted at its own name)
 // and the members of the object that binaryData decodes to (legacy). EVENT

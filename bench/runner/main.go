@@ -7,9 +7,11 @@
 // Scenarios: intake (with the per-message-fsync baseline), latency, drain
 // (includes start-up, memory with the backlog and disk), drain-mqtt (the
 // external-broker drain to mosquitto), profile (CPU and allocation
-// profiles of intake and drain), soak (make soak: a bounded long run,
-// soak*.go). "all" (the default) is every scenario except profile and
-// soak. Every child process is killed when the runner exits.
+// profiles of intake and drain), devices (memory per device: RSS and heap
+// after 1,000, 10,000 and 100,000 distinct devices), soak (make soak: a
+// bounded long run, soak*.go). "all" (the default) is every scenario
+// except profile and soak. Every child process is killed when the runner
+// exits.
 package main
 
 import (
@@ -133,8 +135,14 @@ func mainErr() int {
 			err = r.drain()
 		case "drain-mqtt":
 			err = r.drainMQTT()
+		case "drain-jetstream":
+			err = r.drainJetStream()
+		case "subscriber":
+			err = r.durable()
 		case "profile":
 			err = r.profile()
+		case "devices":
+			err = r.devices()
 		case "soak":
 			err = r.soak()
 		}
@@ -166,7 +174,7 @@ func (r *runner) sizes() {
 	r.drainN, r.drainTimeout = 1_000_000, 180*time.Second
 }
 
-var allScenarios = []string{"intake", "latency", "drain", "drain-mqtt"}
+var allScenarios = []string{"intake", "latency", "drain", "drain-mqtt", "drain-jetstream", "subscriber", "devices"}
 
 func expand(names []string) ([]string, error) {
 	var out []string
@@ -194,16 +202,22 @@ func expand(names []string) ([]string, error) {
 			add("drain")
 		case "drain-mqtt", "mqtt":
 			add("drain-mqtt")
+		case "drain-jetstream", "jetstream":
+			add("drain-jetstream")
+		case "subscriber", "durable":
+			add("subscriber")
 		case "profile":
 			add("profile")
+		case "devices", "memory-per-device":
+			add("devices")
 		case "soak":
 			add("soak")
 		default:
-			return nil, fmt.Errorf("unknown scenario %q (intake latency drain drain-mqtt profile soak; aliases baseline memory startup disk mqtt all)", n)
+			return nil, fmt.Errorf("unknown scenario %q (intake latency drain drain-mqtt drain-jetstream subscriber devices profile soak; aliases baseline memory memory-per-device startup disk mqtt jetstream durable all)", n)
 		}
 	}
 	// Keep a stable order.
-	order := map[string]int{"intake": 0, "latency": 1, "drain": 2, "drain-mqtt": 3, "profile": 4, "soak": 5}
+	order := map[string]int{"intake": 0, "latency": 1, "drain": 2, "drain-mqtt": 3, "drain-jetstream": 4, "subscriber": 5, "profile": 6, "devices": 7, "soak": 8}
 	sort.SliceStable(out, func(i, j int) bool { return order[out[i]] < order[out[j]] })
 	return out, nil
 }

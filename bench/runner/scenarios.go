@@ -749,3 +749,78 @@ func pprofTop(bin, prof string, args ...string) string {
 func (r *runner) appendix(title, text string) {
 	r.appendices = append(r.appendices, "### "+title+"\n"+text)
 }
+
+// drainJetStream drains a backlog into an R=3 stream on a local 3-node
+// JetStream cluster (bench/natscluster, in one process) through a
+// `type: jetstream` sink: the figure is the gateway's delivery rate with
+// every message acknowledged by a majority of the replicas.
+func (r *runner) drainJetStream() error {
+	const scen = "drain-jetstream"
+	dir := r.path(scen)
+	os.RemoveAll(dir)
+	if err := mkdir(dir); err != nil {
+		return err
+	}
+	urlsFile := filepath.Join(dir, "urls.txt")
+	cl, err := startProc("natscluster", filepath.Join(dir, "natscluster.log"), nil, r.binary("natscluster"),
+		"-dir", filepath.Join(dir, "nats"), "-out", urlsFile)
+	if err != nil {
+		return err
+	}
+	defer cl.stop(15 * time.Second)
+	var urls []string
+	for deadline := time.Now().Add(90 * time.Second); ; {
+		if b, err := os.ReadFile(urlsFile); err == nil {
+			urls = strings.Fields(string(b))
+			break
+		}
+		if cl.exited() || time.Now().After(deadline) {
+			return fmt.Errorf("natscluster not ready\n%s", tail(filepath.Join(dir, "natscluster.log"), 5))
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+
+	// A fifth of the drain backlog: an R=3 stream takes far longer per
+	// message than the embedded broker.
+	queue := filepath.Join(dir, "queue.db")
+	fr, err := r.fill(dir, queue, r.drainN/5, "central")
+	if err != nil {
+		return err
+	}
+	n := fr.Messages
+	quoted := make([]string, len(urls))
+	for i, u := range urls {
+		quoted[i] = strconv.Quote(u)
+	}
+	sinks := fmt.Sprintf("  - {name: central, type: jetstream, urls: [%s], stream: {name: WITTRA, replicas: 3}}\n", strings.Join(quoted, ", "))
+	t0 := time.Now()
+	gw, err := r.startGateway("wittra-gateway", dir, queue, sinks, false)
+	if err != nil {
+		return err
+	}
+	defer gw.stop()
+	ms := sampleMem(gw.p.pid(), 100*time.Millisecond)
+	depthKey := `wittra_gateway_queue_depth_messages{sink="central"}`
+	var drained time.Duration
+	lastDepth := -1.0
+	deadline := time.Now().Add(2 * r.drainTimeout)
+	for time.Now().Before(deadline) && !gw.p.exited() {
+		if m, err := gw.metrics(); err == nil {
+			lastDepth = m[depthKey]
+			if lastDepth == 0 {
+				drained = time.Since(t0)
+				break
+			}
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	mem := ms.end()
+	if drained == 0 {
+		r.add(row{Scenario: scen, Measure: "drain to 3-node JetStream (R=3)", Value: fmt.Sprintf("not drained: depth %.0f after %s", lastDepth, 2*r.drainTimeout), Result: "MISSED"})
+	} else {
+		r.info(scen, "drain to 3-node JetStream (R=3)", fmt.Sprintf("%.0f msg/s", float64(n)/drained.Seconds()),
+			fmt.Sprintf("%dk in %.1f s from gateway start, %d devices; the cluster runs on the same machine (no target)", n/1000, drained.Seconds(), 1000))
+	}
+	r.info("memory", fmt.Sprintf("RSS max, draining %dk to JetStream", n/1000), mib(mem.RSS), fmt.Sprintf("anon %s + file %s", mib(mem.Anon), mib(mem.File)))
+	return gw.stop()
+}

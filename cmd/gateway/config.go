@@ -1,6 +1,6 @@
 package main
 
-// YAML configuration of the gateway (SPEC §3).
+// YAML configuration of the gateway (docs/contract.md#configuration).
 //
 // API used by the rest of cmd/gateway:
 //
@@ -41,6 +41,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -48,6 +49,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"wittra-gateway/bridge"
 	"wittra-gateway/internal/status"
 	"wittra-gateway/sinks/broker"
 )
@@ -82,10 +84,21 @@ type WebhookConfig struct {
 	Routes  []RouteConfig
 }
 
-// WebhookTLS enables HTTPS when both files are set.
+// WebhookTLS enables HTTPS when both files are set, or when ACME is.
 type WebhookTLS struct {
 	CertFile string
 	KeyFile  string
+	ACME     *WebhookACME // nil: no ACME (the key is absent)
+}
+
+// WebhookACME is `webhook.tls.acme:`: certificates from an ACME CA.
+type WebhookACME struct {
+	Domains      []string
+	Email        string
+	CacheDir     string // default: "acme" beside buffer.path
+	DirectoryURL string // default: Let's Encrypt production
+	CAFile       string // extra roots for directory_url (a private CA); optional
+	HTTPListen   string // host:port for http-01; "" means tls-alpn-01 only
 }
 
 // RouteConfig is one webhook route (one Wittra project integration).
@@ -149,7 +162,7 @@ type UserConfig struct {
 // SinkConfig is one output of the gateway.
 type SinkConfig struct {
 	Name        string // unique, [A-Za-z0-9_-]+
-	Type        string // broker | mqtt | cumulocity
+	Type        string // broker | mqtt | cumulocity | jetstream
 	TopicPrefix string
 	Values      bool
 	Retain      bool
@@ -163,6 +176,12 @@ type SinkConfig struct {
 	Tenant      string // cumulocity
 	DeviceName  string // cumulocity
 	TokenURL    string // cumulocity, mode rest with certificate login
+
+	JetStream JetStreamSinkConfig // type jetstream (config_jetstream.go)
+	// Retained-topic bounds of a broker sink; 0 = the broker package default.
+	RetainMaxAge    time.Duration // retain_max_age: clear a device silent this long
+	RetainMaxTopics int           // retain_max_topics: cap, oldest-heard-of devices evicted first
+	RetainMaxBytes  int64         // retain_max_bytes: cap on retained payload bytes
 }
 
 // SinkTLS is the client TLS setup of an mqtt or cumulocity sink.
@@ -173,7 +192,7 @@ type SinkTLS struct {
 	InsecureSkipVerify bool
 }
 
-// Default values (SPEC §3).
+// Default values (docs/contract.md#configuration).
 const (
 	DefaultLogLevel       = "info"
 	DefaultLogFormat      = "json"
@@ -426,6 +445,9 @@ func (c *Config) Redacted() *Config {
 		if s.Password != "" {
 			s.Password = mask
 		}
+		if s.JetStream.Token != "" {
+			s.JetStream.Token = mask
+		}
 		r.Sinks[i] = s
 	}
 	return &r
@@ -473,6 +495,16 @@ type rawWebhook struct {
 type rawWebhookTLS struct {
 	CertFile yaml.Node `yaml:"cert_file"`
 	KeyFile  yaml.Node `yaml:"key_file"`
+	ACME     *rawACME  `yaml:"acme"`
+}
+
+type rawACME struct {
+	Domains      []yaml.Node `yaml:"domains"`
+	Email        yaml.Node   `yaml:"email"`
+	CacheDir     yaml.Node   `yaml:"cache_dir"`
+	DirectoryURL yaml.Node   `yaml:"directory_url"`
+	CAFile       yaml.Node   `yaml:"ca_file"`
+	HTTPListen   yaml.Node   `yaml:"http_listen"`
 }
 
 type rawRoute struct {
@@ -544,6 +576,11 @@ type rawSink struct {
 	Tenant       yaml.Node  `yaml:"tenant"`
 	DeviceName   yaml.Node  `yaml:"device_name"`
 	TokenURL     yaml.Node  `yaml:"token_url"`
+	rawJetStream `yaml:",inline"`
+
+	RetainMaxAge    yaml.Node `yaml:"retain_max_age"`
+	RetainMaxTopics yaml.Node `yaml:"retain_max_topics"`
+	RetainMaxBytes  yaml.Node `yaml:"retain_max_bytes"`
 }
 
 type rawSinkTLS struct {
@@ -1042,6 +1079,16 @@ func (p *parser) apply(r *rawConfig, cfg *Config) {
 	p.str(&r.Webhook.TLS.CertFile, "webhook.tls.cert_file", &w.TLS.CertFile)
 	p.str(&r.Webhook.TLS.KeyFile, "webhook.tls.key_file", &w.TLS.KeyFile)
 	p.size(&r.Webhook.MaxBody, "webhook.max_body", &w.MaxBody)
+	if ra := r.Webhook.TLS.ACME; ra != nil {
+		a := &WebhookACME{DirectoryURL: bridge.LetsEncryptProduction}
+		a.Domains = p.strList(ra.Domains, "webhook.tls.acme.domains")
+		p.str(&ra.Email, "webhook.tls.acme.email", &a.Email)
+		p.str(&ra.CacheDir, "webhook.tls.acme.cache_dir", &a.CacheDir)
+		p.str(&ra.DirectoryURL, "webhook.tls.acme.directory_url", &a.DirectoryURL)
+		p.str(&ra.CAFile, "webhook.tls.acme.ca_file", &a.CAFile)
+		p.str(&ra.HTTPListen, "webhook.tls.acme.http_listen", &a.HTTPListen)
+		w.TLS.ACME = a
+	}
 	if len(r.Webhook.Routes) > 0 {
 		w.Routes = make([]RouteConfig, len(r.Webhook.Routes))
 		for i := range r.Webhook.Routes {
@@ -1064,6 +1111,10 @@ func (p *parser) apply(r *rawConfig, cfg *Config) {
 	p.duration(&r.Buffer.MaxAge, "buffer.max_age", &b.MaxAge)
 	p.str(&r.Buffer.WhenFull, "buffer.when_full", &b.WhenFull)
 	p.duration(&r.Buffer.DedupWindow, "buffer.dedup_window", &b.DedupWindow)
+	// ACME state lives beside the queue: /var/lib/wittra-gateway/acme when packaged.
+	if a := w.TLS.ACME; a != nil && a.CacheDir == "" {
+		a.CacheDir = filepath.Join(filepath.Dir(b.Path), "acme")
+	}
 
 	// Present and empty (or null) means off; absent keeps the default.
 	p.str(&r.Admin.Listen, "admin.listen", &cfg.Admin.Listen)
@@ -1153,6 +1204,10 @@ func (p *parser) sink(rs *rawSink, base, gatewayID string) SinkConfig {
 	p.str(&rs.Tenant, base+".tenant", &s.Tenant)
 	p.str(&rs.DeviceName, base+".device_name", &s.DeviceName)
 	p.str(&rs.TokenURL, base+".token_url", &s.TokenURL)
+	p.jetstreamSink(&rs.rawJetStream, base, &s)
+	p.duration(&rs.RetainMaxAge, base+".retain_max_age", &s.RetainMaxAge)
+	p.integer(&rs.RetainMaxTopics, base+".retain_max_topics", &s.RetainMaxTopics)
+	p.size(&rs.RetainMaxBytes, base+".retain_max_bytes", &s.RetainMaxBytes)
 	switch s.Type {
 	case "mqtt":
 		if s.ClientID == "" {
@@ -1202,6 +1257,41 @@ func (p *parser) hostPort(field, addr string) {
 	}
 }
 
+// validateACME checks webhook.tls.acme.
+func (p *parser) validateACME(c *Config, a *WebhookACME) {
+	const base = "webhook.tls.acme"
+	if c.Webhook.TLS.CertFile != "" || c.Webhook.TLS.KeyFile != "" {
+		p.invalid(base, "set either acme or cert_file/key_file, not both")
+	}
+	if len(a.Domains) == 0 {
+		p.invalid(base+".domains", "at least one domain is required")
+	}
+	seen := map[string]int{}
+	for i, d := range a.Domains {
+		field := fmt.Sprintf("%s.domains[%d]", base, i)
+		if err := bridge.CheckACMEDomain(d); err != nil {
+			p.invalid(field, "%v", err)
+			continue
+		}
+		if j, dup := seen[strings.ToLower(d)]; dup {
+			p.invalid(field, "duplicate of %s.domains[%d]", base, j)
+		}
+		seen[strings.ToLower(d)] = i
+	}
+	if a.Email != "" && !strings.Contains(a.Email, "@") {
+		p.invalid(base+".email", "must be an address (name@host)")
+	}
+	if a.CacheDir == "" {
+		p.invalid(base+".cache_dir", "must not be empty")
+	}
+	if u, err := url.Parse(a.DirectoryURL); err != nil || u.Scheme != "https" || u.Host == "" {
+		p.invalid(base+".directory_url", "must be an https:// URL")
+	}
+	if a.HTTPListen != "" {
+		p.hostPort(base+".http_listen", a.HTTPListen)
+	}
+}
+
 func (p *parser) validate(c *Config) {
 	switch {
 	case c.Gateway.ID == "":
@@ -1221,6 +1311,9 @@ func (p *parser) validate(c *Config) {
 	p.hostPort("webhook.listen", w.Listen)
 	if (w.TLS.CertFile == "") != (w.TLS.KeyFile == "") {
 		p.invalid("webhook.tls", "cert_file and key_file must be set together")
+	}
+	if a := w.TLS.ACME; a != nil {
+		p.validateACME(c, a)
 	}
 	if w.MaxBody <= 0 {
 		p.invalid("webhook.max_body", "must be greater than 0")
@@ -1259,8 +1352,8 @@ func (p *parser) validate(c *Config) {
 	if b.Path == "" {
 		p.invalid("buffer.path", "must not be empty")
 	}
-	if b.MaxBytes <= 0 {
-		p.invalid("buffer.max_bytes", "must be greater than 0")
+	if b.MaxBytes < minQueueBytes {
+		p.invalid("buffer.max_bytes", "must be at least 64KiB (a few messages)")
 	}
 	if b.MaxAge <= 0 {
 		p.invalid("buffer.max_age", "must be greater than 0")
@@ -1383,6 +1476,9 @@ func (p *parser) validate(c *Config) {
 		addrs[addr] = field
 	}
 	claim("webhook.listen", w.Listen)
+	if w.TLS.ACME != nil {
+		claim("webhook.tls.acme.http_listen", w.TLS.ACME.HTTPListen)
+	}
 	claim("admin.listen", c.Admin.Listen)
 	if br.Enabled {
 		for i, l := range br.Listeners {
@@ -1398,6 +1494,7 @@ func (p *parser) validate(c *Config) {
 		}
 	}
 	seenSink := map[string]int{}
+	seenClientID := map[string]int{} // client ids of subscriber sinks
 	hasC8Y := false
 	for i, s := range c.Sinks {
 		base := fmt.Sprintf("sinks[%d]", i)
@@ -1429,7 +1526,9 @@ func (p *parser) validate(c *Config) {
 			if !br.Enabled {
 				p.invalid(base+".type", "type broker needs broker.enabled: true")
 			}
+			p.checkRetainBounds(base, s)
 		case "mqtt":
+			p.noRetainBounds(base, s)
 			if s.URL == "" {
 				p.invalid(base+".url", "required for type mqtt")
 			} else {
@@ -1440,6 +1539,7 @@ func (p *parser) validate(c *Config) {
 			}
 		case "cumulocity":
 			hasC8Y = true
+			p.noRetainBounds(base, s)
 			switch s.Mode {
 			case "mqtt", "rest":
 				if s.URL == "" {
@@ -1466,15 +1566,104 @@ func (p *parser) validate(c *Config) {
 				p.invalid(base+".password", "required for type cumulocity (password or password_file; or a device certificate in tls.cert_file and key_file)")
 			}
 			p.c8yCertOnly(base, s)
+		case "jetstream":
+		case "subscriber":
+			p.subscriberSink(c, base, s, seenClientID)
 		case "":
-			p.invalid(base+".type", "required: broker, mqtt or cumulocity")
+			p.invalid(base+".type", "required: broker, subscriber, mqtt, cumulocity or jetstream")
 		default:
-			p.invalid(base+".type", "must be broker, mqtt or cumulocity (got %q)", s.Type)
+			p.invalid(base+".type", "must be broker, subscriber, mqtt, cumulocity or jetstream (got %q)", s.Type)
 		}
+		p.validateJetStream(base, s)
+		p.sinkKeysOfType(base, s.Type)
 	}
 	if hasC8Y && strings.Contains(c.Gateway.ID, ":") {
 		p.invalid("gateway.id", "must not contain ':' with a cumulocity sink (it is the Cumulocity client id)")
 	}
+}
+
+// subscriberSink validates a `type: subscriber` sink (a durable client of
+// the embedded broker).
+func (p *parser) subscriberSink(c *Config, base string, s SinkConfig, seen map[string]int) {
+	br := c.Broker
+	if !br.Enabled {
+		p.invalid(base+".type", "type subscriber needs broker.enabled: true")
+	}
+	switch {
+	case s.ClientID == "":
+		p.invalid(base+".client_id", "required for type subscriber (the consumer's MQTT client id)")
+	case s.ClientID == c.Gateway.ID || s.ClientID == "wittra-"+c.Gateway.ID:
+		p.invalid(base+".client_id", "must not be the gateway's own id")
+	default:
+		if j, dup := seen[s.ClientID]; dup {
+			p.invalid(base+".client_id", "same client_id as sinks[%d]: one durable subscriber per client", j)
+		} else {
+			seen[s.ClientID] = p.sinkIndex(c, s.Name)
+		}
+	}
+	if s.QoS != 1 && s.QoS != 2 {
+		p.invalid(base+".qos", "must be 1 or 2 for type subscriber (the cursor moves on the client's acknowledgement)")
+	}
+	if s.Retain {
+		p.invalid(base+".retain", "not for type subscriber: it delivers every message to one client; retained values belong to a type broker sink")
+	}
+	if len(br.Users) > 0 {
+		found := false
+		for _, u := range br.Users {
+			found = found || u.Username == s.Username
+		}
+		switch {
+		case s.Username == "":
+			p.invalid(base+".username", "required for type subscriber when broker.users is set: only this user may take the client's session")
+		case !found:
+			p.invalid(base+".username", "%q is not one of broker.users", s.Username)
+		}
+	}
+}
+
+// minQueueBytes is the smallest buffer.max_bytes: below it the queue could
+// hold hardly a request.
+const minQueueBytes = 64 << 10
+
+// sinkKeys are the keys each sink type reads; any other key on a sink of
+// that type is an error (with its line), so a key that belongs to another
+// type is never silently ignored.
+var sinkKeys = map[string][]string{
+	"broker":     {"topic_prefix", "values", "retain", "retain_max_age", "retain_max_topics", "retain_max_bytes"},
+	"subscriber": {"client_id", "username", "topic_prefix", "values", "qos"},
+	"mqtt":       {"url", "client_id", "username", "password", "password_file", "tls", "qos", "retain", "topic_prefix", "values"},
+	"cumulocity": {"mode", "url", "tenant", "username", "password", "password_file", "tls", "device_name", "client_id", "token_url"},
+	"jetstream":  append([]string{"username", "password", "password_file", "tls"}, jetstreamKeys...),
+}
+
+// sinkKeysOfType reports the keys of the sink at base that its type does
+// not read (unless a more specific check already named them).
+func (p *parser) sinkKeysOfType(base, typ string) {
+	allowed, known := sinkKeys[typ]
+	if !known {
+		return // the type itself is the error
+	}
+	reported := map[string]bool{}
+	for _, e := range p.errs {
+		reported[e.Field] = true
+	}
+	for _, e := range p.entries {
+		key, direct := strings.CutPrefix(e.path, base+".")
+		if !direct || strings.ContainsAny(key, ".[") || key == "name" || key == "type" || slices.Contains(allowed, key) || reported[e.path] {
+			continue
+		}
+		p.fail(e.path, "not a key of type %s (its keys: %s)", typ, strings.Join(allowed, ", "))
+	}
+}
+
+// sinkIndex returns the position of the sink named name.
+func (p *parser) sinkIndex(c *Config, name string) int {
+	for i, s := range c.Sinks {
+		if s.Name == name {
+			return i
+		}
+	}
+	return -1
 }
 
 // checkOrigin accepts a browser Origin as sent in the header: scheme://host[:port]
@@ -1513,5 +1702,38 @@ func (p *parser) checkURL(field, raw string, schemes []string, want string) {
 		p.invalid(field, "must not contain credentials: use username and password")
 	case u.Host == "":
 		p.invalid(field, "must name a host")
+	}
+}
+
+// checkRetainBounds validates the retained-topic bounds of a broker sink
+// (0 keeps the default).
+func (p *parser) checkRetainBounds(base string, s SinkConfig) {
+	if s.RetainMaxAge < 0 {
+		p.invalid(base+".retain_max_age", "must not be negative")
+	} else if s.RetainMaxAge > 0 && s.RetainMaxAge < time.Minute {
+		p.invalid(base+".retain_max_age", "must be at least 1m (silent devices are looked for every minute)")
+	}
+	if s.RetainMaxTopics < 0 || s.RetainMaxTopics > 0 && s.RetainMaxTopics < broker.MinRetainMaxTopics {
+		p.invalid(base+".retain_max_topics", "must be at least %d (0 or absent: %d)", broker.MinRetainMaxTopics, broker.DefaultRetainMaxTopics)
+	}
+	if s.RetainMaxBytes < 0 {
+		p.invalid(base+".retain_max_bytes", "must not be negative")
+	}
+}
+
+// noRetainBounds rejects the retained-topic bounds where the gateway does
+// not hold the retained messages (an external broker or Cumulocity).
+func (p *parser) noRetainBounds(base string, s SinkConfig) {
+	for _, b := range []struct {
+		key string
+		set bool
+	}{
+		{"retain_max_age", s.RetainMaxAge != 0},
+		{"retain_max_topics", s.RetainMaxTopics != 0},
+		{"retain_max_bytes", s.RetainMaxBytes != 0},
+	} {
+		if b.set {
+			p.invalid(base+"."+b.key, "only for type broker (the embedded broker's retained store)")
+		}
 	}
 }

@@ -928,3 +928,69 @@ func TestSecretFileFromSystemdCredentials(t *testing.T) {
 		t.Fatalf("password from the credential file = %q", got)
 	}
 }
+
+func TestSinkRetainBounds(t *testing.T) {
+	sink := func(extra string) string {
+		return yml("sinks:", "  - {name: local, type: broker, retain: true"+extra+"}")
+	}
+	cfg, err := ParseConfig([]byte(sink(", retain_max_age: 48h, retain_max_topics: 5000, retain_max_bytes: 16MiB")), t.TempDir())
+	if err != nil {
+		t.Fatalf("ParseConfig: %v", err)
+	}
+	s := cfg.Sinks[0]
+	if s.RetainMaxAge != 48*time.Hour || s.RetainMaxTopics != 5000 || s.RetainMaxBytes != 16<<20 {
+		t.Fatalf("bounds = %v %d %d, want 48h 5000 16MiB", s.RetainMaxAge, s.RetainMaxTopics, s.RetainMaxBytes)
+	}
+	for _, tc := range []struct{ name, yaml, field, want string }{
+		{"ShortAge", sink(", retain_max_age: 10s"), "sinks[0].retain_max_age", "at least 1m"},
+		{"NegativeAge", sink(", retain_max_age: -1h"), "sinks[0].retain_max_age", "negative"},
+		{"SmallCap", sink(", retain_max_topics: 10"), "sinks[0].retain_max_topics", "at least 100"},
+		{"NegativeBytes", sink(", retain_max_bytes: -5"), "sinks[0].retain_max_bytes", ""},
+		{"NotBroker", yml("sinks:", "  - {name: plant, type: mqtt, url: 'tcp://h:1883', retain_max_age: 1h}"), "sinks[0].retain_max_age", "only for type broker"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := ParseConfig([]byte(tc.yaml), t.TempDir())
+			if err == nil || !strings.Contains(err.Error(), tc.field) || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("ParseConfig = %v, want an error on %s containing %q", err, tc.field, tc.want)
+			}
+		})
+	}
+}
+
+// A key that belongs to another sink type is an error with its line, not
+// silently ignored; so is a queue too small to hold anything.
+func TestSinkKeysBelongToTheirType(t *testing.T) {
+	cfgText := `buffer: {max_bytes: 5}
+sinks:
+  - {name: local, type: broker, url: "tcp://x:1883", qos: 1}
+  - {name: plant, type: mqtt, url: "tcp://x:1883", tenant: t1, mode: rest}
+  - name: c8y
+    type: cumulocity
+    url: https://t.example.com
+    mode: rest
+    tenant: t1
+    username: u
+    password: p
+    qos: 1
+    retain: true
+    topic_prefix: x
+`
+	_, err := ParseConfig([]byte(cfgText), t.TempDir())
+	if err == nil {
+		t.Fatal("foreign keys accepted")
+	}
+	for _, want := range []string{
+		"line 1: buffer.max_bytes: must be at least 64KiB",
+		"line 3: sinks[0].url: not a key of type broker",
+		"line 3: sinks[0].qos: not a key of type broker",
+		"line 4: sinks[1].tenant: not a key of type mqtt",
+		"line 4: sinks[1].mode: not a key of type mqtt",
+		"line 12: sinks[2].qos: not a key of type cumulocity",
+		"line 13: sinks[2].retain: not a key of type cumulocity",
+		"line 14: sinks[2].topic_prefix: not a key of type cumulocity",
+	} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("errors lack %q:\n%v", want, err)
+		}
+	}
+}

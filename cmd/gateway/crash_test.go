@@ -1,7 +1,7 @@
 package main
 
-// Crash tests of the built binary (SPEC §7 "a webhook 200 means the message
-// survives kill -9", at-least-once delivery; SPEC §8 clean stop on SIGTERM).
+// Crash tests of the built binary (docs/contract.md#delivery: "a webhook 200 means the message
+// survives kill -9", at-least-once delivery; docs/contract.md#operations: clean stop on SIGTERM).
 //
 // Each test builds cmd/gateway, runs it as a subprocess on loopback with one
 // `type: broker` sink (retain on, values off), loads it with concurrent
@@ -51,7 +51,7 @@ const (
 	crashMaxLoad        = 8 * time.Second         // cap on load time while waiting for crashMinAcked
 	crashMinAcked       = 300                     // 200s wanted in a phase before the kill
 	crashMaxPostsEach   = 100000                  // per poster and phase
-	crashExitTimeout    = 10 * time.Second        // SPEC §8
+	crashExitTimeout    = 10 * time.Second        // docs/contract.md#operations
 	crashDeliverTimeout = 30 * time.Second
 	crashDataFilter     = "wittra/+/+/data"
 	crashAckedBody      = `{"accepted":1,"duplicates":0}`

@@ -14,6 +14,8 @@ import (
 	"runtime/debug"
 	"strings"
 	"syscall"
+
+	"wittra-gateway/buffer"
 )
 
 // Set at build time: -ldflags "-X main.Version=... -X main.Commit=...".
@@ -25,11 +27,14 @@ var (
 // DefaultConfigPath is where a packaged install keeps the config.
 const DefaultConfigPath = "/etc/wittra-gateway/config.yaml"
 
-// Exit codes (SPEC §2).
+// Exit codes (docs/contract.md#command-line).
 const (
 	exitOK      = 0
 	exitRuntime = 1
 	exitUsage   = 2
+	// exitQueueDamaged: bbolt panicked on the queue file at run time. The
+	// file is marked; the next start quarantines and salvages it.
+	exitQueueDamaged = 3
 )
 
 // usageError marks bad usage or bad config: exit code 2.
@@ -57,6 +62,8 @@ func exitCode(err error) int {
 		return exitOK
 	case errors.As(err, &ue):
 		return exitUsage
+	case errors.Is(err, buffer.ErrDamaged):
+		return exitQueueDamaged
 	default:
 		return exitRuntime
 	}
@@ -103,7 +110,7 @@ const usage = `usage: wittra-gateway <command> [-config PATH]
 commands:
   run            run the gateway (the default)
   check-config   validate the config; print every problem with its line
-  queue          inspect the queue offline (wittra-gateway queue -h)
+  queue          inspect the queue offline: stats | peek | export | purge | salvage
   version        print version, commit and Go version (also --version)
   help           this text; "<command> -h" lists a command's flags
 

@@ -78,6 +78,8 @@ func TestMetricsMoveAndReadinessFlips(t *testing.T) {
 		`wittra_gateway_queue_depth_messages{sink="local"}`:                 0,
 		`wittra_gateway_queue_oldest_age_seconds{sink="local"}`:             0,
 		`wittra_gateway_broker_clients`:                                     1,
+		`wittra_gateway_clock_trusted`:                                      1,
+		`wittra_gateway_clock_steps_total`:                                  0,
 	} {
 		if got := metricValue(text, name); got != want {
 			t.Errorf("%s = %v, want %v", name, got, want)
@@ -245,7 +247,8 @@ func TestSystemdUnit(t *testing.T) {
 		"ConfigurationDirectory=wittra-gateway", "NoNewPrivileges=yes", "ProtectSystem=strict",
 		"ProtectHome=yes", "PrivateTmp=yes", "PrivateDevices=yes", "RestrictAddressFamilies=",
 		"SystemCallFilter=@system-service", "CapabilityBoundingSet=\n", "Restart=always",
-		"ExecStart=/usr/local/bin/wittra-gateway run -config /etc/wittra-gateway/config.yaml",
+		"EnvironmentFile=-/etc/wittra-gateway/env",
+		"ExecStart=/usr/bin/wittra-gateway run -config /etc/wittra-gateway/config.yaml",
 		"ExecReload=/bin/kill -HUP $MAINPID",
 	} {
 		if !bytes.Contains(unit, []byte(line)) {
@@ -267,7 +270,7 @@ func TestSystemdUnit(t *testing.T) {
 	bin, _ := os.Executable()
 	dir := t.TempDir()
 	tmp := filepath.Join(dir, "wittra-gateway.service")
-	os.WriteFile(tmp, bytes.ReplaceAll(unit, []byte("/usr/local/bin/wittra-gateway"), []byte(bin)), 0o644)
+	os.WriteFile(tmp, bytes.ReplaceAll(unit, []byte("/usr/bin/wittra-gateway"), []byte(bin)), 0o644)
 	if out, err := exec.Command(sa, "verify", tmp).CombinedOutput(); err != nil || len(bytes.TrimSpace(out)) > 0 {
 		t.Fatalf("systemd-analyze verify: %v\n%s", err, out)
 	}

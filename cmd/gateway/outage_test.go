@@ -2,7 +2,7 @@
 
 package main
 
-// Outage tests (SPEC §7): the gateway delivering to an external MQTT broker
+// Outage tests (docs/contract.md#delivery): the gateway delivering to an external MQTT broker
 // (`type: mqtt`, Debian's mosquitto) that goes away, comes back, or was
 // never there, and the gateway itself killed with SIGKILL in front of it.
 //
@@ -61,7 +61,7 @@ const (
 	outageFilter       = "wittra/+/+/data"
 	outageOneAccepted  = `{"accepted":1,"duplicates":0}`
 	outageStartTimeout = 10 * time.Second
-	outageExitTimeout  = 10 * time.Second // SPEC §8
+	outageExitTimeout  = 10 * time.Second // docs/contract.md#operations
 	outagePoll         = 20 * time.Millisecond
 )
 

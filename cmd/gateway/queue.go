@@ -7,6 +7,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -22,17 +26,19 @@ type QueueCommand struct {
 	Stdout, Stderr io.Writer
 }
 
-const queueUsage = `usage: wittra-gateway queue <stats|peek|export|purge> [-config PATH] [flags]
+const queueUsage = `usage: wittra-gateway queue <stats|peek|export|purge|salvage> [-config PATH] [flags]
 
   stats            depth and oldest age per sink
   peek [-n N]      the next N messages (default 10) of -sink (default: the first sink)
   export [-dead]   every stored message (or dead letter) as JSON lines
   purge -yes       delete every stored message (they are NOT delivered)
+  salvage -from F  copy every readable message of the damaged queue file F
+                   (e.g. a quarantined queue.db.corrupt-<time>) into the queue
 `
 
 func (c *QueueCommand) Run(ctx context.Context, args []string) error {
 	if len(args) == 0 {
-		return usageError{errors.New("queue needs a subcommand\n" + queueUsage)}
+		return usageError{fmt.Errorf("queue needs a subcommand\n%s", strings.TrimRight(queueUsage, "\n"))}
 	}
 	sub, args := args[0], args[1:]
 	if sub == "help" || sub == "-h" || sub == "--help" {
@@ -42,6 +48,7 @@ func (c *QueueCommand) Run(ctx context.Context, args []string) error {
 	var path, sinkName string
 	var n int
 	var yes, dead bool
+	var from string
 	fs := newFlagSet("queue "+sub, c.Stderr, &path)
 	switch sub {
 	case "stats":
@@ -52,6 +59,8 @@ func (c *QueueCommand) Run(ctx context.Context, args []string) error {
 		fs.StringVar(&sinkName, "sink", "", "whose next messages (default: the first sink)")
 	case "purge":
 		fs.BoolVar(&yes, "yes", false, "really delete every stored message")
+	case "salvage":
+		fs.StringVar(&from, "from", "", "the damaged queue file to salvage")
 	default:
 		return usageError{fmt.Errorf("unknown queue subcommand %q\n%s", sub, queueUsage)}
 	}
@@ -65,19 +74,39 @@ func (c *QueueCommand) Run(ctx context.Context, args []string) error {
 	if sub == "purge" && !yes {
 		return usageError{errors.New("purge deletes undelivered messages: add -yes to confirm")}
 	}
+	if sub == "salvage" && from == "" {
+		return usageError{errors.New("salvage needs -from FILE (the damaged queue file)")}
+	}
 	names := make([]string, len(cfg.Sinks))
 	for i, s := range cfg.Sinks {
 		names[i] = s.Name
 	}
 	bc := bufferConfig(cfg, names)
 	bc.LockTimeout = time.Second
+	out := bufio.NewWriter(c.Stdout)
+	defer out.Flush()
+	if sub == "export" {
+		// Export only reads, through the read-only path that skips the
+		// format version check: after a rollback an operator can still
+		// get the messages out of a file a newer version wrote.
+		q, err := buffer.OpenReadOnly(bc.Path, bc.LockTimeout, zerolog.New(c.Stderr))
+		if err != nil {
+			return err
+		}
+		defer q.Close()
+		if dead {
+			return deadExport(out, q)
+		}
+		return queueExport(out, q, 0, -1)
+	}
+	if sub == "salvage" {
+		return queueSalvage(ctx, out, bc, from, zerolog.New(c.Stderr))
+	}
 	q, err := buffer.Open(bc, zerolog.Nop())
 	if err != nil {
 		return err
 	}
 	defer q.Close()
-	out := bufio.NewWriter(c.Stdout)
-	defer out.Flush()
 	switch sub {
 	case "stats":
 		return queueStats(out, q)
@@ -86,11 +115,6 @@ func (c *QueueCommand) Run(ctx context.Context, args []string) error {
 			sinkName = names[0]
 		}
 		return queuePeek(out, q, sinkName, n)
-	case "export":
-		if dead {
-			return deadExport(out, q)
-		}
-		return queueExport(out, q, 0, -1)
 	default:
 		deleted, err := q.Purge(ctx)
 		if err != nil {
@@ -111,7 +135,7 @@ func queueStats(w io.Writer, q *buffer.Queue) error {
 	for _, c := range st.Consumers {
 		age := "-"
 		if !c.Oldest.IsZero() {
-			age = time.Since(c.Oldest).Round(time.Second).String()
+			age = c.OldestAge.Round(time.Second).String()
 		}
 		fmt.Fprintf(w, "%-20s %10d %14s\n", c.Name, c.Depth, age)
 	}
@@ -176,4 +200,45 @@ func deadExport(w io.Writer, q *buffer.Queue) error {
 		return werr == nil
 	})
 	return errors.Join(err, werr)
+}
+
+// queueSalvage copies what can be read from a damaged queue file into the
+// configured queue: as the queue itself when there is none yet (sequence
+// numbers and cursors kept), else appended to it.
+func queueSalvage(ctx context.Context, w io.Writer, bc buffer.Config, from string, log zerolog.Logger) error {
+	if abs, _ := filepath.Abs(from); abs != "" {
+		if qp, _ := filepath.Abs(bc.Path); abs == qp {
+			return usageError{fmt.Errorf("-from %s is the queue file itself: salvage a copy or a quarantined file", from)}
+		}
+	}
+	if _, err := os.Stat(from); err != nil {
+		return usageError{fmt.Errorf("-from: %w", err)}
+	}
+	var rep buffer.SalvageReport
+	var err error
+	how := "appended to"
+	if _, serr := os.Stat(bc.Path); errors.Is(serr, os.ErrNotExist) {
+		how = "written as"
+		if err := os.MkdirAll(filepath.Dir(bc.Path), 0o750); err != nil {
+			return err
+		}
+		rep, err = buffer.Salvage(from, bc.Path, log)
+	} else {
+		var q *buffer.Queue
+		if q, err = buffer.Open(bc, log); err != nil {
+			return err
+		}
+		rep, err = q.Import(ctx, from)
+		err = errors.Join(err, q.Close())
+	}
+	if err != nil {
+		return err
+	}
+	lost := "unknown (the file's sequence or cursors were unreadable)"
+	if rep.LostKnown {
+		lost = strconv.FormatUint(rep.Lost, 10)
+	}
+	fmt.Fprintf(w, "salvaged %d messages from %s, %s %s\nlost           %s\ncursors        %v\ndedup keys     %d\ndead letters   %d\ndamaged pages  %d\n",
+		rep.Salvaged, from, how, bc.Path, lost, rep.Cursors != nil, rep.DedupKeys, rep.DeadLetters, rep.DamagedPages)
+	return nil
 }

@@ -25,10 +25,11 @@ import (
 	"wittra-gateway/sinks"
 	"wittra-gateway/sinks/broker"
 	"wittra-gateway/sinks/cumulocity"
+	"wittra-gateway/sinks/jetstream"
 	"wittra-gateway/sinks/mqttclient"
 )
 
-// shutdownBudget is the whole time a stop may take (SPEC §8: 10 s); the
+// shutdownBudget is the whole time a stop may take (10 s, docs/contract.md#operations); the
 // systemd unit's TimeoutStopSec is above it.
 const shutdownBudget = 9 * time.Second
 
@@ -82,6 +83,10 @@ wait:
 			break wait
 		case err = <-g.fatal:
 			log.Error().Err(err).Msg("stopping after a fatal error")
+			break wait
+		case <-g.queue.Damaged():
+			err = g.queue.Ping(context.Background()) // the queue's ErrDamaged
+			log.Error().Err(err).Int("exit_status", exitQueueDamaged).Msg("stopping: the queue file is damaged; the next start quarantines and salvages it")
 			break wait
 		case <-c.Reload:
 			cfg = g.reloadFrom(path, cfg)
@@ -157,9 +162,15 @@ type gateway struct {
 	receiver   *bridge.Receiver
 	webhook    *http.Server
 	webhookLn  net.Listener
-	admin      *http.Server
-	adminLn    net.Listener
-	ready      atomic.Bool // /readyz: set once everything is up, cleared at stop
+	// webhookScheme is http or https, set before the server starts (the
+	// server's own TLSConfig is changed by ServeTLS: not to be read).
+	webhookScheme     string
+	acmeHTTP          *http.Server                // http-01 challenges; nil unless webhook.tls.acme.http_listen
+	acmeCancel        context.CancelFunc          // stops the ACME certificate loop
+	webhookCertExpiry func() map[string]time.Time // webhook certificate expiry by name; nil for plain HTTP
+	admin             *http.Server
+	adminLn           net.Listener
+	ready             atomic.Bool // /readyz: set once everything is up, cleared at stop
 
 	fwdCancel context.CancelFunc
 	fwdWG     sync.WaitGroup
@@ -248,6 +259,8 @@ func startGateway(cfg *Config, log zerolog.Logger) (g *gateway, err error) {
 		Str("queue", cfg.Buffer.Path).
 		Uint64("queued", st.Messages).
 		Str("version", Version).
+		Bool("clock_trusted", g.queue.Clock().Trusted).
+		Time("clock", g.queue.Clock().Wall).
 		Msg("gateway ready")
 	return g, nil
 }
@@ -255,11 +268,7 @@ func startGateway(cfg *Config, log zerolog.Logger) (g *gateway, err error) {
 // listenerURLs names every listener with its scheme, for the start line:
 // what an operator checks first (is the webhook HTTPS, where is the admin).
 func (g *gateway) listenerURLs(cfg *Config) []string {
-	scheme := "http"
-	if g.webhook != nil && g.webhook.TLSConfig != nil {
-		scheme = "https"
-	}
-	out := []string{"webhook " + scheme + "://" + g.webhookLn.Addr().String()}
+	out := []string{"webhook " + g.webhookScheme + "://" + g.webhookLn.Addr().String()}
 	if g.adminLn != nil {
 		out = append(out, "admin http://"+g.adminLn.Addr().String())
 	}
@@ -303,7 +312,15 @@ func (g *gateway) newSink(cfg *Config, sc SinkConfig, log zerolog.Logger) (sinks
 			Values:      sc.Values,
 			Retain:      sc.Retain,
 			GatewayID:   cfg.Gateway.ID,
+			RetainPolicy: broker.RetainPolicy{
+				MaxAge: sc.RetainMaxAge, MaxTopics: sc.RetainMaxTopics, MaxBytes: sc.RetainMaxBytes,
+			},
 		}, log)
+	case "subscriber":
+		if g.brokerSrv == nil {
+			return nil, errors.New("type subscriber needs broker.enabled")
+		}
+		return broker.NewSubscriber(g.brokerSrv, subscriberConfig(cfg, sc), log)
 	case "mqtt":
 		return mqttclient.New(mqttclient.Config{
 			Name:        sc.Name,
@@ -335,6 +352,8 @@ func (g *gateway) newSink(cfg *Config, sc SinkConfig, log zerolog.Logger) (sinks
 			// restart does not register them again.
 			State: g.queue.KV("cumulocity/" + sc.Name),
 		}, log)
+	case "jetstream":
+		return jetstream.New(jetstreamConfig(cfg, sc), log)
 	default:
 		return nil, fmt.Errorf("sink type %q is not supported by this version", sc.Type)
 	}
@@ -346,6 +365,7 @@ func (g *gateway) startWebhook(cfg *Config) error {
 		return fmt.Errorf("webhook listen: %w", err)
 	}
 	g.webhookLn = ln
+	g.webhookScheme = "http"
 	wlog := g.log.With().Str("component", "webhook").Logger()
 	g.webhook = &http.Server{
 		Handler: g.receiver,
@@ -359,12 +379,14 @@ func (g *gateway) startWebhook(cfg *Config) error {
 		// TLS handshake failures from scanners are noise: debug level.
 		ErrorLog: stdlog.New(debugWriter{wlog}, "", 0),
 	}
-	if cfg.Webhook.TLS.CertFile != "" {
-		certs, err := bridge.NewCertReloader(cfg.Webhook.TLS.CertFile, cfg.Webhook.TLS.KeyFile, wlog)
-		if err != nil {
-			return fmt.Errorf("webhook TLS: %w", err)
-		}
-		g.webhook.TLSConfig = bridge.ServerTLSConfig(certs)
+	tlsCfg, err := g.webhookTLS(cfg, wlog)
+	if err != nil {
+		ln.Close()
+		return fmt.Errorf("webhook TLS: %w", err)
+	}
+	if tlsCfg != nil {
+		g.webhook.TLSConfig = tlsCfg
+		g.webhookScheme = "https"
 		g.serve(g.webhook, func() error { return g.webhook.ServeTLS(ln, "", "") })
 		return nil
 	}
@@ -405,14 +427,8 @@ func (g *gateway) startAdmin(cfg *Config) error {
 		io.WriteString(w, "ok\n")
 	})
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
-		if !g.ready.Load() {
-			http.Error(w, "not ready: starting or stopping", http.StatusServiceUnavailable)
-			return
-		}
-		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
-		defer cancel()
-		if err := g.queue.Ping(ctx); err != nil {
-			http.Error(w, "queue: "+err.Error(), http.StatusServiceUnavailable)
+		if err := g.readyNow(2 * time.Second); err != nil {
+			http.Error(w, "not ready: "+err.Error(), http.StatusServiceUnavailable)
 			return
 		}
 		io.WriteString(w, "ready\n")
@@ -460,7 +476,10 @@ func (g *gateway) close(ctx context.Context) error {
 	g.closeOnce.Do(func() {
 		g.ready.Store(false)
 		var errs []error
-		for _, srv := range []*http.Server{g.webhook, g.admin} {
+		if g.acmeCancel != nil {
+			g.acmeCancel()
+		}
+		for _, srv := range []*http.Server{g.webhook, g.acmeHTTP, g.admin} {
 			if srv == nil {
 				continue
 			}
@@ -518,6 +537,20 @@ func notify(log zerolog.Logger, state string) {
 // watchdog pings systemd's watchdog while the queue's commit path answers,
 // so a wedged gateway is restarted. A sink outage is not a reason to restart:
 // data waits in the queue.
+// readyNow says why the gateway is not ready, or nil: it has started, is
+// not stopping, and the queue's commit path answers within timeout.
+func (g *gateway) readyNow(timeout time.Duration) error {
+	if !g.ready.Load() {
+		return errors.New("starting or stopping")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	if err := g.queue.Ping(ctx); err != nil {
+		return fmt.Errorf("queue: %w", err)
+	}
+	return nil
+}
+
 func (g *gateway) watchdog(ctx context.Context) {
 	interval, err := daemon.SdWatchdogEnabled(false)
 	if err != nil || interval <= 0 {

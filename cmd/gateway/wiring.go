@@ -3,6 +3,7 @@ package main
 import (
 	"wittra-gateway/bridge"
 	"wittra-gateway/buffer"
+	"wittra-gateway/internal/clock"
 	"wittra-gateway/sinks/broker"
 )
 
@@ -21,6 +22,7 @@ func bufferConfig(cfg *Config, consumers []string) buffer.Config {
 		WhenFull:    policy,
 		DedupWindow: cfg.Buffer.DedupWindow,
 		Consumers:   consumers,
+		BuildFloor:  clock.BuildFloor(BuildTime),
 	}
 }
 
@@ -51,8 +53,26 @@ func brokerConfig(cfg *Config) broker.Config {
 		if s.Type == "broker" {
 			bc.ReservedPrefixes = append(bc.ReservedPrefixes, s.TopicPrefix)
 		}
+		// Durable subscribers are declared before the broker serves, so
+		// their client ids are protected from the first connection.
+		if s.Type == "subscriber" {
+			bc.ReservedPrefixes = append(bc.ReservedPrefixes, s.TopicPrefix)
+			bc.Subscribers = append(bc.Subscribers, subscriberConfig(cfg, s))
+		}
 	}
 	return bc
+}
+
+func subscriberConfig(cfg *Config, s SinkConfig) broker.SubscriberConfig {
+	return broker.SubscriberConfig{
+		Name:        s.Name,
+		ClientID:    s.ClientID,
+		Username:    s.Username,
+		TopicPrefix: s.TopicPrefix,
+		Values:      s.Values,
+		QoS:         byte(s.QoS),
+		GatewayID:   cfg.Gateway.ID,
+	}
 }
 
 func receiverConfig(cfg *Config) bridge.ReceiverConfig {

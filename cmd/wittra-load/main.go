@@ -55,6 +55,7 @@ type options struct {
 	subTopic  string
 	subPrefix string
 	subQoS    int
+	subID     string
 	subWait   time.Duration
 	subIdle   time.Duration
 	json      bool
@@ -88,6 +89,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&o.subTopic, "sub-topic", "", "topic filter (default <sub-prefix>/<project or +>/+/data)")
 	fs.StringVar(&o.subPrefix, "sub-prefix", "wittra", "topic prefix of the sink")
 	fs.IntVar(&o.subQoS, "sub-qos", 0, "subscription QoS")
+	fs.StringVar(&o.subID, "sub-client-id", "", `subscriber's MQTT client id, e.g. a durable subscriber's ("" = wittra-load-<run>)`)
 	fs.DurationVar(&o.subWait, "sub-wait", 15*time.Second, "after sending, wait at most this long for the subscriber to receive everything")
 	fs.DurationVar(&o.subIdle, "sub-idle", 3*time.Second, "stop waiting when nothing arrived for this long")
 	fs.BoolVar(&o.json, "json", false, "print one JSON object instead of a table")
@@ -229,7 +231,7 @@ func load(o options, stderr io.Writer) (*Report, error) {
 	var sub *subscriber
 	if o.sub != "" {
 		var err error
-		if sub, err = startSubscriber(o.sub, o.subTopic, byte(o.subQoS), o.run, accepted); err != nil {
+		if sub, err = startSubscriber(o.sub, o.subTopic, byte(o.subQoS), o.run, o.subID, accepted); err != nil {
 			return nil, err
 		}
 		defer sub.close()

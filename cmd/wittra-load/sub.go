@@ -32,11 +32,14 @@ type subscriber struct {
 	last      atomic.Int64 // Unix ns of the last receipt of ours
 }
 
-func startSubscriber(brokerURL, topic string, qos byte, run string, accepted bitset) (*subscriber, error) {
+func startSubscriber(brokerURL, topic string, qos byte, run, clientID string, accepted bitset) (*subscriber, error) {
 	s := &subscriber{run: []byte(run), accepted: accepted, seen: newBitset(accepted.size())}
+	if clientID == "" {
+		clientID = "wittra-load-" + run
+	}
 	opts := paho.NewClientOptions().
 		AddBroker(brokerURL).
-		SetClientID("wittra-load-" + run).
+		SetClientID(clientID).
 		SetCleanSession(true).
 		SetAutoReconnect(true).
 		SetMaxReconnectInterval(time.Second).

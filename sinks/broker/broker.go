@@ -53,6 +53,10 @@ const (
 
 	// sysTopicInterval is how often, in seconds, mochi republishes $SYS.
 	sysTopicInterval = 10
+
+	// retainSweepInterval is how often retained topics of silent devices
+	// are looked for (the sweep costs only what it clears).
+	retainSweepInterval = time.Minute
 )
 
 var (
@@ -76,8 +80,14 @@ type Config struct {
 	// reserves its own prefix too, but only once the broker serves; naming
 	// them here closes that window.
 	ReservedPrefixes []string
+	// Subscribers declares the durable subscribers (`type: subscriber`
+	// sinks): their client ids are protected and kept out of the ordinary
+	// fan-out from the first connection on. NewSubscriber attaches each sink.
+	Subscribers []SubscriberConfig
 
 	connectTimeout time.Duration // tests shorten DefaultConnectTimeout
+
+	now func() time.Time // clock of retained ageing; nil = time.Now (tests move it)
 }
 
 // Listener is one network listener of the broker.
@@ -116,12 +126,16 @@ type User struct {
 type Server struct {
 	mochi *mqtt.Server
 	auth  *authHook
+	subs  *subscriberHook
 	lns   []listeners.Listener // in Config order
 	log   zerolog.Logger
 
 	started   atomic.Bool
 	closed    atomic.Bool
 	closeOnce sync.Once
+
+	retained  *retainedHook // the gateway's own retained topics (retained.go)
+	sweepDone chan struct{} // stops the retained sweep
 }
 
 // New builds the broker and binds its listeners; a listener that cannot
@@ -144,18 +158,31 @@ func New(cfg Config, log zerolog.Logger) (*Server, error) {
 	// its queued QoS>0 messages) forever; bound it.
 	caps.MaximumSessionExpiryInterval = DefaultSessionExpiry
 
+	mochiLog := newMochiHandler(zerolog.NewSlogHandler(log))
 	s := &Server{
 		auth: auth,
 		log:  log,
 		mochi: mqtt.New(&mqtt.Options{
 			Capabilities:           caps,
 			InlineClient:           true,
-			Logger:                 slog.New(newMochiHandler(zerolog.NewSlogHandler(log))),
+			Logger:                 slog.New(mochiLog),
 			SysTopicResendInterval: sysTopicInterval,
 		}),
 	}
 	if err := s.mochi.AddHook(auth, nil); err != nil {
 		return nil, fmt.Errorf("add auth hook: %w", err)
+	}
+	s.retained = newRetainedHook(s.mochi, auth.OnACLCheck, cfg.now, log)
+	s.sweepDone = make(chan struct{})
+	if err := s.mochi.AddHook(s.retained, nil); err != nil {
+		return nil, fmt.Errorf("add retained hook: %w", err)
+	}
+	if s.subs, err = newSubscriberHook(s.mochi, cfg.Subscribers, len(cfg.Users) > 0, log); err != nil {
+		return nil, err
+	}
+	mochiLog.quotaDropped = s.subs.drops.add
+	if err := s.mochi.AddHook(s.subs, nil); err != nil {
+		return nil, fmt.Errorf("add durable subscriber hook: %w", err)
 	}
 
 	lcs := cfg.Listeners
@@ -312,8 +339,9 @@ func (s *Server) Start() error {
 	if err := s.mochi.Serve(); err != nil {
 		return fmt.Errorf("serve broker: %w", err)
 	}
+	go s.retained.sweepLoop(retainSweepInterval, s.sweepDone)
 	for _, l := range s.lns {
-		s.log.Info().Str("listener", l.ID()).Str("address", l.Address()).Msg("broker listening")
+		s.log.Debug().Str("listener", l.ID()).Str("address", l.Address()).Msg("broker listening")
 	}
 	return nil
 }
@@ -339,13 +367,20 @@ func (s *Server) Dropped() int64 {
 	return atomic.LoadInt64(&s.mochi.Info.MessagesDropped) + atomic.LoadInt64(&s.mochi.Info.InflightDropped)
 }
 
+// DroppedByClient returns, per client id, the messages the broker dropped
+// for it since start (at most 100 clients by name, the rest as "_other").
+func (s *Server) DroppedByClient() map[string]uint64 { return s.subs.drops.totals() }
+
 // Close stops the listeners and disconnects every client. It is a no-op the
 // second time. Sinks using the server should be closed first so their
 // "offline" status is published.
 func (s *Server) Close() error {
 	s.closeOnce.Do(func() {
 		s.closed.Store(true)
+		close(s.sweepDone)
+		s.subs.drops.close()
 		_ = s.mochi.Close() // always nil in v2.7.9
+		s.retained.wait()   // retained deliveries end with their clients
 	})
 	return nil
 }
@@ -378,3 +413,13 @@ func (s *Server) publish(topic string, payload []byte, retain bool, qos byte) er
 	}
 	return s.mochi.Publish(topic, payload, retain, qos)
 }
+
+// ownRetained keeps the gateway's retained topics under prefix in the
+// broker's compact store, bounded by p; pinned topics (the status) are
+// exempt from the bounds.
+func (s *Server) ownRetained(prefix string, p RetainPolicy, pinned ...string) {
+	s.retained.own(prefix, p, pinned...)
+}
+
+// RetainedStats reports the gateway's retained topics held and cleared.
+func (s *Server) RetainedStats() RetainedStats { return s.retained.stats() }

@@ -23,13 +23,16 @@ const publishQoS = 2
 type SinkConfig struct {
 	Name        string // sink name in logs and metrics; default "broker"
 	TopicPrefix string // default DefaultTopicPrefix
-	Values      bool   // also publish one topic per measured value (SPEC §5)
+	Values      bool   // also publish one topic per measured value (docs/contract.md#topics)
 	Retain      bool   // publish data, events and values retained
 	GatewayID   string // names the status topic sinks.StatusTopic(prefix, id); required
+	// RetainPolicy bounds the retained topics under TopicPrefix (age of
+	// silent devices, topic and byte caps); zero fields take the defaults.
+	RetainPolicy RetainPolicy
 }
 
 // Sink publishes messages into the embedded broker. Delivery is the
-// handover to the broker (SPEC §7): once mochi has routed a publication to
+// handover to the broker (docs/contract.md#delivery): once mochi has routed a publication to
 // the subscribers' queues (and stored it, if retained) it counts.
 type Sink struct {
 	srv    *Server
@@ -70,6 +73,7 @@ func NewSink(srv *Server, cfg SinkConfig, log zerolog.Logger) (*Sink, error) {
 		log:    log.With().Str("component", "broker").Str("sink", cfg.Name).Logger(),
 	}
 	srv.reserve(cfg.TopicPrefix)
+	srv.ownRetained(cfg.TopicPrefix, cfg.RetainPolicy, s.status)
 	if err := srv.publish(s.status, []byte("online"), true, publishQoS); err != nil {
 		return nil, fmt.Errorf("publish %s: %w", s.status, err)
 	}

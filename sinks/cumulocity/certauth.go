@@ -55,10 +55,11 @@ const (
 // buildTLS builds the client TLS configuration, loads the client
 // certificate (through a reloader) and settles the device identity.
 func (s *Sink) buildTLS(u *url.URL) (*tls.Config, error) {
-	cfg, err := tlsBase(s.cfg.TLS, u.Hostname())
+	cfg, err := s.cfg.TLS.ClientWithoutCert()
 	if err != nil {
 		return nil, err
 	}
+	cfg.ServerName = u.Hostname()
 	if s.cfg.TLS.CertFile == "" {
 		return cfg, nil
 	}

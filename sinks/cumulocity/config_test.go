@@ -22,8 +22,8 @@ func TestNewValidates(t *testing.T) {
 		{"NoHost", func(c *Config) { c.URL = "tcp://" }, "want scheme://host"},
 		{"MQTTWithHTTPS", func(c *Config) { c.URL = "https://x" }, "mqtt mode wants"},
 		{"RESTWithTCP", func(c *Config) { c.Mode = ModeREST }, "rest mode wants"},
-		{"MissingCA", func(c *Config) { c.TLS.CAFile = "/nonexistent/ca.pem" }, "read ca_file"},
-		{"CertWithoutKey", func(c *Config) { c.TLS.CertFile = "/x.pem" }, "both cert_file and key_file"},
+		{"MissingCA", func(c *Config) { c.TLS.CAFile = "/nonexistent/ca.pem" }, "read tls ca_file"},
+		{"CertWithoutKey", func(c *Config) { c.TLS.CertFile = "/x.pem" }, "cert_file and key_file must be given together"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -1,4 +1,4 @@
-// Package cumulocity is the Cumulocity IoT output of the gateway (SPEC §6):
+// Package cumulocity is the Cumulocity IoT output of the gateway (docs/contract.md#cumulocity):
 // the gateway is a Cumulocity device (external id = gateway id) and every
 // Wittra device becomes its child device (external id = the Wittra device
 // id), registered before its first data; Wittra values become measurements,
@@ -29,12 +29,9 @@ package cumulocity
 
 import (
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"net/url"
-	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -43,6 +40,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"wittra-gateway/internal/certreload"
+	"wittra-gateway/internal/tlsfiles"
 	"wittra-gateway/sinks"
 )
 
@@ -65,15 +63,16 @@ type State interface {
 	Put(ctx context.Context, key string, value []byte) error
 }
 
+// maxCachedDevices bounds the in-memory caches of what State holds per
+// device (registered children, managed object ids): a site's devices fit,
+// and device churn cannot grow them without end. A miss costs a State read.
+const maxCachedDevices = 10000
+
 // TLSConfig is the client TLS setup.
-type TLSConfig struct {
-	CAFile string // PEM CA bundle; empty = system roots
-	// CertFile and KeyFile are the client certificate (optional). They are
-	// re-read when they change. Without a Password the certificate is the
-	// login (see certauth.go).
-	CertFile, KeyFile  string
-	InsecureSkipVerify bool
-}
+// CertFile and KeyFile are the client certificate (optional). They are
+// re-read when they change. Without a Password the certificate is the login
+// (see certauth.go).
+type TLSConfig = tlsfiles.Config
 
 // Config configures a sink.
 type Config struct {
@@ -306,25 +305,4 @@ func (m *memState) Put(_ context.Context, key string, value []byte) error {
 	defer m.mu.Unlock()
 	m.m[key] = append([]byte(nil), value...)
 	return nil
-}
-
-// tlsBase builds the client TLS configuration without the client
-// certificate.
-func tlsBase(c TLSConfig, serverName string) (*tls.Config, error) {
-	cfg := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: serverName, InsecureSkipVerify: c.InsecureSkipVerify} //nolint:gosec // operator's explicit choice
-	if c.CAFile != "" {
-		pem, err := os.ReadFile(c.CAFile)
-		if err != nil {
-			return nil, fmt.Errorf("read ca_file: %w", err)
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("ca_file %s: no PEM certificate", c.CAFile)
-		}
-		cfg.RootCAs = pool
-	}
-	if (c.CertFile == "") != (c.KeyFile == "") {
-		return nil, errors.New("tls: set both cert_file and key_file or neither")
-	}
-	return cfg, nil
 }

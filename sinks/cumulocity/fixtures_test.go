@@ -9,7 +9,7 @@ import (
 	"wittra-gateway/sinks"
 )
 
-// What every SPEC §6 mapping row gives for the shared fixtures, identical
+// What every mapping row (docs/contract.md#cumulocity) gives for the shared fixtures, identical
 // in both modes (see flat for the line format).
 var fixtureWant = map[string][]string{
 	tagID: {

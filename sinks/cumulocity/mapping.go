@@ -2,6 +2,7 @@ package cumulocity
 
 import (
 	"encoding/base64"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -11,7 +12,7 @@ import (
 )
 
 // The mapper turns one Wittra message into Cumulocity records, the same for
-// both modes; smartrest.go and rest.go only render them. Mapping (SPEC §6):
+// both modes; smartrest.go and rest.go only render them. Mapping (docs/contract.md#cumulocity):
 //
 //	temperature              → c8y_TemperatureMeasurement.T  C    (MQTT: template 211)
 //	battery.percentage       → c8y_Battery.level             %    (one measurement, type c8y_Battery,
@@ -90,16 +91,25 @@ func permanentf(format string, args ...any) error {
 }
 
 // messageTime is the message's timestamp (all Wittra forms) or, failing
-// that, its receive time.
-func messageTime(m sinks.Message) time.Time {
+// that, its receive time. A receive time from a wall clock known to be
+// wrong (1970 on a box without a real-time clock) is never sent: the
+// message waits, retried, until the clock is right and the queue corrects
+// the time.
+func messageTime(m sinks.Message) (time.Time, error) {
 	if t, ok := wittra.Timestamp(m.Body); ok {
-		return t
+		return t, nil
+	}
+	if m.ReceivedUnsure {
+		return time.Time{}, fmt.Errorf("message %d has no timestamp of its own and the gateway's clock is known to be wrong: %w", m.Seq, errClockUnsure)
 	}
 	if m.Received.IsZero() {
-		return time.Now()
+		return time.Now(), nil
 	}
-	return m.Received
+	return m.Received, nil
 }
+
+// errClockUnsure is retried (not permanent): it ends when the clock is set.
+var errClockUnsure = errors.New("waiting for the clock to be set")
 
 // formatTime renders t as Cumulocity wants it: ISO 8601 in UTC with
 // milliseconds and a zone designator, e.g. 2024-03-12T08:15:42.517Z.
@@ -120,7 +130,11 @@ func mapMessage(m sinks.Message) (mapped, error) {
 	if err != nil || root.kind != 'o' {
 		return mapped{}, permanentf("message %d is not a JSON object", m.Seq)
 	}
-	out := mapped{time: messageTime(m)}
+	t, err := messageTime(m)
+	if err != nil {
+		return mapped{}, err
+	}
+	out := mapped{time: t}
 	device := m.Device
 	if device == unknownDevice {
 		device = ""

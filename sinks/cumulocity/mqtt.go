@@ -405,7 +405,7 @@ func (l *mqttLink) wait(ctx context.Context, p pending) error {
 		// its unacknowledged publishes also keep their packet ids until
 		// paho reconnects. Closing it makes paho reconnect and resend.
 		if !p.conn.isDead() {
-			l.s.log.Warn().Str("topic", p.topic).Dur("timeout", l.s.cfg.RequestTimeout).
+			l.s.log.Warn().Str("topic", p.topic).Stringer("timeout", l.s.cfg.RequestTimeout).
 				Msg("no PUBACK in time; dropping the connection to reconnect")
 			p.conn.kill()
 		}
@@ -465,9 +465,7 @@ func (l *mqttLink) ensureChild(ctx context.Context, device string) error {
 	if v, err := l.s.state.Get(key); err != nil {
 		return fmt.Errorf("read state: %w", err)
 	} else if len(v) > 0 {
-		l.childMu.Lock()
-		l.children[device] = true
-		l.childMu.Unlock()
+		l.rememberChild(device)
 		return nil
 	}
 	if err := l.publishWait(ctx, "s/us", csvLine("101", device, "Wittra "+device, sensorType)); err != nil {
@@ -476,11 +474,21 @@ func (l *mqttLink) ensureChild(ctx context.Context, device string) error {
 	if err := l.s.state.Put(ctx, key, []byte("1")); err != nil {
 		return fmt.Errorf("record child %s: %w", device, err)
 	}
-	l.childMu.Lock()
-	l.children[device] = true
-	l.childMu.Unlock()
+	l.rememberChild(device)
 	l.s.log.Info().Str("device", device).Msg("registered child device")
 	return nil
+}
+
+// rememberChild caches that device is registered. The cache is bounded
+// (maxCachedDevices): it only spares State reads, so when full it starts
+// over rather than grow with every device id ever seen.
+func (l *mqttLink) rememberChild(device string) {
+	l.childMu.Lock()
+	defer l.childMu.Unlock()
+	if len(l.children) >= maxCachedDevices {
+		clear(l.children)
+	}
+	l.children[device] = true
 }
 
 // planMQTT maps m and packs its lines into payloads for its topic.

@@ -264,6 +264,9 @@ func (r *restLink) deviceID(ctx context.Context, ext, name, typ, parent string) 
 func (r *restLink) remember(ext, id string) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if len(r.ids) >= maxCachedDevices {
+		clear(r.ids) // a cache of State: bounded, see maxCachedDevices
+	}
 	r.ids[ext] = id
 }
 

@@ -1,15 +1,13 @@
 package mqttclient
 
 import (
-	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"net"
 	"net/url"
-	"os"
 	"strings"
 	"time"
+	"wittra-gateway/internal/tlsfiles"
 )
 
 // Defaults used when a Config field is zero.
@@ -50,7 +48,7 @@ type Config struct {
 	QoS                  byte
 	Retain               bool          // publish data, events and values retained
 	TopicPrefix          string        // default DefaultTopicPrefix
-	Values               bool          // also publish one topic per measured value (SPEC §5)
+	Values               bool          // also publish one topic per measured value (docs/contract.md#topics)
 	GatewayID            string        // names the status topic sinks.StatusTopic(prefix, id); required
 	Window               int           // max publications in flight; default DefaultWindow (DefaultWindowQoS2 at QoS 2)
 	AckTimeout           time.Duration // max wait for one acknowledgement; default DefaultAckTimeout
@@ -58,14 +56,8 @@ type Config struct {
 }
 
 // TLSConfig is the client side of a TLS connection (ssl:// or wss://).
-type TLSConfig struct {
-	CAFile             string // PEM CA bundle that replaces the system roots; empty: system roots
-	CertFile           string // PEM client certificate, with KeyFile, for mutual TLS
-	KeyFile            string
-	InsecureSkipVerify bool // accept any server certificate (testing only)
-}
-
-func (t TLSConfig) isZero() bool { return t == TLSConfig{} }
+// TLSConfig names the client TLS files (shared with the other sinks).
+type TLSConfig = tlsfiles.Config
 
 // withDefaults returns cfg with zero fields defaulted, or an error naming
 // the first invalid field.
@@ -156,32 +148,4 @@ func parseBrokerURL(raw string) (u *url.URL, secure bool, err error) {
 		u.Host = net.JoinHostPort(u.Hostname(), port)
 	}
 	return u, secure, nil
-}
-
-// loadTLS builds the client TLS configuration, reading the files now so
-// that a missing or broken file fails at start, naming the file.
-func loadTLS(c TLSConfig) (*tls.Config, error) {
-	tc := &tls.Config{MinVersion: tls.VersionTLS12, InsecureSkipVerify: c.InsecureSkipVerify}
-	if c.CAFile != "" {
-		pem, err := os.ReadFile(c.CAFile)
-		if err != nil {
-			return nil, fmt.Errorf("read tls ca_file: %w", err)
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("tls ca_file %s: no PEM certificate found", c.CAFile)
-		}
-		tc.RootCAs = pool
-	}
-	if (c.CertFile == "") != (c.KeyFile == "") {
-		return nil, errors.New("tls cert_file and key_file must be given together")
-	}
-	if c.CertFile != "" {
-		cert, err := tls.LoadX509KeyPair(c.CertFile, c.KeyFile)
-		if err != nil {
-			return nil, fmt.Errorf("load tls cert_file %s and key_file %s: %w", c.CertFile, c.KeyFile, err)
-		}
-		tc.Certificates = []tls.Certificate{cert}
-	}
-	return tc, nil
 }

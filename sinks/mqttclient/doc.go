@@ -4,7 +4,7 @@
 //
 // # Topics
 //
-// Each message becomes the publications of sinks.Publications (SPEC §5):
+// Each message becomes the publications of sinks.Publications (docs/contract.md#topics):
 // P/J/D/data or P/J/D/event with the body as received and, with Values, one
 // topic per measured value. The gateway's status topic
 // sinks.StatusTopic(P, gateway id) carries a retained "online", published
@@ -12,7 +12,7 @@
 // (the broker publishes it when the connection dies uncleanly) and
 // published by Close on a clean shutdown.
 //
-// # Delivery (SPEC §7)
+// # Delivery (docs/contract.md#delivery)
 //
 // Durability belongs to the gateway's bbolt queue, not to paho. Each
 // connection is a fresh paho client with a clean session and an in-memory

@@ -101,10 +101,10 @@ func New(cfg Config, log zerolog.Logger) (*Sink, error) {
 	var tc *tls.Config
 	switch {
 	case secure:
-		if tc, err = loadTLS(cfg.TLS); err != nil {
+		if tc, err = cfg.TLS.Client(); err != nil {
 			return nil, fmt.Errorf("mqtt sink %s: %w", cfg.Name, err)
 		}
-	case !cfg.TLS.isZero():
+	case !cfg.TLS.IsZero():
 		return nil, fmt.Errorf("mqtt sink %s: tls settings need an ssl:// or wss:// url, not %s://", cfg.Name, broker.Scheme)
 	}
 	timer := time.NewTimer(time.Hour)
@@ -200,7 +200,7 @@ func (s *Sink) supervise() {
 			backoff = s.grow(backoff)
 			if err.Error() != lastErr { // once per distinct failure
 				lastErr = err.Error()
-				s.log.Warn().Err(err).Str("url", s.broker.Redacted()).Dur("retry_in", backoff).
+				s.log.Warn().Err(err).Str("url", s.broker.Redacted()).Stringer("retry_in", backoff).
 					Msg("cannot connect to broker; retrying")
 			}
 			s.mu.Lock()
@@ -271,7 +271,7 @@ func (s *Sink) supervise() {
 		if dropped {
 			msg = "dropped the connection to broker; reconnecting"
 		}
-		s.log.Warn().Err(why).Str("url", s.broker.Redacted()).Dur("retry_in", backoff).Msg(msg)
+		s.log.Warn().Err(why).Str("url", s.broker.Redacted()).Stringer("retry_in", backoff).Msg(msg)
 	}
 }
 
@@ -311,7 +311,7 @@ func (s *Sink) announce(c paho.Client) {
 			s.log.Warn().Err(err).Str("topic", s.status).Msg("publish online status")
 		}
 	case <-t.C:
-		s.log.Warn().Str("topic", s.status).Dur("timeout", s.cfg.AckTimeout).Msg("online status not acknowledged in time")
+		s.log.Warn().Str("topic", s.status).Stringer("timeout", s.cfg.AckTimeout).Msg("online status not acknowledged in time")
 	case <-s.done:
 	}
 }

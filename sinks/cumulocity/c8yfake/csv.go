@@ -123,10 +123,12 @@ var numberRE = regexp.MustCompile(`^[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE]
 // parseNumber reads a value field as Cumulocity would: a finite float64.
 func parseNumber(s string) (float64, error) {
 	if !numberRE.MatchString(s) {
+		//lint:ignore ST1005 Cumulocity's own s/e text, word for word
 		return 0, fmt.Errorf("Value is not a NUMBER: %s", s)
 	}
 	v, err := strconv.ParseFloat(s, 64)
 	if err != nil {
+		//lint:ignore ST1005 Cumulocity's own s/e text, word for word
 		return 0, fmt.Errorf("Value is not a NUMBER: %s", s)
 	}
 	return v, nil
