@@ -12,7 +12,8 @@
 # (also start-up with the backlog, memory and disk), drain-mqtt (to a
 # mosquitto started late), drain-jetstream (to a local 3-node JetStream
 # cluster, R=3), devices (memory per device), subscriber (durable subscriber
-# replay and latency), profile; aliases: all, baseline, memory, startup, disk,
+# replay and latency), profile, soak (make soak; SOAK=10m, SOAK_RATE,
+# SOAK_OUT=dist/soak); aliases: all, baseline, memory, startup, disk,
 # mqtt, jetstream, durable. Options: -quick, -keep (keep the scratch directory: logs,
 # queue files, profiles), -json FILE (rows as JSON). Environment:
 # BENCH_QUICK=1 is -quick, BENCH_WORK=DIR picks the scratch directory,
@@ -29,7 +30,7 @@ while [ $# -gt 0 ]; do
 	-quick | --quick) quick=-quick ;;
 	-keep | --keep) keep=1 ;;
 	-json | --json) json=$2; shift ;;
-	-h | --help) sed -n '2,19p' "$0"; exit 0 ;;
+	-h | --help) sed -n '2,20p' "$0"; exit 0 ;;
 	-*) echo "bench.sh: unknown option $1" >&2; exit 2 ;;
 	*) scenarios+=("$1") ;;
 	esac

@@ -8,8 +8,10 @@
 // (includes start-up, memory with the backlog and disk), drain-mqtt (the
 // external-broker drain to mosquitto), profile (CPU and allocation
 // profiles of intake and drain), devices (memory per device: RSS and heap
-// after 1,000, 10,000 and 100,000 distinct devices). "all" (the default) is every scenario
-// except profile. Every child process is killed when the runner exits.
+// after 1,000, 10,000 and 100,000 distinct devices), soak (make soak: a
+// bounded long run, soak*.go). "all" (the default) is every scenario
+// except profile and soak. Every child process is killed when the runner
+// exits.
 package main
 
 import (
