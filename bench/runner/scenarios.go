@@ -82,6 +82,21 @@ func (s *server) stop() error {
 	return s.p.stop(15 * time.Second)
 }
 
+// waitDepthZero polls the metric depthKey until it reads 0, the process
+// exits or timeout passes. It returns the time from since to the 0 (zero
+// when never) and the last depth read (-1 when none).
+func (s *server) waitDepthZero(depthKey string, since time.Time, timeout time.Duration) (time.Duration, float64) {
+	last := -1.0
+	for deadline := time.Now().Add(timeout); time.Now().Before(deadline) && !s.p.exited(); time.Sleep(100 * time.Millisecond) {
+		if m, err := s.metrics(); err == nil {
+			if last = m[depthKey]; last == 0 {
+				return time.Since(since), last
+			}
+		}
+	}
+	return 0, last
+}
+
 func (s *server) metrics() (map[string]float64, error) {
 	return metrics("http://" + s.admin + "/metrics")
 }
@@ -459,23 +474,7 @@ func (r *runner) drain() error {
 	}
 	cw := startCPU(gw.p.pid())
 	depthKey := `wittra_gateway_queue_depth_messages{sink="local"}`
-	var drainedAt time.Duration
-	var lastDepth float64 = -1
-	deadline := time.Now().Add(r.drainTimeout)
-	for time.Now().Before(deadline) {
-		m, err := gw.metrics()
-		if err == nil {
-			lastDepth = m[depthKey]
-			if lastDepth == 0 {
-				drainedAt = time.Since(gw.p.start)
-				break
-			}
-		}
-		if gw.p.exited() {
-			break
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	drainedAt, lastDepth := gw.waitDepthZero(depthKey, gw.p.start, r.drainTimeout)
 	ours, others := cw.end(0)
 	liveRep, lerr := live.finish()
 	mem := ms.end()
@@ -586,19 +585,7 @@ func (r *runner) drainMQTT() error {
 	if err != nil {
 		return err
 	}
-	var drained time.Duration
-	lastDepth := -1.0
-	deadline := time.Now().Add(2 * r.drainTimeout)
-	for time.Now().Before(deadline) && !gw.p.exited() {
-		if m, err := gw.metrics(); err == nil {
-			lastDepth = m[depthKey]
-			if lastDepth == 0 {
-				drained = time.Since(t0)
-				break
-			}
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	drained, lastDepth := gw.waitDepthZero(depthKey, t0, 2*r.drainTimeout)
 	liveRep, lerr := live.finish()
 	mem := ms.end()
 	if drained == 0 {
@@ -801,19 +788,7 @@ func (r *runner) drainJetStream() error {
 	defer gw.stop()
 	ms := sampleMem(gw.p.pid(), 100*time.Millisecond)
 	depthKey := `wittra_gateway_queue_depth_messages{sink="central"}`
-	var drained time.Duration
-	lastDepth := -1.0
-	deadline := time.Now().Add(2 * r.drainTimeout)
-	for time.Now().Before(deadline) && !gw.p.exited() {
-		if m, err := gw.metrics(); err == nil {
-			lastDepth = m[depthKey]
-			if lastDepth == 0 {
-				drained = time.Since(t0)
-				break
-			}
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	drained, lastDepth := gw.waitDepthZero(depthKey, t0, 2*r.drainTimeout)
 	mem := ms.end()
 	if drained == 0 {
 		r.add(row{Scenario: scen, Measure: "drain to 3-node JetStream (R=3)", Value: fmt.Sprintf("not drained: depth %.0f after %s", lastDepth, 2*r.drainTimeout), Result: "MISSED"})
