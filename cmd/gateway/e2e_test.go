@@ -300,25 +300,7 @@ func TestQueueCommands(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	// A backlog: messages committed by the intake with no forwarder running.
-	cfg, err := LoadConfig(cfgPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	q, err := buffer.Open(bufferConfig(cfg, []string{"local"}), zerolog.Nop())
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := httptest.NewServer(bridge.NewReceiver(receiverConfig(cfg), q, zerolog.Nop()))
-	for i := range 3 {
-		resp, err := http.Post(srv.URL+"/wittra", "application/json", strings.NewReader(fmt.Sprintf(`{"deviceId":"D%d","payloadId":"b%d"}`, i, i)))
-		if err != nil || resp.StatusCode != 200 {
-			t.Fatalf("post %d: %v %v", i, err, resp)
-		}
-		resp.Body.Close()
-	}
-	srv.Close()
-	q.Close()
+	queueBacklog(t, cfgPath, "b", 3)
 
 	out, err := queueCmd("stats")
 	if err != nil {
@@ -393,5 +375,30 @@ sinks:
 	err := (&QueueCommand{Stdout: io.Discard, Stderr: io.Discard}).Run(context.Background(), []string{"stats", "-config", cfgPath})
 	if err == nil || !strings.Contains(err.Error(), "buffer.max_bytes") || strings.Contains(err.Error(), "WITTRA_TEST_UNSET_TOKEN") {
 		t.Fatalf("a bad buffer section: err = %v, want only the buffer.max_bytes problem", err)
+	}
+}
+
+// queueBacklog commits n messages (devices D0.., payloadIds prefix0..) to
+// the queue of the config at cfgPath through the real intake, with no
+// forwarder running: a backlog for the offline commands.
+func queueBacklog(t *testing.T, cfgPath, prefix string, n int) {
+	t.Helper()
+	cfg, err := LoadConfig(cfgPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	q, err := buffer.Open(bufferConfig(cfg, []string{"local"}), zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer q.Close()
+	srv := httptest.NewServer(bridge.NewReceiver(receiverConfig(cfg), q, zerolog.Nop()))
+	defer srv.Close()
+	for i := range n {
+		resp, err := http.Post(srv.URL+"/wittra", "application/json", strings.NewReader(fmt.Sprintf(`{"deviceId":"D%d","payloadId":"%s%d"}`, i, prefix, i)))
+		if err != nil || resp.StatusCode != 200 {
+			t.Fatalf("post %d: %v %v", i, err, resp)
+		}
+		resp.Body.Close()
 	}
 }

@@ -4,18 +4,14 @@ import (
 	"bytes"
 	"encoding/binary"
 	"fmt"
-	"net/http"
-	"net/http/httptest"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/rs/zerolog"
 	bolt "go.etcd.io/bbolt"
 
-	"wittra-gateway/bridge"
 	"wittra-gateway/buffer"
 )
 
@@ -31,27 +27,11 @@ func TestNewerQueueFormatExitsOneButExports(t *testing.T) {
 		t.Fatal(err)
 	}
 	cfgPath := filepath.Join(dir, "config.yaml")
-	cfg, err := LoadConfig(cfgPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	q, err := buffer.Open(bufferConfig(cfg, []string{"local"}), zerolog.Nop())
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := httptest.NewServer(bridge.NewReceiver(receiverConfig(cfg), q, zerolog.Nop()))
-	for i := range 3 {
-		resp, err := http.Post(srv.URL+"/wittra", "application/json", strings.NewReader(fmt.Sprintf(`{"deviceId":"D%d","payloadId":"n%d"}`, i, i)))
-		if err != nil || resp.StatusCode != 200 {
-			t.Fatalf("post %d: %v %v", i, err, resp)
-		}
-		resp.Body.Close()
-	}
-	srv.Close()
-	q.Close()
+	queueBacklog(t, cfgPath, "n", 3)
+	queuePath := filepath.Join(dir, "queue.db") // as startTestGateway configures it
 
 	newer := buffer.FormatVersion() + 7
-	db, err := bolt.Open(cfg.Buffer.Path, 0o600, &bolt.Options{Timeout: time.Second})
+	db, err := bolt.Open(queuePath, 0o600, &bolt.Options{Timeout: time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -86,7 +66,7 @@ func TestNewerQueueFormatExitsOneButExports(t *testing.T) {
 			t.Errorf("stderr does not say %q:\n%s", want, stderr.String())
 		}
 	}
-	if aside, _ := filepath.Glob(cfg.Buffer.Path + ".corrupt-*"); len(aside) != 0 {
+	if aside, _ := filepath.Glob(queuePath + ".corrupt-*"); len(aside) != 0 {
 		t.Fatalf("the newer file was quarantined: %v", aside)
 	}
 
