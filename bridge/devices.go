@@ -36,7 +36,7 @@ type SeenDevice struct {
 type deviceTable struct {
 	max  int
 	mu   sync.Mutex
-	byID map[string]*list.Element // value: *SeenDevice
+	byID map[deviceKey]*list.Element // value: *SeenDevice
 	lru  list.List                // front: most recent
 }
 
@@ -44,11 +44,14 @@ func newDeviceTable(max int) *deviceTable {
 	if max <= 0 {
 		max = DefaultMaxDevices
 	}
-	return &deviceTable{max: max, byID: make(map[string]*list.Element)}
+	return &deviceTable{max: max, byID: make(map[deviceKey]*list.Element)}
 }
 
 // note records the messages of one committed request. Entries it cannot
 // decode are not ours to judge here (the forwarders count them).
+// deviceKey names a device within its project.
+type deviceKey struct{ project, device string }
+
 func (t *deviceTable) note(entries []buffer.Entry, now time.Time) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -57,7 +60,7 @@ func (t *deviceTable) note(entries []buffer.Entry, now time.Time) {
 		if err != nil {
 			continue
 		}
-		key := m.Project + "\x00" + m.Device
+		key := deviceKey{m.Project, m.Device} // no concatenation per message
 		var d *SeenDevice
 		if el, ok := t.byID[key]; ok {
 			t.lru.MoveToFront(el)
@@ -66,7 +69,7 @@ func (t *deviceTable) note(entries []buffer.Entry, now time.Time) {
 			if t.lru.Len() >= t.max {
 				old := t.lru.Back()
 				od := old.Value.(*SeenDevice)
-				delete(t.byID, od.Project+"\x00"+od.ID)
+				delete(t.byID, deviceKey{od.Project, od.ID})
 				t.lru.Remove(old)
 			}
 			d = &SeenDevice{Project: m.Project, ID: m.Device}
