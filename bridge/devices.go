@@ -37,7 +37,7 @@ type deviceTable struct {
 	max  int
 	mu   sync.Mutex
 	byID map[deviceKey]*list.Element // value: *SeenDevice
-	lru  list.List                // front: most recent
+	lru  list.List                   // front: most recent
 }
 
 func newDeviceTable(max int) *deviceTable {
