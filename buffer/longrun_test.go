@@ -249,7 +249,10 @@ func TestDeadLetterCapHoldsWithinOneCommit(t *testing.T) {
 	recs := readAll(t, r, 20)
 	release := wedge(t, q)
 	var wg sync.WaitGroup
-	for _, rec := range recs {
+	// Queued behind the wedge one after the other (so "newest" is the
+	// order they are applied in), then committed together.
+	deadline := time.Now().Add(30 * time.Second)
+	for i, rec := range recs {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -257,12 +260,9 @@ func TestDeadLetterCapHoldsWithinOneCommit(t *testing.T) {
 				t.Error(err)
 			}
 		}()
-	}
-	// Wait until all 20 are queued behind the wedge, then let them commit
-	// together.
-	deadline := time.Now().Add(30 * time.Second)
-	for len(q.ops) < 20 && time.Now().Before(deadline) {
-		time.Sleep(time.Millisecond)
+		for len(q.ops) < i+1 && time.Now().Before(deadline) {
+			time.Sleep(time.Millisecond)
+		}
 	}
 	release()
 	wg.Wait()
