@@ -150,7 +150,7 @@ func readStream(t testing.TB, c *natstest.Cluster, name string) []stored {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), waitLong)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*waitLong) // after a node loss under a loaded machine the cluster may take a while to elect leaders again
 	defer cancel()
 	var (
 		info *jetstream.StreamInfo
