@@ -1,6 +1,8 @@
 // Package wittra understands Wittra webhook payloads: who a message is from
 // (Identify), when it was measured (Timestamp, ParseTime) and which values it
-// carries (Values), for the shapes in reference/wittra-format.md.
+// carries (Values; Parse and Sources for outputs that map member by member),
+// for the shapes in docs/contract.md. It is the only package that reads the
+// payload format.
 //
 // It reads the raw bytes with a small scanner of its own rather than
 // decoding into maps, so that number text is kept exactly as received and
