@@ -29,7 +29,7 @@ import (
 //	usage, currentmeter, accelerometer, magnetometer, impact, any other payload key with numbers,
 //	Data 2.0 "wittra-*" keys → one measurement each, type and fragment wittra_<key> (key sanitised to
 //	                           [A-Za-z0-9_]), a series per numeric field (nested fields joined by "_",
-//	                           {"value": x} objects read as x), units per wittra-format.md where known
+//	                           {"value": x} objects read as x), units per payloadUnits where Wittra documents one
 //	EVENT messages           → event wittra_<eventType> with payload.changes as text (MQTT 400)
 //	legacy binaryData        → decoded and mapped like payload
 //
@@ -180,7 +180,7 @@ func skippedList(s []string) string {
 	return strings.Join(s, ", ")
 }
 
-// Units of the numeric fields of known payload keys (wittra-format.md).
+// Units of the numeric fields of known payload keys, as Wittra documents them.
 var payloadUnits = map[string]map[string]string{
 	"usage":        {"moving": "s", "stationary": "s"},
 	"currentmeter": {"average": "A", "max": "A", "min": "A", "temperature": "C", "voltage": "mV"},

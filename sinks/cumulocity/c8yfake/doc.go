@@ -6,7 +6,7 @@
 // API for tests. Both sides listen on 127.0.0.1 with a port chosen by the
 // system; Close releases everything.
 //
-// What it encodes comes from shared/reference/cumulocity.md. Where no
+// What it encodes comes from Cumulocity's public documentation. Where no
 // public document settles a behaviour, the code marks the choice
 // "unverified"; the list:
 //
