@@ -4,8 +4,10 @@ package hatest
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"regexp"
+	"strconv"
 	"strings"
 )
 
@@ -212,4 +214,54 @@ func Check(prefix, topic string, payload []byte) (Config, error) {
 		return c, fmt.Errorf("%s: %s", topic, strings.Join(errs, "; "))
 	}
 	return c, nil
+}
+
+// Announced checks every discovery config among last (topic → the last
+// payload seen on it, as a subscriber to everything saw them) with Check,
+// and that the topics each names carry the device's values in last: the
+// availability topic "online", a number on a sensor with a state class,
+// latitude and longitude on the tracker's attributes topic. It returns the
+// configs by topic.
+func Announced(prefix string, last map[string]string) (map[string]Config, error) {
+	cfgs := map[string]Config{}
+	var errs []error
+	for topic, payload := range last {
+		if !strings.HasPrefix(topic, prefix+"/") || topic == prefix+"/status" {
+			continue
+		}
+		c, err := Check(prefix, topic, []byte(payload))
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		cfgs[topic] = c
+		if c.Component == "binary_sensor" { // the gateway's status
+			if v := last[c.Str("state_topic")]; v != "online" {
+				errs = append(errs, fmt.Errorf("%s: state topic %s carries %q, want online", topic, c.Str("state_topic"), v))
+			}
+			continue
+		}
+		if v := last[c.Str("availability_topic")]; v != "online" {
+			errs = append(errs, fmt.Errorf("%s: availability topic %s carries %q", topic, c.Str("availability_topic"), v))
+		}
+		switch c.Component {
+		case "sensor":
+			v, ok := last[c.Str("state_topic")]
+			switch {
+			case !ok:
+				errs = append(errs, fmt.Errorf("%s: nothing arrived on its state topic %s", topic, c.Str("state_topic")))
+			case c.Str("state_class") != "":
+				if _, err := strconv.ParseFloat(v, 64); err != nil {
+					errs = append(errs, fmt.Errorf("%s: state topic carries %q, not a number", topic, v))
+				}
+			}
+		case "device_tracker":
+			var loc struct{ Latitude, Longitude *float64 }
+			at := c.Str("json_attributes_topic")
+			if err := json.Unmarshal([]byte(last[at]), &loc); err != nil || loc.Latitude == nil || loc.Longitude == nil {
+				errs = append(errs, fmt.Errorf("%s: attributes topic %s carries %q: no latitude and longitude", topic, at, last[at]))
+			}
+		}
+	}
+	return cfgs, errors.Join(errs...)
 }
