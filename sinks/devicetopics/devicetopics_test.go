@@ -243,9 +243,9 @@ func TestStateTopic(t *testing.T) {
 	}
 
 	// A later message with other keys adds to the state; a name appears.
-	dir.set(lpth, sinks.DeviceInfo{Name: "Freezer 2", Type: "tag"})
+	dir.set(lpth, sinks.DeviceInfo{Name: `Freezer "2" – kök`, Type: "tag"}) // escaping
 	doc = lastState(t, tp.Add(nil, message(lpth, body("2024-03-12T09:00:00Z", `{"temperature":-18.25,"light":12}`))))
-	if doc.Name == nil || *doc.Name != "Freezer 2" || *doc.Type != "tag" || doc.Project != project || doc.Device != lpth {
+	if doc.Name == nil || *doc.Name != `Freezer "2" – kök` || *doc.Type != "tag" || doc.Project != project || doc.Device != lpth {
 		t.Errorf("state header: %+v", doc)
 	}
 	want := map[string]struct{ value, time string }{

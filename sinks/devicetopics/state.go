@@ -65,8 +65,16 @@ func appendOptString(b []byte, s string) []byte {
 // appendJSONString appends s as a JSON string (strconv.Quote is not JSON
 // for every rune, encoding/json is).
 func appendJSONString(b []byte, s string) []byte {
-	q, _ := json.Marshal(s) // a string always marshals
-	return append(b, q...)
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c >= 0x7f || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
+			q, _ := json.Marshal(s) // a string always marshals
+			return append(b, q...)
+		}
+	}
+	// Plain ASCII (key paths, ids, numbers as text): no escaping needed.
+	b = append(b, '"')
+	b = append(b, s...)
+	return append(b, '"')
 }
 
 func appendTime(b []byte, t time.Time) []byte {
