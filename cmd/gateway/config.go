@@ -182,6 +182,8 @@ type SinkConfig struct {
 	RetainMaxAge    time.Duration // retain_max_age: clear a device silent this long
 	RetainMaxTopics int           // retain_max_topics: cap, oldest-heard-of devices evicted first
 	RetainMaxBytes  int64         // retain_max_bytes: cap on retained payload bytes
+
+	DeviceTopics DeviceTopicsSinkConfig // state, homeassistant (config_devicetopics.go)
 }
 
 // SinkTLS is the client TLS setup of an mqtt or cumulocity sink.
@@ -581,6 +583,8 @@ type rawSink struct {
 	RetainMaxAge    yaml.Node `yaml:"retain_max_age"`
 	RetainMaxTopics yaml.Node `yaml:"retain_max_topics"`
 	RetainMaxBytes  yaml.Node `yaml:"retain_max_bytes"`
+
+	rawDeviceTopics `yaml:",inline"`
 }
 
 type rawSinkTLS struct {
@@ -1208,6 +1212,7 @@ func (p *parser) sink(rs *rawSink, base, gatewayID string) SinkConfig {
 	p.duration(&rs.RetainMaxAge, base+".retain_max_age", &s.RetainMaxAge)
 	p.integer(&rs.RetainMaxTopics, base+".retain_max_topics", &s.RetainMaxTopics)
 	p.size(&rs.RetainMaxBytes, base+".retain_max_bytes", &s.RetainMaxBytes)
+	p.deviceTopicsSink(&rs.rawDeviceTopics, base, &s)
 	switch s.Type {
 	case "mqtt":
 		if s.ClientID == "" {
@@ -1575,6 +1580,7 @@ func (p *parser) validate(c *Config) {
 			p.invalid(base+".type", "must be broker, subscriber, mqtt, cumulocity or jetstream (got %q)", s.Type)
 		}
 		p.validateJetStream(base, s)
+		p.validateDeviceTopics(base, s)
 		p.sinkKeysOfType(base, s.Type)
 	}
 	if hasC8Y && strings.Contains(c.Gateway.ID, ":") {
@@ -1629,9 +1635,9 @@ const minQueueBytes = 64 << 10
 // that type is an error (with its line), so a key that belongs to another
 // type is never silently ignored.
 var sinkKeys = map[string][]string{
-	"broker":     {"topic_prefix", "values", "retain", "retain_max_age", "retain_max_topics", "retain_max_bytes"},
+	"broker":     append([]string{"topic_prefix", "values", "retain", "retain_max_age", "retain_max_topics", "retain_max_bytes"}, deviceTopicsKeys...),
 	"subscriber": {"client_id", "username", "topic_prefix", "values", "qos"},
-	"mqtt":       {"url", "client_id", "username", "password", "password_file", "tls", "qos", "retain", "topic_prefix", "values"},
+	"mqtt":       append([]string{"url", "client_id", "username", "password", "password_file", "tls", "qos", "retain", "topic_prefix", "values"}, deviceTopicsKeys...),
 	"cumulocity": {"mode", "url", "tenant", "username", "password", "password_file", "tls", "device_name", "client_id", "token_url"},
 	"jetstream":  append([]string{"username", "password", "password_file", "tls"}, jetstreamKeys...),
 }
