@@ -35,6 +35,12 @@ type testGateway struct {
 // that replace the defaults below).
 func startTestGateway(t *testing.T, dir string, sections map[string]string) *testGateway {
 	t.Helper()
+	return startTestGatewayTimed(t, dir, sections, testTiming)
+}
+
+// startTestGatewayTimed is startTestGateway with the gateway's timing tm.
+func startTestGatewayTimed(t *testing.T, dir string, sections map[string]string, tm timing) *testGateway {
+	t.Helper()
 	base := map[string]string{
 		"gateway": "gateway: {id: test-gw}",
 		"log":     "log: {level: warn}",
@@ -59,7 +65,7 @@ func startTestGateway(t *testing.T, dir string, sections map[string]string) *tes
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
-		done <- (&RunCommand{Stderr: io.Discard, ready: func(g *gateway) { ready <- g }}).Run(ctx, []string{"-config", path})
+		done <- (&RunCommand{Stderr: io.Discard, ready: func(g *gateway) { ready <- g }, timing: tm}).Run(ctx, []string{"-config", path})
 	}()
 	tg := &testGateway{}
 	var once sync.Once

@@ -144,7 +144,7 @@ sinks: [{name: local, type: broker}]
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
-		done <- (&RunCommand{Stderr: logs, ready: func(g *gateway) { ready <- g }}).Run(ctx, []string{"-config", path})
+		done <- (&RunCommand{Stderr: logs, ready: func(g *gateway) { ready <- g }, timing: testTiming}).Run(ctx, []string{"-config", path})
 	}()
 	var g *gateway
 	select {

@@ -51,10 +51,11 @@ import (
 	paho "github.com/eclipse/paho.mqtt.golang"
 )
 
-// Delivery attempts of in-process gateways end after 300 ms here, so a
-// forwarder waiting for a down sink rechecks what the queue deleted within
-// the tests' time (the product waits 10 s per attempt).
-func init() { forwarderAttempt = 300 * time.Millisecond }
+// testTiming is what in-process gateways of these tests run with: delivery
+// attempts end after 300 ms, so a forwarder waiting for a down sink rechecks
+// what the queue deleted within the tests' time (the product waits 10 s per
+// attempt).
+var testTiming = timing{forwarderAttempt: 300 * time.Millisecond}
 
 const (
 	outageProject      = "outage"
@@ -634,7 +635,7 @@ sinks: [%s]
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
-		done <- (&RunCommand{Stderr: logs, ready: func(g *gateway) { ready <- g }}).Run(ctx, []string{"-config", path})
+		done <- (&RunCommand{Stderr: logs, ready: func(g *gateway) { ready <- g }, timing: testTiming}).Run(ctx, []string{"-config", path})
 	}()
 	gw := &outageGW{log: logs}
 	var once sync.Once

@@ -132,10 +132,9 @@ func TestWrongTokenCostsNoBodyReadAndNoWrite(t *testing.T) {
 }
 
 func TestSlowHeadersAreCutOff(t *testing.T) {
-	old := webhookHeaderTimeout
-	webhookHeaderTimeout = 300 * time.Millisecond
-	t.Cleanup(func() { webhookHeaderTimeout = old })
-	tg := startTestGateway(t, t.TempDir(), nil)
+	tm := testTiming
+	tm.webhookHeaderTimeout = 300 * time.Millisecond
+	tg := startTestGatewayTimed(t, t.TempDir(), nil, tm)
 	conn, err := net.Dial("tcp", tg.g.webhookLn.Addr().String())
 	if err != nil {
 		t.Fatal(err)
