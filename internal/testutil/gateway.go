@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -74,24 +75,18 @@ func CheckConfig(t testing.TB, bin, path string) {
 
 // Process is one run of the gateway binary.
 type Process struct {
-	Cmd  *exec.Cmd
-	Err  error // cmd.Wait's result; set before Done closes
-	done chan struct{}
-	log  string
+	Cmd    *exec.Cmd
+	Err    error // cmd.Wait's result; set before Done closes
+	done   chan struct{}
+	exited atomic.Bool // set with done
+	log    string
 }
 
 // Done is closed when the process has exited.
 func (p *Process) Done() <-chan struct{} { return p.done }
 
 // Exited reports whether the process has exited.
-func (p *Process) Exited() bool {
-	select {
-	case <-p.done:
-		return true
-	default:
-		return false
-	}
-}
+func (p *Process) Exited() bool { return p.exited.Load() }
 
 // WaitExit waits up to d for the process to exit.
 func (p *Process) WaitExit(d time.Duration) bool {
@@ -169,6 +164,7 @@ func StartGateway(t testing.TB, bin, cfgPath, logPath string, addrs ...string) *
 	go func() {
 		p.Err = cmd.Wait()
 		logf.Close()
+		p.exited.Store(true)
 		close(p.done)
 	}()
 	t.Cleanup(p.Kill)

@@ -7,8 +7,8 @@ import (
 )
 
 // IDSet is a goroutine-safe multiset of message ids (payloadIds): what a
-// load generator got accepted, what a subscriber received. It remembers
-// the order in which ids were first added.
+// load generator got accepted, what a subscriber received; or of outcome
+// keys to count. It remembers the order in which ids were first added.
 type IDSet struct {
 	mu    sync.Mutex
 	m     map[string]int
@@ -93,36 +93,10 @@ func (s *IDSet) Minus(o *IDSet) []string {
 	return o.Missing(s.List())
 }
 
-// Counts counts outcomes by a short key (e.g. "503", "refused"),
-// goroutine-safe.
-type Counts struct {
-	mu sync.Mutex
-	m  map[string]int
-}
-
-// Add counts one key.
-func (c *Counts) Add(key string) {
-	c.mu.Lock()
-	if c.m == nil {
-		c.m = make(map[string]int)
-	}
-	c.m[key]++
-	c.mu.Unlock()
-}
-
-func (c *Counts) String() string {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return fmt.Sprint(c.m)
-}
-
-// Total is the sum over every key.
-func (c *Counts) Total() int {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	n := 0
-	for _, v := range c.m {
-		n += v
-	}
-	return n
+// String shows each id with its count (for outcome tallies such as
+// "503" or "refused").
+func (s *IDSet) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return fmt.Sprint(s.m)
 }

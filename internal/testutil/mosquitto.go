@@ -47,20 +47,27 @@ type Mosquitto struct {
 	exit chan struct{}
 }
 
-// MosquittoBinary returns the path of mosquitto, skipping the test when
-// it is not installed (failing it on CI, which must install it).
+// MosquittoBinary returns the path of Debian's mosquitto, with Command's
+// skip or failure when it is not installed.
 func MosquittoBinary(t testing.TB) string {
 	t.Helper()
-	if p, err := exec.LookPath("mosquitto"); err == nil {
-		return p
-	}
-	if _, err := os.Stat("/usr/sbin/mosquitto"); err == nil {
-		return "/usr/sbin/mosquitto"
+	return Command(t, "mosquitto", "mosquitto", "/usr/sbin/mosquitto")
+}
+
+// Command returns the first of names found (in PATH, or as an absolute
+// path). Without one the test skips on a developer machine and fails in CI
+// (CI set), which must install the Debian package pkg.
+func Command(t testing.TB, pkg string, names ...string) string {
+	t.Helper()
+	for _, name := range names {
+		if p, err := exec.LookPath(name); err == nil {
+			return p
+		}
 	}
 	if os.Getenv("CI") != "" {
-		t.Fatal("mosquitto is not installed; CI must install it (apt-get install -y mosquitto)")
+		t.Fatalf("%s is not installed; CI must install it (apt-get install -y %s)", names[0], pkg)
 	}
-	t.Skip("mosquitto is not installed")
+	t.Skipf("%s is not installed (apt-get install %s)", names[0], pkg)
 	return ""
 }
 
