@@ -4,16 +4,8 @@ package mqttclient
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"errors"
 	"fmt"
-	"math/big"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -23,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"wittra-gateway/internal/testpki"
 	"wittra-gateway/internal/testutil"
 	"wittra-gateway/sinks"
 )
@@ -162,15 +155,15 @@ func TestStatus(t *testing.T) {
 // reconnected, "online" again.
 func TestWill(t *testing.T) {
 	m := testutil.StartMosquitto(t, testutil.MosquittoOptions{})
-	p := startProxy(t, fmt.Sprintf("127.0.0.1:%d", m.Port))
+	p := testutil.StartProxy(t, fmt.Sprintf("127.0.0.1:%d", m.Port))
 	status := sinks.StatusTopic(DefaultTopicPrefix, testGateway)
 	sub := testutil.Subscribe(t, m.URL(), status, 1, testutil.SubscriberOptions{})
-	s, logs := newSink(t, Config{URL: p.url()})
+	s, logs := newSink(t, Config{URL: "tcp://" + p.Addr()})
 	waitConnected(t, s)
 	sub.WaitFor(t, waitLong, "online", func(r []testutil.Received) bool { return len(r) > 0 && r[len(r)-1].Payload == "online" })
 
 	before := len(sub.Messages())
-	p.cut()
+	p.Cut()
 	got := sub.WaitFor(t, waitLong, "will offline, then online", func(r []testutil.Received) bool {
 		offline := false
 		for _, x := range r[before:] {
@@ -321,9 +314,9 @@ func TestOutage(t *testing.T) {
 // messages nor break per-device order.
 func TestCutMidStream(t *testing.T) {
 	m := testutil.StartMosquitto(t, testutil.MosquittoOptions{NoDelay: true})
-	p := startProxy(t, fmt.Sprintf("127.0.0.1:%d", m.Port))
+	p := testutil.StartProxy(t, fmt.Sprintf("127.0.0.1:%d", m.Port))
 	sub := testutil.Subscribe(t, m.URL(), DefaultTopicPrefix+"/"+testProject+"/+/data", 1, testutil.SubscriberOptions{})
-	s, logs := newSink(t, Config{URL: p.url(), QoS: 1, Window: 64})
+	s, logs := newSink(t, Config{URL: "tcp://" + p.Addr(), QoS: 1, Window: 64})
 	waitConnected(t, s)
 
 	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Second)
@@ -334,7 +327,7 @@ func TestCutMidStream(t *testing.T) {
 		for st.delivered() < k*len(msgs)/4 {
 			time.Sleep(5 * time.Millisecond)
 		}
-		p.cut()
+		p.Cut()
 	}
 	checkStream(t, st, sub, msgs)
 	// At least one reconnect per cut; a loaded machine may see a cut land
@@ -410,60 +403,15 @@ func TestAuth(t *testing.T) {
 	})
 }
 
-// writeTestPKI writes a self-signed CA and a server certificate for
-// 127.0.0.1 signed by it into dir.
+// writeTestPKI writes a CA and a server certificate for 127.0.0.1 signed
+// by it into dir.
 func writeTestPKI(t *testing.T, dir string) (ca, cert, key string) {
 	t.Helper()
-	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	caTmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(1),
-		Subject:               pkix.Name{CommonName: "wittra test CA"},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(24 * time.Hour),
-		IsCA:                  true,
-		BasicConstraintsValid: true,
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
-	}
-	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	caCert, err := x509.ParseCertificate(caDER)
-	if err != nil {
-		t.Fatal(err)
-	}
-	srvKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	srvTmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(2),
-		Subject:      pkix.Name{CommonName: "127.0.0.1"},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(24 * time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		IPAddresses:  []net.IP{net.ParseIP("127.0.0.1")},
-	}
-	srvDER, err := x509.CreateCertificate(rand.Reader, srvTmpl, caCert, &srvKey.PublicKey, caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	keyDER, err := x509.MarshalECPrivateKey(srvKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	write := func(name, typ string, der []byte) string {
-		p := filepath.Join(dir, name)
-		if err := os.WriteFile(p, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		return p
-	}
-	return write("ca.pem", "CERTIFICATE", caDER), write("server.pem", "CERTIFICATE", srvDER), write("server.key", "EC PRIVATE KEY", keyDER)
+	authority := testpki.NewCA(t, "wittra test CA")
+	ca = filepath.Join(dir, "ca.pem")
+	testpki.WriteFile(t, ca, authority.PEM)
+	cert, key = authority.Server(t).Write(t, dir, "server")
+	return ca, cert, key
 }
 
 func TestTLS(t *testing.T) {
