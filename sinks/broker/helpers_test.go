@@ -1,12 +1,10 @@
 package broker
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"os"
 	"path/filepath"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -14,6 +12,7 @@ import (
 	paho "github.com/eclipse/paho.mqtt.golang"
 	"github.com/rs/zerolog"
 
+	"wittra-gateway/internal/testutil"
 	"wittra-gateway/sinks"
 )
 
@@ -47,27 +46,10 @@ func msg(project, device string, kind sinks.Kind, body string) sinks.Message {
 	}
 }
 
-// syncBuf is a goroutine-safe log sink (mochi may log after a test ends,
-// which a testing.T-backed writer would turn into a panic).
-type syncBuf struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuf) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuf) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
-func testLogger() (zerolog.Logger, *syncBuf) {
-	b := new(syncBuf)
+// testLogger logs into a buffer that is safe for goroutines which outlive
+// the test (mochi may log after it ends).
+func testLogger() (zerolog.Logger, *testutil.LogBuffer) {
+	b := new(testutil.LogBuffer)
 	return zerolog.New(b).Level(zerolog.DebugLevel), b
 }
 
@@ -90,7 +72,7 @@ func startServer(t *testing.T, cfg Config) *Server {
 	return srv
 }
 
-func newSink(t *testing.T, srv *Server, cfg SinkConfig) (*Sink, *syncBuf) {
+func newSink(t *testing.T, srv *Server, cfg SinkConfig) (*Sink, *testutil.LogBuffer) {
 	t.Helper()
 	if cfg.GatewayID == "" {
 		cfg.GatewayID = testGateway

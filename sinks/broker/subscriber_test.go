@@ -11,6 +11,7 @@ import (
 
 	paho "github.com/eclipse/paho.mqtt.golang"
 
+	"wittra-gateway/internal/testutil"
 	"wittra-gateway/sinks"
 )
 
@@ -72,7 +73,7 @@ func dialDurable(t *testing.T, srv *Server, id, user, pass, filter string, r *du
 	}})
 }
 
-func newSubscriberSink(t *testing.T, srv *Server, cfg SubscriberConfig) (*Subscriber, *syncBuf) {
+func newSubscriberSink(t *testing.T, srv *Server, cfg SubscriberConfig) (*Subscriber, *testutil.LogBuffer) {
 	t.Helper()
 	log, buf := testLogger()
 	s, err := NewSubscriber(srv, cfg, log)
