@@ -3,19 +3,12 @@ package broker
 import (
 	"bufio"
 	"bytes"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"fmt"
 	"io"
-	"math/big"
 	"net"
 	"net/http"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -25,6 +18,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 	"golang.org/x/crypto/bcrypt"
 
+	"wittra-gateway/internal/testpki"
 	"wittra-gateway/sinks"
 )
 
@@ -378,91 +372,33 @@ func TestBcryptPassword(t *testing.T) {
 	}
 }
 
-// testCA is a certificate authority made for one test.
+// testCA is a certificate authority made for one test, with its
+// certificate in a file.
 type testCA struct {
-	cert    *x509.Certificate
-	key     *ecdsa.PrivateKey
+	*testpki.CA
 	pemFile string
 	pool    *x509.CertPool
 }
 
-var certSerial = big.NewInt(100)
-
 func newTestCA(t *testing.T, name string) *testCA {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	certSerial.Add(certSerial, big.NewInt(1))
-	tmpl := &x509.Certificate{
-		SerialNumber:          new(big.Int).Set(certSerial),
-		Subject:               pkix.Name{CommonName: name},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(time.Hour),
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ca := &testCA{cert: cert, key: key, pool: x509.NewCertPool()}
-	ca.pool.AddCert(cert)
-	ca.pemFile = writePEM(t, name+"-ca.pem", "CERTIFICATE", der)
+	ca := &testCA{CA: testpki.NewCA(t, name), pemFile: filepath.Join(t.TempDir(), name+"-ca.pem")}
+	testpki.WriteFile(t, ca.pemFile, ca.PEM)
+	ca.pool = ca.Pool()
 	return ca
 }
 
 // issue makes a certificate signed by ca: for 127.0.0.1 (server) or for
-// client authentication. It returns the pair and its files.
+// client authentication with common name name. It returns the pair and
+// its files.
 func (ca *testCA) issue(t *testing.T, name string, server bool) (cert tls.Certificate, certFile, keyFile string) {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	certSerial.Add(certSerial, big.NewInt(1))
-	tmpl := &x509.Certificate{
-		SerialNumber: new(big.Int).Set(certSerial),
-		Subject:      pkix.Name{CommonName: name},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
-	}
+	leaf := ca.Client(t, name, time.Now().Add(-time.Hour), time.Now().Add(time.Hour))
 	if server {
-		tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}
-		tmpl.IPAddresses = []net.IP{net.ParseIP("127.0.0.1")}
+		leaf = ca.ServerNamed(t, name)
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	keyDER, err := x509.MarshalECPrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	certFile = writePEM(t, name+".pem", "CERTIFICATE", der)
-	keyFile = writePEM(t, name+".key", "EC PRIVATE KEY", keyDER)
-	cert, err = tls.LoadX509KeyPair(certFile, keyFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return cert, certFile, keyFile
-}
-
-func writePEM(t *testing.T, name, typ string, der []byte) string {
-	t.Helper()
-	p := filepath.Join(t.TempDir(), name)
-	if err := os.WriteFile(p, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return p
+	certFile, keyFile = leaf.Write(t, t.TempDir(), name)
+	return leaf.TLS(t), certFile, keyFile
 }
 
 func TestMutualTLS(t *testing.T) {
