@@ -159,31 +159,34 @@ func (s *Subscriber) WaitFor(t testing.TB, d time.Duration, what string, ok func
 	}
 }
 
-// take returns the message at Next's cursor and advances it.
-func (s *Subscriber) take() (Received, bool) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.next >= len(s.msgs) {
-		return Received{}, false
-	}
-	s.next++
-	return s.msgs[s.next-1], true
-}
-
-// Next returns the next message not yet returned by Next, Until or Quiet,
-// failing the test after d.
-func (s *Subscriber) Next(t testing.TB, d time.Duration) Received {
-	t.Helper()
+// Poll returns the next message not yet returned by Poll, Next, Until or
+// Quiet, waiting up to d for it; false if none came.
+func (s *Subscriber) Poll(d time.Duration) (Received, bool) {
 	deadline := time.Now().Add(d)
 	for {
-		if r, ok := s.take(); ok {
-			return r
+		s.mu.Lock()
+		if s.next < len(s.msgs) {
+			s.next++
+			r := s.msgs[s.next-1]
+			s.mu.Unlock()
+			return r, true
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no message within %v", d)
+		s.mu.Unlock()
+		if !time.Now().Before(deadline) {
+			return Received{}, false
 		}
 		time.Sleep(2 * time.Millisecond)
 	}
+}
+
+// Next is Poll that fails the test when nothing came within d.
+func (s *Subscriber) Next(t testing.TB, d time.Duration) Received {
+	t.Helper()
+	r, ok := s.Poll(d)
+	if !ok {
+		t.Fatalf("no message within %v", d)
+	}
+	return r
 }
 
 // Until returns the next messages up to and including the first on topic,
@@ -193,32 +196,21 @@ func (s *Subscriber) Until(t testing.TB, topic string, d time.Duration) []Receiv
 	var got []Received
 	deadline := time.Now().Add(d)
 	for {
-		if r, ok := s.take(); ok {
-			got = append(got, r)
-			if r.Topic == topic {
-				return got
-			}
-			continue
-		}
-		if time.Now().After(deadline) {
+		r, ok := s.Poll(time.Until(deadline))
+		if !ok {
 			t.Fatalf("no message on %s within %v; got %v", topic, d, got)
 		}
-		time.Sleep(2 * time.Millisecond)
+		got = append(got, r)
+		if r.Topic == topic {
+			return got
+		}
 	}
 }
 
-// Quiet fails the test if a message not yet returned by Next arrives
-// within d.
+// Quiet fails the test if a message not yet returned arrives within d.
 func (s *Subscriber) Quiet(t testing.TB, d time.Duration) {
 	t.Helper()
-	deadline := time.Now().Add(d)
-	for time.Now().Before(deadline) {
-		if r, ok := s.take(); ok {
-			t.Fatalf("unexpected message %+v", r)
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
-	if r, ok := s.take(); ok {
+	if r, ok := s.Poll(d); ok {
 		t.Fatalf("unexpected message %+v", r)
 	}
 }
