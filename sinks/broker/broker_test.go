@@ -111,7 +111,7 @@ func TestPublishACL(t *testing.T) {
 			s, _ := newSink(t, srv, SinkConfig{})
 			newSink(t, srv, SinkConfig{Name: "b", TopicPrefix: "site/b"})
 			sub := subscribe(t, mustDial(t, clientOpts{url: tcpURL(srv)}), "#", 2)
-			sub.until(t, "site/b/gateway/"+testGateway+"/status")
+			sub.Until(t, "site/b/gateway/"+testGateway+"/status", waitLong)
 
 			pub := mustDial(t, clientOpts{url: tcpURL(srv), user: tt.user, pass: tt.pass})
 			tok := pub.Publish(tt.topic, tt.qos, true, "intruder")
@@ -121,10 +121,10 @@ func TestPublishACL(t *testing.T) {
 			// The gateway still publishes, and a routed intruder message
 			// would be queued to the subscriber before it.
 			publish(t, s, msg("p", "marker", sinks.KindData, `{"m":1}`))
-			got := sub.until(t, "wittra/p/marker/data")
+			got := sub.Until(t, "wittra/p/marker/data", waitLong)
 			var intruder bool
 			for _, r := range got {
-				if r.payload == "intruder" {
+				if r.Payload == "intruder" {
 					intruder = true
 				}
 			}
@@ -135,11 +135,11 @@ func TestPublishACL(t *testing.T) {
 			// Nothing retained from a refused publish, and the status stands.
 			late := subscribe(t, mustDial(t, clientOpts{url: tcpURL(srv)}), tt.topic, 0)
 			if tt.topic == statusTopic {
-				if r := late.next(t, waitLong); r.payload != "online" {
-					t.Fatalf("status = %q, want online", r.payload)
+				if r := late.Next(t, waitLong); r.Payload != "online" {
+					t.Fatalf("status = %q, want online", r.Payload)
 				}
 			} else if !tt.delivered {
-				late.quiet(t, 100*time.Millisecond)
+				late.Quiet(t, 100*time.Millisecond)
 			}
 		})
 	}
@@ -277,8 +277,8 @@ func TestWebsocket(t *testing.T) {
 	sub := subscribe(t, mustDial(t, clientOpts{url: url}), "wittra/p/#", 1)
 	body := `{"deviceId":"D1","big":"` + strings.Repeat("x", 100_000) + `"}`
 	publish(t, s, msg("p", "D1", sinks.KindData, body))
-	if r := sub.next(t, waitLong); r.topic != "wittra/p/D1/data" || r.payload != body {
-		t.Fatalf("got %s (%d bytes)", r.topic, len(r.payload))
+	if r := sub.Next(t, waitLong); r.Topic != "wittra/p/D1/data" || r.Payload != body {
+		t.Fatalf("got %s (%d bytes)", r.Topic, len(r.Payload))
 	}
 
 	tests := []struct {
@@ -317,7 +317,7 @@ func TestTLS(t *testing.T) {
 			}})
 			sub := subscribe(t, c, "wittra/p/#", 1)
 			publish(t, s, msg("p", "d", sinks.KindData, `{"tls":true}`))
-			if r := sub.next(t, waitLong); r.payload != `{"tls":true}` {
+			if r := sub.Next(t, waitLong); r.Payload != `{"tls":true}` {
 				t.Fatalf("got %+v", r)
 			}
 		})
@@ -432,7 +432,7 @@ func TestConnectTimeout(t *testing.T) {
 			}
 
 			publish(t, s, msg("p", "d", sinks.KindData, `{"still":"connected"}`))
-			if r := sub.next(t, waitLong); r.payload != `{"still":"connected"}` {
+			if r := sub.Next(t, waitLong); r.Payload != `{"still":"connected"}` {
 				t.Fatalf("got %+v", r)
 			}
 		})

@@ -155,7 +155,7 @@ func TestSubscriberSlowClientBurst(t *testing.T) {
 		t.Fatalf("forward: %v", err)
 	}
 	rec.check(t, devices, perDevice)
-	if r := viewer.next(t, waitLong); r.payload != "0" {
+	if r := viewer.Next(t, waitLong); r.Payload != "0" {
 		t.Fatalf("ordinary subscriber got %+v", r)
 	}
 	if d := srv.Dropped(); d != 0 {
