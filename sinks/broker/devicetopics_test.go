@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"testing"
 	"time"
+	"wittra-gateway/internal/testutil"
 
 	"wittra-gateway/sinks"
 	"wittra-gateway/sinks/devicetopics"
@@ -21,11 +22,11 @@ func (d haDirectory) Device(project, device string) (sinks.DeviceInfo, bool) {
 const haTag = "D00124B001E2A1B2C" // the device of fixture f1
 
 // checkAnnounced checks the configs among got (see hatest.Announced).
-func checkAnnounced(t *testing.T, got []received) map[string]hatest.Config {
+func checkAnnounced(t *testing.T, got []testutil.Received) map[string]hatest.Config {
 	t.Helper()
 	last := map[string]string{}
 	for _, r := range got {
-		last[r.topic] = r.payload
+		last[r.Topic] = r.Payload
 	}
 	cfgs, err := hatest.Announced("homeassistant", last)
 	if err != nil {
@@ -47,7 +48,7 @@ func TestHomeAssistantEmbeddedBroker(t *testing.T) {
 	stateTopic := "wittra/" + testProject + "/" + haTag + "/state"
 
 	publish(t, s, msg(testProject, haTag, sinks.KindData, fixture(t, "f1_data_tag.json")))
-	got := sub.until(t, stateTopic)
+	got := sub.Until(t, stateTopic, waitLong)
 	cfgs := checkAnnounced(t, got)
 	if len(cfgs) != 11 { // gateway + 10 keys of f1 (its neighbour list gets none)
 		t.Fatalf("%d configs announced, want the gateway's and one per value key", len(cfgs))
@@ -56,8 +57,8 @@ func TestHomeAssistantEmbeddedBroker(t *testing.T) {
 		Name   string
 		Values map[string]struct{ Value json.RawMessage }
 	}
-	if err := json.Unmarshal([]byte(got[len(got)-1].payload), &state); err != nil || state.Name != "Forklift 7" || string(state.Values["temperature"].Value) != "21.75" {
-		t.Errorf("state %s (%v)", got[len(got)-1].payload, err)
+	if err := json.Unmarshal([]byte(got[len(got)-1].Payload), &state); err != nil || state.Name != "Forklift 7" || string(state.Values["temperature"].Value) != "21.75" {
+		t.Errorf("state %s (%v)", got[len(got)-1].Payload, err)
 	}
 
 	// The configs and the state are retained even though the sink's
@@ -65,13 +66,13 @@ func TestHomeAssistantEmbeddedBroker(t *testing.T) {
 	late := subscribe(t, mustDial(t, clientOpts{url: url}), "homeassistant/#", 1)
 	retained := map[string]bool{}
 	for len(retained) < len(cfgs) {
-		r := late.next(t, waitLong)
-		if !r.retain || cfgs[r.topic].Topic == "" {
-			t.Fatalf("late subscriber got %s (retain %v), want the retained configs", r.topic, r.retain)
+		r := late.Next(t, waitLong)
+		if !r.Retain || cfgs[r.Topic].Topic == "" {
+			t.Fatalf("late subscriber got %s (retain %v), want the retained configs", r.Topic, r.Retain)
 		}
-		retained[r.topic] = true
+		retained[r.Topic] = true
 	}
-	if r := subscribe(t, mustDial(t, clientOpts{url: url}), stateTopic, 1).next(t, waitLong); !r.retain {
+	if r := subscribe(t, mustDial(t, clientOpts{url: url}), stateTopic, 1).Next(t, waitLong); !r.Retain {
 		t.Error("state topic not retained")
 	}
 
@@ -85,12 +86,8 @@ func TestHomeAssistantEmbeddedBroker(t *testing.T) {
 		if time.Now().After(deadline) {
 			t.Fatalf("%d of %d configs republished after online", len(again), len(cfgs))
 		}
-		select {
-		case r := <-late.ch:
-			if r.topic != "homeassistant/status" {
-				again[r.topic] = true
-			}
-		case <-time.After(100 * time.Millisecond):
+		if r, ok := late.Poll(100 * time.Millisecond); ok && r.Topic != "homeassistant/status" {
+			again[r.Topic] = true
 		}
 	}
 
@@ -101,13 +98,11 @@ func TestHomeAssistantEmbeddedBroker(t *testing.T) {
 	after := subscribe(t, mustDial(t, clientOpts{url: url}), "#", 1)
 	left := map[string]bool{}
 	for {
-		select {
-		case r := <-after.ch:
-			left[r.topic] = true
-			continue
-		case <-time.After(500 * time.Millisecond):
+		r, ok := after.Poll(500 * time.Millisecond)
+		if !ok {
+			break
 		}
-		break
+		left[r.Topic] = true
 	}
 	for topic := range cfgs {
 		if !left[topic] {
@@ -131,9 +126,9 @@ func TestHomeAssistantEmbeddedBroker(t *testing.T) {
 	roundTrip(t, ha)
 	last := subscribe(t, mustDial(t, clientOpts{url: url}), "homeassistant/#", 1)
 	for n := 0; n < len(cfgs)-1; n++ {
-		if r := last.next(t, waitLong); r.topic == gone {
+		if r := last.Next(t, waitLong); r.Topic == gone {
 			t.Fatalf("deleted config %s still retained", gone)
 		}
 	}
-	last.quiet(t, 300*time.Millisecond)
+	last.Quiet(t, 300*time.Millisecond)
 }

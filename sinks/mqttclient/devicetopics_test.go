@@ -6,6 +6,7 @@ import (
 	"syscall"
 	"testing"
 	"time"
+	"wittra-gateway/internal/testutil"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
 
@@ -16,10 +17,10 @@ import (
 
 const haTag = "D00124B001E2A1B2C" // the device of fixture f1
 
-func lastPayloads(got []received) map[string]string {
+func lastPayloads(got []testutil.Received) map[string]string {
 	last := map[string]string{}
 	for _, r := range got {
-		last[r.topic] = r.payload
+		last[r.Topic] = r.Payload
 	}
 	return last
 }
@@ -40,20 +41,20 @@ func haClient(t *testing.T, url string) paho.Client {
 // when Home Assistant comes online, and keeps listening across a broker
 // restart (each connection subscribes again).
 func TestHomeAssistantMosquitto(t *testing.T) {
-	m := startMosquitto(t, mosqOpts{})
+	m := testutil.StartMosquitto(t, testutil.MosquittoOptions{})
 	body, err := os.ReadFile(filepath.Join("..", "..", "wittra", "testdata", "f1_data_tag.json"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, _ := newSink(t, Config{URL: m.url(), QoS: 1, Values: true, Devices: devicetopics.Options{
+	s, _ := newSink(t, Config{URL: m.URL(), QoS: 1, Values: true, Devices: devicetopics.Options{
 		State: true, RepublishSpread: 200 * time.Millisecond, HomeAssistant: devicetopics.HomeAssistant{Enabled: true},
 	}})
 	waitConnected(t, s)
-	all := subscribe(t, m.url(), "#", 1, subOpts{})
+	all := testutil.Subscribe(t, m.URL(), "#", 1, testutil.SubscriberOptions{})
 	stateTopic := DefaultTopicPrefix + "/" + testProject + "/" + haTag + "/state"
 	publishAll(t, s, []sinks.Message{{Seq: 1, Received: time.Now(), Project: testProject, Device: haTag, Kind: sinks.KindData, Body: body}})
 
-	got := all.waitFor(t, waitLong, "state topic", func(r []received) bool { return len(r) > 0 && r[len(r)-1].topic == stateTopic })
+	got := all.WaitFor(t, waitLong, "state topic", func(r []testutil.Received) bool { return len(r) > 0 && r[len(r)-1].Topic == stateTopic })
 	cfgs, err := hatest.Announced("homeassistant", lastPayloads(got))
 	if err != nil {
 		t.Error(err)
@@ -61,49 +62,49 @@ func TestHomeAssistantMosquitto(t *testing.T) {
 	if len(cfgs) != 11 {
 		t.Fatalf("%d configs, want 11 (gateway + 10 keys of f1)", len(cfgs))
 	}
-	if got[len(got)-1].payload[0] != '{' {
-		t.Errorf("state %q", got[len(got)-1].payload)
+	if got[len(got)-1].Payload[0] != '{' {
+		t.Errorf("state %q", got[len(got)-1].Payload)
 	}
-	countConfigs := func(r []received) int {
+	countConfigs := func(r []testutil.Received) int {
 		n := 0
 		for _, x := range r {
-			if cfgs[x.topic].Topic != "" {
+			if cfgs[x.Topic].Topic != "" {
 				n++
 			}
 		}
 		return n
 	}
 	// Retained (the sink's retain is off: only values are not).
-	late := subscribe(t, m.url(), "homeassistant/#", 1, subOpts{})
-	late.waitFor(t, waitLong, "retained configs", func(r []received) bool { return countConfigs(r) == len(cfgs) })
-	for _, r := range late.snapshot() {
-		if !r.retain {
-			t.Errorf("%s not retained", r.topic)
+	late := testutil.Subscribe(t, m.URL(), "homeassistant/#", 1, testutil.SubscriberOptions{})
+	late.WaitFor(t, waitLong, "retained configs", func(r []testutil.Received) bool { return countConfigs(r) == len(cfgs) })
+	for _, r := range late.Messages() {
+		if !r.Retain {
+			t.Errorf("%s not retained", r.Topic)
 		}
 	}
 
 	// Home Assistant restarts: its birth message brings every config again.
-	ha := haClient(t, m.url())
+	ha := haClient(t, m.URL())
 	ha.Publish("homeassistant/status", 1, false, "online").WaitTimeout(waitLong)
-	all.waitFor(t, 30*time.Second, "configs republished", func(r []received) bool { return countConfigs(r) == 2*len(cfgs) })
+	all.WaitFor(t, 30*time.Second, "configs republished", func(r []testutil.Received) bool { return countConfigs(r) == 2*len(cfgs) })
 
 	// A broker restart without persistence loses every retained config;
 	// the sink's new connection subscribes again, so Home Assistant's next
 	// birth message restores them.
-	m.stop(syscall.SIGKILL)
-	m.start()
+	m.Stop(syscall.SIGKILL)
+	m.Start()
 	waitConnected(t, s)
-	ha = haClient(t, m.url())
-	fresh := subscribe(t, m.url(), "homeassistant/#", 1, subOpts{})
+	ha = haClient(t, m.URL())
+	fresh := testutil.Subscribe(t, m.URL(), "homeassistant/#", 1, testutil.SubscriberOptions{})
 	deadline := time.Now().Add(30 * time.Second)
-	for countConfigs(fresh.snapshot()) < len(cfgs) {
+	for countConfigs(fresh.Messages()) < len(cfgs) {
 		if time.Now().After(deadline) {
-			t.Fatalf("configs not restored after the broker restart: %d of %d", countConfigs(fresh.snapshot()), len(cfgs))
+			t.Fatalf("configs not restored after the broker restart: %d of %d", countConfigs(fresh.Messages()), len(cfgs))
 		}
 		// The sink subscribes once its connection is up: say online until it hears.
 		ha.Publish("homeassistant/status", 1, false, "online").WaitTimeout(waitLong)
 		time.Sleep(500 * time.Millisecond)
 	}
-	again := subscribe(t, m.url(), "homeassistant/#", 1, subOpts{})
-	again.waitFor(t, waitLong, "retained configs after the restart", func(r []received) bool { return countConfigs(r) == len(cfgs) })
+	again := testutil.Subscribe(t, m.URL(), "homeassistant/#", 1, testutil.SubscriberOptions{})
+	again.WaitFor(t, waitLong, "retained configs after the restart", func(r []testutil.Received) bool { return countConfigs(r) == len(cfgs) })
 }
