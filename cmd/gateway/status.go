@@ -118,7 +118,7 @@ func (g *gateway) statusReading(cfg *Config) status.Reading {
 		r.Intake.LastRequest = g.receiver.LastRequest()
 		for _, d := range g.receiver.Devices() {
 			r.Devices = append(r.Devices, status.DeviceReading{
-				ID: d.ID, Project: d.Project, Kind: d.Kind.String(),
+				ID: d.ID, Project: d.Project, Kind: d.Kind.String(), Name: g.deviceName(d.Project, d.ID),
 				LastSeen: d.LastSeen, Messages: d.Messages, Body: d.Body, BodyLen: d.BodyLen,
 			})
 		}
