@@ -51,9 +51,9 @@ const (
 	// MaxProjects bounds the projects asked about (the configured ones, or
 	// those seen in webhooks).
 	MaxProjects = 20
-	// newProjectPoll is how often Run looks for projects seen in webhooks
-	// that were never asked about, between full rounds.
-	newProjectPoll = time.Minute
+	// DefaultNewProjectPoll is how often Run looks for projects seen in
+	// webhooks that were never asked about, between full rounds.
+	DefaultNewProjectPoll = time.Minute
 	// keyPrefix names a project's list in the Store.
 	keyPrefix = "project/"
 )
@@ -83,6 +83,9 @@ type Config struct {
 	Clock        clock.Clock   // clock.System() when nil
 	HTTPClient   *http.Client  // a plain client when nil
 	UserAgent    string        // "wittra-gateway" when empty
+	// NewProjectPoll: how often Run looks for newly seen projects between
+	// rounds; DefaultNewProjectPoll when 0.
+	NewProjectPoll time.Duration
 }
 
 // Validate checks c after defaults.
@@ -169,6 +172,9 @@ func New(cfg Config, log zerolog.Logger) (*Client, error) {
 	if cfg.UserAgent == "" {
 		cfg.UserAgent = "wittra-gateway"
 	}
+	if cfg.NewProjectPoll <= 0 {
+		cfg.NewProjectPoll = DefaultNewProjectPoll
+	}
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("wittra api: %w", err)
 	}
@@ -222,7 +228,7 @@ func (c *Client) Run(ctx context.Context) {
 	wait := c.Refresh(ctx)
 	due := c.cfg.Clock.Mono() + wait
 	for {
-		t := time.NewTimer(min(max(due-c.cfg.Clock.Mono(), 0), newProjectPoll))
+		t := time.NewTimer(min(max(due-c.cfg.Clock.Mono(), 0), c.cfg.NewProjectPoll))
 		select {
 		case <-ctx.Done():
 			t.Stop()

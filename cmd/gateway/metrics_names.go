@@ -14,7 +14,7 @@ func newNamesCollector(g *gateway) *namesCollector {
 		g:             g,
 		lastSuccess:   prometheus.NewDesc("wittra_gateway_wittra_api_last_success_timestamp_seconds", "Unix time of the last device list fetched from the Wittra API (0 before the first since start).", nil, nil),
 		devices:       prometheus.NewDesc("wittra_gateway_wittra_api_devices", "Devices whose name and type are known from the Wittra API (kept across restarts).", nil, nil),
-		refreshErrors: prometheus.NewDesc("wittra_gateway_wittra_api_refresh_refreshErrorstotal", "Failed Wittra API requests (network, timeout, 401, 404, 429, 5xx, unreadable answer).", nil, nil),
+		refreshErrors: prometheus.NewDesc("wittra_gateway_wittra_api_refresh_errors_total", "Failed Wittra API requests (network, timeout, 401, 404, 429, 5xx, unreadable answer).", nil, nil),
 	}
 }
 

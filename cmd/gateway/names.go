@@ -24,6 +24,10 @@ const (
 // file (a variable so tests can shorten it); a stop writes them too.
 var devicesSaveEvery = 30 * time.Second
 
+// wittraNewProjectPoll is how soon a project first seen in a webhook is
+// asked about (a variable so tests can shorten it).
+var wittraNewProjectPoll = wittraapi.DefaultNewProjectPoll
+
 // names holds the device-name components of a running gateway.
 type names struct {
 	seen   *bridge.DeviceStore
@@ -51,6 +55,7 @@ func (g *gateway) openNames(cfg *Config) error {
 			Refresh:        w.Refresh,
 			Store:          g.queue.KV(kvWittraAPI),
 			UserAgent:      "wittra-gateway/" + Version,
+			NewProjectPoll: wittraNewProjectPoll,
 		}, g.log)
 		if err != nil {
 			return err
@@ -76,14 +81,13 @@ func (g *gateway) directory() sinks.Directory {
 	return g.names.api
 }
 
-// deviceName is the API's name of a device, "" when unknown.
-func (g *gateway) deviceName(project, device string) string {
+// deviceInfo is what the API says of a device (zero when unknown).
+func (g *gateway) deviceInfo(project, device string) sinks.DeviceInfo {
 	if d := g.directory(); d != nil {
-		if info, ok := d.Device(project, device); ok {
-			return info.Name
-		}
+		info, _ := d.Device(project, device)
+		return info
 	}
-	return ""
+	return sinks.DeviceInfo{}
 }
 
 // runNames starts saving the devices seen and refreshing names; called
