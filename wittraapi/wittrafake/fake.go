@@ -30,7 +30,6 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
-	"errors"
 	"net"
 	"net/http"
 	"strconv"
@@ -198,10 +197,10 @@ func (s *Server) devices(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	if err := s.checkAuth(r); err != nil {
+	if detail := s.checkAuth(r); detail != "" {
 		s.record(r, http.StatusUnauthorized)
 		w.Header().Set("WWW-Authenticate", `Basic realm="api"`)
-		writeJSON(w, http.StatusUnauthorized, map[string]string{"detail": err.Error()})
+		writeJSON(w, http.StatusUnauthorized, map[string]string{"detail": detail})
 		return
 	}
 	s.mu.Lock()
@@ -242,21 +241,23 @@ func (s *Server) devices(w http.ResponseWriter, r *http.Request) {
 }
 
 // checkAuth: Basic base64(org:key), the user part being the path's org.
-func (s *Server) checkAuth(r *http.Request) error {
+// It returns the 401 body's detail (FastAPI's texts, as in the third-party
+// mock), "" when the login is good.
+func (s *Server) checkAuth(r *http.Request) string {
 	h := r.Header.Get("Authorization")
 	enc, isBasic := strings.CutPrefix(h, "Basic ")
 	if !isBasic {
-		return errors.New("Not authenticated")
+		return "Not authenticated"
 	}
 	raw, err := base64.StdEncoding.DecodeString(enc)
 	if err != nil {
-		return errors.New("Invalid authentication credentials")
+		return "Invalid authentication credentials"
 	}
 	user, pass, found := strings.Cut(string(raw), ":")
 	if !found || user != r.PathValue("org") || user != s.org || pass != s.key {
-		return errors.New("Invalid authentication credentials")
+		return "Invalid authentication credentials"
 	}
-	return nil
+	return ""
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {
