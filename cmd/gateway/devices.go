@@ -175,7 +175,7 @@ func (c *DevicesCommand) table(w io.Writer, rows []deviceRow, source string) err
 	if c.now != nil {
 		now = c.now
 	}
-	fmt.Fprintf(w, "%d devices (from the %s)\n\n", len(rows), source)
+	fmt.Fprintf(w, "devices seen: %d (from the %s)\n\n", len(rows), source)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "ID\tNAME\tTYPE\tPROJECT\tLAST SEEN\tVALUES")
 	for _, r := range rows {

@@ -140,7 +140,7 @@ wittra_api:
 	if err := (&DevicesCommand{Stdout: &table, Stderr: io.Discard}).Run(context.Background(), []string{"-config", cfgPath}); err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"1 devices (from the queue file", namesDevice, "Freezer 2 (moved)", "tag", namesProject, "temperature=21.75"} {
+	for _, want := range []string{"devices seen: 1 (from the queue file", namesDevice, "Freezer 2 (moved)", "tag", namesProject, "temperature=21.75"} {
 		if !strings.Contains(table.String(), want) {
 			t.Errorf("table lacks %q:\n%s", want, table.String())
 		}
@@ -218,5 +218,40 @@ func TestWittraAPIConfig(t *testing.T) {
 	os.WriteFile(path, []byte("buffer: {path: q.db}\nwittra_api: {organization_id: o, api_key_file: /nonexistent}\n"), 0o600)
 	if _, err := LoadQueueConfig(path); err != nil {
 		t.Fatalf("LoadQueueConfig: %v", err)
+	}
+}
+
+// The commented wittra_api section of config.example.yaml is a valid config.
+func TestWittraAPIExampleConfig(t *testing.T) {
+	b, err := os.ReadFile("../../config.example.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var lines []string
+	in := false
+	for _, l := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(l, "# wittra_api:") {
+			in = true
+		}
+		if in {
+			if !strings.HasPrefix(l, "#") {
+				break
+			}
+			lines = append(lines, strings.TrimPrefix(l, "# "))
+		}
+	}
+	if len(lines) < 3 {
+		t.Fatal("no wittra_api example in config.example.yaml")
+	}
+	dir := t.TempDir()
+	key := filepath.Join(dir, "wittra-api.key")
+	os.WriteFile(key, []byte("k\n"), 0o600)
+	text := strings.Replace(strings.Join(lines, "\n"), "/etc/wittra-gateway/wittra-api.key", key, 1)
+	cfg, err := ParseConfig([]byte(text+"\n"), dir)
+	if err != nil {
+		t.Fatalf("example:\n%s\n%v", text, err)
+	}
+	if cfg.WittraAPI == nil || cfg.WittraAPI.OrganizationID != "zu5vNiAv9tJXZmmJSFMv" || cfg.WittraAPI.APIKey != "k" {
+		t.Fatalf("example gave %+v", cfg.WittraAPI)
 	}
 }
