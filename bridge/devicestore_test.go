@@ -31,7 +31,7 @@ func (s *seenTable) get() []SeenDevice {
 	return append([]SeenDevice(nil), s.devs...)
 }
 
-func openStoreQueue(t *testing.T, path string) *buffer.Queue {
+func openStoreQueue(t testing.TB, path string) *buffer.Queue {
 	t.Helper()
 	q, err := buffer.Open(buffer.Config{Path: path, MaxBytes: 1 << 20, MaxAge: time.Hour, Consumers: []string{"s"}}, zerolog.Nop())
 	if err != nil {
