@@ -63,6 +63,9 @@ type Config struct {
 	Admin   AdminConfig
 	Broker  BrokerConfig
 	Sinks   []SinkConfig
+	// WittraAPI is where device names come from (config_wittraapi.go);
+	// nil when the section is absent.
+	WittraAPI *WittraAPIConfig
 }
 
 // GatewayConfig is the `gateway:` section.
@@ -452,6 +455,14 @@ func (c *Config) Redacted() *Config {
 		}
 		r.Sinks[i] = s
 	}
+	if c.WittraAPI != nil {
+		w := *c.WittraAPI
+		w.Projects = cloneStrings(w.Projects)
+		if w.APIKey != "" {
+			w.APIKey = mask
+		}
+		r.WittraAPI = &w
+	}
 	return &r
 }
 
@@ -476,6 +487,8 @@ type rawConfig struct {
 	Admin   rawAdmin   `yaml:"admin"`
 	Broker  rawBroker  `yaml:"broker"`
 	Sinks   []rawSink  `yaml:"sinks"`
+	// config_wittraapi.go
+	WittraAPI *rawWittraAPI `yaml:"wittra_api"`
 }
 
 type rawGateway struct {
@@ -1186,6 +1199,7 @@ func (p *parser) apply(r *rawConfig, cfg *Config) {
 	case !br.Enabled:
 		cfg.Sinks = nil // the default local sink needs the embedded broker
 	}
+	p.wittraAPI(r.WittraAPI, cfg) // config_wittraapi.go
 }
 
 func (p *parser) sink(rs *rawSink, base, gatewayID string) SinkConfig {
@@ -1586,6 +1600,7 @@ func (p *parser) validate(c *Config) {
 	if hasC8Y && strings.Contains(c.Gateway.ID, ":") {
 		p.invalid("gateway.id", "must not contain ':' with a cumulocity sink (it is the Cumulocity client id)")
 	}
+	p.validateWittraAPI(c) // config_wittraapi.go
 }
 
 // subscriberSink validates a `type: subscriber` sink (a durable client of

@@ -174,6 +174,7 @@ type gateway struct {
 	admin             *http.Server
 	adminLn           net.Listener
 	ready             atomic.Bool // /readyz: set once everything is up, cleared at stop
+	names             *names      // devices seen and Wittra API names (names.go)
 
 	fwdCancel context.CancelFunc
 	fwdWG     sync.WaitGroup
@@ -199,6 +200,10 @@ func startGateway(cfg *Config, tm timing, log zerolog.Logger) (g *gateway, err e
 	}
 	g.queue, err = buffer.Open(bufferConfig(cfg, names), log.With().Str("component", "queue").Logger())
 	if err != nil {
+		return g, err
+	}
+
+	if err := g.openNames(cfg); err != nil {
 		return g, err
 	}
 
@@ -240,6 +245,7 @@ func startGateway(cfg *Config, tm timing, log zerolog.Logger) (g *gateway, err e
 	}
 
 	g.receiver = bridge.NewReceiver(receiverConfig(cfg), g.queue, log.With().Str("component", "webhook").Logger())
+	g.runNames()
 	for _, rt := range cfg.Webhook.Routes {
 		if rt.Token == "" {
 			log.Warn().Str("path", rt.Path).Msg("webhook route has no token: anyone who can reach it can post")
@@ -356,6 +362,8 @@ func (g *gateway) newSink(cfg *Config, sc SinkConfig, log zerolog.Logger) (sinks
 			// Registered children are remembered in the queue file, so a
 			// restart does not register them again.
 			State: g.queue.KV("cumulocity/" + sc.Name),
+			// Child devices get their Wittra names (nil: "Wittra <id>").
+			Directory: g.directory(),
 		}, log)
 	case "jetstream":
 		return jetstream.New(jetstreamConfig(cfg, sc), log)
@@ -488,6 +496,7 @@ func (g *gateway) close(ctx context.Context) error {
 			}
 		}
 		g.srvWG.Wait()
+		g.stopNames() // intake has stopped: the last devices seen are final
 		if g.fwdCancel != nil {
 			g.fwdCancel()
 		}

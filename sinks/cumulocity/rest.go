@@ -362,7 +362,7 @@ func (r *restLink) deliver(ctx context.Context, msgs []sinks.Message) (int, erro
 			it := item{mp: mp, source: gw, ext: r.s.cfg.GatewayID}
 			if mp.device != "" {
 				it.ext = mp.device
-				if it.source, err = r.deviceID(ctx, mp.device, "Wittra "+mp.device, sensorType, gw); err != nil {
+				if it.source, err = r.childID(ctx, msgs[j].Project, mp.device, gw); err != nil { // names.go
 					stopErr = classify(err)
 					break
 				}
