@@ -12,6 +12,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"wittra-gateway/internal/testutil"
 
 	"wittra-gateway/sinks/cumulocity/c8yfake"
 	"wittra-gateway/wittraapi/wittrafake"
@@ -65,7 +66,7 @@ func TestDeviceNamesThroughTheGateway(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dir, "wittra-api.key"), []byte(namesKey+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	admin := freeAddrs(t, 1)[0]
+	admin := testutil.FreeAddrs(t, 1)[0]
 	tg := startTestGateway(t, dir, map[string]string{
 		"admin": "admin: {listen: " + admin + "}",
 		"sinks": fmt.Sprintf(`sinks:
