@@ -25,7 +25,7 @@
 //     in memory without bound until it runs out of message ids.
 //   - At QoS 1 a publication is delivered when its PUBACK arrived (QoS 2:
 //     PUBCOMP) on the connection it was sent on, and no connection event
-//     happened in between (the connection epoch, see Sink). paho's own
+//     happened in between (the connection epoch, see internal/mqttpub). paho's own
 //     auto-reconnect is off: after a reconnect it completes old tokens
 //     without a PUBACK, and it sends a publication that was blocked at the
 //     moment of the loss ahead of the older ones it resends, which breaks
