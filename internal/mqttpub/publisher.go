@@ -115,9 +115,10 @@ type Publisher struct {
 	ctx     context.Context
 	cancel  context.CancelFunc // ends ctx (OnConnect's) at Close
 	drop    chan dropRequest   // a Batch asks the supervisor to drop a connection
+	dialed  net.Conn           // the newest dialed connection (closed at Close while connecting)
 	lastErr string             // last connection failure, for errors and LinkState
 	since   time.Time          // when the link last came up or went down
-	bg      sync.WaitGroup     // the supervisor
+	exited  chan struct{}      // closed when the supervisor ends
 
 	// One Batch at a time (the sinks' Publish is not concurrent); it owns
 	// the in-flight ring and the timer from Begin to End.
@@ -169,15 +170,20 @@ func New(o Options, log zerolog.Logger) (*Publisher, error) {
 		wake:     make(chan struct{}),
 		done:     make(chan struct{}),
 		drop:     make(chan dropRequest, 1),
+		exited:   make(chan struct{}),
 		since:    time.Now(),
 		inflight: ring{buf: make([]pending, o.Window)},
 		timer:    timer,
 	}
 	p.ctx, p.cancel = context.WithCancel(context.Background())
+	ev := p.log.Info().Str("url", o.URL.Redacted()).Str("client_id", o.ClientID).Int("qos", int(o.QoS))
+	if o.Username != "" {
+		ev = ev.Str("username", o.Username)
+	}
+	ev.Msg("connecting to " + o.Peer)
 	if o.TLS != nil && o.TLS.InsecureSkipVerify {
 		p.log.Warn().Msg("tls insecure_skip_verify is set: the " + o.Peer + "'s certificate is not checked")
 	}
-	p.bg.Add(1)
 	go p.supervise()
 	return p, nil
 }
@@ -269,18 +275,25 @@ func (p *Publisher) dial(u *url.URL, o paho.ClientOptions) (net.Conn, error) {
 	}
 	ctx, cancel := context.WithTimeout(p.ctx, p.o.ConnectTimeout)
 	defer cancel()
+	var c net.Conn
+	var err error
 	d := &net.Dialer{}
 	if u.Scheme == "tcp" || u.Scheme == "mqtt" {
-		return d.DialContext(ctx, "tcp", u.Host)
+		c, err = d.DialContext(ctx, "tcp", u.Host)
+	} else {
+		td := tls.Dialer{NetDialer: d, Config: p.o.TLS}
+		c, err = td.DialContext(ctx, "tcp", u.Host)
 	}
-	td := tls.Dialer{NetDialer: d, Config: p.o.TLS}
-	return td.DialContext(ctx, "tcp", u.Host)
+	p.mu.Lock()
+	p.dialed = c
+	p.mu.Unlock()
+	return c, err
 }
 
 // supervise connects, watches and replaces the client until Close. It
 // logs one line per change of the connection's state.
 func (p *Publisher) supervise() {
-	defer p.bg.Done()
+	defer close(p.exited)
 	var (
 		backoff       time.Duration // wait before the next attempt
 		everConnected bool
@@ -297,8 +310,14 @@ func (p *Publisher) supervise() {
 		select {
 		case <-tok.Done():
 		case <-p.done:
-			// The dial ends at Close; let the CONNECT in flight end too,
-			// so that nothing of this publisher outlives Close.
+			// The dial ends at Close, and so does a CONNECT in flight
+			// (closing its connection), so that nothing of this publisher
+			// outlives Close.
+			p.mu.Lock()
+			if p.dialed != nil {
+				_ = p.dialed.Close()
+			}
+			p.mu.Unlock()
 			tok.WaitTimeout(p.o.ConnectTimeout)
 			client.Disconnect(0)
 			return
@@ -347,7 +366,10 @@ func (p *Publisher) supervise() {
 		}
 		select {
 		case <-p.done: // Close says goodbye on c, unless it was dropped
-			if p.current() != c {
+			p.mu.Lock()
+			mine := p.conn == c
+			p.mu.Unlock()
+			if !mine {
 				client.Disconnect(0)
 			}
 			return
@@ -437,13 +459,6 @@ func (p *Publisher) dropConnection(c *Conn, why error) {
 	}
 }
 
-// current returns the newest connection, nil if there is none.
-func (p *Publisher) current() *Conn {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.conn
-}
-
 // usable returns the connection Batches may use now, nil if none.
 func (p *Publisher) usable() *Conn {
 	p.mu.Lock()
@@ -513,12 +528,29 @@ func (c *Conn) current() bool {
 }
 
 // Publish sends m on c and waits for its acknowledgement (QoS 0: the
-// write), up to the AckTimeout or ctx. For OnConnect and Close hooks, not
-// for data: see Batch.
+// write), up to the AckTimeout or ctx. For OnConnect and Close hooks; data
+// goes in a Batch.
 func (c *Conn) Publish(ctx context.Context, m Message) error {
+	return c.await(ctx, "publish "+m.Topic, func() paho.Token {
+		return c.client.Publish(m.Topic, m.QoS, m.Retain, m.Payload)
+	})
+}
+
+// Subscribe subscribes c to filter and waits for the SUBACK, up to the
+// AckTimeout or ctx. fn runs in its own goroutine per message.
+func (c *Conn) Subscribe(ctx context.Context, filter string, qos byte, fn func(topic string, payload []byte)) error {
+	return c.await(ctx, "subscribe "+filter, func() paho.Token {
+		return c.client.Subscribe(filter, qos, func(_ paho.Client, m paho.Message) { fn(m.Topic(), m.Payload()) })
+	})
+}
+
+// await starts a flow and waits for its end on c, up to the AckTimeout or
+// ctx. It starts it in a goroutine: paho's Publish may block up to its
+// write timeout when the connection dies under it.
+func (c *Conn) await(ctx context.Context, what string, start func() paho.Token) error {
 	result := make(chan error, 1)
-	go func() { // paho's Publish itself may block up to writeTimeout
-		tok := c.client.Publish(m.Topic, m.QoS, m.Retain, m.Payload)
+	go func() {
+		tok := start()
 		if !tok.WaitTimeout(c.p.o.AckTimeout) {
 			result <- ErrAckTimeout // a timeout sets no error on the token
 			return
@@ -535,28 +567,9 @@ func (c *Conn) Publish(ctx context.Context, m Message) error {
 		err = ErrConnectionLost
 	}
 	if err != nil {
-		return fmt.Errorf("publish %s: %w", m.Topic, err)
+		return fmt.Errorf("%s: %w", what, err)
 	}
 	return nil
-}
-
-// Subscribe subscribes c to filter and waits for the SUBACK, up to the
-// AckTimeout or ctx. fn runs in its own goroutine per message.
-func (c *Conn) Subscribe(ctx context.Context, filter string, qos byte, fn func(topic string, payload []byte)) error {
-	tok := c.client.Subscribe(filter, qos, func(_ paho.Client, m paho.Message) { fn(m.Topic(), m.Payload()) })
-	t := time.NewTimer(c.p.o.AckTimeout)
-	defer t.Stop()
-	select {
-	case <-tok.Done():
-		if err := tok.Error(); err != nil {
-			return fmt.Errorf("subscribe %s: %w", filter, err)
-		}
-		return nil
-	case <-t.C:
-		return fmt.Errorf("subscribe %s: %w", filter, ErrAckTimeout)
-	case <-ctx.Done():
-		return fmt.Errorf("subscribe %s: %w", filter, ctx.Err())
-	}
 }
 
 // Close stops connecting, then, if a connection is open and goodbye is not
@@ -576,7 +589,12 @@ func (p *Publisher) Close(ctx context.Context, goodbye func(ctx context.Context,
 
 	// The supervisor (and OnConnect with it) ends first, so that goodbye
 	// is the last thing published.
-	err := p.waitSupervisor(ctx)
+	var err error
+	select {
+	case <-p.exited:
+	case <-ctx.Done():
+		err = fmt.Errorf("close: %w", ctx.Err())
+	}
 	p.mu.Lock()
 	c := p.conn // final now
 	p.mu.Unlock()
@@ -592,19 +610,4 @@ func (p *Publisher) Close(ctx context.Context, goodbye func(ctx context.Context,
 	}
 	p.log.Info().Msg("disconnected from " + p.o.Peer)
 	return err
-}
-
-// waitSupervisor waits for the supervisor to end, or for ctx.
-func (p *Publisher) waitSupervisor(ctx context.Context) error {
-	waited := make(chan struct{})
-	go func() {
-		p.bg.Wait()
-		close(waited)
-	}()
-	select {
-	case <-waited:
-		return nil
-	case <-ctx.Done():
-		return fmt.Errorf("close: %w", ctx.Err())
-	}
 }

@@ -81,15 +81,8 @@ func (cfg Config) withDefaults() (Config, error) {
 	if cfg.MaxReconnectInterval == 0 {
 		cfg.MaxReconnectInterval = DefaultMaxReconnectInterval
 	}
-	switch {
-	case cfg.QoS > 2:
-		return cfg, fmt.Errorf("qos %d: must be 0, 1 or 2", cfg.QoS)
-	case cfg.Window < 0 || cfg.Window > 65535:
-		// 65535 is the number of MQTT packet ids a connection has.
-		return cfg, fmt.Errorf("window %d: must be between 1 and 65535", cfg.Window)
-	case cfg.AckTimeout < 0:
-		return cfg, fmt.Errorf("ack timeout %v: must not be negative", cfg.AckTimeout)
-	case cfg.MaxReconnectInterval < 0:
+	// mqttpub.New checks qos, window and ack timeout.
+	if cfg.MaxReconnectInterval < 0 {
 		return cfg, fmt.Errorf("max reconnect interval %v: must not be negative", cfg.MaxReconnectInterval)
 	}
 	if err := sinks.CheckTopicPart(cfg.TopicPrefix, true); err != nil {

@@ -71,11 +71,6 @@ func New(cfg Config, log zerolog.Logger) (*Sink, error) {
 	}
 	o.Will = &mqttpub.Message{Topic: s.status, QoS: statusQoS, Retain: true, Payload: []byte("offline")}
 	o.OnConnect = s.announce
-	ev := s.log.Info().Str("url", broker.Redacted()).Str("client_id", cfg.ClientID).Int("qos", int(cfg.QoS))
-	if cfg.Username != "" {
-		ev = ev.Str("username", cfg.Username)
-	}
-	ev.Msg("connecting to broker")
 	if s.pub, err = mqttpub.New(o, s.log); err != nil {
 		return nil, fmt.Errorf("mqtt sink %s: %w", cfg.Name, err)
 	}
