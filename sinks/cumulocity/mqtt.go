@@ -101,10 +101,9 @@ func (l *mqttLink) onError(_ string, payload []byte) {
 	l.s.log.Warn().Str("s/e", text).Msg("Cumulocity reported an error (logged once per distinct text)")
 }
 
-// ensureChild registers device as a child of the gateway ("101" on s/us)
-// unless State says it is registered, as part of message msg of b; the
-// PUBACK is awaited and the fact
-// stored before returning.
+// ensureChild registers device as a child of the gateway ("101" on s/us,
+// in b as part of message msg) unless State says it is registered; the
+// PUBACK is awaited and the fact stored before returning.
 func (l *mqttLink) ensureChild(ctx context.Context, b *mqttpub.Batch, msg int, device string) error {
 	l.childMu.Lock()
 	known := l.children[device]
