@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
 	"sync"
 
 	"github.com/rs/zerolog"
@@ -67,10 +66,10 @@ func NewSink(srv *Server, cfg SinkConfig, log zerolog.Logger) (*Sink, error) {
 	if cfg.TopicPrefix == "" {
 		cfg.TopicPrefix = DefaultTopicPrefix
 	}
-	if err := checkTopicPart(cfg.TopicPrefix, true); err != nil {
+	if err := sinks.CheckTopicPart(cfg.TopicPrefix, true); err != nil {
 		return nil, fmt.Errorf("broker sink %s: topic prefix %q: %w", cfg.Name, cfg.TopicPrefix, err)
 	}
-	if err := checkTopicPart(cfg.GatewayID, false); err != nil {
+	if err := sinks.CheckTopicPart(cfg.GatewayID, false); err != nil {
 		return nil, fmt.Errorf("broker sink %s: gateway id %q: %w", cfg.Name, cfg.GatewayID, err)
 	}
 	s := &Sink{
@@ -88,22 +87,6 @@ func NewSink(srv *Server, cfg SinkConfig, log zerolog.Logger) (*Sink, error) {
 		return nil, fmt.Errorf("broker sink %s: %w", cfg.Name, err)
 	}
 	return s, nil
-}
-
-// checkTopicPart rejects what would make a bad topic: emptiness, MQTT
-// wildcards, NUL, and empty levels; '/' only when multiLevel.
-func checkTopicPart(s string, multiLevel bool) error {
-	switch {
-	case s == "":
-		return errors.New("empty")
-	case strings.ContainsAny(s, "+#\x00"):
-		return errors.New("contains + # or NUL")
-	case !multiLevel && strings.Contains(s, "/"):
-		return errors.New("contains /")
-	case strings.HasPrefix(s, "/") || strings.HasSuffix(s, "/") || strings.Contains(s, "//"):
-		return errors.New("has an empty topic level")
-	}
-	return nil
 }
 
 // Name returns the sink's name.

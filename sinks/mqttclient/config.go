@@ -1,14 +1,13 @@
 package mqttclient
 
 import (
-	"errors"
 	"fmt"
-	"net"
 	"net/url"
-	"strings"
 	"time"
 
+	"wittra-gateway/internal/mqttpub"
 	"wittra-gateway/internal/tlsfiles"
+	"wittra-gateway/sinks"
 	"wittra-gateway/sinks/devicetopics"
 )
 
@@ -30,9 +29,7 @@ const (
 const (
 	connectRetryInterval = 1 * time.Second // first wait after a failed connection attempt; doubles up to MaxReconnectInterval
 	connectTimeout       = 10 * time.Second
-	writeTimeout         = 10 * time.Second // socket write deadline, and paho's wait to hand a publish over
 	keepAlive            = 30 * time.Second
-	pingTimeout          = 10 * time.Second
 	statusQoS            = 1
 )
 
@@ -88,69 +85,21 @@ func (cfg Config) withDefaults() (Config, error) {
 	if cfg.MaxReconnectInterval == 0 {
 		cfg.MaxReconnectInterval = DefaultMaxReconnectInterval
 	}
-	switch {
-	case cfg.QoS > 2:
-		return cfg, fmt.Errorf("qos %d: must be 0, 1 or 2", cfg.QoS)
-	case cfg.Window < 0 || cfg.Window > 65535:
-		// 65535 is the number of MQTT packet ids a connection has.
-		return cfg, fmt.Errorf("window %d: must be between 1 and 65535", cfg.Window)
-	case cfg.AckTimeout < 0:
-		return cfg, fmt.Errorf("ack timeout %v: must not be negative", cfg.AckTimeout)
-	case cfg.MaxReconnectInterval < 0:
+	// mqttpub.New checks qos, window and ack timeout.
+	if cfg.MaxReconnectInterval < 0 {
 		return cfg, fmt.Errorf("max reconnect interval %v: must not be negative", cfg.MaxReconnectInterval)
 	}
-	if err := checkTopicPart(cfg.TopicPrefix, true); err != nil {
+	if err := sinks.CheckTopicPart(cfg.TopicPrefix, true); err != nil {
 		return cfg, fmt.Errorf("topic prefix %q: %w", cfg.TopicPrefix, err)
 	}
-	if err := checkTopicPart(cfg.GatewayID, false); err != nil {
+	if err := sinks.CheckTopicPart(cfg.GatewayID, false); err != nil {
 		return cfg, fmt.Errorf("gateway id %q: %w", cfg.GatewayID, err)
 	}
 	return cfg, nil
 }
 
-// checkTopicPart rejects what would make a bad topic: emptiness, MQTT
-// wildcards, NUL, and empty levels; '/' only when multiLevel.
-func checkTopicPart(s string, multiLevel bool) error {
-	switch {
-	case s == "":
-		return errors.New("empty")
-	case strings.ContainsAny(s, "+#\x00"):
-		return errors.New("contains + # or NUL")
-	case !multiLevel && strings.Contains(s, "/"):
-		return errors.New("contains /")
-	case strings.HasPrefix(s, "/") || strings.HasSuffix(s, "/") || strings.Contains(s, "//"):
-		return errors.New("has an empty topic level")
-	}
-	return nil
-}
-
 // parseBrokerURL checks raw and fills in the default port of tcp:// and
 // ssl://. It reports whether the scheme is a TLS one.
 func parseBrokerURL(raw string) (u *url.URL, secure bool, err error) {
-	u, err = url.Parse(raw)
-	if err != nil {
-		return nil, false, errors.New("not a valid URL")
-	}
-	port := ""
-	switch u.Scheme {
-	case "tcp":
-		port = "1883"
-	case "ssl":
-		port, secure = "8883", true
-	case "ws":
-	case "wss":
-		secure = true
-	default:
-		return nil, false, errors.New("must start with tcp://, ssl://, ws:// or wss://")
-	}
-	switch {
-	case u.User != nil:
-		return nil, false, errors.New("must not contain credentials: use username and password")
-	case u.Hostname() == "":
-		return nil, false, errors.New("must name a host")
-	}
-	if port != "" && u.Port() == "" {
-		u.Host = net.JoinHostPort(u.Hostname(), port)
-	}
-	return u, secure, nil
+	return mqttpub.ParseURL(raw, "tcp", "ssl", "ws", "wss")
 }
