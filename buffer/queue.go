@@ -123,7 +123,7 @@ type state struct {
 	cursors map[string]uint64
 	splits  map[string]split // live_first consumers with a backlog (split.go)
 	epochs  []epoch          // copy-on-write (see putEpoch)
-	dead    uint64  // dead letters stored (≤ maxDeadLetters)
+	dead    uint64           // dead letters stored (≤ maxDeadLetters)
 }
 
 func (s state) clone() state {
