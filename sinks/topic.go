@@ -10,6 +10,9 @@ import (
 type Publication struct {
 	Topic   string
 	Payload []byte
+	// Retain: publish it retained. Set by RetainGuard.Mark when the sink
+	// retains; Publications leaves it false.
+	Retain bool
 }
 
 // Publications returns the MQTT publishes for m under prefix (docs/contract.md#topics): the

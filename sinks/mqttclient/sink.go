@@ -80,6 +80,7 @@ type Sink struct {
 
 	// Used by Publish only, which the forwarder calls from one goroutine.
 	pubs     []sinks.Publication
+	guard    *sinks.RetainGuard // retained values never go back in time; nil without Retain
 	inflight ring
 	timer    *time.Timer
 }
@@ -129,6 +130,9 @@ func New(cfg Config, log zerolog.Logger) (*Sink, error) {
 	ev.Msg("connecting to broker")
 	if tc != nil && tc.InsecureSkipVerify {
 		s.log.Warn().Msg("tls insecure_skip_verify is set: the broker's certificate is not checked")
+	}
+	if cfg.Retain {
+		s.guard = sinks.NewRetainGuard(0)
 	}
 	s.bg.Add(1)
 	go s.supervise()
@@ -387,6 +391,7 @@ func (s *Sink) Publish(ctx context.Context, msgs []sinks.Message) (int, error) {
 			s.log.Warn().Err(verr).Uint64("seq", m.Seq).Str("project", m.Project).Str("device", m.Device).
 				Msg("values not published")
 		}
+		s.guard.Mark(pubs, m)
 		for j, p := range pubs {
 			for s.inflight.n > 0 {
 				// Settle what has completed; block only while the window is full.
@@ -472,20 +477,20 @@ func (s *Sink) startRun(ctx context.Context, c paho.Client, epoch uint64) *run {
 		toks: make(chan paho.Token, len(s.inflight.buf)),
 		stop: make(chan struct{}),
 	}
-	go feed(c, s.cfg.QoS, s.cfg.Retain, r.reqs, r.toks, r.stop)
+	go feed(c, s.cfg.QoS, r.reqs, r.toks, r.stop)
 	return r
 }
 
 // feed publishes reqs on c in order until reqs is closed or stop is. It may
 // outlive its run by up to paho's write timeout when paho blocks.
-func feed(c paho.Client, qos byte, retain bool, reqs <-chan sinks.Publication, toks chan<- paho.Token, stop <-chan struct{}) {
+func feed(c paho.Client, qos byte, reqs <-chan sinks.Publication, toks chan<- paho.Token, stop <-chan struct{}) {
 	for p := range reqs {
 		select {
 		case <-stop:
 			return
 		default:
 		}
-		toks <- c.Publish(p.Topic, qos, retain, p.Payload)
+		toks <- c.Publish(p.Topic, qos, p.Retain, p.Payload)
 	}
 }
 
@@ -623,6 +628,21 @@ func (r *run) stuck() bool {
 	}
 	return false
 }
+
+// SeedRetained tells the retained-value guard about messages published
+// before a restart (sinks.RetainSeeder).
+func (s *Sink) SeedRetained(msgs []sinks.Message) {
+	if s.guard == nil {
+		return
+	}
+	var pubs []sinks.Publication
+	for _, m := range msgs {
+		pubs, _ = sinks.Publications(pubs[:0], s.cfg.TopicPrefix, m, s.cfg.Values)
+		s.guard.Seed(pubs, m)
+	}
+}
+
+var _ sinks.RetainSeeder = (*Sink)(nil)
 
 // Close publishes the retained "offline" status if connected, waiting
 // briefly for the broker to acknowledge it, and disconnects. After it,
