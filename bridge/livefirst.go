@@ -24,10 +24,11 @@ const (
 	LiveFirst
 )
 
-// ParseBacklog reads the config spelling: "in_order" or "live_first".
+// ParseBacklog reads the config spelling: "in_order" or "live_first" ("",
+// unset, is in_order).
 func ParseBacklog(s string) (Backlog, error) {
 	switch s {
-	case "in_order":
+	case "in_order", "":
 		return InOrder, nil
 	case "live_first":
 		return LiveFirst, nil

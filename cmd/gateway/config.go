@@ -182,6 +182,9 @@ type SinkConfig struct {
 	RetainMaxAge    time.Duration // retain_max_age: clear a device silent this long
 	RetainMaxTopics int           // retain_max_topics: cap, oldest-heard-of devices evicted first
 	RetainMaxBytes  int64         // retain_max_bytes: cap on retained payload bytes
+	// Backlog: in_order or live_first; "" is in_order. Every sink type
+	// (bridge.ParseBacklog, docs/live-first.md).
+	Backlog string
 }
 
 // SinkTLS is the client TLS setup of an mqtt or cumulocity sink.
@@ -581,6 +584,7 @@ type rawSink struct {
 	RetainMaxAge    yaml.Node `yaml:"retain_max_age"`
 	RetainMaxTopics yaml.Node `yaml:"retain_max_topics"`
 	RetainMaxBytes  yaml.Node `yaml:"retain_max_bytes"`
+	Backlog         yaml.Node `yaml:"backlog"`
 }
 
 type rawSinkTLS struct {
@@ -1208,6 +1212,7 @@ func (p *parser) sink(rs *rawSink, base, gatewayID string) SinkConfig {
 	p.duration(&rs.RetainMaxAge, base+".retain_max_age", &s.RetainMaxAge)
 	p.integer(&rs.RetainMaxTopics, base+".retain_max_topics", &s.RetainMaxTopics)
 	p.size(&rs.RetainMaxBytes, base+".retain_max_bytes", &s.RetainMaxBytes)
+	p.str(&rs.Backlog, base+".backlog", &s.Backlog)
 	switch s.Type {
 	case "mqtt":
 		if s.ClientID == "" {
@@ -1575,6 +1580,9 @@ func (p *parser) validate(c *Config) {
 			p.invalid(base+".type", "must be broker, subscriber, mqtt, cumulocity or jetstream (got %q)", s.Type)
 		}
 		p.validateJetStream(base, s)
+		if _, err := bridge.ParseBacklog(s.Backlog); err != nil {
+			p.invalid(base+".backlog", "%v", err)
+		}
 		p.sinkKeysOfType(base, s.Type)
 	}
 	if hasC8Y && strings.Contains(c.Gateway.ID, ":") {
@@ -1636,6 +1644,9 @@ var sinkKeys = map[string][]string{
 	"jetstream":  append([]string{"username", "password", "password_file", "tls"}, jetstreamKeys...),
 }
 
+// commonSinkKeys are read for every sink type (besides name and type).
+var commonSinkKeys = []string{"backlog"}
+
 // sinkKeysOfType reports the keys of the sink at base that its type does
 // not read (unless a more specific check already named them).
 func (p *parser) sinkKeysOfType(base, typ string) {
@@ -1649,7 +1660,7 @@ func (p *parser) sinkKeysOfType(base, typ string) {
 	}
 	for _, e := range p.entries {
 		key, direct := strings.CutPrefix(e.path, base+".")
-		if !direct || strings.ContainsAny(key, ".[") || key == "name" || key == "type" || slices.Contains(allowed, key) || reported[e.path] {
+		if !direct || strings.ContainsAny(key, ".[") || key == "name" || key == "type" || slices.Contains(commonSinkKeys, key) || slices.Contains(allowed, key) || reported[e.path] {
 			continue
 		}
 		p.fail(e.path, "not a key of type %s (its keys: %s)", typ, strings.Join(allowed, ", "))

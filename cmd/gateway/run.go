@@ -222,7 +222,8 @@ func startGateway(cfg *Config, log zerolog.Logger) (g *gateway, err error) {
 			return g, err
 		}
 		flog := log.With().Str("component", "forwarder").Str("sink", sc.Name).Logger()
-		g.forwarders = append(g.forwarders, bridge.NewForwarder(bridge.ForwarderConfig{Attempt: forwarderAttempt}, r, s, flog))
+		backlog, _ := bridge.ParseBacklog(sc.Backlog) // validated with the config
+		g.forwarders = append(g.forwarders, bridge.NewForwarder(bridge.ForwarderConfig{Attempt: forwarderAttempt, Backlog: backlog}, r, s, flog))
 	}
 	fctx, cancel := context.WithCancel(context.Background())
 	g.fwdCancel = cancel
