@@ -227,7 +227,7 @@ sinks: [{name: plant, type: mqtt, url: %s, qos: 1, topic_prefix: wittra, values:
 	var liveSeq [devices]atomic.Int64
 	var lastLive [devices]atomic.Int64 // newest live seq acknowledged per device
 	var lastPosted [devices]atomic.Int64
-	postedAt := sync.Map{}             // id → time.Time
+	postedAt := sync.Map{} // id → time.Time
 	live := func(stop *atomic.Bool) *sync.WaitGroup {
 		var wg sync.WaitGroup
 		for d := range devices {
