@@ -20,6 +20,7 @@ type gatedSink struct {
 	mu      sync.Mutex
 	up      bool
 	perCall time.Duration
+	calls   int
 	got     []sinks.Message // bodies copied
 }
 
@@ -29,6 +30,7 @@ func (g *gatedSink) open()                       { g.mu.Lock(); g.up = true; g.m
 func (g *gatedSink) Publish(ctx context.Context, msgs []sinks.Message) (int, error) {
 	g.mu.Lock()
 	up := g.up
+	g.calls++
 	g.mu.Unlock()
 	if !up {
 		return 0, errors.New("down")
@@ -97,7 +99,7 @@ func TestLiveFirstDeliversLiveWhileTheBacklogDrains(t *testing.T) {
 
 	const devices, backlogN = 10, 1500
 	appendMsgs(t, q, "backlog", 0, 1, devices)
-	waitFor(t, "the forwarder to hold a batch", func() bool { return r.Unread() == 0 })
+	waitFor(t, "the forwarder to hold a batch", func() bool { sink.mu.Lock(); defer sink.mu.Unlock(); return sink.calls > 0 })
 	for i := 1; i < backlogN; i += 100 {
 		appendMsgs(t, q, "backlog", i, min(100, backlogN-i), devices)
 	}
