@@ -32,6 +32,12 @@ type ForwarderConfig struct {
 	// returns then, so the forwarder can drop what expired or was dropped
 	// from the queue meanwhile instead of delivering it late.
 	Attempt time.Duration
+	// Backlog: InOrder (the default) or LiveFirst (livefirst.go).
+	Backlog Backlog
+	// BacklogBatch: messages per Publish of the backlog while live
+	// messages flow (LiveFirst); it bounds how long a live message waits
+	// behind the backlog. Default Batch/4.
+	BacklogBatch int
 }
 
 // Forwarder moves one sink's messages from its queue cursor to the sink, in
@@ -88,6 +94,9 @@ func NewForwarder(cfg ForwarderConfig, r *buffer.Reader, sink sinks.Sink, log ze
 	if cfg.Attempt <= 0 {
 		cfg.Attempt = DefaultAttempt
 	}
+	if cfg.BacklogBatch <= 0 {
+		cfg.BacklogBatch = max(1, cfg.Batch/4)
+	}
 	return &Forwarder{cfg: cfg, reader: r, sink: sink, log: log}
 }
 
@@ -98,6 +107,9 @@ func (f *Forwarder) Stats() *ForwarderStats { return &f.stats }
 // then. Delivery failures are retried with capped exponential backoff and
 // never skip a message.
 func (f *Forwarder) Run(ctx context.Context) error {
+	if f.cfg.Backlog == LiveFirst {
+		return f.runLiveFirst(ctx)
+	}
 	msgs := make([]sinks.Message, 0, f.cfg.Batch)
 	// The acknowledgement of one batch commits while the next is being
 	// published: at most one is in flight, so cursors still move in order.
@@ -115,18 +127,7 @@ func (f *Forwarder) Run(ctx context.Context) error {
 			}
 			return err
 		}
-		msgs = msgs[:0]
-		for _, rec := range recs {
-			m, err := DecodeRecord(rec)
-			if err != nil {
-				// Not ours to deliver: a damaged record cannot become valid by
-				// retrying. Logged loudly, counted, and passed over.
-				f.stats.Undecodable.Add(1)
-				f.log.Error().Err(err).Uint64("seq", rec.Seq).Msg("skipping undecodable queue record")
-				continue
-			}
-			msgs = append(msgs, m)
-		}
+		msgs = f.decode(msgs[:0], recs)
 		if err := f.deliver(ctx, msgs, recs); err != nil {
 			return nil // only ctx ends delivery
 		}
@@ -136,6 +137,23 @@ func (f *Forwarder) Run(ctx context.Context) error {
 		acking = make(chan struct{})
 		go f.ack(context.WithoutCancel(ctx), recs[len(recs)-1].Seq, acking)
 	}
+}
+
+// decode appends the messages of recs to msgs, passing over undecodable
+// records.
+func (f *Forwarder) decode(msgs []sinks.Message, recs []buffer.Record) []sinks.Message {
+	for _, rec := range recs {
+		m, err := DecodeRecord(rec)
+		if err != nil {
+			// Not ours to deliver: a damaged record cannot become valid by
+			// retrying. Logged loudly, counted, and passed over.
+			f.stats.Undecodable.Add(1)
+			f.log.Error().Err(err).Uint64("seq", rec.Seq).Msg("skipping undecodable queue record")
+			continue
+		}
+		msgs = append(msgs, m)
+	}
+	return msgs
 }
 
 // ack records delivery up to seq, even during shutdown: the messages were

@@ -187,6 +187,9 @@ type SinkConfig struct {
 	RetainMaxBytes  int64         // retain_max_bytes: cap on retained payload bytes
 
 	DeviceTopics DeviceTopicsSinkConfig // state, homeassistant (config_devicetopics.go)
+	// Backlog: in_order or live_first; "" is in_order. Every sink type
+	// (bridge.ParseBacklog, docs/live-first.md).
+	Backlog string
 }
 
 // SinkTLS is the client TLS setup of an mqtt or cumulocity sink.
@@ -598,6 +601,7 @@ type rawSink struct {
 	RetainMaxBytes  yaml.Node `yaml:"retain_max_bytes"`
 
 	rawDeviceTopics `yaml:",inline"`
+	Backlog         yaml.Node `yaml:"backlog"`
 }
 
 type rawSinkTLS struct {
@@ -1227,6 +1231,7 @@ func (p *parser) sink(rs *rawSink, base, gatewayID string) SinkConfig {
 	p.integer(&rs.RetainMaxTopics, base+".retain_max_topics", &s.RetainMaxTopics)
 	p.size(&rs.RetainMaxBytes, base+".retain_max_bytes", &s.RetainMaxBytes)
 	p.deviceTopicsSink(&rs.rawDeviceTopics, base, &s)
+	p.str(&rs.Backlog, base+".backlog", &s.Backlog)
 	switch s.Type {
 	case "mqtt":
 		if s.ClientID == "" {
@@ -1595,6 +1600,9 @@ func (p *parser) validate(c *Config) {
 		}
 		p.validateJetStream(base, s)
 		p.validateDeviceTopics(base, s)
+		if _, err := bridge.ParseBacklog(s.Backlog); err != nil {
+			p.invalid(base+".backlog", "%v", err)
+		}
 		p.sinkKeysOfType(base, s.Type)
 	}
 	if hasC8Y && strings.Contains(c.Gateway.ID, ":") {
@@ -1657,6 +1665,9 @@ var sinkKeys = map[string][]string{
 	"jetstream":  append([]string{"username", "password", "password_file", "tls"}, jetstreamKeys...),
 }
 
+// commonSinkKeys are read for every sink type (besides name and type).
+var commonSinkKeys = []string{"backlog"}
+
 // sinkKeysOfType reports the keys of the sink at base that its type does
 // not read (unless a more specific check already named them).
 func (p *parser) sinkKeysOfType(base, typ string) {
@@ -1670,7 +1681,7 @@ func (p *parser) sinkKeysOfType(base, typ string) {
 	}
 	for _, e := range p.entries {
 		key, direct := strings.CutPrefix(e.path, base+".")
-		if !direct || strings.ContainsAny(key, ".[") || key == "name" || key == "type" || slices.Contains(allowed, key) || reported[e.path] {
+		if !direct || strings.ContainsAny(key, ".[") || key == "name" || key == "type" || slices.Contains(commonSinkKeys, key) || slices.Contains(allowed, key) || reported[e.path] {
 			continue
 		}
 		p.fail(e.path, "not a key of type %s (its keys: %s)", typ, strings.Join(allowed, ", "))

@@ -230,7 +230,8 @@ func startGateway(cfg *Config, tm timing, log zerolog.Logger) (g *gateway, err e
 			return g, err
 		}
 		flog := log.With().Str("component", "forwarder").Str("sink", sc.Name).Logger()
-		g.forwarders = append(g.forwarders, bridge.NewForwarder(bridge.ForwarderConfig{Attempt: g.timing.forwarderAttempt}, r, s, flog))
+		backlog, _ := bridge.ParseBacklog(sc.Backlog) // validated with the config
+		g.forwarders = append(g.forwarders, bridge.NewForwarder(bridge.ForwarderConfig{Attempt: g.timing.forwarderAttempt, Backlog: backlog}, r, s, flog))
 	}
 	fctx, cancel := context.WithCancel(context.Background())
 	g.fwdCancel = cancel

@@ -56,20 +56,20 @@ func (p *Publisher) Begin(ctx context.Context, maxWait time.Duration) (*Batch, e
 		toks: make(chan paho.Token, p.o.Window),
 		stop: make(chan struct{}),
 	}
-	go feed(c.client, p.o.QoS, p.o.Retain, b.reqs, b.toks, b.stop)
+	go feed(c.client, p.o.QoS, b.reqs, b.toks, b.stop)
 	return b, nil
 }
 
 // feed publishes reqs on c in order until reqs is closed or stop is. It may
 // outlive its Batch by up to paho's write timeout when paho blocks.
-func feed(c paho.Client, qos byte, retain bool, reqs <-chan sinks.Publication, toks chan<- paho.Token, stop <-chan struct{}) {
+func feed(c paho.Client, qos byte, reqs <-chan sinks.Publication, toks chan<- paho.Token, stop <-chan struct{}) {
 	for p := range reqs {
 		select {
 		case <-stop:
 			return
 		default:
 		}
-		toks <- c.Publish(p.Topic, qos, retain || p.Retain, p.Payload)
+		toks <- c.Publish(p.Topic, qos, p.Retain, p.Payload)
 	}
 }
 
@@ -85,7 +85,7 @@ func (b *Batch) End() {
 func (b *Batch) Delivered() int { return b.delivered }
 
 // Send publishes p as part of message msg (last: its last publication),
-// retained when the Publisher's Retain or p.Retain says so, first waiting
+// retained when p.Retain says so, first waiting
 // while the window is full. It never hands paho a publication without a
 // live connection of the Batch's epoch.
 func (b *Batch) Send(p sinks.Publication, msg int, last bool) error {

@@ -84,7 +84,6 @@ type Options struct {
 	TLS                          *tls.Config // for the TLS schemes; nil for plain ones
 	Will                         *Message    // registered as the will; nil: none
 	QoS                          byte        // of Batch publications: 0, 1 or 2
-	Retain                       bool        // of Batch publications
 	Window                       int         // Batch publications in flight at most: 1..65535 (packet ids)
 	// AckTimeout bounds the wait for one acknowledgement; a connection that
 	// sits on one longer is taken for broken and dropped.

@@ -37,6 +37,7 @@ type Sink struct {
 
 	pubs []sinks.Publication // used by Publish only, which the forwarder calls from one goroutine
 
+	guard     *sinks.RetainGuard           // retained values never go back in time; nil without Retain
 	topics    *devicetopics.Topics         // state topic and discovery; nil when off
 	conn      atomic.Pointer[mqttpub.Conn] // the connection OnConnect saw last (discovery republication)
 	done      chan struct{}                // closed by Close: ends the republisher
@@ -61,7 +62,7 @@ func New(cfg Config, log zerolog.Logger) (*Sink, error) {
 	o := mqttpub.Options{
 		Peer: "broker", URL: broker,
 		ClientID: cfg.ClientID, Username: cfg.Username, Password: cfg.Password,
-		QoS: cfg.QoS, Retain: cfg.Retain, Window: cfg.Window, AckTimeout: cfg.AckTimeout,
+		QoS: cfg.QoS, Window: cfg.Window, AckTimeout: cfg.AckTimeout,
 		RetryInterval: connectRetryInterval, MaxRetryInterval: cfg.MaxReconnectInterval,
 		ConnectTimeout: connectTimeout, KeepAlive: keepAlive,
 	}
@@ -78,6 +79,9 @@ func New(cfg Config, log zerolog.Logger) (*Sink, error) {
 		status: sinks.StatusTopic(cfg.TopicPrefix, cfg.GatewayID),
 		log:    log.With().Str("component", "mqttclient").Str("sink", cfg.Name).Logger(),
 		done:   make(chan struct{}),
+	}
+	if cfg.Retain {
+		s.guard = sinks.NewRetainGuard(0)
 	}
 	if err := s.startDeviceTopics(); err != nil {
 		return nil, fmt.Errorf("mqtt sink %s: %w", cfg.Name, err)
@@ -138,6 +142,7 @@ func (s *Sink) Publish(ctx context.Context, msgs []sinks.Message) (n int, err er
 			return b.Delivered(), err
 		}
 		pubs, verr := sinks.Publications(s.pubs[:0], s.cfg.TopicPrefix, m, s.cfg.Values)
+		s.guard.Mark(pubs, m) // sets each one's retain flag; before Add: state and discovery topics are always retained
 		pubs = s.topics.Add(pubs, m)
 		s.pubs = pubs
 		if verr != nil {
@@ -155,6 +160,21 @@ func (s *Sink) Publish(ctx context.Context, msgs []sinks.Message) (n int, err er
 	}
 	return len(msgs), nil
 }
+
+// SeedRetained tells the retained-value guard about messages published
+// before a restart (sinks.RetainSeeder).
+func (s *Sink) SeedRetained(msgs []sinks.Message) {
+	if s.guard == nil {
+		return
+	}
+	var pubs []sinks.Publication
+	for _, m := range msgs {
+		pubs, _ = sinks.Publications(pubs[:0], s.cfg.TopicPrefix, m, s.cfg.Values)
+		s.guard.Seed(pubs, m)
+	}
+}
+
+var _ sinks.RetainSeeder = (*Sink)(nil)
 
 // Close publishes the retained "offline" status if connected, waiting
 // briefly for the broker to acknowledge it, and disconnects. After it,
