@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sort"
 	"sync/atomic"
 	"time"
 
@@ -119,23 +120,53 @@ func (f *Forwarder) Run(ctx context.Context) error {
 			<-acking
 		}
 	}()
+	// rest is what a sink returned early without (sinks.Sink.Publish: sent,
+	// awaiting acknowledgement); it goes back to the sink first, followed by
+	// what is queued now, without waiting for more. At most two batches.
+	var rest []sinks.Message
+	var restRecs []buffer.Record
+	var acked uint64
 	for {
-		recs, err := f.reader.Read(ctx, f.cfg.Batch, f.cfg.BatchBytes)
+		rctx := ctx
+		if len(rest) > 0 {
+			rctx = doneCtx
+		}
+		var recs []buffer.Record
+		var err error
+		if len(rest) < f.cfg.Batch {
+			recs, err = f.reader.Read(rctx, f.cfg.Batch, f.cfg.BatchBytes)
+		}
 		if err != nil {
 			if ctx.Err() != nil || errors.Is(err, buffer.ErrClosed) {
 				return nil
 			}
-			return err
+			if len(rest) == 0 {
+				return err
+			}
 		}
-		msgs = f.decode(msgs[:0], recs)
-		if err := f.deliver(ctx, msgs, recs); err != nil {
+		msgs = f.decode(append(msgs[:0], rest...), recs)
+		recs = append(restRecs, recs...)
+		if rest, err = f.deliver(ctx, msgs, recs, true); err != nil {
 			return nil // only ctx ends delivery
 		}
+		seq := recs[len(recs)-1].Seq
+		restRecs = nil
+		if len(rest) > 0 {
+			// Everything before the first undelivered message is delivered,
+			// dead-lettered or undecodable.
+			seq = rest[0].Seq - 1
+			i := sort.Search(len(recs), func(i int) bool { return recs[i].Seq >= rest[0].Seq })
+			restRecs = recs[i:]
+		}
+		if seq <= acked {
+			continue
+		}
+		acked = seq
 		if acking != nil {
 			<-acking
 		}
 		acking = make(chan struct{})
-		go f.ack(context.WithoutCancel(ctx), recs[len(recs)-1].Seq, acking)
+		go f.ack(context.WithoutCancel(ctx), seq, acking)
 	}
 }
 
@@ -156,6 +187,13 @@ func (f *Forwarder) decode(msgs []sinks.Message, recs []buffer.Record) []sinks.M
 	return msgs
 }
 
+// doneCtx makes Reader.Read return only what is there already.
+var doneCtx = func() context.Context {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	return ctx
+}()
+
 // ack records delivery up to seq, even during shutdown: the messages were
 // delivered, and recording it spares duplicates after the restart.
 func (f *Forwarder) ack(ctx context.Context, seq uint64, done chan struct{}) {
@@ -167,9 +205,11 @@ func (f *Forwarder) ack(ctx context.Context, seq uint64, done chan struct{}) {
 	}
 }
 
-// deliver publishes msgs until all are delivered or dead-lettered; it
-// returns an error only when ctx ends. recs are the records msgs came from.
-func (f *Forwarder) deliver(ctx context.Context, msgs []sinks.Message, recs []buffer.Record) error {
+// deliver publishes msgs until all are delivered or dead-lettered, or, when
+// early is set, the sink returns early (a nil error with messages left: it
+// has sent them and awaits their acknowledgement); it returns those left,
+// and an error only when ctx ends. recs are the records msgs came from.
+func (f *Forwarder) deliver(ctx context.Context, msgs []sinks.Message, recs []buffer.Record, early bool) ([]sinks.Message, error) {
 	backoff := f.cfg.MinBackoff
 	failing := false
 	for len(msgs) > 0 {
@@ -208,10 +248,13 @@ func (f *Forwarder) deliver(ctx context.Context, msgs []sinks.Message, recs []bu
 				failing = false
 			}
 			backoff = f.cfg.MinBackoff
+			if early && n > 0 && len(msgs) > 0 {
+				return msgs, nil // returned early: the rest is in flight
+			}
 			continue
 		}
 		if ctx.Err() != nil {
-			return ctx.Err()
+			return nil, ctx.Err()
 		}
 		if errors.Is(err, sinks.ErrPermanent) && len(msgs) > 0 {
 			if derr := f.deadLetter(ctx, msgs[0].Seq, recs, err); derr != nil {
@@ -233,11 +276,11 @@ func (f *Forwarder) deliver(ctx context.Context, msgs []sinks.Message, recs []bu
 		select {
 		case <-time.After(backoff):
 		case <-ctx.Done():
-			return ctx.Err()
+			return nil, ctx.Err()
 		}
 		backoff = min(backoff*2, f.cfg.MaxBackoff)
 	}
-	return nil
+	return nil, nil
 }
 
 func (f *Forwarder) deadLetter(ctx context.Context, seq uint64, recs []buffer.Record, reason error) error {

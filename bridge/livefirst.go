@@ -84,7 +84,7 @@ func (f *Forwarder) runLiveFirst(ctx context.Context) error {
 		}
 		delivered := false
 		if len(recs) > 0 {
-			if err := f.deliver(ctx, f.decode(msgs[:0], recs), recs); err != nil {
+			if _, err := f.deliver(ctx, f.decode(msgs[:0], recs), recs, false); err != nil {
 				return nil // only ctx ends delivery
 			}
 			live.ack(recs[len(recs)-1].Seq)
@@ -99,7 +99,7 @@ func (f *Forwarder) runLiveFirst(ctx context.Context) error {
 			return f.readErr(ctx, err)
 		}
 		if len(recs) > 0 {
-			if err := f.deliver(ctx, f.decode(msgs[:0], recs), recs); err != nil {
+			if _, err := f.deliver(ctx, f.decode(msgs[:0], recs), recs, false); err != nil {
 				return nil
 			}
 			backlog.ack(recs[len(recs)-1].Seq)
