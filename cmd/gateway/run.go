@@ -325,7 +325,7 @@ func (g *gateway) newSink(cfg *Config, sc SinkConfig, log zerolog.Logger) (sinks
 			RetainPolicy: broker.RetainPolicy{
 				MaxAge: sc.RetainMaxAge, MaxTopics: sc.RetainMaxTopics, MaxBytes: sc.RetainMaxBytes,
 			},
-			Devices: deviceTopics(sc, nil), // nil: no device names until a Directory is wired
+			Devices: deviceTopics(sc, g.directory()),
 		}, log)
 	case "subscriber":
 		if g.brokerSrv == nil {
@@ -345,7 +345,7 @@ func (g *gateway) newSink(cfg *Config, sc SinkConfig, log zerolog.Logger) (sinks
 			TopicPrefix: sc.TopicPrefix,
 			Values:      sc.Values,
 			GatewayID:   cfg.Gateway.ID,
-			Devices:     deviceTopics(sc, nil), // nil: no device names until a Directory is wired
+			Devices:     deviceTopics(sc, g.directory()),
 		}, log)
 	case "cumulocity":
 		return cumulocity.New(cumulocity.Config{
