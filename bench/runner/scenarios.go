@@ -403,7 +403,7 @@ func (r *runner) qstat(dir, queue, label string) string {
 		return "qstat: " + err.Error()
 	}
 	var parts []string
-	for _, name := range []string{"msgs", "dedup", "dedupt"} {
+	for _, name := range []string{"msgs", "dedupw"} {
 		b := q.Buckets[name]
 		parts = append(parts, fmt.Sprintf("%s %d keys %s (pages %.0f%% full)", name, b.Keys, mib(b.PageBytes), b.Fill*100))
 	}
