@@ -210,10 +210,10 @@ func defaultDedupHash(b []byte) uint64 { return maphash.Bytes(dedupSeed, b) }
 
 // Table sizing: grow by half when more than maxLoad of the slots are used,
 // halve when fewer than minLoad are (never below minSlots). In steady state
-// a key costs 8 bytes / load, 10 to 15 bytes.
+// a key costs 8 bytes / load: 10.7 to 16 bytes.
 const (
 	dedupMinSlots = 1024
-	dedupMaxLoad  = 0.8
+	dedupMaxLoad  = 0.75
 	dedupMinLoad  = 0.2
 )
 
@@ -371,6 +371,12 @@ func (d *dedupIndex) seen(tx *bolt.Tx, id []byte, h uint64, g int64, window int6
 	return false, nil
 }
 
+func countDedupIDs(v []byte) int {
+	n := 0
+	forEachDedupID(v, func([]byte) { n++ })
+	return n
+}
+
 // recordHolds: does the record value v hold the encoded key id?
 func recordHolds(v, id []byte) bool {
 	for len(v) > 0 {
@@ -488,13 +494,19 @@ func (d *dedupIndex) rebuild(tx *bolt.Tx, g, window int64) error {
 	if window <= 0 || b == nil {
 		return nil
 	}
-	// Sized for the whole bucket up front: one allocation instead of a
-	// rehash at every growth step (keys ≈ value bytes / 16).
-	if st := b.Stats(); st.LeafInuse > 0 {
-		est := int(st.LeafInuse) / 17
-		d.resize(max(dedupMinSlots, int(float64(est)/dedupMaxLoad)+1))
-	}
+	// Sized up front, instead of a rehash at every growth step: records
+	// are numbered without gaps (deleted only from the front), so their
+	// count is exact; keys per record are taken from the first and last.
 	c := b.Cursor()
+	fk, fv := c.First()
+	lk, lv := c.Last()
+	if fs, _, ok1 := parseDedupRecordKey(fk); ok1 {
+		if ls, _, ok2 := parseDedupRecordKey(lk); ok2 && ls >= fs {
+			per := (countDedupIDs(fv) + countDedupIDs(lv) + 1) / 2
+			est := min(int(ls-fs+1)*max(per, 1), 1<<28)
+			d.resize(max(dedupMinSlots, int(float64(est)/dedupMaxLoad)+1))
+		}
+	}
 	for k, v := c.First(); k != nil; k, v = c.Next() {
 		seq, rg, ok := parseDedupRecordKey(k)
 		if !ok {
