@@ -80,7 +80,7 @@ func writeFullWindow(b *testing.B, path string, ids, perRecord, queued int) {
 // commits of 1,000).
 func BenchmarkDedupStartup(b *testing.B) {
 	for _, c := range []struct {
-		name                    string
+		name                   string
 		ids, perRecord, queued int
 	}{
 		{"site-24h-2000dev", 2000 * 1440, 1, 0},

@@ -88,4 +88,3 @@ func (q *Queue) Sweep(ctx context.Context) error {
 	}
 	return nil
 }
-
