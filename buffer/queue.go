@@ -616,10 +616,13 @@ func (q *Queue) Append(ctx context.Context, entries []Entry) (AppendResult, erro
 			if err != nil {
 				return fmt.Errorf("next sequence: %w", err)
 			}
-			v := make([]byte, 8+len(e.Data))
-			binary.BigEndian.PutUint64(v, nowNs)
-			copy(v[8:], e.Data)
-			if err := msgs.Put(u64(seq), v); err != nil {
+			// Key and value in one allocation (bbolt holds both until the
+			// commit).
+			kv := make([]byte, 16+len(e.Data))
+			binary.BigEndian.PutUint64(kv, seq)
+			binary.BigEndian.PutUint64(kv[8:], nowNs)
+			copy(kv[16:], e.Data)
+			if err := msgs.Put(kv[:8:8], kv[8:]); err != nil {
 				return fmt.Errorf("put message %d: %w", seq, err)
 			}
 			if dedup && ids.has(i) {
