@@ -277,13 +277,14 @@ func (r *runner) intake() error {
 	}
 	clients := []int{32, 64}
 	gwRate := map[int]float64{}
+	gwCPU := map[int]float64{} // µs of CPU per accepted message
 	var gwMem memInfo
 	for _, c := range clients {
 		f, err := r.measureIntake(gw, fmt.Sprintf("gateway-c%d", c), c, r.intakeDur, true)
 		if err != nil {
 			return err
 		}
-		gwRate[c] = f.rep.AcceptedPS
+		gwRate[c], gwCPU[c] = f.rep.AcceptedPS, f.cpuUsPerMsg
 		r.check(scen, fmt.Sprintf("accepted/s, %d clients", c), f.rep.AcceptedPS, "%.0f", 25000, true, r.cpuNote(f))
 		r.info(scen, fmt.Sprintf("request latency, %d clients", c), f.rep.Latency.String(), "errors: "+errorsString(f.rep.Errors))
 		r.info(scen, fmt.Sprintf("messages per commit, %d cl.", c), fmt.Sprintf("%.1f", f.msgsPerCommit), fmt.Sprintf("%.0f commits in %.1f s; %.1f KiB written to disk per message (%.0f MiB/s)", f.commits, f.rep.DurationS, f.writePerMsg/1024, f.writePerMsg*f.rep.AcceptedPS/(1<<20)))
@@ -317,7 +318,42 @@ func (r *runner) intake() error {
 			r.check(scen, fmt.Sprintf("gateway ÷ baseline, %d cl.", c), gwRate[c]/f.rep.AcceptedPS, "%.1f×", 10, true, "")
 		}
 	}
-	return base.stop()
+	if err := base.stop(); err != nil {
+		r.note("baseline stop: %v", err)
+	}
+	return r.ceiling(dir, clients, gwRate, gwCPU)
+}
+
+// ceiling measures bench/noop (net/http answering without storing
+// anything) with the same load generator in the same run: the HTTP
+// stack's rate on this machine now, against which the gateway's intake is
+// judged (a shared machine moves both alike).
+func (r *runner) ceiling(dir string, clients []int, gwRate, gwCPU map[int]float64) error {
+	const scen = "intake"
+	noop, err := r.startHarness("noop", filepath.Join(dir, "noop"))
+	if err != nil {
+		return err
+	}
+	defer noop.stop()
+	if _, _, err := r.load(noop.dir, "warmup", time.Second, "-url", noop.url(), "-c", "32"); err != nil {
+		return err
+	}
+	for _, c := range clients {
+		f, err := r.measureIntake(noop, fmt.Sprintf("noop-c%d", c), c, r.baselineDur, false)
+		if err != nil {
+			return err
+		}
+		r.info("ceiling", fmt.Sprintf("no-op handler req/s, %d cl.", c), fmt.Sprintf("%.0f", f.rep.AcceptedPS),
+			fmt.Sprintf("net/http, body read, no storage; p99 %.1f ms; ", f.rep.Latency.P99)+r.cpuNote(f))
+		if f.rep.AcceptedPS > 0 {
+			r.check(scen, fmt.Sprintf("gateway ÷ no-op ceiling, %d cl.", c), 100*gwRate[c]/f.rep.AcceptedPS, "%.0f %%", 70, true, "")
+		}
+		if f.cpuUsPerMsg > 0 && gwCPU[c] > 0 {
+			r.check(scen, fmt.Sprintf("CPU/msg ÷ no-op's, %d cl.", c), gwCPU[c]/f.cpuUsPerMsg, "%.1f×", 2.5, false,
+				fmt.Sprintf("%.0f vs %.0f µs per request", gwCPU[c], f.cpuUsPerMsg))
+		}
+	}
+	return noop.stop()
 }
 
 func sumPrefix(m map[string]float64, prefix string) float64 {
