@@ -600,7 +600,9 @@ func (r *runner) drainMQTT() error {
 	}
 
 	conf := filepath.Join(dir, "mosquitto.conf")
-	os.WriteFile(conf, []byte(fmt.Sprintf("listener %d 127.0.0.1\nallow_anonymous true\npersistence false\nlog_dest file %s\nmax_inflight_messages 0\n",
+	// set_tcp_nodelay as the README recommends for a broker the gateway
+	// publishes to at QoS 1 (each PUBACK otherwise waits for Nagle).
+	os.WriteFile(conf, []byte(fmt.Sprintf("listener %d 127.0.0.1\nallow_anonymous true\npersistence false\nlog_dest file %s\nmax_inflight_messages 0\nset_tcp_nodelay true\n",
 		ports[0], filepath.Join(dir, "mosquitto-own.log"))), 0o644)
 	mosqBin := "/usr/sbin/mosquitto"
 	if p, err := exec.LookPath("mosquitto"); err == nil {
@@ -616,19 +618,32 @@ func (r *runner) drainMQTT() error {
 		return fmt.Errorf("mosquitto: %v\n%s", err, tail(filepath.Join(dir, "mosquitto.log"), 5))
 	}
 	ms := sampleMem(gw.p.pid(), 100*time.Millisecond)
+	// The drain is judged by the backlog's last message reaching a
+	// subscriber of mosquitto, not by the depth reading 0.
+	watch, err := watchBacklog("tcp://"+mqttAddr, "wittra/fill/+/data", n, t0)
+	if err != nil {
+		return err
+	}
+	defer watch.close()
 	live, err := r.startLoad(dir, "live", 2*r.drainTimeout, "-url", gw.url(), "-rate", "1000", "-c", "16",
 		"-project", "live", "-device-base", "1000000", "-sub", "tcp://"+mqttAddr, "-sub-topic", "wittra/live/+/data")
 	if err != nil {
 		return err
 	}
-	drained, lastDepth := gw.waitDepthZero(depthKey, t0, 2*r.drainTimeout)
+	drained := watch.wait(2 * r.drainTimeout)
 	liveRep, lerr := live.finish()
 	mem := ms.end()
 	if drained == 0 {
-		r.add(row{Scenario: scen, Measure: "drain to mosquitto (QoS 1)", Value: fmt.Sprintf("not drained: depth %.0f after %s", lastDepth, 2*r.drainTimeout), Result: "MISSED"})
+		depth := -1.0
+		if m, err := gw.metrics(); err == nil {
+			depth = m[depthKey]
+		}
+		r.add(row{Scenario: scen, Measure: "drain to mosquitto (QoS 1)", Value: fmt.Sprintf("not drained: %d of %d backlog messages received after %s (depth %.0f)",
+			watch.got.Load(), n, 2*r.drainTimeout, depth), Result: "MISSED"})
 	} else {
-		r.info(scen, "drain to mosquitto (QoS 1)", fmt.Sprintf("%.0f msg/s", float64(n)/drained.Seconds()),
-			fmt.Sprintf("%dk in %.1f s from mosquitto start (no target; the ≥ 50000/s target is the embedded broker's)", n/1000, drained.Seconds()))
+		r.check(scen, "drain to mosquitto (QoS 1, tcp_nodelay)", float64(n)/drained.Seconds(), "%.0f msg/s", 30000, true,
+			fmt.Sprintf("%dk in %.1f s from mosquitto start to the backlog's last message at a subscriber (%d received twice), 1,000/s live on top",
+				n/1000, drained.Seconds(), watch.dups.Load()))
 	}
 	if lerr != nil {
 		return lerr
