@@ -4,5 +4,8 @@ package buffer
 // whose record the sweep has not removed yet included), as of the last
 // commit. It reads a counter: cheap enough for every metrics scrape.
 func (q *Queue) DedupKeys() (int, error) {
+	if q.dx == nil { // OpenReadOnly builds no index
+		return 0, ErrReadOnly
+	}
 	return int(q.dx.count.Load()), nil
 }
