@@ -8,6 +8,7 @@ import (
 	"syscall"
 	"testing"
 	"time"
+	"wittra-gateway/internal/testutil"
 )
 
 // TestDedupSurvivesKill9: every payloadId that got a 200 before a SIGKILL
@@ -21,18 +22,18 @@ func TestDedupSurvivesKill9(t *testing.T) {
 	g := h.crashStart()
 	load := h.crashStartLoad(8)
 	h.crashLoadFor(g, load, time.Second, 200)
-	if err := g.cmd.Process.Kill(); err != nil {
+	if err := g.Cmd.Process.Kill(); err != nil {
 		load.crashHalt()
 		t.Fatalf("kill -9: %v", err)
 	}
 	load.crashHalt()
-	if !g.waitExit(crashExitTimeout) {
+	if !g.WaitExit(crashExitTimeout) {
 		t.Fatalf("gateway still running %v after SIGKILL", crashExitTimeout)
 	}
-	if ws, ok := g.cmd.ProcessState.Sys().(syscall.WaitStatus); ok && !(ws.Signaled() && ws.Signal() == syscall.SIGKILL) {
-		t.Fatalf("gateway ended by itself (%v), not by the SIGKILL", g.cmd.ProcessState)
+	if ws, ok := g.Cmd.ProcessState.Sys().(syscall.WaitStatus); ok && !(ws.Signaled() && ws.Signal() == syscall.SIGKILL) {
+		t.Fatalf("gateway ended by itself (%v), not by the SIGKILL", g.Cmd.ProcessState)
 	}
-	acked := h.acked.crashMinus(crashNewIDSet())
+	acked := h.acked.Minus(new(testutil.IDSet))
 	if len(acked) == 0 {
 		t.Fatal("nothing was acknowledged before the kill")
 	}
