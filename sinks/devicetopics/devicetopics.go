@@ -134,6 +134,10 @@ type Topics struct {
 	forgot   uint64            // devices forgotten for the bound
 
 	online chan struct{} // Home Assistant came online; capacity 1
+	// renamed closes at the Directory's next change (DirectoryNotifier),
+	// taken when Topics is made so that no change after it goes unseen;
+	// nil without a notifier. Used by Republish only.
+	renamed <-chan struct{}
 }
 
 type devKey struct{ project, device string }
@@ -166,7 +170,12 @@ func New(o Options, log zerolog.Logger) (*Topics, error) {
 	if err != nil {
 		return nil, err
 	}
+	var renamed <-chan struct{}
+	if n, ok := o.Directory.(sinks.DirectoryNotifier); ok {
+		renamed = n.Changed()
+	}
 	return &Topics{
+		renamed:  renamed,
 		o:        o,
 		status:   sinks.StatusTopic(o.TopicPrefix, o.GatewayID),
 		log:      log.With().Str("component", "devicetopics").Logger(),

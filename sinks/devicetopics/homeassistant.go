@@ -293,10 +293,7 @@ func (t *Topics) Republish(stop <-chan struct{}, publish func(sinks.Publication)
 		return
 	}
 	notifier, _ := t.o.Directory.(sinks.DirectoryNotifier)
-	var changed <-chan struct{} // nil (never ready) without a notifier
-	if notifier != nil {
-		changed = notifier.Changed()
-	}
+	changed := t.renamed // nil (never ready) without a notifier
 	for {
 		why := "Home Assistant came online"
 		select {
