@@ -8,8 +8,6 @@ import (
 	"path/filepath"
 	"time"
 
-	"gopkg.in/yaml.v3"
-
 	"wittra-gateway/sinks/jetstream"
 )
 
@@ -33,71 +31,46 @@ type JetStreamStreamConfig struct {
 	DuplicateWindow time.Duration
 }
 
-// rawJetStream is inlined into rawSink.
-type rawJetStream struct {
-	URLs          []yaml.Node `yaml:"urls"`
-	Token         yaml.Node   `yaml:"token"`
-	TokenFile     yaml.Node   `yaml:"token_file"`
-	CredsFile     yaml.Node   `yaml:"creds_file"`
-	SubjectPrefix yaml.Node   `yaml:"subject_prefix"`
-	Stream        rawStream   `yaml:"stream"`
+// FileJetStream holds the keys only type jetstream reads (inlined into fileSink).
+type FileJetStream struct {
+	URLs          []Str `yaml:"urls" types:"jetstream"`
+	Token         Str   `yaml:"token" types:"jetstream"`
+	TokenFile     Str   `yaml:"token_file" types:"jetstream"`
+	CredsFile     Str   `yaml:"creds_file" types:"jetstream"`
+	SubjectPrefix Str   `yaml:"subject_prefix" types:"jetstream"`
+	Stream        struct {
+		Name            Str      `yaml:"name"`
+		Subjects        []Str    `yaml:"subjects"`
+		Replicas        Int      `yaml:"replicas"`
+		MaxAge          Duration `yaml:"max_age"`
+		DuplicateWindow Duration `yaml:"duplicate_window"`
+	} `yaml:"stream" types:"jetstream"`
 }
 
-type rawStream struct {
-	Name            yaml.Node   `yaml:"name"`
-	Subjects        []yaml.Node `yaml:"subjects"`
-	Replicas        yaml.Node   `yaml:"replicas"`
-	MaxAge          yaml.Node   `yaml:"max_age"`
-	DuplicateWindow yaml.Node   `yaml:"duplicate_window"`
-}
-
-// jetstreamKeys are the keys only type jetstream reads.
-var jetstreamKeys = []string{"urls", "token", "token_file", "creds_file", "subject_prefix", "stream"}
-
-func (p *parser) jetstreamSink(r *rawJetStream, base string, s *SinkConfig) {
+func (p *parser) jetstreamSink(f *FileJetStream, base string, s *SinkConfig) {
+	st := f.Stream
+	s.JetStream = JetStreamSinkConfig{
+		URLs:          strs(f.URLs),
+		Token:         p.secret(f.Token, f.TokenFile, base, "token"),
+		CredsFile:     f.CredsFile.V,
+		SubjectPrefix: f.SubjectPrefix.V,
+		Stream:        JetStreamStreamConfig{Name: st.Name.V, Subjects: strs(st.Subjects), Replicas: st.Replicas.V, MaxAge: st.MaxAge.V, DuplicateWindow: st.DuplicateWindow.V},
+	}
 	j := &s.JetStream
-	j.URLs = p.strList(r.URLs, base+".urls")
-	p.secret(&r.Token, &r.TokenFile, base, "token", &j.Token)
-	p.str(&r.CredsFile, base+".creds_file", &j.CredsFile)
 	if j.CredsFile != "" && !filepath.IsAbs(j.CredsFile) {
 		j.CredsFile = filepath.Join(p.dir, j.CredsFile)
 	}
-	p.str(&r.SubjectPrefix, base+".subject_prefix", &j.SubjectPrefix)
-	st, sb := &j.Stream, base+".stream"
-	p.str(&r.Stream.Name, sb+".name", &st.Name)
-	st.Subjects = p.strList(r.Stream.Subjects, sb+".subjects")
-	p.integer(&r.Stream.Replicas, sb+".replicas", &st.Replicas)
-	p.duration(&r.Stream.MaxAge, sb+".max_age", &st.MaxAge)
-	p.duration(&r.Stream.DuplicateWindow, sb+".duplicate_window", &st.DuplicateWindow)
 	if s.Type == "jetstream" && j.SubjectPrefix == "" {
 		j.SubjectPrefix = DefaultTopicPrefix
 	}
 }
 
-// validateJetStream checks sink s (at base) of any type: jetstream keys
-// belong to type jetstream only, and a jetstream sink's keys must be right.
+// validateJetStream checks a jetstream sink s (at base).
 func (p *parser) validateJetStream(base string, s SinkConfig) {
 	if s.Type != "jetstream" {
-		for _, k := range jetstreamKeys {
-			if _, set := p.lines[base+"."+k]; set {
-				p.invalid(base+"."+k, "only for type jetstream")
-			}
-		}
 		return
 	}
 	j := s.JetStream
-	for _, k := range []string{"url", "topic_prefix", "client_id", "qos", "retain", "values"} {
-		if _, set := p.lines[base+"."+k]; set {
-			switch k {
-			case "url":
-				p.invalid(base+".url", "type jetstream takes urls (a list)")
-			case "topic_prefix":
-				p.invalid(base+".topic_prefix", "type jetstream takes subject_prefix (dot-separated)")
-			default:
-				p.invalid(base+"."+k, "not used by type jetstream")
-			}
-		}
-	}
 	if len(j.URLs) == 0 {
 		p.invalid(base+".urls", "required for type jetstream: one or more nats:// or tls:// URLs")
 	}

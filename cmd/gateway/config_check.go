@@ -1,0 +1,476 @@
+package main
+
+// Validation of a decoded Config: the rules that involve several keys or
+// sections. What one sink package checks on its own options is asked of
+// that package.
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"regexp"
+	"strings"
+	"time"
+
+	"wittra-gateway/bridge"
+	"wittra-gateway/internal/status"
+	"wittra-gateway/sinks/broker"
+)
+
+var reSinkName = regexp.MustCompile(`^[A-Za-z0-9_-]+$`)
+
+// hasTopicMeta reports whether s holds an MQTT wildcard, a level separator or NUL.
+func hasTopicMeta(s string, slashOK bool) bool {
+	if !slashOK && strings.Contains(s, "/") {
+		return true
+	}
+	return strings.ContainsAny(s, "+#\x00")
+}
+
+func oneOf(s string, allowed ...string) bool {
+	for _, a := range allowed {
+		if s == a {
+			return true
+		}
+	}
+	return false
+}
+
+func (p *parser) hostPort(field, addr string) {
+	if addr == "" {
+		p.invalid(field, "must not be empty (host:port)")
+		return
+	}
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil || port == "" {
+		p.invalid(field, "must be host:port, e.g. 127.0.0.1:8080 or :8080")
+	}
+}
+
+// validateACME checks webhook.tls.acme.
+func (p *parser) validateACME(c *Config, a *WebhookACME) {
+	const base = "webhook.tls.acme"
+	if c.Webhook.TLS.CertFile != "" || c.Webhook.TLS.KeyFile != "" {
+		p.invalid(base, "set either acme or cert_file/key_file, not both")
+	}
+	if len(a.Domains) == 0 {
+		p.invalid(base+".domains", "at least one domain is required")
+	}
+	seen := map[string]int{}
+	for i, d := range a.Domains {
+		field := fmt.Sprintf("%s.domains[%d]", base, i)
+		if err := bridge.CheckACMEDomain(d); err != nil {
+			p.invalid(field, "%v", err)
+			continue
+		}
+		if j, dup := seen[strings.ToLower(d)]; dup {
+			p.invalid(field, "duplicate of %s.domains[%d]", base, j)
+		}
+		seen[strings.ToLower(d)] = i
+	}
+	if a.Email != "" && !strings.Contains(a.Email, "@") {
+		p.invalid(base+".email", "must be an address (name@host)")
+	}
+	if a.CacheDir == "" {
+		p.invalid(base+".cache_dir", "must not be empty")
+	}
+	if u, err := url.Parse(a.DirectoryURL); err != nil || u.Scheme != "https" || u.Host == "" {
+		p.invalid(base+".directory_url", "must be an https:// URL")
+	}
+	if a.HTTPListen != "" {
+		p.hostPort(base+".http_listen", a.HTTPListen)
+	}
+}
+
+func (p *parser) validate(c *Config) {
+	switch {
+	case c.Gateway.ID == "":
+		p.invalid("gateway.id", "must not be empty")
+	case hasTopicMeta(c.Gateway.ID, false):
+		p.invalid("gateway.id", "must not contain / + # or NUL")
+	}
+
+	if !oneOf(c.Log.Level, "debug", "info", "warn", "error") {
+		p.invalid("log.level", "must be debug, info, warn or error (got %q)", c.Log.Level)
+	}
+	if !oneOf(c.Log.Format, "json", "console", "journald") {
+		p.invalid("log.format", "must be json, console or journald (got %q)", c.Log.Format)
+	}
+
+	w := c.Webhook
+	p.hostPort("webhook.listen", w.Listen)
+	if (w.TLS.CertFile == "") != (w.TLS.KeyFile == "") {
+		p.invalid("webhook.tls", "cert_file and key_file must be set together")
+	}
+	if a := w.TLS.ACME; a != nil {
+		p.validateACME(c, a)
+	}
+	if w.MaxBody <= 0 {
+		p.invalid("webhook.max_body", "must be greater than 0")
+	}
+	if len(w.Routes) == 0 {
+		p.invalid("webhook.routes", "at least one route is required")
+	}
+	seenPath := map[string]int{}
+	for i, r := range w.Routes {
+		base := fmt.Sprintf("webhook.routes[%d]", i)
+		switch {
+		case !strings.HasPrefix(r.Path, "/"):
+			p.invalid(base+".path", "must start with /")
+		default:
+			if j, dup := seenPath[r.Path]; dup {
+				p.invalid(base+".path", "duplicate path %q (also webhook.routes[%d])", r.Path, j)
+			} else {
+				seenPath[r.Path] = i
+			}
+		}
+		if hasTopicMeta(r.Project, false) {
+			p.invalid(base+".project", "must not contain / + # or NUL")
+		}
+		for j, pre := range r.DevicePrefixes {
+			f := fmt.Sprintf("%s.device_prefixes[%d]", base, j)
+			switch {
+			case pre == "":
+				p.invalid(f, "must not be empty")
+			case hasTopicMeta(pre, false):
+				p.invalid(f, "must not contain / + # or NUL")
+			}
+		}
+	}
+
+	b := c.Buffer
+	if b.Path == "" {
+		p.invalid("buffer.path", "must not be empty")
+	}
+	if b.MaxBytes < minQueueBytes {
+		p.invalid("buffer.max_bytes", "must be at least 64KiB (a few messages)")
+	}
+	if b.MaxAge <= 0 {
+		p.invalid("buffer.max_age", "must be greater than 0")
+	}
+	if !oneOf(b.WhenFull, "reject", "drop_oldest") {
+		p.invalid("buffer.when_full", "must be reject or drop_oldest (got %q)", b.WhenFull)
+	}
+	if b.DedupWindow < 0 {
+		p.invalid("buffer.dedup_window", "must not be negative")
+	}
+
+	if c.Admin.Listen != "" {
+		p.hostPort("admin.listen", c.Admin.Listen)
+	}
+	seenAdmin := map[string]int{}
+	for i, u := range c.Admin.Users {
+		base := fmt.Sprintf("admin.users[%d]", i)
+		if u.Username == "" {
+			p.invalid(base+".username", "required")
+		} else if j, dup := seenAdmin[u.Username]; dup {
+			p.invalid(base+".username", "duplicate username (also admin.users[%d])", j)
+		} else {
+			seenAdmin[u.Username] = i
+		}
+		field := base + ".password"
+		if _, inFile := p.lines[base+".password_file"]; inFile {
+			field = base + ".password_file"
+		}
+		if u.PasswordHash == "" {
+			p.invalid(base+".password", "required (a bcrypt hash, in password or password_file)")
+		} else if err := status.CheckHash(u.PasswordHash); err != nil {
+			p.invalid(field, "%v", err)
+		}
+	}
+
+	br := c.Broker
+	for i, l := range br.Listeners {
+		base := fmt.Sprintf("broker.listeners[%d]", i)
+		if !oneOf(l.Type, "tcp", "tls", "websocket") {
+			p.invalid(base+".type", "must be tcp, tls or websocket (got %q)", l.Type)
+		}
+		p.hostPort(base+".address", l.Address)
+		switch {
+		case l.Type == "tls" && l.CertFile == "":
+			p.invalid(base+".cert_file", "required for type tls")
+		case l.Type == "tls" && l.KeyFile == "":
+			p.invalid(base+".key_file", "required for type tls")
+		case (l.CertFile == "") != (l.KeyFile == ""):
+			p.invalid(base, "cert_file and key_file must be set together")
+		case l.Type == "tcp" && l.CertFile != "":
+			p.invalid(base+".cert_file", "needs type tls (or websocket for wss)")
+		}
+		switch {
+		case l.ClientCAFile == "":
+		case l.Type == "tcp":
+			p.invalid(base+".client_ca_file", "needs type tls, or websocket with cert_file and key_file")
+		case l.Type == "websocket" && l.CertFile == "":
+			p.invalid(base+".client_ca_file", "needs TLS: set cert_file and key_file too")
+		}
+		if len(l.AllowedOrigins) > 0 && l.Type != "websocket" {
+			p.invalid(base+".allowed_origins", "only for type websocket")
+		}
+		for j, o := range l.AllowedOrigins {
+			if err := checkOrigin(o); err != nil {
+				p.invalid(fmt.Sprintf("%s.allowed_origins[%d]", base, j), "%v", err)
+			}
+		}
+	}
+	seenUser := map[string]int{}
+	for i, u := range br.Users {
+		base := fmt.Sprintf("broker.users[%d]", i)
+		if u.Username == "" {
+			p.invalid(base+".username", "required")
+		} else if j, dup := seenUser[u.Username]; dup {
+			p.invalid(base+".username", "duplicate username (also broker.users[%d])", j)
+		} else {
+			seenUser[u.Username] = i
+		}
+		if u.Password == "" {
+			p.invalid(base+".password", "required (password or password_file)")
+		} else if err := broker.CheckPassword(u.Password); err != nil {
+			field := base + ".password"
+			if _, inFile := p.lines[base+".password_file"]; inFile {
+				field = base + ".password_file"
+			}
+			p.invalid(field, "%v", err)
+		}
+		for j, f := range u.Subscribe {
+			if err := broker.CheckFilter(f); err != nil {
+				p.invalid(fmt.Sprintf("%s.subscribe[%d]", base, j), "not a valid topic filter: %v", err)
+			}
+		}
+		switch {
+		case !u.Publish && len(u.PublishTopics) > 0:
+			p.invalid(base+".publish_topics", "needs publish: true")
+		case u.Publish && u.PublishTopics != nil && len(u.PublishTopics) == 0:
+			p.invalid(base+".publish_topics", "empty: to forbid publishing, set publish: false")
+		}
+		for j, f := range u.PublishTopics {
+			if err := broker.CheckFilter(f); err != nil {
+				p.invalid(fmt.Sprintf("%s.publish_topics[%d]", base, j), "not a valid topic filter: %v", err)
+			}
+		}
+	}
+
+	// Two servers of this process on the same address cannot both start
+	// (port 0 asks the system for a free port each time, so it never clashes).
+	addrs := map[string]string{}
+	claim := func(field, addr string) {
+		if addr == "" || p.bad[field] {
+			return
+		}
+		if _, port, err := net.SplitHostPort(addr); err != nil || port == "0" {
+			return
+		}
+		if other, dup := addrs[addr]; dup {
+			p.invalid(field, "same address as %s", other)
+			return
+		}
+		addrs[addr] = field
+	}
+	claim("webhook.listen", w.Listen)
+	if w.TLS.ACME != nil {
+		claim("webhook.tls.acme.http_listen", w.TLS.ACME.HTTPListen)
+	}
+	claim("admin.listen", c.Admin.Listen)
+	if br.Enabled {
+		for i, l := range br.Listeners {
+			claim(fmt.Sprintf("broker.listeners[%d].address", i), l.Address)
+		}
+	}
+
+	if len(c.Sinks) == 0 {
+		if br.Enabled {
+			p.invalid("sinks", "at least one sink is required")
+		} else {
+			p.invalid("sinks", "at least one sink is required (the default local sink needs broker.enabled: true)")
+		}
+	}
+	seenSink := map[string]int{}
+	seenClientID := map[string]int{} // client ids of subscriber sinks
+	hasC8Y := false
+	for i, s := range c.Sinks {
+		base := fmt.Sprintf("sinks[%d]", i)
+		switch {
+		case s.Name == "":
+			p.invalid(base+".name", "required")
+		case !reSinkName.MatchString(s.Name):
+			p.invalid(base+".name", "may only contain letters, digits, _ and -")
+		default:
+			if j, dup := seenSink[s.Name]; dup {
+				p.invalid(base+".name", "duplicate sink name %q (also sinks[%d])", s.Name, j)
+			} else {
+				seenSink[s.Name] = i
+			}
+		}
+		switch {
+		case s.TopicPrefix == "":
+			p.invalid(base+".topic_prefix", "must not be empty")
+		case hasTopicMeta(s.TopicPrefix, true):
+			p.invalid(base+".topic_prefix", "must not contain + # or NUL")
+		case strings.HasPrefix(s.TopicPrefix, "/") || strings.HasSuffix(s.TopicPrefix, "/"):
+			p.invalid(base+".topic_prefix", "must not start or end with /")
+		}
+		if (s.TLS.CertFile == "") != (s.TLS.KeyFile == "") {
+			p.invalid(base+".tls", "cert_file and key_file must be set together")
+		}
+		switch s.Type {
+		case "broker":
+			if !br.Enabled {
+				p.invalid(base+".type", "type broker needs broker.enabled: true")
+			}
+			p.checkRetainBounds(base, s)
+		case "mqtt":
+			if s.URL == "" {
+				p.invalid(base+".url", "required for type mqtt")
+			} else {
+				p.checkURL(base+".url", s.URL, []string{"tcp", "ssl", "ws", "wss"}, "tcp://, ssl://, ws:// or wss://")
+			}
+			if s.QoS < 0 || s.QoS > 2 {
+				p.invalid(base+".qos", "must be 0, 1 or 2")
+			}
+		case "cumulocity":
+			hasC8Y = true
+			switch s.Mode {
+			case "mqtt", "rest":
+				if s.URL == "" {
+					p.invalid(base+".url", "required for type cumulocity")
+				} else if s.Mode == "mqtt" {
+					p.checkURL(base+".url", s.URL, []string{"tcp", "mqtts", "ssl"}, "tcp://, mqtts:// or ssl:// (mode mqtt)")
+				} else {
+					p.checkURL(base+".url", s.URL, []string{"https", "http"}, "https:// or http:// (mode rest)")
+				}
+			default:
+				p.invalid(base+".mode", "must be mqtt or rest (got %q)", s.Mode)
+			}
+			if s.TLS.CertFile != "" && s.Password == "" {
+				p.checkC8YCertLogin(base, s, c.Gateway.ID) // certificate login: c8ycert.go
+				break
+			}
+			if s.Tenant == "" {
+				p.invalid(base+".tenant", "required for type cumulocity")
+			}
+			if s.Username == "" {
+				p.invalid(base+".username", "required for type cumulocity")
+			}
+			if s.Password == "" {
+				p.invalid(base+".password", "required for type cumulocity (password or password_file; or a device certificate in tls.cert_file and key_file)")
+			}
+			p.c8yCertOnly(base, s)
+		case "jetstream":
+		case "subscriber":
+			p.subscriberSink(c, base, s, seenClientID)
+		case "":
+			p.invalid(base+".type", "required: broker, subscriber, mqtt, cumulocity or jetstream")
+		default:
+			p.invalid(base+".type", "must be broker, subscriber, mqtt, cumulocity or jetstream (got %q)", s.Type)
+		}
+		p.validateJetStream(base, s)
+	}
+	if hasC8Y && strings.Contains(c.Gateway.ID, ":") {
+		p.invalid("gateway.id", "must not contain ':' with a cumulocity sink (it is the Cumulocity client id)")
+	}
+}
+
+// subscriberSink validates a `type: subscriber` sink (a durable client of
+// the embedded broker).
+func (p *parser) subscriberSink(c *Config, base string, s SinkConfig, seen map[string]int) {
+	br := c.Broker
+	if !br.Enabled {
+		p.invalid(base+".type", "type subscriber needs broker.enabled: true")
+	}
+	switch {
+	case s.ClientID == "":
+		p.invalid(base+".client_id", "required for type subscriber (the consumer's MQTT client id)")
+	case s.ClientID == c.Gateway.ID || s.ClientID == "wittra-"+c.Gateway.ID:
+		p.invalid(base+".client_id", "must not be the gateway's own id")
+	default:
+		if j, dup := seen[s.ClientID]; dup {
+			p.invalid(base+".client_id", "same client_id as sinks[%d]: one durable subscriber per client", j)
+		} else {
+			seen[s.ClientID] = p.sinkIndex(c, s.Name)
+		}
+	}
+	if s.QoS != 1 && s.QoS != 2 {
+		p.invalid(base+".qos", "must be 1 or 2 for type subscriber (the cursor moves on the client's acknowledgement)")
+	}
+	if len(br.Users) > 0 {
+		found := false
+		for _, u := range br.Users {
+			found = found || u.Username == s.Username
+		}
+		switch {
+		case s.Username == "":
+			p.invalid(base+".username", "required for type subscriber when broker.users is set: only this user may take the client's session")
+		case !found:
+			p.invalid(base+".username", "%q is not one of broker.users", s.Username)
+		}
+	}
+}
+
+// minQueueBytes is the smallest buffer.max_bytes: below it the queue could
+// hold hardly a request.
+const minQueueBytes = 64 << 10
+
+// sinkIndex returns the position of the sink named name.
+func (p *parser) sinkIndex(c *Config, name string) int {
+	for i, s := range c.Sinks {
+		if s.Name == name {
+			return i
+		}
+	}
+	return -1
+}
+
+// checkOrigin accepts a browser Origin as sent in the header: scheme://host[:port]
+// with scheme http or https, nothing else.
+func checkOrigin(o string) error {
+	const want = "want scheme://host[:port], e.g. https://dashboard.example.com"
+	if o == "" {
+		return errors.New("must not be empty")
+	}
+	if o == "null" || o == "*" {
+		return fmt.Errorf("%q is not accepted: %s", o, want)
+	}
+	u, err := url.Parse(o)
+	switch {
+	case err != nil:
+		return fmt.Errorf("%q is not an origin: %s", o, want)
+	case u.Scheme != "http" && u.Scheme != "https":
+		return fmt.Errorf("%q: scheme must be http or https", o)
+	case u.Host == "" || u.Hostname() == "":
+		return fmt.Errorf("%q has no host: %s", o, want)
+	case u.User != nil || u.Path != "" || u.RawQuery != "" || u.ForceQuery || u.Fragment != "" || strings.Contains(o, "#"):
+		return fmt.Errorf("%q has more than scheme://host[:port] (browsers send no path, not even a trailing /)", o)
+	}
+	return nil
+}
+
+// checkURL validates a sink URL without ever quoting it (it may hold credentials).
+func (p *parser) checkURL(field, raw string, schemes []string, want string) {
+	u, err := url.Parse(raw)
+	switch {
+	case err != nil:
+		p.invalid(field, "not a valid URL")
+	case !oneOf(u.Scheme, schemes...):
+		p.invalid(field, "must start with %s", want)
+	case u.User != nil:
+		p.invalid(field, "must not contain credentials: use username and password")
+	case u.Host == "":
+		p.invalid(field, "must name a host")
+	}
+}
+
+// checkRetainBounds validates the retained-topic bounds of a broker sink
+// (0 keeps the default).
+func (p *parser) checkRetainBounds(base string, s SinkConfig) {
+	if s.RetainMaxAge < 0 {
+		p.invalid(base+".retain_max_age", "must not be negative")
+	} else if s.RetainMaxAge > 0 && s.RetainMaxAge < time.Minute {
+		p.invalid(base+".retain_max_age", "must be at least 1m (silent devices are looked for every minute)")
+	}
+	if s.RetainMaxTopics < 0 || s.RetainMaxTopics > 0 && s.RetainMaxTopics < broker.MinRetainMaxTopics {
+		p.invalid(base+".retain_max_topics", "must be at least %d (0 or absent: %d)", broker.MinRetainMaxTopics, broker.DefaultRetainMaxTopics)
+	}
+	if s.RetainMaxBytes < 0 {
+		p.invalid(base+".retain_max_bytes", "must not be negative")
+	}
+}
