@@ -16,7 +16,7 @@ package main
 //
 // Every field of Config is a plain, fully resolved Go value, so no accessor is needed:
 //   - strings have ${NAME} / ${NAME:-default} expanded;
-//   - durations are time.Duration, sizes (max_body, max_bytes) are int64 bytes;
+//   - durations are time.Duration; every int64 is a size in bytes (max_body, max_bytes, …);
 //   - secrets (Route.Token, UserConfig.Password, SinkConfig.Password) hold the value, already
 //     read from their *_file when one was given;
 //   - Gateway.ID is set (host name by default, sanitised to be topic-safe);
@@ -33,149 +33,158 @@ package main
 import (
 	"cmp"
 	"fmt"
+
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"time"
+	"wittra-gateway/bridge"
 )
 
-// Config is the whole configuration of the gateway.
+// Config is the whole configuration of the gateway. The yaml tags are its
+// keys (config_yaml.go decodes the file straight into it); `secret:"file"`
+// also accepts KEY_file, a file holding the value; `types` names the sink
+// types that read a sink key.
 type Config struct {
-	Gateway GatewayConfig
-	Log     LogConfig
-	Webhook WebhookConfig
-	Buffer  BufferConfig
-	Admin   AdminConfig
-	Broker  BrokerConfig
-	Sinks   []SinkConfig
+	Gateway GatewayConfig `yaml:"gateway"`
+	Log     LogConfig     `yaml:"log"`
+	Webhook WebhookConfig `yaml:"webhook"`
+	Buffer  BufferConfig  `yaml:"buffer"`
+	Admin   AdminConfig   `yaml:"admin"`
+	Broker  BrokerConfig  `yaml:"broker"`
+	Sinks   []SinkConfig  `yaml:"sinks"`
 }
 
 // GatewayConfig is the `gateway:` section.
 type GatewayConfig struct {
-	ID string // never empty; names the gateway in status topics and Cumulocity
+	ID string `yaml:"id"` // never empty; names the gateway in status topics and Cumulocity
 }
 
 // LogConfig is the `log:` section.
 type LogConfig struct {
-	Level  string // debug | info | warn | error (never empty)
-	Format string // json | console | journald
+	Level  string `yaml:"level"`  // debug | info | warn | error (never empty)
+	Format string `yaml:"format"` // json | console | journald
 }
 
 // WebhookConfig is the `webhook:` section.
 type WebhookConfig struct {
-	Listen  string // host:port
-	TLS     WebhookTLS
-	MaxBody int64 // bytes, > 0
-	Routes  []RouteConfig
+	Listen  string        `yaml:"listen"` // host:port
+	TLS     WebhookTLS    `yaml:"tls"`
+	MaxBody int64         `yaml:"max_body"` // bytes, > 0
+	Routes  []RouteConfig `yaml:"routes"`
 }
 
 // WebhookTLS enables HTTPS when both files are set, or when ACME is.
 type WebhookTLS struct {
-	CertFile string
-	KeyFile  string
-	ACME     *WebhookACME // nil: no ACME (the key is absent)
+	CertFile string       `yaml:"cert_file"`
+	KeyFile  string       `yaml:"key_file"`
+	ACME     *WebhookACME `yaml:"acme"` // nil: no ACME (the key is absent)
 }
 
 // WebhookACME is `webhook.tls.acme:`: certificates from an ACME CA.
 type WebhookACME struct {
-	Domains      []string
-	Email        string
-	CacheDir     string // default: "acme" beside buffer.path
-	DirectoryURL string // default: Let's Encrypt production
-	CAFile       string // extra roots for directory_url (a private CA); optional
-	HTTPListen   string // host:port for http-01; "" means tls-alpn-01 only
+	Domains      []string `yaml:"domains"`
+	Email        string   `yaml:"email"`
+	CacheDir     string   `yaml:"cache_dir"`     // default: "acme" beside buffer.path
+	DirectoryURL string   `yaml:"directory_url"` // default: Let's Encrypt production
+	CAFile       string   `yaml:"ca_file"`       // extra roots for directory_url (a private CA); optional
+	HTTPListen   string   `yaml:"http_listen"`   // host:port for http-01; "" means tls-alpn-01 only
 }
+
+func (a *WebhookACME) setDefaults() { a.DirectoryURL = bridge.LetsEncryptProduction }
 
 // RouteConfig is one webhook route (one Wittra project integration).
 type RouteConfig struct {
-	Path           string   // starts with "/"
-	Token          string   // secret; "" means no authentication
-	Project        string   // project used when the body has no projectId
-	DevicePrefixes []string // empty means every device is accepted
+	Path           string   `yaml:"path"`                // starts with "/"
+	Token          string   `yaml:"token" secret:"file"` // "" means no authentication
+	Project        string   `yaml:"project"`             // project used when the body has no projectId
+	DevicePrefixes []string `yaml:"device_prefixes"`     // empty means every device is accepted
 }
 
 // BufferConfig is the `buffer:` section (the bbolt queue).
 type BufferConfig struct {
-	Path        string
-	MaxBytes    int64         // bytes, > 0
-	MaxAge      time.Duration // > 0
-	WhenFull    string        // reject | drop_oldest
-	DedupWindow time.Duration // >= 0; 0 disables deduplication
+	Path        string        `yaml:"path"`
+	MaxBytes    int64         `yaml:"max_bytes"`    // bytes, >= minQueueBytes
+	MaxAge      time.Duration `yaml:"max_age"`      // > 0
+	WhenFull    string        `yaml:"when_full"`    // reject | drop_oldest
+	DedupWindow time.Duration `yaml:"dedup_window"` // >= 0; 0 disables deduplication
 }
 
 // AdminConfig is the `admin:` section.
 type AdminConfig struct {
-	Listen string // host:port; "" means off
+	Listen string `yaml:"listen"` // host:port; "" means off
 	// Users, when set, turn on HTTP basic auth for the admin listener
 	// (status page, /api/status, /metrics; /healthz and /readyz stay open).
-	Users []AdminUser
+	Users []AdminUser `yaml:"users"`
 }
 
 // AdminUser is one user of the admin listener.
 type AdminUser struct {
-	Username     string
-	PasswordHash string // bcrypt, checked to be well formed
+	Username     string `yaml:"username"`
+	PasswordHash string `yaml:"password" secret:"file"` // bcrypt, checked to be well formed
 }
 
 // BrokerConfig is the `broker:` section (the embedded MQTT broker).
 type BrokerConfig struct {
-	Enabled        bool
-	Listeners      []ListenerConfig
-	AllowAnonymous bool // resolved: explicit value, else true without users and false with users
-	Users          []UserConfig
+	Enabled        bool             `yaml:"enabled"`
+	Listeners      []ListenerConfig `yaml:"listeners"`
+	AllowAnonymous bool             `yaml:"allow_anonymous"` // resolved: explicit value, else true without users and false with users
+	Users          []UserConfig     `yaml:"users"`
 }
 
 // ListenerConfig is one listener of the embedded broker.
 type ListenerConfig struct {
-	Type           string   // tcp | tls | websocket
-	Address        string   // host:port
-	CertFile       string   // required for tls; optional for websocket (wss)
-	KeyFile        string   // required for tls; optional for websocket (wss)
-	ClientCAFile   string   // tls / wss: require client certificates signed by these CAs
-	AllowedOrigins []string // websocket: accepted browser Origins (scheme://host[:port]); empty = same origin
+	Type           string   `yaml:"type"`            // tcp | tls | websocket
+	Address        string   `yaml:"address"`         // host:port
+	CertFile       string   `yaml:"cert_file"`       // required for tls; optional for websocket (wss)
+	KeyFile        string   `yaml:"key_file"`        // required for tls; optional for websocket (wss)
+	ClientCAFile   string   `yaml:"client_ca_file"`  // tls / wss: require client certificates signed by these CAs
+	AllowedOrigins []string `yaml:"allowed_origins"` // websocket: accepted browser Origins (scheme://host[:port]); empty = same origin
 }
 
 // UserConfig is one user of the embedded broker.
 type UserConfig struct {
-	Username      string
-	Password      string   // secret; plain text or a bcrypt hash
-	Subscribe     []string // topic filters the user may read; never nil after parsing
-	Publish       bool
-	PublishTopics []string // topic filters the user may publish to (only with Publish)
+	Username      string   `yaml:"username"`
+	Password      string   `yaml:"password" secret:"file"` // plain text or a bcrypt hash
+	Subscribe     []string `yaml:"subscribe"`              // topic filters the user may read; never nil after parsing
+	Publish       bool     `yaml:"publish"`
+	PublishTopics []string `yaml:"publish_topics"` // topic filters the user may publish to (only with Publish)
 }
 
 // SinkConfig is one output of the gateway.
 type SinkConfig struct {
-	Name        string // unique, [A-Za-z0-9_-]+
-	Type        string // broker | mqtt | cumulocity | jetstream
-	TopicPrefix string
-	Values      bool
-	Retain      bool
-	URL         string
-	ClientID    string
-	Username    string
-	Password    string // secret
-	TLS         SinkTLS
-	QoS         int    // 0..2
-	Mode        string // cumulocity: mqtt | rest
-	Tenant      string // cumulocity
-	DeviceName  string // cumulocity
-	TokenURL    string // cumulocity, mode rest with certificate login
+	Name        string  `yaml:"name"` // unique, [A-Za-z0-9_-]+
+	Type        string  `yaml:"type"` // broker | subscriber | mqtt | cumulocity | jetstream
+	TopicPrefix string  `yaml:"topic_prefix" types:"broker subscriber mqtt"`
+	Values      bool    `yaml:"values" types:"broker subscriber mqtt"`
+	Retain      bool    `yaml:"retain" types:"broker mqtt"`
+	URL         string  `yaml:"url" types:"mqtt cumulocity"`
+	ClientID    string  `yaml:"client_id" types:"subscriber mqtt cumulocity"`
+	Username    string  `yaml:"username" types:"subscriber mqtt cumulocity jetstream"`
+	Password    string  `yaml:"password" secret:"file" types:"mqtt cumulocity jetstream"`
+	TLS         SinkTLS `yaml:"tls" types:"mqtt cumulocity jetstream"`
+	QoS         int     `yaml:"qos" types:"subscriber mqtt"`    // 0..2
+	Mode        string  `yaml:"mode" types:"cumulocity"`        // mqtt | rest
+	Tenant      string  `yaml:"tenant" types:"cumulocity"`      //
+	DeviceName  string  `yaml:"device_name" types:"cumulocity"` //
+	TokenURL    string  `yaml:"token_url" types:"cumulocity"`   // mode rest with certificate login
 
-	JetStream JetStreamSinkConfig // type jetstream (config_jetstream.go)
+	JetStream JetStreamSinkConfig `yaml:",inline"` // type jetstream (config_jetstream.go)
 	// Retained-topic bounds of a broker sink; 0 = the broker package default.
-	RetainMaxAge    time.Duration // retain_max_age: clear a device silent this long
-	RetainMaxTopics int           // retain_max_topics: cap, oldest-heard-of devices evicted first
-	RetainMaxBytes  int64         // retain_max_bytes: cap on retained payload bytes
+	RetainMaxAge    time.Duration `yaml:"retain_max_age" types:"broker"`    // clear a device silent this long
+	RetainMaxTopics int           `yaml:"retain_max_topics" types:"broker"` // cap, oldest-heard-of devices evicted first
+	RetainMaxBytes  int64         `yaml:"retain_max_bytes" types:"broker"`  // cap on retained payload bytes
 }
 
-// SinkTLS is the client TLS setup of an mqtt or cumulocity sink.
+func (s *SinkConfig) setDefaults() { s.TopicPrefix, s.QoS = DefaultTopicPrefix, DefaultQoS }
+
+// SinkTLS is the client TLS setup of an mqtt, cumulocity or jetstream sink.
 type SinkTLS struct {
-	CAFile             string
-	CertFile           string
-	KeyFile            string
-	InsecureSkipVerify bool
+	CAFile             string `yaml:"ca_file"`
+	CertFile           string `yaml:"cert_file"`
+	KeyFile            string `yaml:"key_file"`
+	InsecureSkipVerify bool   `yaml:"insecure_skip_verify"`
 }
 
 // Default values (docs/contract.md#configuration).
@@ -359,17 +368,63 @@ func parseConfig(p *parser, data []byte) (*Config, error) {
 	return cfg, nil
 }
 
-// parse decodes, converts and validates data, collecting every problem in
-// p.errs. ok is false when the text is not YAML.
+// parse decodes and validates data, collecting every problem in p.errs.
+// ok is false when the text is not YAML.
 func (p *parser) parse(data []byte) (cfg *Config, ok bool) {
-	var f fileConfig
-	if !p.parseYAML(data, &f) {
+	cfg = DefaultConfig()
+	if !p.parseYAML(data, cfg) {
 		return nil, false
 	}
-	cfg = DefaultConfig()
-	p.toConfig(&f, cfg)
+	p.derive(cfg)
 	p.validate(cfg)
 	return cfg, true
+}
+
+// derive fills the defaults that depend on other values.
+func (p *parser) derive(cfg *Config) {
+	if cfg.Gateway.ID == "" {
+		cfg.Gateway.ID = defaultGatewayID()
+	}
+	cfg.Log.Level = cmp.Or(cfg.Log.Level, DefaultLogLevel)
+	cfg.Log.Format = cmp.Or(cfg.Log.Format, DefaultLogFormat)
+	if len(cfg.Webhook.Routes) == 0 {
+		cfg.Webhook.Routes = []RouteConfig{{Path: DefaultRoutePath}}
+	}
+	// ACME state lives beside the queue: /var/lib/wittra-gateway/acme when packaged.
+	if a := cfg.Webhook.TLS.ACME; a != nil && a.CacheDir == "" {
+		a.CacheDir = filepath.Join(filepath.Dir(cfg.Buffer.Path), "acme")
+	}
+	br := &cfg.Broker
+	for i := range br.Users {
+		u := &br.Users[i]
+		if u.Subscribe == nil { // absent or null; [] reads nothing
+			u.Subscribe = []string{"#"}
+		}
+		if u.PublishTopics == nil && u.Publish {
+			u.PublishTopics = []string{"#"}
+		}
+	}
+	if !p.given["broker.allow_anonymous"] {
+		br.AllowAnonymous = len(br.Users) == 0
+	}
+	if !p.given["sinks"] && !br.Enabled {
+		cfg.Sinks = nil // the default local sink needs the embedded broker
+	}
+	for i := range cfg.Sinks {
+		s := &cfg.Sinks[i]
+		switch s.Type {
+		case "mqtt":
+			s.ClientID = cmp.Or(s.ClientID, "wittra-"+cfg.Gateway.ID)
+		case "cumulocity":
+			s.Mode = cmp.Or(s.Mode, DefaultCumulocityMode)
+			s.DeviceName = cmp.Or(s.DeviceName, "Wittra gateway "+cfg.Gateway.ID)
+		case "jetstream":
+			s.JetStream.SubjectPrefix = cmp.Or(s.JetStream.SubjectPrefix, DefaultTopicPrefix)
+		}
+		if c := s.JetStream.CredsFile; c != "" && !filepath.IsAbs(c) {
+			s.JetStream.CredsFile = filepath.Join(p.dir, c)
+		}
+	}
 }
 
 // Validate checks c as ParseConfig does, without line numbers.
@@ -388,6 +443,7 @@ type parser struct {
 	dir   string
 	lines map[string]int  // key path ("sinks[1].url") -> line
 	bad   map[string]bool // paths whose value was refused: not validated again
+	given map[string]bool // paths given a value (null counts only for strings)
 	errs  ConfigErrors
 	nodes int // values decoded, bounded by maxNodes
 	// offline: leave unset ${NAME} empty and *_file secrets unread (the
@@ -396,7 +452,7 @@ type parser struct {
 }
 
 func newParser(dir string) *parser {
-	return &parser{dir: dir, lines: map[string]int{}, bad: map[string]bool{}}
+	return &parser{dir: dir, lines: map[string]int{}, bad: map[string]bool{}, given: map[string]bool{}}
 }
 
 func (p *parser) mark(path string, line int) {
@@ -432,9 +488,12 @@ func (p *parser) fail(line int, field string, err error) {
 
 // invalid records a validation problem unless field was already refused.
 func (p *parser) invalid(field string, format string, args ...any) {
-	if !p.bad[field] {
-		p.add(p.lineOf(field), field, fmt.Errorf(format, args...))
+	for f := field; f != ""; f = f[:max(strings.LastIndexAny(f, ".["), 0)] {
+		if p.bad[f] {
+			return
+		}
 	}
+	p.add(p.lineOf(field), field, fmt.Errorf(format, args...))
 }
 
 // sorted orders problems by line, those without a line last.
@@ -503,4 +562,3 @@ func cloneStrings(s []string) []string {
 	}
 	return append(make([]string, 0, len(s)), s...)
 }
-

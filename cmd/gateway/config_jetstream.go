@@ -5,64 +5,30 @@ package main
 
 import (
 	"fmt"
-	"path/filepath"
 	"time"
 
 	"wittra-gateway/sinks/jetstream"
 )
 
 // JetStreamSinkConfig holds the settings only a `type: jetstream` sink
-// has. Username, Password and TLS are the sink's common fields.
+// has (inlined into SinkConfig). Username, Password and TLS are the sink's
+// common fields.
 type JetStreamSinkConfig struct {
-	URLs          []string // nats://, tls://, ws://, wss://
-	Token         string   // secret; instead of username/password
-	CredsFile     string   // absolute (relative paths resolved against the config's directory)
-	SubjectPrefix string   // default DefaultTopicPrefix ("wittra")
-	Stream        JetStreamStreamConfig
+	URLs          []string              `yaml:"urls" types:"jetstream"` // nats://, tls://, ws://, wss://
+	Token         string                `yaml:"token" secret:"file" types:"jetstream"`
+	CredsFile     string                `yaml:"creds_file" types:"jetstream"`     // absolute after parsing (relative to the config's directory)
+	SubjectPrefix string                `yaml:"subject_prefix" types:"jetstream"` // default DefaultTopicPrefix ("wittra")
+	Stream        JetStreamStreamConfig `yaml:"stream" types:"jetstream"`
 }
 
 // JetStreamStreamConfig is the `stream:` of a jetstream sink; zero fields
 // take the sink's defaults (see sinks/jetstream).
 type JetStreamStreamConfig struct {
-	Name            string
-	Subjects        []string
-	Replicas        int // 0: 3 on a cluster of 3+, else 1
-	MaxAge          time.Duration
-	DuplicateWindow time.Duration
-}
-
-// FileJetStream holds the keys only type jetstream reads (inlined into fileSink).
-type FileJetStream struct {
-	URLs          []Str `yaml:"urls" types:"jetstream"`
-	Token         Str   `yaml:"token" types:"jetstream"`
-	TokenFile     Str   `yaml:"token_file" types:"jetstream"`
-	CredsFile     Str   `yaml:"creds_file" types:"jetstream"`
-	SubjectPrefix Str   `yaml:"subject_prefix" types:"jetstream"`
-	Stream        struct {
-		Name            Str      `yaml:"name"`
-		Subjects        []Str    `yaml:"subjects"`
-		Replicas        Int      `yaml:"replicas"`
-		MaxAge          Duration `yaml:"max_age"`
-		DuplicateWindow Duration `yaml:"duplicate_window"`
-	} `yaml:"stream" types:"jetstream"`
-}
-
-func (p *parser) jetstreamSink(f *FileJetStream, base string, s *SinkConfig) {
-	st := f.Stream
-	s.JetStream = JetStreamSinkConfig{
-		URLs:          strs(f.URLs),
-		Token:         p.secret(f.Token, f.TokenFile, base, "token"),
-		CredsFile:     f.CredsFile.V,
-		SubjectPrefix: f.SubjectPrefix.V,
-		Stream:        JetStreamStreamConfig{Name: st.Name.V, Subjects: strs(st.Subjects), Replicas: st.Replicas.V, MaxAge: st.MaxAge.V, DuplicateWindow: st.DuplicateWindow.V},
-	}
-	j := &s.JetStream
-	if j.CredsFile != "" && !filepath.IsAbs(j.CredsFile) {
-		j.CredsFile = filepath.Join(p.dir, j.CredsFile)
-	}
-	if s.Type == "jetstream" && j.SubjectPrefix == "" {
-		j.SubjectPrefix = DefaultTopicPrefix
-	}
+	Name            string        `yaml:"name"`
+	Subjects        []string      `yaml:"subjects"`
+	Replicas        int           `yaml:"replicas"` // 0: 3 on a cluster of 3+, else 1
+	MaxAge          time.Duration `yaml:"max_age"`
+	DuplicateWindow time.Duration `yaml:"duplicate_window"`
 }
 
 // validateJetStream checks a jetstream sink s (at base).

@@ -17,6 +17,7 @@ import (
 	"io"
 	"math"
 	"os"
+	"path/filepath"
 	"reflect"
 	"regexp"
 	"slices"
@@ -28,44 +29,21 @@ import (
 )
 
 // ---------------------------------------------------------------------------
-// Scalars. Each keeps the line it was written on (0: absent) and is
-// yaml.Unmarshaler; their errors name the problem, never the value.
+// Scalars.
 
-// Str is a string with ${NAME} and ${NAME:-default} expanded. Null is "".
-type Str struct {
-	V    string
-	Line int
-}
-
-// Bool is true or false; null keeps the default.
-type Bool struct {
-	V, Set bool
-	Line   int
-}
-
-// Int is an integer; null keeps the default.
-type Int struct {
-	V    int
-	Set  bool
-	Line int
-}
-
-// Duration is a Go duration ("30s", "168h"); null keeps the default.
-type Duration struct {
-	V    time.Duration
-	Set  bool
-	Line int
-}
-
-// Size is a byte count with an optional unit ("512KiB", "10MB"); null keeps the default.
-type Size struct {
-	V    int64
-	Set  bool
+// Scalar is one value of the file: a string (${NAME} expanded; null is ""),
+// a bool, an int, a time.Duration ("30s", "168h") or an int64, which is
+// always a byte size ("512KiB", "10MB"). It keeps the line the value was
+// written on, and its errors name the problem, never the value.
+type Scalar[T string | bool | int | time.Duration | int64] struct {
+	V    T
+	Set  bool // false when absent or null (but a null string is "", set)
 	Line int
 }
 
 // missingEnv is a ${NAME} without default whose variable is unset: an
-// error, except for the offline queue commands.
+// error, except for the offline queue commands (the value is then expanded
+// with "").
 type missingEnv struct{ names []string }
 
 func (e *missingEnv) Error() string {
@@ -76,124 +54,56 @@ func (e *missingEnv) Error() string {
 	return strings.Join(msgs, "; ")
 }
 
-func (s *Str) UnmarshalYAML(n *yaml.Node) error {
+func (s *Scalar[T]) UnmarshalYAML(n *yaml.Node) error {
 	s.Line = n.Line
-	v, null, err := scalarText(n)
-	if err != nil || null {
+	text, null, err := scalarText(n)
+	_, isString := any(s.V).(string)
+	switch {
+	case err != nil:
 		return err
+	case null:
+		s.Set = isString
+		return nil
 	}
+	var v any
 	var missing []string
-	s.V, missing = expandEnv(v)
+	switch any(s.V).(type) {
+	case string, time.Duration, int64: // only values that hold text expand
+		if text, missing = expandEnv(text); len(missing) > 0 && !isString {
+			return &missingEnv{missing}
+		}
+	}
+	switch any(s.V).(type) {
+	case string:
+		v = text
+	case bool:
+		switch strings.ToLower(text) {
+		case "true", "false":
+			v = strings.ToLower(text) == "true"
+		default:
+			return errors.New("expected true or false")
+		}
+	case int:
+		if v, err = strconv.Atoi(text); err != nil {
+			return errors.New("expected an integer")
+		}
+	case time.Duration:
+		if v, err = time.ParseDuration(strings.TrimSpace(text)); err != nil {
+			if _, nerr := strconv.ParseFloat(strings.TrimSpace(text), 64); nerr == nil {
+				return errors.New("has no unit: use a Go duration such as 30s, 15m or 168h")
+			}
+			return errors.New("not a duration: use a Go duration such as 30s, 15m or 168h")
+		}
+	case int64:
+		if v, err = parseSize(text); err != nil {
+			return err
+		}
+	}
+	s.V, s.Set = v.(T), true
 	if len(missing) > 0 {
 		return &missingEnv{missing}
 	}
 	return nil
-}
-
-func (b *Bool) UnmarshalYAML(n *yaml.Node) error {
-	b.Line = n.Line
-	if isNull(n) {
-		return nil
-	}
-	// No ${...} expansion: only strings expand.
-	switch v := strings.ToLower(n.Value); {
-	case n.Kind == yaml.ScalarNode && (v == "true" || v == "false"):
-		b.V, b.Set = v == "true", true
-		return nil
-	}
-	return errors.New("expected true or false")
-}
-
-func (i *Int) UnmarshalYAML(n *yaml.Node) error {
-	i.Line = n.Line
-	if isNull(n) {
-		return nil
-	}
-	v, err := strconv.Atoi(n.Value)
-	if n.Kind != yaml.ScalarNode || err != nil {
-		return errors.New("expected an integer")
-	}
-	i.V, i.Set = v, true
-	return nil
-}
-
-func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
-	var s Str
-	if err := s.UnmarshalYAML(n); err != nil || isNull(n) {
-		return err
-	}
-	d.Line = n.Line
-	v, err := time.ParseDuration(strings.TrimSpace(s.V))
-	if err != nil {
-		if _, nerr := strconv.ParseFloat(strings.TrimSpace(s.V), 64); nerr == nil {
-			return errors.New("has no unit: use a Go duration such as 30s, 15m or 168h")
-		}
-		return errors.New("not a duration: use a Go duration such as 30s, 15m or 168h")
-	}
-	d.V, d.Set = v, true
-	return nil
-}
-
-func (z *Size) UnmarshalYAML(n *yaml.Node) error {
-	var s Str
-	if err := s.UnmarshalYAML(n); err != nil || isNull(n) {
-		return err
-	}
-	z.Line = n.Line
-	v, err := parseSize(s.V)
-	if err != nil {
-		return err
-	}
-	z.V, z.Set = v, true
-	return nil
-}
-
-// or gives the value, or def when the key is absent (a null string is "").
-func (s Str) or(def string) string {
-	if s.Line == 0 {
-		return def
-	}
-	return s.V
-}
-
-func (b Bool) or(def bool) bool {
-	if !b.Set {
-		return def
-	}
-	return b.V
-}
-
-func (i Int) or(def int) int {
-	if !i.Set {
-		return def
-	}
-	return i.V
-}
-
-func (d Duration) or(def time.Duration) time.Duration {
-	if !d.Set {
-		return def
-	}
-	return d.V
-}
-
-func (z Size) or(def int64) int64 {
-	if !z.Set {
-		return def
-	}
-	return z.V
-}
-
-// strs converts a list; absent or null stays nil, [] is empty and not nil.
-func strs(l []Str) []string {
-	if l == nil {
-		return nil
-	}
-	out := make([]string, len(l))
-	for i, s := range l {
-		out[i] = s.V
-	}
-	return out
 }
 
 func isNull(n *yaml.Node) bool { return n.Kind == yaml.ScalarNode && n.ShortTag() == "!!null" }
@@ -328,12 +238,16 @@ func (p *parser) syntaxError(data []byte, err error) {
 		return
 	}
 	line, _ := strconv.Atoi(m[1])
-	// A tab in the indentation is what "cannot start any token" means here
-	// nearly always; say so on the first such line.
-	for i, l := range strings.Split(string(data), "\n") {
-		if indent := l[:len(l)-len(strings.TrimLeft(l, " \t"))]; strings.Contains(indent, "\t") && strings.TrimSpace(l) != "" && i+1 <= line {
-			p.add(i+1, "", errors.New("tabs are not allowed for indentation: indent with spaces"))
-			return
+	// yaml.v3 says "found character that cannot start any token" for a tab
+	// in the indentation, or names a tab on the line before: say what it is.
+	tab := strings.Contains(m[2], "tab character")
+	if tab || strings.Contains(m[2], "cannot start any token") {
+		for i, l := range strings.Split(string(data), "\n") {
+			indent := l[:len(l)-len(strings.TrimLeft(l, " \t"))]
+			if strings.Contains(indent, "\t") && (i+1 == line || tab && i+1 > line) {
+				p.add(i+1, "", errors.New("tabs are not allowed for indentation: indent with spaces"))
+				return
+			}
 		}
 	}
 	p.add(line, "", errors.New(m[2]))
@@ -342,54 +256,81 @@ func (p *parser) syntaxError(data []byte, err error) {
 // decode fills v from n; path names the value in errors ("sinks[1].url");
 // sinkType, on a sink's mapping, restricts its keys to that type's.
 func (p *parser) decode(n *yaml.Node, v reflect.Value, path, sinkType string) {
-	n = deref(n)
-	if p.nodes++; p.nodes == maxNodes {
+	if n = deref(n); p.nodes >= maxNodes {
+		return
+	} else if p.nodes++; p.nodes == maxNodes {
 		p.add(n.Line, path, errors.New("too many values (aliases expanding?)"))
 	}
-	if p.nodes >= maxNodes {
-		return
+	if !isNull(n) || v.Kind() == reflect.String {
+		p.given[path] = true
 	}
-	if v.CanAddr() && v.Addr().Type().Implements(unmarshaler) {
-		if err := v.Addr().Interface().(yaml.Unmarshaler).UnmarshalYAML(n); err != nil {
-			var me *missingEnv
-			if p.offline && errors.As(err, &me) {
-				return
-			}
-			p.fail(n.Line, path, err)
-		}
-		return
+	var err error
+	switch d := v.Addr().Interface().(type) {
+	case *string:
+		err = read(n, d)
+	case *bool:
+		err = read(n, d)
+	case *int:
+		err = read(n, d)
+	case *time.Duration:
+		err = read(n, d)
+	case *int64:
+		err = read(n, d)
+	default:
+		p.composite(n, v, path, sinkType)
 	}
-	if isNull(n) {
+	var me *missingEnv
+	if err != nil && !(p.offline && errors.As(err, &me)) {
+		p.fail(n.Line, path, err)
+	}
+}
+
+// read decodes one scalar into *dst (kept when absent or null).
+func read[T string | bool | int | time.Duration | int64](n *yaml.Node, dst *T) error {
+	var s Scalar[T]
+	err := s.UnmarshalYAML(n)
+	if s.Set {
+		*dst = s.V
+	}
+	return err
+}
+
+// composite decodes a mapping into a struct or pointer, a list into a slice.
+func (p *parser) composite(n *yaml.Node, v reflect.Value, path, sinkType string) {
+	want, kind := "a mapping", yaml.MappingNode
+	if v.Kind() == reflect.Slice {
+		want, kind = "a list", yaml.SequenceNode
+	}
+	switch {
+	case isNull(n):
 		return // the default stays
-	}
-	switch v.Kind() {
-	case reflect.Pointer:
-		if n.Kind != yaml.MappingNode {
-			p.fail(n.Line, path, fmt.Errorf("expected a mapping, got %s", kindName(n)))
-			return
-		}
+	case n.Kind != kind:
+		p.fail(n.Line, path, fmt.Errorf("expected %s, got %s", want, kindName(n)))
+		return
+	case v.Kind() == reflect.Pointer:
 		v.Set(reflect.New(v.Type().Elem()))
-		p.decode(n, v.Elem(), path, sinkType)
-	case reflect.Slice:
-		if n.Kind != yaml.SequenceNode {
-			p.fail(n.Line, path, fmt.Errorf("expected a list, got %s", kindName(n)))
-			return
-		}
+		v = v.Elem()
+		setDefaults(v)
+	}
+	if v.Kind() == reflect.Slice {
 		v.Set(reflect.MakeSlice(v.Type(), len(n.Content), len(n.Content)))
 		for i, c := range n.Content {
 			ip := fmt.Sprintf("%s[%d]", path, i)
 			p.mark(ip, c.Line)
+			setDefaults(v.Index(i))
 			p.decode(c, v.Index(i), ip, "")
 		}
-	case reflect.Struct:
-		if n.Kind != yaml.MappingNode {
-			p.fail(n.Line, path, fmt.Errorf("expected a mapping, got %s", kindName(n)))
-			return
-		}
-		if v.Type() == reflectTypeOfSink {
-			sinkType = sinkTypeOf(n)
-		}
-		p.mapping(n, v, path, sinkType, map[string]int{}, false)
+		return
+	}
+	if v.Type() == reflect.TypeOf(SinkConfig{}) {
+		sinkType = sinkTypeOf(n)
+	}
+	p.mapping(n, v, path, sinkType, map[string]int{}, false)
+}
+
+func setDefaults(v reflect.Value) {
+	if d, ok := v.Addr().Interface().(interface{ setDefaults() }); ok {
+		d.setDefaults()
 	}
 }
 
@@ -401,9 +342,10 @@ func (p *parser) mapping(n *yaml.Node, v reflect.Value, path, sinkType string, s
 	for i := 0; i+1 < len(n.Content); i += 2 {
 		k, val := n.Content[i], n.Content[i+1]
 		if k.Value == "<<" && k.ShortTag() == "!!merge" {
-			merges = append(merges, val)
 			if val = deref(val); val.Kind == yaml.SequenceNode {
-				merges = append(merges[:len(merges)-1], val.Content...)
+				merges = append(merges, val.Content...)
+			} else {
+				merges = append(merges, val)
 			}
 			continue
 		}
@@ -420,6 +362,9 @@ func (p *parser) mapping(n *yaml.Node, v reflect.Value, path, sinkType string, s
 			p.add(k.Line, kp, errors.New("unknown key"))
 		case sinkType != "" && f.types != nil && !slices.Contains(f.types, sinkType) && sinkTypes[sinkType]:
 			p.add(k.Line, kp, foreignKey(sinkType, k.Value))
+		case f.file:
+			p.mark(kp, k.Line)
+			p.secretFile(val, v.FieldByIndex(f.index), kp, hasKey(n, strings.TrimSuffix(k.Value, "_file")))
 		default:
 			p.mark(kp, k.Line)
 			p.decode(val, v.FieldByIndex(f.index), kp, "")
@@ -435,6 +380,52 @@ func (p *parser) mapping(n *yaml.Node, v reflect.Value, path, sinkType string, s
 	}
 }
 
+func hasKey(n *yaml.Node, key string) bool {
+	for i := 0; i < len(n.Content); i += 2 {
+		if n.Content[i].Value == key {
+			return true
+		}
+	}
+	return false
+}
+
+// secretFile reads the secret named by the KEY_file value n into v.
+func (p *parser) secretFile(n *yaml.Node, v reflect.Value, path string, both bool) {
+	var name Scalar[string]
+	err := name.UnmarshalYAML(n)
+	key := strings.TrimSuffix(path, "_file")
+	var me *missingEnv
+	switch {
+	case err != nil && p.offline && errors.As(err, &me):
+	case err != nil:
+		p.fail(n.Line, path, err)
+	case name.V == "":
+		return
+	case both:
+		p.fail(n.Line, path, fmt.Errorf("set either %s or %[1]s_file, not both", key[strings.LastIndex(key, ".")+1:]))
+	case p.offline:
+		return
+	default:
+		file := name.V
+		if !filepath.IsAbs(file) {
+			file = filepath.Join(p.dir, file)
+		}
+		b, err := os.ReadFile(file)
+		s := strings.TrimRight(string(b), "\r\n")
+		switch {
+		case err != nil:
+			p.fail(n.Line, path, fmt.Errorf("read secret file: %w", err))
+		case s == "":
+			p.fail(n.Line, path, fmt.Errorf("secret file %s is empty", file))
+		default:
+			v.SetString(s)
+			return
+		}
+	}
+	v.SetString("")
+	p.bad[key] = true // reported on the file key
+}
+
 func deref(n *yaml.Node) *yaml.Node {
 	for i := 0; n.Kind == yaml.AliasNode && n.Alias != nil && i < 100; i++ {
 		n = n.Alias
@@ -445,6 +436,7 @@ func deref(n *yaml.Node) *yaml.Node {
 type fieldInfo struct {
 	index []int
 	types []string // sink types that read the key; nil: all
+	file  bool     // KEY_file of a `secret:"file"` field
 }
 
 // fieldsOf maps the YAML keys of struct type t (",inline" fields included) to its fields.
@@ -457,14 +449,16 @@ func fieldsOf(t reflect.Type) map[string]fieldInfo {
 		if tt, ok := f.Tag.Lookup("types"); ok {
 			types = strings.Fields(tt)
 		}
-		if opt == "inline" {
+		switch {
+		case opt == "inline":
 			for k, fi := range fieldsOf(f.Type) {
-				out[k] = fieldInfo{append([]int{i}, fi.index...), fi.types}
+				out[k] = fieldInfo{append([]int{i}, fi.index...), fi.types, fi.file}
 			}
-			continue
-		}
-		if name != "" {
-			out[name] = fieldInfo{[]int{i}, types}
+		case name != "":
+			out[name] = fieldInfo{[]int{i}, types, false}
+			if f.Tag.Get("secret") == "file" {
+				out[name+"_file"] = fieldInfo{[]int{i}, types, true}
+			}
 		}
 	}
 	return out
@@ -473,12 +467,39 @@ func fieldsOf(t reflect.Type) map[string]fieldInfo {
 // sinkTypeOf is the expanded `type:` of a sink's mapping ("" when absent or unusable).
 func sinkTypeOf(n *yaml.Node) string {
 	for i := 0; i+1 < len(n.Content); i += 2 {
-		if n.Content[i].Value == "type" {
-			var s Str
-			if s.UnmarshalYAML(n.Content[i+1]) == nil {
-				return s.V
-			}
+		var s Scalar[string]
+		if n.Content[i].Value == "type" && s.UnmarshalYAML(n.Content[i+1]) == nil {
+			return s.V
 		}
 	}
 	return ""
+}
+
+// sinkTypes are the known sink types.
+var sinkTypes = map[string]bool{"broker": true, "subscriber": true, "mqtt": true, "cumulocity": true, "jetstream": true}
+
+// foreignKey explains why key is refused on a sink of type typ.
+func foreignKey(typ, key string) error {
+	switch typ + "." + key {
+	case "jetstream.url":
+		return errors.New("type jetstream takes urls (a list)")
+	case "jetstream.topic_prefix":
+		return errors.New("type jetstream takes subject_prefix (dot-separated)")
+	case "subscriber.retain":
+		return errors.New("not for type subscriber: it delivers every message to one client; retained values belong to a type broker sink")
+	}
+	var own, others []string
+	for k, f := range fieldsOf(reflect.TypeOf(SinkConfig{})) {
+		switch {
+		case f.types == nil || slices.Contains(f.types, typ):
+			own = append(own, k)
+		case k == key:
+			others = f.types
+		}
+	}
+	slices.Sort(own)
+	if len(others) == 1 {
+		return fmt.Errorf("only for type %s (type %s reads: %s)", others[0], typ, strings.Join(own, ", "))
+	}
+	return fmt.Errorf("not a key of type %s (its keys: %s)", typ, strings.Join(own, ", "))
 }
