@@ -10,11 +10,14 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
 	"github.com/rs/zerolog"
 	"golang.org/x/crypto/bcrypt"
+
+	"wittra-gateway/internal/ratelog"
 )
 
 // authHook decides who may connect, publish and subscribe. Unlike mochi's
@@ -47,7 +50,17 @@ type authHook struct {
 
 	mu       sync.RWMutex
 	reserved []string // topic prefixes of broker sinks
+
+	// refusals: one line per (kind, user, client, topic) per minute; the
+	// rest are counted in the next line's "suppressed".
+	refusals *ratelog.Limiter[refusal]
+	now      func() time.Time
 }
+
+type refusal struct{ kind, username, client, topic string }
+
+// refusalInterval is how often one client's same refusal is logged.
+const refusalInterval = time.Minute
 
 type userEntry struct {
 	plain  [sha256.Size]byte // sha256 of a plain-text password
@@ -93,6 +106,8 @@ func newAuthHook(anonymous bool, users []User, reserved []string, log zerolog.Lo
 	h := &authHook{
 		bcryptSem: make(chan struct{}, max(1, runtime.GOMAXPROCS(0))),
 		log:       log,
+		refusals:  ratelog.New[refusal](refusalInterval),
+		now:       time.Now,
 	}
 	if err := h.setUsers(anonymous, users); err != nil {
 		return nil, err
@@ -266,7 +281,11 @@ func (h *authHook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 	if h.mayWrite(pub, topic) {
 		return true
 	}
-	h.log.Debug().Str("username", name).Str("client", cl.ID).Str("topic", topic).Msg("broker publish denied")
+	// mochi then drops a QoS 0 message silently, answers QoS 1/2 with "not
+	// authorized" (MQTT 5) or disconnects the client (3.1.1) and logs only
+	// "error processing packet" (log.go demotes that line): this one says
+	// who and where.
+	h.logRefusal("publish", cl, topic, "broker publish refused: the user may not publish to this topic")
 	return false
 }
 
@@ -274,10 +293,25 @@ func (h *authHook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 func (h *authHook) OnSubscribed(cl *mqtt.Client, pk packets.Packet, reasonCodes []byte) {
 	for i, code := range reasonCodes {
 		if code >= packets.ErrUnspecifiedError.Code && i < len(pk.Filters) {
-			h.log.Info().Str("username", string(cl.Properties.Username)).Str("client", cl.ID).
-				Str("filter", pk.Filters[i].Filter).Uint8("code", code).Msg("broker subscribe refused")
+			h.logRefusal("subscribe", cl, pk.Filters[i].Filter, "broker subscribe refused: the user may not read this filter")
 		}
 	}
+}
+
+// logRefusal logs a refused publish or subscribe of cl on topic (a filter
+// for subscribe), rate-limited per kind, user, client and topic.
+func (h *authHook) logRefusal(kind string, cl *mqtt.Client, topic, msg string) {
+	name := string(cl.Properties.Username)
+	ok, suppressed := h.refusals.Allow(refusal{kind, name, cl.ID, topic}, h.now())
+	if !ok {
+		return
+	}
+	ev := h.log.Info().Str("client", cl.ID).Str("username", name).Str("topic", topic).
+		Str("remote", cl.Net.Remote).Str("listener", cl.Net.Listener)
+	if suppressed > 0 {
+		ev = ev.Int("suppressed", suppressed)
+	}
+	ev.Msg(msg)
 }
 
 // mayWrite reports whether a client with publish rules pub may publish to

@@ -87,7 +87,7 @@ type Config struct {
 
 	connectTimeout time.Duration // tests shorten DefaultConnectTimeout
 
-	now func() time.Time // clock of retained ageing; nil = time.Now (tests move it)
+	now func() time.Time // clock of retained ageing and of the refusal log limit; nil = time.Now (tests move it)
 }
 
 // Listener is one network listener of the broker.
@@ -146,6 +146,9 @@ func New(cfg Config, log zerolog.Logger) (*Server, error) {
 	auth, err := newAuthHook(cfg.AllowAnonymous, cfg.Users, cfg.ReservedPrefixes, log)
 	if err != nil {
 		return nil, err
+	}
+	if cfg.now != nil {
+		auth.now = cfg.now
 	}
 
 	caps := mqtt.NewDefaultServerCapabilities()
