@@ -444,6 +444,7 @@ type parser struct {
 	lines map[string]int  // key path ("sinks[1].url") -> line
 	bad   map[string]bool // paths whose value was refused: not validated again
 	given map[string]bool // paths given a value (null counts only for strings)
+	said  map[string]bool // problems reported, by text
 	errs  ConfigErrors
 	nodes int // values decoded, bounded by maxNodes
 	// offline: leave unset ${NAME} empty and *_file secrets unread (the
@@ -452,7 +453,7 @@ type parser struct {
 }
 
 func newParser(dir string) *parser {
-	return &parser{dir: dir, lines: map[string]int{}, bad: map[string]bool{}, given: map[string]bool{}}
+	return &parser{dir: dir, lines: map[string]int{}, bad: map[string]bool{}, given: map[string]bool{}, said: map[string]bool{}}
 }
 
 func (p *parser) mark(path string, line int) {
@@ -477,7 +478,12 @@ func (p *parser) lineOf(path string) int {
 }
 
 func (p *parser) add(line int, field string, err error) {
-	p.errs = append(p.errs, &ConfigError{Line: line, Field: field, Err: err})
+	e := &ConfigError{Line: line, Field: field, Err: err}
+	if p.said[e.Error()] {
+		return // one problem found by several checks
+	}
+	p.said[e.Error()] = true
+	p.errs = append(p.errs, e)
 }
 
 // fail records a value that could not be read (it is then not validated again).

@@ -11,10 +11,11 @@ import (
 	"net/url"
 	"regexp"
 	"strings"
-	"time"
 
 	"wittra-gateway/bridge"
+	"wittra-gateway/internal/field"
 	"wittra-gateway/internal/status"
+	"wittra-gateway/sinks"
 	"wittra-gateway/sinks/broker"
 )
 
@@ -87,8 +88,10 @@ func (p *parser) validate(c *Config) {
 	switch {
 	case c.Gateway.ID == "":
 		p.invalid("gateway.id", "must not be empty")
-	case hasTopicMeta(c.Gateway.ID, false):
-		p.invalid("gateway.id", "must not contain / + # or NUL")
+	default:
+		if err := sinks.CheckTopicPart(c.Gateway.ID, false); err != nil {
+			p.invalid("gateway.id", "%v", err)
+		}
 	}
 
 	if !oneOf(c.Log.Level, "debug", "info", "warn", "error") {
@@ -301,13 +304,8 @@ func (p *parser) validate(c *Config) {
 				seenSink[s.Name] = i
 			}
 		}
-		switch {
-		case s.TopicPrefix == "":
+		if s.TopicPrefix == "" { // given empty: the packages would take the default
 			p.invalid(base+".topic_prefix", "must not be empty")
-		case hasTopicMeta(s.TopicPrefix, true):
-			p.invalid(base+".topic_prefix", "must not contain + # or NUL")
-		case strings.HasPrefix(s.TopicPrefix, "/") || strings.HasSuffix(s.TopicPrefix, "/"):
-			p.invalid(base+".topic_prefix", "must not start or end with /")
 		}
 		if (s.TLS.CertFile == "") != (s.TLS.KeyFile == "") {
 			p.invalid(base+".tls", "cert_file and key_file must be set together")
@@ -317,16 +315,9 @@ func (p *parser) validate(c *Config) {
 			if !br.Enabled {
 				p.invalid(base+".type", "type broker needs broker.enabled: true")
 			}
-			p.checkRetainBounds(base, s)
+			p.own(base, brokerSinkConfig(c, s).Validate())
 		case "mqtt":
-			if s.URL == "" {
-				p.invalid(base+".url", "required for type mqtt")
-			} else {
-				p.checkURL(base+".url", s.URL, []string{"tcp", "ssl", "ws", "wss"}, "tcp://, ssl://, ws:// or wss://")
-			}
-			if s.QoS < 0 || s.QoS > 2 {
-				p.invalid(base+".qos", "must be 0, 1 or 2")
-			}
+			p.own(base, mqttConfig(c, s).Validate())
 		case "cumulocity":
 			hasC8Y = true
 			switch s.Mode {
@@ -356,6 +347,7 @@ func (p *parser) validate(c *Config) {
 			}
 			p.c8yCertOnly(base, s)
 		case "jetstream":
+			p.own(base, jetstreamConfig(c, s).Validate())
 		case "subscriber":
 			p.subscriberSink(c, base, s, seenClientID)
 		case "":
@@ -363,7 +355,6 @@ func (p *parser) validate(c *Config) {
 		default:
 			p.invalid(base+".type", "must be broker, subscriber, mqtt, cumulocity or jetstream (got %q)", s.Type)
 		}
-		p.validateJetStream(base, s)
 	}
 	if hasC8Y && strings.Contains(c.Gateway.ID, ":") {
 		p.invalid("gateway.id", "must not contain ':' with a cumulocity sink (it is the Cumulocity client id)")
@@ -409,6 +400,27 @@ func (p *parser) subscriberSink(c *Config, base string, s SinkConfig, seen map[s
 // minQueueBytes is the smallest buffer.max_bytes: below it the queue could
 // hold hardly a request.
 const minQueueBytes = 64 << 10
+
+// own reports the problems a package found in its own options: a
+// *field.Error names the key under base.
+func (p *parser) own(base string, err error) {
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		for _, e := range j.Unwrap() {
+			p.own(base, e)
+		}
+		return
+	}
+	var fe *field.Error
+	switch {
+	case err == nil:
+	case errors.As(err, &fe) && strings.HasPrefix(fe.Key, "/"):
+		p.invalid(fe.Key[1:], "%v", fe.Err) // e.g. gateway.id: said once (add drops repeats)
+	case errors.As(err, &fe) && fe.Key != "":
+		p.invalid(base+"."+fe.Key, "%v", fe.Err)
+	default:
+		p.invalid(base, "%v", err)
+	}
+}
 
 // sinkIndex returns the position of the sink named name.
 func (p *parser) sinkIndex(c *Config, name string) int {
@@ -456,21 +468,5 @@ func (p *parser) checkURL(field, raw string, schemes []string, want string) {
 		p.invalid(field, "must not contain credentials: use username and password")
 	case u.Host == "":
 		p.invalid(field, "must name a host")
-	}
-}
-
-// checkRetainBounds validates the retained-topic bounds of a broker sink
-// (0 keeps the default).
-func (p *parser) checkRetainBounds(base string, s SinkConfig) {
-	if s.RetainMaxAge < 0 {
-		p.invalid(base+".retain_max_age", "must not be negative")
-	} else if s.RetainMaxAge > 0 && s.RetainMaxAge < time.Minute {
-		p.invalid(base+".retain_max_age", "must be at least 1m (silent devices are looked for every minute)")
-	}
-	if s.RetainMaxTopics < 0 || s.RetainMaxTopics > 0 && s.RetainMaxTopics < broker.MinRetainMaxTopics {
-		p.invalid(base+".retain_max_topics", "must be at least %d (0 or absent: %d)", broker.MinRetainMaxTopics, broker.DefaultRetainMaxTopics)
-	}
-	if s.RetainMaxBytes < 0 {
-		p.invalid(base+".retain_max_bytes", "must not be negative")
 	}
 }

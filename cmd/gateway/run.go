@@ -306,35 +306,14 @@ func (g *gateway) newSink(cfg *Config, sc SinkConfig, log zerolog.Logger) (sinks
 		if g.brokerSrv == nil {
 			return nil, errors.New("type broker needs broker.enabled")
 		}
-		return broker.NewSink(g.brokerSrv, broker.SinkConfig{
-			Name:        sc.Name,
-			TopicPrefix: sc.TopicPrefix,
-			Values:      sc.Values,
-			Retain:      sc.Retain,
-			GatewayID:   cfg.Gateway.ID,
-			RetainPolicy: broker.RetainPolicy{
-				MaxAge: sc.RetainMaxAge, MaxTopics: sc.RetainMaxTopics, MaxBytes: sc.RetainMaxBytes,
-			},
-		}, log)
+		return broker.NewSink(g.brokerSrv, brokerSinkConfig(cfg, sc), log)
 	case "subscriber":
 		if g.brokerSrv == nil {
 			return nil, errors.New("type subscriber needs broker.enabled")
 		}
 		return broker.NewSubscriber(g.brokerSrv, subscriberConfig(cfg, sc), log)
 	case "mqtt":
-		return mqttclient.New(mqttclient.Config{
-			Name:        sc.Name,
-			URL:         sc.URL,
-			ClientID:    sc.ClientID,
-			Username:    sc.Username,
-			Password:    sc.Password,
-			TLS:         mqttclient.TLSConfig{CAFile: sc.TLS.CAFile, CertFile: sc.TLS.CertFile, KeyFile: sc.TLS.KeyFile, InsecureSkipVerify: sc.TLS.InsecureSkipVerify},
-			QoS:         byte(sc.QoS),
-			Retain:      sc.Retain,
-			TopicPrefix: sc.TopicPrefix,
-			Values:      sc.Values,
-			GatewayID:   cfg.Gateway.ID,
-		}, log)
+		return mqttclient.New(mqttConfig(cfg, sc), log)
 	case "cumulocity":
 		return cumulocity.New(cumulocity.Config{
 			Name:       sc.Name,

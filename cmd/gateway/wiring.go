@@ -5,6 +5,7 @@ import (
 	"wittra-gateway/buffer"
 	"wittra-gateway/internal/clock"
 	"wittra-gateway/sinks/broker"
+	"wittra-gateway/sinks/mqttclient"
 )
 
 // The YAML config stays in this package; each component gets its own plain
@@ -71,6 +72,38 @@ func subscriberConfig(cfg *Config, s SinkConfig) broker.SubscriberConfig {
 		TopicPrefix: s.TopicPrefix,
 		Values:      s.Values,
 		QoS:         byte(s.QoS),
+		GatewayID:   cfg.Gateway.ID,
+	}
+}
+
+// brokerSinkConfig is the broker package's view of a `type: broker` sink.
+func brokerSinkConfig(cfg *Config, sc SinkConfig) broker.SinkConfig {
+	return broker.SinkConfig{
+		Name:         sc.Name,
+		TopicPrefix:  sc.TopicPrefix,
+		Values:       sc.Values,
+		Retain:       sc.Retain,
+		GatewayID:    cfg.Gateway.ID,
+		RetainPolicy: broker.RetainPolicy{MaxAge: sc.RetainMaxAge, MaxTopics: sc.RetainMaxTopics, MaxBytes: sc.RetainMaxBytes},
+	}
+}
+
+func mqttConfig(cfg *Config, sc SinkConfig) mqttclient.Config {
+	qos := byte(3) // out of range: refused by Validate
+	if sc.QoS >= 0 && sc.QoS <= 2 {
+		qos = byte(sc.QoS)
+	}
+	return mqttclient.Config{
+		Name:        sc.Name,
+		URL:         sc.URL,
+		ClientID:    sc.ClientID,
+		Username:    sc.Username,
+		Password:    sc.Password,
+		TLS:         mqttclient.TLSConfig{CAFile: sc.TLS.CAFile, CertFile: sc.TLS.CertFile, KeyFile: sc.TLS.KeyFile, InsecureSkipVerify: sc.TLS.InsecureSkipVerify},
+		QoS:         qos,
+		Retain:      sc.Retain,
+		TopicPrefix: sc.TopicPrefix,
+		Values:      sc.Values,
 		GatewayID:   cfg.Gateway.ID,
 	}
 }

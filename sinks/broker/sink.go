@@ -1,14 +1,16 @@
 package broker
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
-	"strings"
 	"sync"
+	"time"
 
 	"github.com/rs/zerolog"
 
+	"wittra-gateway/internal/field"
 	"wittra-gateway/sinks"
 )
 
@@ -54,18 +56,11 @@ func NewSink(srv *Server, cfg SinkConfig, log zerolog.Logger) (*Sink, error) {
 	if srv == nil {
 		return nil, errors.New("broker sink: no broker")
 	}
-	if cfg.Name == "" {
-		cfg.Name = "broker"
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("broker sink %s: %w", cfg.Name, err)
 	}
-	if cfg.TopicPrefix == "" {
-		cfg.TopicPrefix = DefaultTopicPrefix
-	}
-	if err := checkTopicPart(cfg.TopicPrefix, true); err != nil {
-		return nil, fmt.Errorf("broker sink %s: topic prefix %q: %w", cfg.Name, cfg.TopicPrefix, err)
-	}
-	if err := checkTopicPart(cfg.GatewayID, false); err != nil {
-		return nil, fmt.Errorf("broker sink %s: gateway id %q: %w", cfg.Name, cfg.GatewayID, err)
-	}
+	cfg.Name = cmp.Or(cfg.Name, "broker")
+	cfg.TopicPrefix = cmp.Or(cfg.TopicPrefix, DefaultTopicPrefix)
 	s := &Sink{
 		srv:    srv,
 		cfg:    cfg,
@@ -80,20 +75,30 @@ func NewSink(srv *Server, cfg SinkConfig, log zerolog.Logger) (*Sink, error) {
 	return s, nil
 }
 
-// checkTopicPart rejects what would make a bad topic: emptiness, MQTT
-// wildcards, NUL, and empty levels; '/' only when multiLevel.
-func checkTopicPart(s string, multiLevel bool) error {
-	switch {
-	case s == "":
-		return errors.New("empty")
-	case strings.ContainsAny(s, "+#\x00"):
-		return errors.New("contains + # or NUL")
-	case !multiLevel && strings.Contains(s, "/"):
-		return errors.New("contains /")
-	case strings.HasPrefix(s, "/") || strings.HasSuffix(s, "/") || strings.Contains(s, "//"):
-		return errors.New("has an empty topic level")
+// Validate reports every problem of cfg, zero fields standing for their
+// defaults. Each is a *field.Error naming the key of a `type: broker` sink
+// in the config file.
+func (cfg SinkConfig) Validate() error {
+	var errs field.List
+	if err := sinks.CheckTopicPart(cmp.Or(cfg.TopicPrefix, DefaultTopicPrefix), true); err != nil {
+		errs.Add("topic_prefix", "%v", err)
 	}
-	return nil
+	if err := sinks.CheckTopicPart(cfg.GatewayID, false); err != nil {
+		errs.Add("/gateway.id", "%v", err)
+	}
+	switch p := cfg.RetainPolicy; {
+	case p.MaxAge < 0:
+		errs.Add("retain_max_age", "must not be negative")
+	case p.MaxAge > 0 && p.MaxAge < time.Minute:
+		errs.Add("retain_max_age", "must be at least 1m (silent devices are looked for every minute)")
+	}
+	if n := cfg.RetainPolicy.MaxTopics; n < 0 || n > 0 && n < MinRetainMaxTopics {
+		errs.Add("retain_max_topics", "must be at least %d (0 or absent: %d)", MinRetainMaxTopics, DefaultRetainMaxTopics)
+	}
+	if cfg.RetainPolicy.MaxBytes < 0 {
+		errs.Add("retain_max_bytes", "must not be negative")
+	}
+	return errs.Err()
 }
 
 // Name returns the sink's name.

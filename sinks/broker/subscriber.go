@@ -54,10 +54,10 @@ func (c SubscriberConfig) check() error {
 		return fmt.Errorf("durable subscriber: client id %q is reserved", c.ClientID)
 	}
 	c = c.withDefaults()
-	if err := checkTopicPart(c.TopicPrefix, true); err != nil {
+	if err := sinks.CheckTopicPart(c.TopicPrefix, true); err != nil {
 		return fmt.Errorf("durable subscriber %s: topic prefix %q: %w", c.ClientID, c.TopicPrefix, err)
 	}
-	if err := checkTopicPart(c.GatewayID, false); err != nil {
+	if err := sinks.CheckTopicPart(c.GatewayID, false); err != nil {
 		return fmt.Errorf("durable subscriber %s: gateway id %q: %w", c.ClientID, c.GatewayID, err)
 	}
 	if c.QoS != 1 && c.QoS != 2 {
