@@ -499,6 +499,9 @@ func (p *parser) invalid(field string, format string, args ...any) {
 			return
 		}
 	}
+	if _, inFile := p.lines[field+"_file"]; inFile {
+		field += "_file" // the value came from that file
+	}
 	p.add(p.lineOf(field), field, fmt.Errorf(format, args...))
 }
 

@@ -16,7 +16,6 @@ import (
 	"wittra-gateway/internal/field"
 	"wittra-gateway/internal/status"
 	"wittra-gateway/sinks"
-	"wittra-gateway/sinks/broker"
 )
 
 var reSinkName = regexp.MustCompile(`^[A-Za-z0-9_-]+$`)
@@ -172,86 +171,22 @@ func (p *parser) validate(c *Config) {
 		} else {
 			seenAdmin[u.Username] = i
 		}
-		field := base + ".password"
-		if _, inFile := p.lines[base+".password_file"]; inFile {
-			field = base + ".password_file"
-		}
 		if u.PasswordHash == "" {
 			p.invalid(base+".password", "required (a bcrypt hash, in password or password_file)")
 		} else if err := status.CheckHash(u.PasswordHash); err != nil {
-			p.invalid(field, "%v", err)
+			p.invalid(base+".password", "%v", err)
 		}
 	}
 
 	br := c.Broker
 	for i, l := range br.Listeners {
 		base := fmt.Sprintf("broker.listeners[%d]", i)
-		if !oneOf(l.Type, "tcp", "tls", "websocket") {
-			p.invalid(base+".type", "must be tcp, tls or websocket (got %q)", l.Type)
+		if l.Type == "" {
+			p.invalid(base+".type", "required: tcp, tls or websocket")
 		}
 		p.hostPort(base+".address", l.Address)
-		switch {
-		case l.Type == "tls" && l.CertFile == "":
-			p.invalid(base+".cert_file", "required for type tls")
-		case l.Type == "tls" && l.KeyFile == "":
-			p.invalid(base+".key_file", "required for type tls")
-		case (l.CertFile == "") != (l.KeyFile == ""):
-			p.invalid(base, "cert_file and key_file must be set together")
-		case l.Type == "tcp" && l.CertFile != "":
-			p.invalid(base+".cert_file", "needs type tls (or websocket for wss)")
-		}
-		switch {
-		case l.ClientCAFile == "":
-		case l.Type == "tcp":
-			p.invalid(base+".client_ca_file", "needs type tls, or websocket with cert_file and key_file")
-		case l.Type == "websocket" && l.CertFile == "":
-			p.invalid(base+".client_ca_file", "needs TLS: set cert_file and key_file too")
-		}
-		if len(l.AllowedOrigins) > 0 && l.Type != "websocket" {
-			p.invalid(base+".allowed_origins", "only for type websocket")
-		}
-		for j, o := range l.AllowedOrigins {
-			if err := checkOrigin(o); err != nil {
-				p.invalid(fmt.Sprintf("%s.allowed_origins[%d]", base, j), "%v", err)
-			}
-		}
 	}
-	seenUser := map[string]int{}
-	for i, u := range br.Users {
-		base := fmt.Sprintf("broker.users[%d]", i)
-		if u.Username == "" {
-			p.invalid(base+".username", "required")
-		} else if j, dup := seenUser[u.Username]; dup {
-			p.invalid(base+".username", "duplicate username (also broker.users[%d])", j)
-		} else {
-			seenUser[u.Username] = i
-		}
-		if u.Password == "" {
-			p.invalid(base+".password", "required (password or password_file)")
-		} else if err := broker.CheckPassword(u.Password); err != nil {
-			field := base + ".password"
-			if _, inFile := p.lines[base+".password_file"]; inFile {
-				field = base + ".password_file"
-			}
-			p.invalid(field, "%v", err)
-		}
-		for j, f := range u.Subscribe {
-			if err := broker.CheckFilter(f); err != nil {
-				p.invalid(fmt.Sprintf("%s.subscribe[%d]", base, j), "not a valid topic filter: %v", err)
-			}
-		}
-		switch {
-		case !u.Publish && len(u.PublishTopics) > 0:
-			p.invalid(base+".publish_topics", "needs publish: true")
-		case u.Publish && u.PublishTopics != nil && len(u.PublishTopics) == 0:
-			p.invalid(base+".publish_topics", "empty: to forbid publishing, set publish: false")
-		}
-		for j, f := range u.PublishTopics {
-			if err := broker.CheckFilter(f); err != nil {
-				p.invalid(fmt.Sprintf("%s.publish_topics[%d]", base, j), "not a valid topic filter: %v", err)
-			}
-		}
-	}
+	p.own("broker", brokerConfig(c).Validate())
 
 	// Two servers of this process on the same address cannot both start
 	// (port 0 asks the system for a free port each time, so it never clashes).
@@ -430,30 +365,6 @@ func (p *parser) sinkIndex(c *Config, name string) int {
 		}
 	}
 	return -1
-}
-
-// checkOrigin accepts a browser Origin as sent in the header: scheme://host[:port]
-// with scheme http or https, nothing else.
-func checkOrigin(o string) error {
-	const want = "want scheme://host[:port], e.g. https://dashboard.example.com"
-	if o == "" {
-		return errors.New("must not be empty")
-	}
-	if o == "null" || o == "*" {
-		return fmt.Errorf("%q is not accepted: %s", o, want)
-	}
-	u, err := url.Parse(o)
-	switch {
-	case err != nil:
-		return fmt.Errorf("%q is not an origin: %s", o, want)
-	case u.Scheme != "http" && u.Scheme != "https":
-		return fmt.Errorf("%q: scheme must be http or https", o)
-	case u.Host == "" || u.Hostname() == "":
-		return fmt.Errorf("%q has no host: %s", o, want)
-	case u.User != nil || u.Path != "" || u.RawQuery != "" || u.ForceQuery || u.Fragment != "" || strings.Contains(o, "#"):
-		return fmt.Errorf("%q has more than scheme://host[:port] (browsers send no path, not even a trailing /)", o)
-	}
-	return nil
 }
 
 // checkURL validates a sink URL without ever quoting it (it may hold credentials).

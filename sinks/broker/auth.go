@@ -17,6 +17,7 @@ import (
 	"github.com/rs/zerolog"
 	"golang.org/x/crypto/bcrypt"
 
+	"wittra-gateway/internal/field"
 	"wittra-gateway/internal/ratelog"
 )
 
@@ -123,6 +124,11 @@ func newAuthHook(anonymous bool, users []User, reserved []string, log zerolog.Lo
 // then on their reads and writes are checked against the new rules (a
 // removed user can read and write nothing).
 func (h *authHook) setUsers(anonymous bool, users []User) error {
+	var errs field.List
+	validateUsers(users, &errs)
+	if err := errs.Err(); err != nil {
+		return fmt.Errorf("broker: %w", err)
+	}
 	l, err := newLedger(anonymous, users)
 	if err != nil {
 		return err
@@ -138,16 +144,7 @@ func newLedger(anonymous bool, users []User) (*ledger, error) {
 		dummy:     &userEntry{},
 	}
 	maxCost := 0
-	for i, u := range users {
-		if u.Username == "" {
-			return nil, fmt.Errorf("broker user %d: empty username", i)
-		}
-		if _, dup := h.users[u.Username]; dup {
-			return nil, fmt.Errorf("broker user %d: duplicate username %q", i, u.Username)
-		}
-		if err := CheckPassword(u.Password); err != nil {
-			return nil, fmt.Errorf("broker user %q: password: %w", u.Username, err)
-		}
+	for _, u := range users {
 		e := &userEntry{}
 		if IsBcryptHash(u.Password) {
 			e.bcrypt = []byte(u.Password)
@@ -167,8 +164,7 @@ func newLedger(anonymous bool, users []User) (*ledger, error) {
 		if e.read, err = newFilters(sub); err != nil {
 			return nil, fmt.Errorf("broker user %q: subscribe: %w", u.Username, err)
 		}
-		switch {
-		case u.Publish:
+		if u.Publish {
 			pub := u.PublishTopics
 			if pub == nil {
 				pub = []string{"#"}
@@ -176,8 +172,6 @@ func newLedger(anonymous bool, users []User) (*ledger, error) {
 			if e.write, err = newFilters(pub); err != nil {
 				return nil, fmt.Errorf("broker user %q: publish_topics: %w", u.Username, err)
 			}
-		case len(u.PublishTopics) > 0:
-			return nil, fmt.Errorf("broker user %q: publish_topics set but publish is false", u.Username)
 		}
 		h.users[u.Username] = e
 	}
