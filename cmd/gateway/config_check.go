@@ -8,11 +8,9 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"net/url"
 	"regexp"
 	"strings"
 
-	"wittra-gateway/bridge"
 	"wittra-gateway/internal/field"
 	"wittra-gateway/internal/status"
 	"wittra-gateway/sinks"
@@ -54,30 +52,7 @@ func (p *parser) validateACME(c *Config, a *WebhookACME) {
 	if c.Webhook.TLS.CertFile != "" || c.Webhook.TLS.KeyFile != "" {
 		p.invalid(base, "set either acme or cert_file/key_file, not both")
 	}
-	if len(a.Domains) == 0 {
-		p.invalid(base+".domains", "at least one domain is required")
-	}
-	seen := map[string]int{}
-	for i, d := range a.Domains {
-		field := fmt.Sprintf("%s.domains[%d]", base, i)
-		if err := bridge.CheckACMEDomain(d); err != nil {
-			p.invalid(field, "%v", err)
-			continue
-		}
-		if j, dup := seen[strings.ToLower(d)]; dup {
-			p.invalid(field, "duplicate of %s.domains[%d]", base, j)
-		}
-		seen[strings.ToLower(d)] = i
-	}
-	if a.Email != "" && !strings.Contains(a.Email, "@") {
-		p.invalid(base+".email", "must be an address (name@host)")
-	}
-	if a.CacheDir == "" {
-		p.invalid(base+".cache_dir", "must not be empty")
-	}
-	if u, err := url.Parse(a.DirectoryURL); err != nil || u.Scheme != "https" || u.Host == "" {
-		p.invalid(base+".directory_url", "must be an https:// URL")
-	}
+	p.own(base, acmeConfig(a).Validate())
 	if a.HTTPListen != "" {
 		p.hostPort(base+".http_listen", a.HTTPListen)
 	}
@@ -224,7 +199,6 @@ func (p *parser) validate(c *Config) {
 	}
 	seenSink := map[string]int{}
 	seenClientID := map[string]int{} // client ids of subscriber sinks
-	hasC8Y := false
 	for i, s := range c.Sinks {
 		base := fmt.Sprintf("sinks[%d]", i)
 		switch {
@@ -254,33 +228,7 @@ func (p *parser) validate(c *Config) {
 		case "mqtt":
 			p.own(base, mqttConfig(c, s).Validate())
 		case "cumulocity":
-			hasC8Y = true
-			switch s.Mode {
-			case "mqtt", "rest":
-				if s.URL == "" {
-					p.invalid(base+".url", "required for type cumulocity")
-				} else if s.Mode == "mqtt" {
-					p.checkURL(base+".url", s.URL, []string{"tcp", "mqtts", "ssl"}, "tcp://, mqtts:// or ssl:// (mode mqtt)")
-				} else {
-					p.checkURL(base+".url", s.URL, []string{"https", "http"}, "https:// or http:// (mode rest)")
-				}
-			default:
-				p.invalid(base+".mode", "must be mqtt or rest (got %q)", s.Mode)
-			}
-			if s.TLS.CertFile != "" && s.Password == "" {
-				p.checkC8YCertLogin(base, s, c.Gateway.ID) // certificate login: c8ycert.go
-				break
-			}
-			if s.Tenant == "" {
-				p.invalid(base+".tenant", "required for type cumulocity")
-			}
-			if s.Username == "" {
-				p.invalid(base+".username", "required for type cumulocity")
-			}
-			if s.Password == "" {
-				p.invalid(base+".password", "required for type cumulocity (password or password_file; or a device certificate in tls.cert_file and key_file)")
-			}
-			p.c8yCertOnly(base, s)
+			p.own(base, c8yConfig(c, s).Validate())
 		case "jetstream":
 			p.own(base, jetstreamConfig(c, s).Validate())
 		case "subscriber":
@@ -290,9 +238,6 @@ func (p *parser) validate(c *Config) {
 		default:
 			p.invalid(base+".type", "must be broker, subscriber, mqtt, cumulocity or jetstream (got %q)", s.Type)
 		}
-	}
-	if hasC8Y && strings.Contains(c.Gateway.ID, ":") {
-		p.invalid("gateway.id", "must not contain ':' with a cumulocity sink (it is the Cumulocity client id)")
 	}
 }
 
@@ -367,17 +312,3 @@ func (p *parser) sinkIndex(c *Config, name string) int {
 	return -1
 }
 
-// checkURL validates a sink URL without ever quoting it (it may hold credentials).
-func (p *parser) checkURL(field, raw string, schemes []string, want string) {
-	u, err := url.Parse(raw)
-	switch {
-	case err != nil:
-		p.invalid(field, "not a valid URL")
-	case !oneOf(u.Scheme, schemes...):
-		p.invalid(field, "must start with %s", want)
-	case u.User != nil:
-		p.invalid(field, "must not contain credentials: use username and password")
-	case u.Host == "":
-		p.invalid(field, "must name a host")
-	}
-}

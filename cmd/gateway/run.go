@@ -315,22 +315,11 @@ func (g *gateway) newSink(cfg *Config, sc SinkConfig, log zerolog.Logger) (sinks
 	case "mqtt":
 		return mqttclient.New(mqttConfig(cfg, sc), log)
 	case "cumulocity":
-		return cumulocity.New(cumulocity.Config{
-			Name:       sc.Name,
-			Mode:       sc.Mode,
-			URL:        sc.URL,
-			Tenant:     sc.Tenant,
-			Username:   sc.Username,
-			Password:   sc.Password,
-			TLS:        cumulocity.TLSConfig{CAFile: sc.TLS.CAFile, CertFile: sc.TLS.CertFile, KeyFile: sc.TLS.KeyFile, InsecureSkipVerify: sc.TLS.InsecureSkipVerify},
-			GatewayID:  cfg.Gateway.ID,
-			DeviceName: sc.DeviceName,
-			ClientID:   sc.ClientID, // certificate login only
-			TokenURL:   sc.TokenURL, // rest mode with certificate login
-			// Registered children are remembered in the queue file, so a
-			// restart does not register them again.
-			State: g.queue.KV("cumulocity/" + sc.Name),
-		}, log)
+		c := c8yConfig(cfg, sc)
+		// Registered children are remembered in the queue file, so a
+		// restart does not register them again.
+		c.State = g.queue.KV("cumulocity/" + sc.Name)
+		return cumulocity.New(c, log)
 	case "jetstream":
 		return jetstream.New(jetstreamConfig(cfg, sc), log)
 	default:

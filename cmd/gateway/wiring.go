@@ -5,6 +5,7 @@ import (
 	"wittra-gateway/buffer"
 	"wittra-gateway/internal/clock"
 	"wittra-gateway/sinks/broker"
+	"wittra-gateway/sinks/cumulocity"
 	"wittra-gateway/sinks/mqttclient"
 )
 
@@ -105,6 +106,22 @@ func mqttConfig(cfg *Config, sc SinkConfig) mqttclient.Config {
 		TopicPrefix: sc.TopicPrefix,
 		Values:      sc.Values,
 		GatewayID:   cfg.Gateway.ID,
+	}
+}
+
+func c8yConfig(cfg *Config, sc SinkConfig) cumulocity.Config {
+	return cumulocity.Config{
+		Name:       sc.Name,
+		Mode:       sc.Mode,
+		URL:        sc.URL,
+		Tenant:     sc.Tenant,
+		Username:   sc.Username,
+		Password:   sc.Password,
+		TLS:        cumulocity.TLSConfig{CAFile: sc.TLS.CAFile, CertFile: sc.TLS.CertFile, KeyFile: sc.TLS.KeyFile, InsecureSkipVerify: sc.TLS.InsecureSkipVerify},
+		GatewayID:  cfg.Gateway.ID,
+		DeviceName: sc.DeviceName,
+		ClientID:   sc.ClientID, // certificate login only
+		TokenURL:   sc.TokenURL, // rest mode with certificate login
 	}
 }
 

@@ -154,12 +154,8 @@ func (c *epochConn) isDead() bool {
 	}
 }
 
+// newMQTTLink connects to u, whose scheme Validate checked.
 func newMQTTLink(s *Sink, u *url.URL, tlsCfg *tls.Config) (*mqttLink, error) {
-	switch u.Scheme {
-	case "tcp", "mqtt", "ssl", "mqtts", "tls":
-	default:
-		return nil, fmt.Errorf("url %q: mqtt mode wants tcp://, mqtts:// or ssl://", s.cfg.URL)
-	}
 	l := &mqttLink{s: s, tls: tlsCfg, children: map[string]bool{}, seTexts: map[string]bool{}}
 	l.dialer.Timeout = min(s.cfg.RequestTimeout, 30*time.Second)
 	l.dialer.KeepAlive = 30 * time.Second
