@@ -311,4 +311,3 @@ func (p *parser) sinkIndex(c *Config, name string) int {
 	}
 	return -1
 }
-
