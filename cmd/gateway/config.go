@@ -36,6 +36,7 @@ import (
 
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
 	"time"
@@ -517,57 +518,38 @@ func (p *parser) sorted(errs ConfigErrors) ConfigErrors {
 	return out
 }
 
-// Redacted returns a deep copy of c with every secret replaced by "REDACTED",
-// safe to log.
+// Redacted returns a deep copy of c with every secret (a field tagged
+// `secret`) replaced by "REDACTED", safe to log.
 func (c *Config) Redacted() *Config {
-	const mask = "REDACTED"
-	r := *c
-	r.Webhook.Routes = make([]RouteConfig, len(c.Webhook.Routes))
-	for i, rt := range c.Webhook.Routes {
-		rt.DevicePrefixes = append([]string(nil), rt.DevicePrefixes...)
-		if rt.Token != "" {
-			rt.Token = mask
-		}
-		r.Webhook.Routes[i] = rt
-	}
-	r.Broker.Listeners = make([]ListenerConfig, len(c.Broker.Listeners))
-	for i, l := range c.Broker.Listeners {
-		l.AllowedOrigins = cloneStrings(l.AllowedOrigins)
-		r.Broker.Listeners[i] = l
-	}
-	r.Broker.Users = make([]UserConfig, len(c.Broker.Users))
-	for i, u := range c.Broker.Users {
-		if u.Password != "" {
-			u.Password = mask
-		}
-		u.Subscribe = cloneStrings(u.Subscribe)
-		u.PublishTopics = cloneStrings(u.PublishTopics)
-		r.Broker.Users[i] = u
-	}
-	r.Admin.Users = make([]AdminUser, len(c.Admin.Users))
-	for i, u := range c.Admin.Users {
-		if u.PasswordHash != "" {
-			u.PasswordHash = mask
-		}
-		r.Admin.Users[i] = u
-	}
-	r.Sinks = make([]SinkConfig, len(c.Sinks))
-	for i, s := range c.Sinks {
-		if s.Password != "" {
-			s.Password = mask
-		}
-		if s.JetStream.Token != "" {
-			s.JetStream.Token = mask
-		}
-		r.Sinks[i] = s
-	}
-	return &r
+	r := new(Config)
+	redact(reflect.ValueOf(r).Elem(), reflect.ValueOf(c).Elem())
+	return r
 }
 
-// cloneStrings copies s, keeping nil and empty apart.
-func cloneStrings(s []string) []string {
-	if s == nil {
-		return nil
+func redact(dst, src reflect.Value) {
+	switch src.Kind() {
+	case reflect.Struct:
+		for i := range src.NumField() {
+			if _, secret := src.Type().Field(i).Tag.Lookup("secret"); secret && !src.Field(i).IsZero() {
+				dst.Field(i).SetString("REDACTED")
+			} else {
+				redact(dst.Field(i), src.Field(i))
+			}
+		}
+	case reflect.Slice, reflect.Pointer:
+		if src.IsNil() {
+			return
+		}
+		if src.Kind() == reflect.Pointer {
+			dst.Set(reflect.New(src.Type().Elem()))
+			redact(dst.Elem(), src.Elem())
+			return
+		}
+		dst.Set(reflect.MakeSlice(src.Type(), src.Len(), src.Len()))
+		for i := range src.Len() {
+			redact(dst.Index(i), src.Index(i))
+		}
+	default:
+		dst.Set(src)
 	}
-	return append(make([]string, 0, len(s)), s...)
 }

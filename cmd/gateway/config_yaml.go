@@ -1,6 +1,6 @@
 package main
 
-// Strict decoding of the YAML file into the typed structs of config_file.go.
+// Strict decoding of the YAML file into Config (config.go).
 //
 // yaml.v3 parses the text into a node tree (syntax errors, anchors); the
 // walker below fills the structs from it. yaml.v3's own Decoder with
@@ -196,8 +196,6 @@ func parseSize(s string) (int64, error) {
 
 // maxNodes bounds the work on aliases that expand a small file into a huge tree.
 const maxNodes = 100_000
-
-var unmarshaler = reflect.TypeOf((*yaml.Unmarshaler)(nil)).Elem()
 
 // reYAMLLine takes the line out of yaml.v3's syntax errors, which are plain strings.
 var reYAMLLine = regexp.MustCompile(`^yaml: line (\d+): (.*)$`)
