@@ -1,7 +1,6 @@
 package bridge
 
 import (
-	"bytes"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -14,24 +13,8 @@ import (
 	"github.com/rs/zerolog"
 
 	"wittra-gateway/buffer"
+	"wittra-gateway/internal/testutil"
 )
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
 
 func newTestReceiver(t *testing.T, cfg ReceiverConfig, log zerolog.Logger) (*buffer.Queue, string) {
 	t.Helper()
@@ -48,7 +31,7 @@ func newTestReceiver(t *testing.T, cfg ReceiverConfig, log zerolog.Logger) (*buf
 }
 
 func TestRefusalsAreLoggedOncePerInterval(t *testing.T) {
-	logs := &lockedBuffer{}
+	logs := new(testutil.LogBuffer)
 	var mu sync.Mutex
 	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
@@ -133,7 +116,7 @@ func TestConcurrencyCapAnswers503BeforeReadingTheBody(t *testing.T) {
 // A second, different refusal from the same client is logged at once; the
 // same refusal with other numbers in it is not.
 func TestRefusalLogKeyedByReason(t *testing.T) {
-	logs := &lockedBuffer{}
+	logs := new(testutil.LogBuffer)
 	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	_, url := newTestReceiver(t, ReceiverConfig{Routes: []Route{{Path: "/wittra"}}, Now: func() time.Time { return now }}, zerolog.New(logs))
 	post := func(body string) {

@@ -24,9 +24,6 @@ import (
 	"wittra-gateway/wittra"
 )
 
-// UnknownDevice is the device of a message that names none (docs/contract.md#webhook).
-const UnknownDevice = "_unknown"
-
 // DefaultProject is the project of a message when neither its body nor its
 // route names one.
 const DefaultProject = "default"
@@ -390,7 +387,7 @@ func (rt *route) entry(obj []byte, where string) (e buffer.Entry, keep bool, err
 	}
 	device := id.Device
 	if device == "" {
-		device = UnknownDevice
+		device = sinks.UnknownDevice
 	} else if len(rt.DevicePrefixes) > 0 && !hasAnyPrefix(device, rt.DevicePrefixes) {
 		return e, false, nil
 	}

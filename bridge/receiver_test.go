@@ -240,7 +240,7 @@ func TestReceiverAccepts(t *testing.T) {
 		{"P4nB8vQ2wE6rT1yU3iOa", "D00124B001E2A1B2C", sinks.KindEvent, f3},
 		{"hall-b", "D00124B001E2D3E4F", sinks.KindData, strings.TrimSpace(f4)},
 		{"hall-b", "D00124B001E2A1B2C", sinks.KindData, strings.TrimSpace(f6)},
-		{"hall-b", UnknownDevice, sinks.KindData, `{"note":"no id"}`},
+		{"hall-b", sinks.UnknownDevice, sinks.KindData, `{"note":"no id"}`},
 	}
 	if len(q) != len(want) {
 		t.Fatalf("queued %d messages, want %d", len(q), len(want))

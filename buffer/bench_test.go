@@ -14,6 +14,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 
 	"wittra-gateway/internal/clock"
+	"wittra-gateway/internal/testutil"
 )
 
 // BenchmarkAppend measures durable appends of 200-byte messages: MaxBatch 1
@@ -122,7 +123,7 @@ func BenchmarkDedupSweep(b *testing.B) {
 // the compaction's log line) and the slowest append meanwhile.
 func BenchmarkCompactionUnderIntake(b *testing.B) {
 	for range b.N {
-		var logs syncLog
+		var logs testutil.LogBuffer
 		q, err := Open(Config{Path: b.TempDir() + "/q.db", Consumers: []string{"a"}, CompactMinSize: 1 << 20, SweepInterval: time.Hour, DedupWindow: time.Hour}, zerolog.New(&logs))
 		if err != nil {
 			b.Fatal(err)
@@ -184,21 +185,4 @@ func BenchmarkCompactionUnderIntake(b *testing.B) {
 		b.ReportMetric(line.Paused, "paused-ms")
 		b.ReportMetric(float64(worst.Milliseconds()), "worst-append-ms")
 	}
-}
-
-type syncLog struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *syncLog) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *syncLog) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }

@@ -15,9 +15,6 @@ var bucketDead = []byte("dead")
 // MaxDeadLetters bounds the dead-letter bucket; the oldest go first.
 const MaxDeadLetters = 100000
 
-// maxDeadLetters is MaxDeadLetters; tests lower it.
-var maxDeadLetters uint64 = MaxDeadLetters
-
 // DeadLetter is a message a sink refused permanently, kept for inspection.
 type DeadLetter struct {
 	Consumer string
@@ -45,7 +42,7 @@ func (r *Reader) DeadLetter(ctx context.Context, rec Record, reason string) erro
 		// cost O(n) per insert and, reading committed pages only, miss the
 		// inserts of the same batch.
 		replaced := b.Get(key) != nil
-		for !replaced && st.dead >= maxDeadLetters {
+		for !replaced && st.dead >= r.q.cfg.MaxDeadLetters {
 			k, _ := b.Cursor().First()
 			if k == nil {
 				st.dead = 0

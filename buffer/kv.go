@@ -79,3 +79,54 @@ func (k *KV) bucket(tx *bolt.Tx) *bolt.Bucket {
 	}
 	return root.Bucket(k.namespace)
 }
+
+// Update stores every key of puts in one commit; a nil value deletes the
+// key. It returns after the commit.
+func (k *KV) Update(ctx context.Context, puts map[string][]byte) error {
+	if len(puts) == 0 {
+		return nil
+	}
+	cp := make(map[string][]byte, len(puts))
+	for key, v := range puts {
+		if v != nil {
+			v = append([]byte{}, v...)
+		}
+		cp[key] = v
+	}
+	err := k.q.submit(ctx, &op{dirty: dirtyKV, apply: func(tx *bolt.Tx, _ *state, _ *Counters) error {
+		root, err := tx.CreateBucketIfNotExists(bucketKV)
+		if err != nil {
+			return err
+		}
+		b, err := root.CreateBucketIfNotExists(k.namespace)
+		if err != nil {
+			return err
+		}
+		for key, v := range cp {
+			if v == nil {
+				err = b.Delete([]byte(key))
+			} else {
+				err = b.Put([]byte(key), v)
+			}
+			if err != nil {
+				return err
+			}
+		}
+		return nil
+	}})
+	if err != nil {
+		return fmt.Errorf("kv update %s (%d keys): %w", k.namespace, len(puts), err)
+	}
+	return nil
+}
+
+// ForEach calls fn for every key and value of the namespace in byte order,
+// within one read transaction; value is only valid during the call.
+func (k *KV) ForEach(fn func(key string, value []byte) error) error {
+	return k.q.view(func(tx *bolt.Tx) error {
+		if b := k.bucket(tx); b != nil {
+			return b.ForEach(func(key, v []byte) error { return fn(string(key), v) })
+		}
+		return nil
+	})
+}

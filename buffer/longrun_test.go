@@ -241,9 +241,7 @@ func TestDedupSweepRemovesEveryExpiredKey(t *testing.T) {
 // The dead-letter cap holds exactly, also for dead letters committed in
 // one batch (the bucket's Stats only see committed pages).
 func TestDeadLetterCapHoldsWithinOneCommit(t *testing.T) {
-	defer func(old uint64) { maxDeadLetters = old }(maxDeadLetters)
-	maxDeadLetters = 5
-	q := openQueue(t, Config{})
+	q := openQueue(t, Config{MaxDeadLetters: 5})
 	appendN(t, q, 0, 20)
 	r, _ := q.Reader("a")
 	recs := readAll(t, r, 20)
@@ -272,7 +270,7 @@ func TestDeadLetterCapHoldsWithinOneCommit(t *testing.T) {
 		t.Fatalf("dead letters kept = %v, want the newest 5", seqs)
 	}
 	q.Close()
-	q = openQueue(t, Config{Path: q.Path()})
+	q = openQueue(t, Config{Path: q.Path(), MaxDeadLetters: 5})
 	q.mu.Lock()
 	n := q.st.dead
 	q.mu.Unlock()

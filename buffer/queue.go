@@ -74,6 +74,9 @@ type Config struct {
 	// MaxOffline bounds the down time between two runs in different boots
 	// that the wall clock alone can vouch for. DefaultMaxOffline.
 	MaxOffline time.Duration
+	// MaxDeadLetters bounds the dead-letter bucket; the oldest go first.
+	// The constant MaxDeadLetters when 0.
+	MaxDeadLetters uint64
 }
 
 // Entry is one message to append.
@@ -122,7 +125,7 @@ type state struct {
 	bytes   int64
 	cursors map[string]uint64
 	epochs  []epoch // copy-on-write (see putEpoch)
-	dead    uint64  // dead letters stored (≤ maxDeadLetters)
+	dead    uint64  // dead letters stored (≤ Config.MaxDeadLetters)
 }
 
 func (s state) clone() state {
@@ -243,6 +246,9 @@ func Open(cfg Config, log zerolog.Logger) (*Queue, error) {
 	}
 	if cfg.MaxOffline <= 0 {
 		cfg.MaxOffline = DefaultMaxOffline
+	}
+	if cfg.MaxDeadLetters == 0 {
+		cfg.MaxDeadLetters = MaxDeadLetters
 	}
 	if cfg.MaxFileSize == 0 && cfg.MaxBytes > 0 {
 		cfg.MaxFileSize = 2*cfg.MaxBytes + 64<<20

@@ -14,3 +14,15 @@ type DeviceInfo struct {
 type Directory interface {
 	Device(project, device string) (DeviceInfo, bool)
 }
+
+// DirectoryNotifier is implemented by a Directory whose answers change
+// while the gateway runs (names edited in the Wittra portal). A sink that
+// shows names somewhere they persist (Home Assistant configs, Cumulocity
+// inventory) can wait on Changed to publish them again instead of waiting
+// for the device's next message. Sinks test for it with a type assertion.
+type DirectoryNotifier interface {
+	Directory
+	// Changed returns a channel that is closed at the next change of any
+	// answer; call it again after it fires for the change after that.
+	Changed() <-chan struct{}
+}

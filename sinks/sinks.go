@@ -28,12 +28,15 @@ func (k Kind) String() string {
 	return "data"
 }
 
+// UnknownDevice is the device of a message that names none (docs/contract.md#webhook).
+const UnknownDevice = "_unknown"
+
 // Message is one accepted webhook message as the queue holds it.
 type Message struct {
 	Seq      uint64    // queue sequence, strictly increasing in acceptance order
 	Received time.Time // when the gateway committed it (corrected for clock steps where it can be)
 	Project  string    // topic-safe project name (body projectId, route project, or "default")
-	Device   string    // topic-safe device id, or "_unknown"
+	Device   string    // topic-safe device id, or UnknownDevice
 	Kind     Kind
 	Body     []byte // the JSON object exactly as received; read-only
 

@@ -12,6 +12,9 @@ import (
 type Publication struct {
 	Topic   string
 	Payload []byte
+	// Retain publishes it retained whatever the sink's retain setting
+	// (device state topics, Home Assistant discovery configs).
+	Retain bool
 }
 
 // Publications returns the MQTT publishes for m under prefix (docs/contract.md#topics): the

@@ -11,7 +11,7 @@ import (
 )
 
 // fixtures are the example bodies in testdata (copies of shared/fixtures,
-// plus f5 written from reference/wittra-format.md §5).
+// plus f5, a location record as Wittra documents it).
 var fixtures = []string{
 	"f1_data_tag.json",
 	"f2_data_lpth_event.json",

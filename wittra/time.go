@@ -5,8 +5,8 @@ import (
 	"time"
 )
 
-// timeLayouts are the Wittra timestamp forms, in the order tried (reference
-// wittra-format.md §4). A layout with .999999999 also accepts no fraction;
+// timeLayouts are the timestamp forms Wittra's documented payloads use, in
+// the order tried (each has a fixture in testdata). A layout with .999999999 also accepts no fraction;
 // layouts without a zone read the time as UTC.
 var timeLayouts = [...]string{
 	time.RFC3339Nano,                      // 2021-06-04T13:47:48.256000+00:00

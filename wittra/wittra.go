@@ -1,6 +1,8 @@
 // Package wittra understands Wittra webhook payloads: who a message is from
 // (Identify), when it was measured (Timestamp, ParseTime) and which values it
-// carries (Values), for the shapes in reference/wittra-format.md.
+// carries (Values; Parse and Sources for outputs that map member by member),
+// for the shapes in docs/contract.md. It is the only package that reads the
+// payload format.
 //
 // It reads the raw bytes with a small scanner of its own rather than
 // decoding into maps, so that number text is kept exactly as received and
@@ -37,7 +39,18 @@ var wittraPrefix = []byte("wittra-")
 type Value struct {
 	Path    string
 	Payload []byte
+	Kind    ValueKind // what the payload was in the JSON: needed to put it back into JSON
 }
+
+// ValueKind is the JSON type a value had in the message.
+type ValueKind uint8
+
+const (
+	KindNumber ValueKind = iota // number text as received
+	KindString                  // the string's text, without quotes
+	KindBool                    // true or false
+	KindJSON                    // compact JSON of an array or object
+)
 
 // Values returns the measured values of a message body (docs/contract.md#topics), sorted by
 // Path. The sources are the members of payload (when payloadType is DATA or
@@ -122,7 +135,10 @@ type walker struct {
 }
 
 // entry is one value found: its path in walker.paths, its payload in walker.pay.
-type entry struct{ path, pathEnd, pay, payEnd int }
+type entry struct {
+	path, pathEnd, pay, payEnd int
+	kind                       ValueKind
+}
 
 var walkers = sync.Pool{New: func() any { return new(walker) }}
 
@@ -212,21 +228,23 @@ func (w *walker) value(v []byte, location bool, depth int) {
 		w.emitJSON(v)
 	case '"':
 		if s, ok := unquote(v); ok {
-			w.emit(s)
+			w.emit(s, KindString)
 		}
 	case 'n': // null
-	default: // number, true, false: the text as received
-		w.emit(v)
+	case 't', 'f':
+		w.emit(v, KindBool)
+	default: // number: the text as received
+		w.emit(v, KindNumber)
 	}
 }
 
-func (w *walker) emit(payload []byte) {
+func (w *walker) emit(payload []byte, kind ValueKind) {
 	if w.reserved() {
 		return
 	}
 	start := w.pay.Len()
 	w.pay.Write(payload)
-	w.add(start)
+	w.add(start, kind)
 }
 
 func (w *walker) emitJSON(v []byte) {
@@ -235,7 +253,7 @@ func (w *walker) emitJSON(v []byte) {
 	}
 	start := w.pay.Len()
 	if json.Compact(&w.pay, v) == nil {
-		w.add(start)
+		w.add(start, KindJSON)
 	}
 }
 
@@ -245,10 +263,10 @@ func (w *walker) reserved() bool {
 	return string(w.path) == "data" || string(w.path) == "event"
 }
 
-func (w *walker) add(payStart int) {
+func (w *walker) add(payStart int, kind ValueKind) {
 	start := len(w.paths)
 	w.paths = append(w.paths, w.path...)
-	w.ents = append(w.ents, entry{start, len(w.paths), payStart, w.pay.Len()})
+	w.ents = append(w.ents, entry{start, len(w.paths), payStart, w.pay.Len(), kind})
 }
 
 // result returns the values found, sorted by path, the last of equal paths
@@ -271,7 +289,7 @@ func (w *walker) result() []Value {
 				continue
 			}
 		}
-		vals = append(vals, Value{Path: paths[e.path:e.pathEnd], Payload: pay[e.pay:e.payEnd:e.payEnd]})
+		vals = append(vals, Value{Path: paths[e.path:e.pathEnd], Payload: pay[e.pay:e.payEnd:e.payEnd], Kind: e.kind})
 	}
 	return vals
 }

@@ -23,7 +23,7 @@ import (
 	"wittra-gateway/bench/internal/harness"
 	"wittra-gateway/bridge"
 	"wittra-gateway/buffer"
-	"wittra-gateway/cmd/wittra-load/wmsg"
+	"wittra-gateway/internal/wmsg"
 )
 
 func main() {

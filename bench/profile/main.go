@@ -23,7 +23,7 @@ import (
 	"time"
 
 	"wittra-gateway/bench/internal/harness"
-	"wittra-gateway/cmd/wittra-load/wmsg"
+	"wittra-gateway/internal/wmsg"
 )
 
 func main() {

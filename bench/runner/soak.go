@@ -16,7 +16,7 @@ import (
 	"syscall"
 	"time"
 
-	"wittra-gateway/cmd/wittra-load/wmsg"
+	"wittra-gateway/internal/wmsg"
 )
 
 // The soak scenario: the real gateway for a bounded, long-ish run under

@@ -10,7 +10,7 @@ import (
 
 	paho "github.com/eclipse/paho.mqtt.golang"
 
-	"wittra-gateway/cmd/wittra-load/wmsg"
+	"wittra-gateway/internal/wmsg"
 )
 
 // soakSub counts this run's data messages on one broker.

@@ -18,6 +18,8 @@ import (
 	"testing"
 	"time"
 
+	"wittra-gateway/internal/testutil"
+
 	"github.com/letsencrypt/pebble/v2/ca"
 	"github.com/letsencrypt/pebble/v2/db"
 	"github.com/letsencrypt/pebble/v2/va"
@@ -51,7 +53,7 @@ type pebbleCA struct {
 	caFile string         // trust for the directory's HTTPS
 	roots  *x509.CertPool // pebble's issuing root, for clients of the gateway
 	store  *db.MemoryStore
-	log    *syncBuffer
+	log    *testutil.LogBuffer
 	close  func()
 }
 
@@ -61,7 +63,7 @@ func startPebble(t *testing.T, httpPort, tlsPort int) *pebbleCA {
 	t.Helper()
 	t.Setenv("PEBBLE_VA_NOSLEEP", "1")
 	t.Setenv("PEBBLE_WFE_NONCEREJECT", "0")
-	logs := &syncBuffer{}
+	logs := new(testutil.LogBuffer)
 	logger := log.New(logs, "pebble ", log.Lmicroseconds)
 	t.Cleanup(func() {
 		if t.Failed() {
@@ -214,7 +216,7 @@ func postHTTPS(t *testing.T, addr string, roots *x509.CertPool) *x509.Certificat
 
 func TestACMETLSALPNObtainsServesAndCachesCertificate(t *testing.T) {
 	dir := t.TempDir()
-	listen := freeAddrs(t, 1)[0]
+	listen := testutil.FreeAddrs(t, 1)[0]
 	p := startPebble(t, 1 /* http-01 not used */, portOf(t, listen))
 	cacheDir := filepath.Join(dir, "acme")
 	sections := map[string]string{
@@ -252,7 +254,7 @@ func TestACMETLSALPNObtainsServesAndCachesCertificate(t *testing.T) {
 
 func TestACMEHTTP01(t *testing.T) {
 	dir := t.TempDir()
-	addrs := freeAddrs(t, 3)
+	addrs := testutil.FreeAddrs(t, 3)
 	listen, httpListen, dead := addrs[0], addrs[1], addrs[2]
 	// tls-alpn-01, which autocert tries first, is validated on a port
 	// nobody listens on, so the certificate can only come through http-01.

@@ -55,6 +55,9 @@ type Config struct {
 	Admin   AdminConfig   `yaml:"admin"`
 	Broker  BrokerConfig  `yaml:"broker"`
 	Sinks   []SinkConfig  `yaml:"sinks"`
+	// WittraAPI is where device names come from (config_wittraapi.go);
+	// nil when the section is absent.
+	WittraAPI *WittraAPIConfig `yaml:"wittra_api"`
 }
 
 // GatewayConfig is the `gateway:` section.
@@ -176,6 +179,8 @@ type SinkConfig struct {
 	RetainMaxAge    time.Duration `yaml:"retain_max_age" types:"broker"`    // clear a device silent this long
 	RetainMaxTopics int           `yaml:"retain_max_topics" types:"broker"` // cap, oldest-heard-of devices evicted first
 	RetainMaxBytes  int64         `yaml:"retain_max_bytes" types:"broker"`  // cap on retained payload bytes
+
+	DeviceTopics DeviceTopicsSinkConfig `yaml:",inline"` // state, homeassistant (config_devicetopics.go)
 }
 
 func (s *SinkConfig) setDefaults() { s.TopicPrefix, s.QoS = DefaultTopicPrefix, DefaultQoS }

@@ -238,7 +238,9 @@ func (p *parser) validate(c *Config) {
 		default:
 			p.invalid(base+".type", "must be broker, subscriber, mqtt, cumulocity or jetstream (got %q)", s.Type)
 		}
+		p.validateDeviceTopics(base, s)
 	}
+	p.validateWittraAPI(c) // config_wittraapi.go
 }
 
 // subscriberSink validates a `type: subscriber` sink (a durable client of

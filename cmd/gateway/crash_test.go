@@ -22,16 +22,12 @@ package main
 // files of package main.
 
 import (
-	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
-	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -40,6 +36,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"wittra-gateway/internal/testutil"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
 )
@@ -89,17 +87,17 @@ func TestCrashStopUnderLoadSIGTERM(t *testing.T) {
 	h.crashLoadFor(g, load, time.Second, 100)
 
 	sent := time.Now()
-	if err := g.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+	if err := g.Cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		load.crashHalt()
 		t.Fatalf("send SIGTERM: %v", err)
 	}
-	exited := g.waitExit(crashExitTimeout) // the posters keep posting meanwhile
+	exited := g.WaitExit(crashExitTimeout) // the posters keep posting meanwhile
 	load.crashHalt()
 	if !exited {
 		t.Fatalf("gateway did not exit within %v of SIGTERM under load", crashExitTimeout)
 	}
-	if code := g.cmd.ProcessState.ExitCode(); code != 0 {
-		t.Fatalf("exit code after SIGTERM under load = %d (%v), want 0", code, g.err)
+	if code := g.Cmd.ProcessState.ExitCode(); code != 0 {
+		t.Fatalf("exit code after SIGTERM under load = %d (%v), want 0", code, g.Err)
 	}
 	t.Logf("SIGTERM under load: exited 0 after %v; phase: %s", time.Since(sent).Round(time.Millisecond), load.crashSummary())
 	sub.crashDrain(t)
@@ -126,8 +124,8 @@ type crashHarness struct {
 	seq    atomic.Uint64 // message counter: unique payloadId and deviceId
 	subs   atomic.Uint64 // subscriber counter: unique client ids
 
-	acked    *crashIDSet // payloadIds that got 200 {"accepted":1,"duplicates":0}
-	received *crashIDSet // payloadIds received by any subscriber, with counts
+	acked    *testutil.IDSet // payloadIds that got 200 {"accepted":1,"duplicates":0}
+	received *testutil.IDSet // payloadIds received by any subscriber, with counts
 
 	mu        sync.Mutex
 	odd200    []string          // 200 replies with an unexpected body
@@ -140,27 +138,26 @@ type crashHarness struct {
 func crashNewHarness(t *testing.T) *crashHarness {
 	t.Helper()
 	dir := t.TempDir()
-	addrs := freeAddrs(t, 2)
+	addrs := testutil.FreeAddrs(t, 2)
 	h := &crashHarness{
 		t:           t,
 		dir:         dir,
-		cfgPath:     filepath.Join(dir, "config.yaml"),
 		logPath:     filepath.Join(dir, "gateway.log"),
 		webhookAddr: addrs[0],
 		brokerAddr:  addrs[1],
 		webhookURL:  "http://" + addrs[0] + "/wittra",
-		acked:       crashNewIDSet(),
-		received:    crashNewIDSet(),
+		acked:       new(testutil.IDSet),
+		received:    new(testutil.IDSet),
 		statuses:    make(map[int]int),
 		reqErrors:   make(map[string]int),
 		errSample:   make(map[string]string),
 	}
 	t.Cleanup(func() {
 		if t.Failed() {
-			t.Logf("gateway output (%s):\n%s", h.logPath, fileTail(h.logPath, 48<<10))
+			t.Logf("gateway output (%s):\n%s", h.logPath, testutil.FileTail(h.logPath, 48<<10))
 		}
 	})
-	h.bin = buildGateway(t)
+	h.bin = testutil.BuildGateway(t)
 
 	cfg := fmt.Sprintf(`gateway:
   id: crash-gw
@@ -182,24 +179,17 @@ broker:
 sinks:
   - {name: local, type: broker, topic_prefix: wittra, values: false, retain: true}
 `, h.webhookAddr, yamlString(filepath.Join(dir, "data", "queue.db")), h.brokerAddr)
-	if err := os.WriteFile(h.cfgPath, []byte(cfg), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if out, err := exec.CommandContext(ctx, h.bin, "check-config", "-config", h.cfgPath).CombinedOutput(); err != nil {
-		t.Fatalf("check-config: %v\n%s\nconfig:\n%s", err, out, cfg)
-	}
+	h.cfgPath = outageWriteConfig(t, h.bin, dir, cfg)
 	return h
 }
 
 // crashStart starts the gateway on the harness's config and waits until
 // its webhook and broker ports accept connections.
-func (h *crashHarness) crashStart() *gatewayProc {
+func (h *crashHarness) crashStart() *testutil.Process {
 	t := h.t
 	t.Helper()
 	h.starts++
-	return startGatewayProc(t, h.bin, h.cfgPath, h.logPath, h.webhookAddr, h.brokerAddr)
+	return testutil.StartGateway(t, h.bin, h.cfgPath, h.logPath, h.webhookAddr, h.brokerAddr)
 }
 
 // crashKillCycle is one start → subscribe → load → kill -9 cycle.
@@ -213,33 +203,28 @@ func (h *crashHarness) crashKillCycle(cycle int) {
 	// commit / publish / acknowledge loop.
 	h.crashLoadFor(g, load, crashMinLoad+rand.N(300*time.Millisecond), crashMinAcked)
 
-	if err := g.cmd.Process.Kill(); err != nil {
-		load.crashHalt()
+	err := g.Cmd.Process.Kill()
+	load.crashHalt() // requests fail from now on; only 200s count
+	if err != nil {
 		t.Fatalf("kill -9: %v", err)
 	}
-	load.crashHalt() // requests fail from now on; only 200s count
-	if !g.waitExit(crashExitTimeout) {
-		t.Fatalf("cycle %d: gateway still running %v after SIGKILL", cycle, crashExitTimeout)
-	}
-	if ws, ok := g.cmd.ProcessState.Sys().(syscall.WaitStatus); ok && !(ws.Signaled() && ws.Signal() == syscall.SIGKILL) {
-		t.Fatalf("cycle %d: gateway ended by itself (%v), not by the SIGKILL", cycle, g.cmd.ProcessState)
-	}
+	g.WaitKilled(t, crashExitTimeout)
 	sub.crashDrain(t)
 	t.Logf("cycle %d: %s; subscriber received %d; totals: acked %d, received unique %d",
-		cycle, load.crashSummary(), sub.got.Load(), h.acked.crashLen(), h.received.crashLen())
+		cycle, load.crashSummary(), sub.got.Load(), h.acked.Len(), h.received.Len())
 }
 
 // crashLoadFor lets load run for at least minDur and until minAcked requests
 // got a 200 in this phase, at most crashMaxLoad; it fails if the gateway
 // dies meanwhile or nothing was accepted.
-func (h *crashHarness) crashLoadFor(g *gatewayProc, load *crashLoad, minDur time.Duration, minAcked int64) {
+func (h *crashHarness) crashLoadFor(g *testutil.Process, load *crashLoad, minDur time.Duration, minAcked int64) {
 	t := h.t
 	t.Helper()
 	began := time.Now()
 	for {
-		if g.exited() {
+		if g.Exited() {
 			load.crashHalt()
-			t.Fatalf("gateway exited under load: %v", g.err)
+			t.Fatalf("gateway exited under load: %v", g.Err)
 		}
 		el := time.Since(began)
 		if (el >= minDur && load.acked.Load() >= minAcked) || el >= crashMaxLoad {
@@ -256,7 +241,7 @@ func (h *crashHarness) crashLoadFor(g *gatewayProc, load *crashLoad, minDur time
 // crashVerifyDelivered starts the gateway, subscribes late and waits until
 // every acknowledged payloadId was received by some subscriber; it reports
 // the figures and returns the running gateway.
-func (h *crashHarness) crashVerifyDelivered(name string) *gatewayProc {
+func (h *crashHarness) crashVerifyDelivered(name string) *testutil.Process {
 	t := h.t
 	t.Helper()
 	g := h.crashStart()
@@ -265,13 +250,13 @@ func (h *crashHarness) crashVerifyDelivered(name string) *gatewayProc {
 	var missing []string
 	for {
 		missing = h.crashMissing()
-		if len(missing) == 0 || time.Since(began) > crashDeliverTimeout || g.exited() {
+		if len(missing) == 0 || time.Since(began) > crashDeliverTimeout || g.Exited() {
 			break
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	acked, unique, dups, total := h.acked.crashLen(), h.received.crashLen(), h.received.crashRepeated(), h.received.crashTotal()
-	notAcked := h.received.crashMinus(h.acked)
+	acked, unique, dups, total := h.acked.Len(), h.received.Len(), h.received.Repeated(), h.received.Total()
+	notAcked := h.received.Minus(h.acked)
 	t.Logf("%s: subscriber received %d (retained + live) in %v", name, sub.got.Load(), time.Since(began).Round(time.Millisecond))
 	t.Logf("acked %d, received unique %d (%d messages), received more than once %d, received but never acked %d, missing %d",
 		acked, unique, total, dups, len(notAcked), len(missing))
@@ -291,32 +276,21 @@ func (h *crashHarness) crashVerifyDelivered(name string) *gatewayProc {
 		t.Fatalf("%d of %d acknowledged messages (HTTP 200) never reached a subscriber within %v (received unique %d); first missing: %v",
 			len(missing), acked, crashDeliverTimeout, unique, show)
 	}
-	if g.exited() {
-		t.Fatalf("gateway exited: %v", g.err)
+	if g.Exited() {
+		t.Fatalf("gateway exited: %v", g.Err)
 	}
 	return g
 }
 
 // crashStopClean stops g with SIGTERM and wants exit code 0 within 10 s.
-func (h *crashHarness) crashStopClean(g *gatewayProc) {
-	t := h.t
-	t.Helper()
-	sent := time.Now()
-	if err := g.cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		t.Fatalf("send SIGTERM: %v", err)
-	}
-	if !g.waitExit(crashExitTimeout) {
-		t.Fatalf("gateway did not exit within %v of SIGTERM", crashExitTimeout)
-	}
-	if code := g.cmd.ProcessState.ExitCode(); code != 0 {
-		t.Fatalf("exit code after SIGTERM = %d (%v), want 0", code, g.err)
-	}
-	t.Logf("SIGTERM: exited 0 after %v", time.Since(sent).Round(time.Millisecond))
+func (h *crashHarness) crashStopClean(g *testutil.Process) {
+	h.t.Helper()
+	h.t.Logf("SIGTERM: exited 0 after %v", g.StopClean(h.t, crashExitTimeout).Round(time.Millisecond))
 }
 
 // crashMissing lists the acknowledged payloadIds no subscriber received.
 func (h *crashHarness) crashMissing() []string {
-	return h.acked.crashMinus(h.received)
+	return h.acked.Minus(h.received)
 }
 
 // crashSubscriber is one MQTT subscriber of the embedded broker.
@@ -336,39 +310,7 @@ func (h *crashHarness) crashSubscribe(name string) *crashSubscriber {
 	t.Helper()
 	s := &crashSubscriber{lost: make(chan struct{})}
 	var lostOnce sync.Once
-	opts := paho.NewClientOptions().
-		AddBroker("tcp://" + h.brokerAddr).
-		SetClientID(fmt.Sprintf("crash-%s-%d-%d", name, os.Getpid(), h.subs.Add(1))).
-		SetCleanSession(true).
-		SetAutoReconnect(false).
-		SetConnectRetry(false).
-		SetConnectTimeout(5 * time.Second).
-		SetKeepAlive(30 * time.Second).
-		SetOrderMatters(true). // the handler is quick and never blocks
-		SetConnectionLostHandler(func(paho.Client, error) { lostOnce.Do(func() { close(s.lost) }) })
-	s.client = paho.NewClient(opts)
-
-	began := time.Now()
-	for attempt := 1; ; attempt++ {
-		tok := s.client.Connect()
-		if !tok.WaitTimeout(5 * time.Second) {
-			t.Fatalf("subscriber %s: connect timed out", name)
-		}
-		if tok.Error() == nil {
-			break
-		}
-		if attempt >= 20 || time.Since(began) > 5*time.Second {
-			t.Fatalf("subscriber %s: connect: %v", name, tok.Error())
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	t.Cleanup(func() {
-		if s.client.IsConnectionOpen() {
-			s.client.Disconnect(100)
-		}
-	})
-
-	tok := s.client.Subscribe(crashDataFilter, 0, func(_ paho.Client, m paho.Message) {
+	handle := func(_ paho.Client, m paho.Message) {
 		var body struct {
 			PayloadID string `json:"payloadId"`
 		}
@@ -378,18 +320,14 @@ func (h *crashHarness) crashSubscribe(name string) *crashSubscriber {
 			h.mu.Unlock()
 			return
 		}
-		h.received.crashAdd(body.PayloadID)
+		h.received.Add(body.PayloadID)
 		s.got.Add(1)
-	})
-	if !tok.WaitTimeout(5 * time.Second) {
-		t.Fatalf("subscriber %s: subscribe timed out", name)
 	}
-	if err := tok.Error(); err != nil {
-		t.Fatalf("subscriber %s: subscribe: %v", name, err)
-	}
-	if code := tok.(*paho.SubscribeToken).Result()[crashDataFilter]; code >= 0x80 {
-		t.Fatalf("subscriber %s: subscription refused (code %#x)", name, code)
-	}
+	s.client = testutil.Subscribe(t, "tcp://"+h.brokerAddr, crashDataFilter, 0, testutil.SubscriberOptions{
+		ClientID:         fmt.Sprintf("crash-%s-%d-%d", name, os.Getpid(), h.subs.Add(1)),
+		Handler:          handle,
+		OnConnectionLost: func(error) { lostOnce.Do(func() { close(s.lost) }) },
+	}).Client
 	return s
 }
 
@@ -424,18 +362,9 @@ type crashLoad struct {
 // one new message (new payloadId, new device) per request.
 func (h *crashHarness) crashStartLoad(n int) *crashLoad {
 	l := &crashLoad{
-		h:     h,
-		began: time.Now(),
-		client: &http.Client{
-			Timeout: 10 * time.Second,
-			Transport: &http.Transport{
-				Proxy:               nil,
-				DialContext:         (&net.Dialer{Timeout: 2 * time.Second}).DialContext,
-				MaxIdleConnsPerHost: n,
-				IdleConnTimeout:     30 * time.Second,
-				DisableCompression:  true,
-			},
-		},
+		h:      h,
+		began:  time.Now(),
+		client: testutil.HTTPClient(h.t, n, 10*time.Second),
 	}
 	deadline := time.Now().Add(crashMaxLoad + crashExitTimeout)
 	for i := 0; i < n; i++ {
@@ -487,7 +416,7 @@ func (l *crashLoad) crashPostOne() bool {
 		h.statuses[resp.StatusCode]++
 		h.mu.Unlock()
 	case strings.TrimSpace(string(reply)) == crashAckedBody:
-		h.acked.crashAdd(payloadID)
+		h.acked.Add(payloadID)
 		l.acked.Add(1)
 	default:
 		h.mu.Lock()
@@ -498,17 +427,7 @@ func (l *crashLoad) crashPostOne() bool {
 }
 
 func (h *crashHarness) crashCountError(err error) {
-	class := "other"
-	switch {
-	case errors.Is(err, syscall.ECONNREFUSED):
-		class = "refused"
-	case errors.Is(err, syscall.ECONNRESET):
-		class = "reset"
-	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
-		class = "eof"
-	case errors.Is(err, context.DeadlineExceeded), os.IsTimeout(err):
-		class = "timeout"
-	}
+	class := testutil.ErrClass(err)
 	h.mu.Lock()
 	h.reqErrors[class]++
 	if _, ok := h.errSample[class]; !ok {
@@ -529,68 +448,4 @@ func (l *crashLoad) crashHalt() {
 
 func (l *crashLoad) crashSummary() string {
 	return fmt.Sprintf("load %v: posted %d, 200 %d, failed %d", l.ran.Round(time.Millisecond), l.posted.Load(), l.acked.Load(), l.failed.Load())
-}
-
-// crashIDSet is a concurrent-safe multiset of payloadIds.
-type crashIDSet struct {
-	mu sync.Mutex
-	m  map[string]int
-}
-
-func crashNewIDSet() *crashIDSet { return &crashIDSet{m: make(map[string]int)} }
-
-func (s *crashIDSet) crashAdd(id string) {
-	s.mu.Lock()
-	s.m[id]++
-	s.mu.Unlock()
-}
-
-// crashLen is the number of distinct ids.
-func (s *crashIDSet) crashLen() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return len(s.m)
-}
-
-// crashTotal is the number of additions.
-func (s *crashIDSet) crashTotal() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	n := 0
-	for _, c := range s.m {
-		n += c
-	}
-	return n
-}
-
-// crashRepeated is the number of ids added more than once.
-func (s *crashIDSet) crashRepeated() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	n := 0
-	for _, c := range s.m {
-		if c > 1 {
-			n++
-		}
-	}
-	return n
-}
-
-// crashMinus lists the ids of s that are not in o.
-func (s *crashIDSet) crashMinus(o *crashIDSet) []string {
-	s.mu.Lock()
-	ids := make([]string, 0, len(s.m))
-	for id := range s.m {
-		ids = append(ids, id)
-	}
-	s.mu.Unlock()
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	out := ids[:0]
-	for _, id := range ids {
-		if o.m[id] == 0 {
-			out = append(out, id)
-		}
-	}
-	return out
 }

@@ -21,6 +21,7 @@ import (
 
 	"wittra-gateway/bridge"
 	"wittra-gateway/buffer"
+	"wittra-gateway/internal/testutil"
 )
 
 // Damaged queue files under the real binary: the site must come back by
@@ -40,8 +41,8 @@ type damageSite struct {
 // when withDeadSink, an MQTT sink whose broker never answers (its cursor
 // holds a backlog).
 func newDamageSite(t *testing.T, withDeadSink bool) *damageSite {
-	addrs := freeAddrs(t, 4)
-	s := &damageSite{t: t, dir: t.TempDir(), bin: buildGateway(t), webhook: addrs[0], broker: addrs[1], admin: addrs[2]}
+	addrs := testutil.FreeAddrs(t, 4)
+	s := &damageSite{t: t, dir: t.TempDir(), bin: testutil.BuildGateway(t), webhook: addrs[0], broker: addrs[1], admin: addrs[2]}
 	s.cfgPath = filepath.Join(s.dir, "config.yaml")
 	s.logPath = filepath.Join(s.dir, "gateway.log")
 	s.queuePath = filepath.Join(s.dir, "queue.db")
@@ -68,7 +69,7 @@ sinks:
 	}
 	t.Cleanup(func() {
 		if t.Failed() {
-			t.Logf("gateway output:\n%s", fileTail(s.logPath, 32<<10))
+			t.Logf("gateway output:\n%s", testutil.FileTail(s.logPath, 32<<10))
 		}
 	})
 	return s
@@ -161,16 +162,16 @@ func smashPages(t *testing.T, path string, ids ...int64) {
 }
 
 // startReady starts the gateway and wants /readyz within 15 s of the start.
-func (s *damageSite) startReady() *gatewayProc {
+func (s *damageSite) startReady() *testutil.Process {
 	t := s.t
 	began := time.Now()
-	g := startGatewayProc(t, s.bin, s.cfgPath, s.logPath, s.webhook, s.broker, s.admin)
+	g := testutil.StartGateway(t, s.bin, s.cfgPath, s.logPath, s.webhook, s.broker, s.admin)
 	for {
 		if code, _ := httpGet(t, "http://"+s.admin+"/readyz"); code == 200 {
 			break
 		}
-		if g.exited() || time.Since(began) > 15*time.Second {
-			t.Fatalf("not ready 15 s after the start (exited %v: %v)", g.exited(), g.err)
+		if g.Exited() || time.Since(began) > 15*time.Second {
+			t.Fatalf("not ready 15 s after the start (exited %v: %v)", g.Exited(), g.Err)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
@@ -315,8 +316,8 @@ func TestDamagedQueueFileAtStart(t *testing.T) {
 			if aside, _ := filepath.Glob(s.queuePath + ".corrupt-*"); quarantined == 1 && len(aside) != 1 {
 				t.Fatalf("quarantined files: %v", aside)
 			}
-			if g.exited() {
-				t.Fatalf("gateway exited: %v", g.err)
+			if g.Exited() {
+				t.Fatalf("gateway exited: %v", g.Err)
 			}
 		})
 	}
@@ -343,10 +344,10 @@ func TestDamagedQueueFileUnderALiveGateway(t *testing.T) {
 	if code == 200 {
 		t.Fatalf("post onto a smashed file answered 200")
 	}
-	if !g.waitExit(20 * time.Second) {
+	if !g.WaitExit(20 * time.Second) {
 		t.Fatal("gateway still running 20 s after the damage was found")
 	}
-	if c := g.cmd.ProcessState.ExitCode(); c != exitQueueDamaged {
+	if c := g.Cmd.ProcessState.ExitCode(); c != exitQueueDamaged {
 		t.Fatalf("exit status %d, want %d", c, exitQueueDamaged)
 	}
 	if _, err := os.Stat(s.queuePath + ".damaged"); err != nil {
@@ -367,8 +368,8 @@ func TestDamagedQueueFileUnderALiveGateway(t *testing.T) {
 		t.Fatalf("upstream depth %v, want %d", d, damageMessages+2)
 	}
 	time.Sleep(3 * time.Second)
-	if g.exited() {
-		t.Fatalf("gateway exited again after the salvage: %v", g.err)
+	if g.Exited() {
+		t.Fatalf("gateway exited again after the salvage: %v", g.Err)
 	}
 }
 

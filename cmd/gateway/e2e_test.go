@@ -11,29 +11,33 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
-	paho "github.com/eclipse/paho.mqtt.golang"
 	"github.com/rs/zerolog"
 
 	"wittra-gateway/bridge"
 	"wittra-gateway/buffer"
+	"wittra-gateway/internal/testutil"
 )
 
 // testGateway is a gateway running in-process on loopback with port 0
 // listeners and a queue in a temp dir.
 type testGateway struct {
-	g       *gateway
+	*inProc
 	webhook string // base URL
 	broker  string // tcp://host:port
-	stop    func() error
 }
 
 // startTestGateway runs the gateway on config text extra (YAML sections
 // that replace the defaults below).
 func startTestGateway(t *testing.T, dir string, sections map[string]string) *testGateway {
+	t.Helper()
+	return startTestGatewayTimed(t, dir, sections, testTiming)
+}
+
+// startTestGatewayTimed is startTestGateway with the gateway's timing tm.
+func startTestGatewayTimed(t *testing.T, dir string, sections map[string]string, tm timing) *testGateway {
 	t.Helper()
 	base := map[string]string{
 		"gateway": "gateway: {id: test-gw}",
@@ -55,31 +59,7 @@ func startTestGateway(t *testing.T, dir string, sections map[string]string) *tes
 	if err := os.WriteFile(path, []byte(text.String()), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	ready := make(chan *gateway, 1)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() {
-		done <- (&RunCommand{Stderr: io.Discard, ready: func(g *gateway) { ready <- g }}).Run(ctx, []string{"-config", path})
-	}()
-	tg := &testGateway{}
-	var once sync.Once
-	var stopErr error
-	tg.stop = func() error {
-		once.Do(func() {
-			cancel()
-			stopErr = <-done
-		})
-		return stopErr
-	}
-	t.Cleanup(func() { tg.stop() })
-	select {
-	case tg.g = <-ready:
-	case err := <-done:
-		done <- err // for stop
-		t.Fatalf("gateway did not start: %v", err)
-	case <-time.After(10 * time.Second):
-		t.Fatal("gateway not ready after 10 s")
-	}
+	tg := &testGateway{inProc: runInProc(t, path, tm)}
 	tg.webhook = "http://" + tg.g.webhookLn.Addr().String()
 	tg.broker = "tcp://" + tg.g.brokerSrv.Addrs()[0]
 	return tg
@@ -96,38 +76,19 @@ func (tg *testGateway) post(t *testing.T, path, body string) (int, string) {
 	return resp.StatusCode, strings.TrimSpace(string(b))
 }
 
-type received struct {
-	topic   string
-	payload []byte
-}
-
-// subscribe connects a real paho client and collects everything on filter.
-func subscribe(t *testing.T, brokerURL, filter string) <-chan received {
+// subscribe subscribes a new client of brokerURL to filter at QoS 1.
+func subscribe(t *testing.T, brokerURL, filter string) *testutil.Subscriber {
 	t.Helper()
-	ch := make(chan received, 10000)
-	opts := paho.NewClientOptions().AddBroker(brokerURL).SetClientID(fmt.Sprintf("sub-%d", time.Now().UnixNano())).
-		SetOrderMatters(true).SetConnectTimeout(5 * time.Second)
-	c := paho.NewClient(opts)
-	if tok := c.Connect(); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
-		t.Fatalf("subscriber connect: %v", tok.Error())
-	}
-	tok := c.Subscribe(filter, 1, func(_ paho.Client, m paho.Message) {
-		ch <- received{m.Topic(), append([]byte(nil), m.Payload()...)}
-	})
-	if !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
-		t.Fatalf("subscribe: %v", tok.Error())
-	}
-	t.Cleanup(func() { c.Disconnect(100) })
-	return ch
+	return testutil.Subscribe(t, brokerURL, filter, 1, testutil.SubscriberOptions{})
 }
 
 // collect reads until it has every topic in want or the timeout passes;
 // it returns the last payload per topic and the topics in arrival order.
-func collect(t *testing.T, ch <-chan received, want []string, timeout time.Duration) (map[string][]byte, []string) {
+func collect(t *testing.T, sub *testutil.Subscriber, want []string, timeout time.Duration) (map[string][]byte, []string) {
 	t.Helper()
 	got := map[string][]byte{}
 	var order []string
-	deadline := time.After(timeout)
+	deadline := time.Now().Add(timeout)
 	for {
 		missing := 0
 		for _, w := range want {
@@ -138,13 +99,9 @@ func collect(t *testing.T, ch <-chan received, want []string, timeout time.Durat
 		if missing == 0 {
 			return got, order
 		}
-		select {
-		case r := <-ch:
-			got[r.topic] = r.payload
-			order = append(order, r.topic)
-		case <-deadline:
-			t.Fatalf("timed out: %d of %d topics missing; got %v", missing, len(want), order)
-		}
+		r := sub.Next(t, time.Until(deadline))
+		got[r.Topic] = []byte(r.Payload)
+		order = append(order, r.Topic)
 	}
 }
 
@@ -234,19 +191,15 @@ func TestEndToEndArrayKeepsPerDeviceOrder(t *testing.T) {
 		}
 	}
 	next := map[string]int{"site/p/D0/data": 0, "site/p/D1/data": 1}
-	deadline := time.After(10 * time.Second)
-	for got := 0; got < n; got++ {
-		select {
-		case r := <-sub:
-			var seq int
-			fmt.Sscanf(string(r.payload[bytes.Index(r.payload, []byte(`"seq":`))+6:]), "%d", &seq)
-			if seq != next[r.topic] {
-				t.Fatalf("%s: got seq %d, want %d (order broken)", r.topic, seq, next[r.topic])
-			}
-			next[r.topic] += 2
-		case <-deadline:
-			t.Fatalf("received %d of %d", got, n)
+	deadline := time.Now().Add(10 * time.Second)
+	for range n {
+		r := sub.Next(t, time.Until(deadline))
+		var seq int
+		fmt.Sscanf(r.Payload[strings.Index(r.Payload, `"seq":`)+6:], "%d", &seq)
+		if seq != next[r.Topic] {
+			t.Fatalf("%s: got seq %d, want %d (order broken)", r.Topic, seq, next[r.Topic])
 		}
+		next[r.Topic] += 2
 	}
 }
 
@@ -270,13 +223,8 @@ func TestEndToEndDedupSurvivesRestart(t *testing.T) {
 		t.Fatalf("post of a new id: %d %s", code, reply)
 	}
 	// The new message arrives and the duplicate was not published again.
-	select {
-	case r := <-sub:
-		if !bytes.Contains(r.payload, []byte("another-id")) {
-			t.Fatalf("first publication after restart is %q, want the new message (duplicate published?)", r.payload[:60])
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("new message not published")
+	if r := sub.Next(t, 5*time.Second); !strings.Contains(r.Payload, "another-id") {
+		t.Fatalf("first publication after restart is %q, want the new message (duplicate published?)", r.Payload[:60])
 	}
 }
 

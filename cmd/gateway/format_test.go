@@ -13,6 +13,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 
 	"wittra-gateway/buffer"
+	"wittra-gateway/internal/testutil"
 )
 
 // TestNewerQueueFormatExitsOneButExports is a rollback as an operator
@@ -20,7 +21,7 @@ import (
 // refuse with exit 1 naming the versions, touching nothing; `queue export`
 // must still print every message.
 func TestNewerQueueFormatExitsOneButExports(t *testing.T) {
-	bin := buildGateway(t)
+	bin := testutil.BuildGateway(t)
 	dir := t.TempDir()
 	tg := startTestGateway(t, dir, nil)
 	if err := tg.stop(); err != nil {

@@ -31,6 +31,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"wittra-gateway/internal/natstest"
+	"wittra-gateway/internal/testutil"
 )
 
 const (
@@ -64,16 +65,16 @@ func jsNewHarness(t *testing.T) *jsHarness {
 	t.Cleanup(c.Close)
 	h := &jsHarness{
 		t:           t,
-		bin:         buildGateway(t),
+		bin:         testutil.BuildGateway(t),
 		cfgPath:     filepath.Join(dir, "config.yaml"),
 		logPath:     filepath.Join(dir, "gateway.log"),
-		webhookAddr: freeAddrs(t, 1)[0],
+		webhookAddr: testutil.FreeAddrs(t, 1)[0],
 		cluster:     c,
 		acked:       map[string]bool{},
 	}
 	t.Cleanup(func() {
 		if t.Failed() {
-			t.Logf("gateway output:\n%s", fileTail(h.logPath, 32<<10))
+			t.Logf("gateway output:\n%s", testutil.FileTail(h.logPath, 32<<10))
 		}
 	})
 	var urls []string
@@ -100,8 +101,8 @@ sinks:
 	return h
 }
 
-func (h *jsHarness) start() *gatewayProc {
-	return startGatewayProc(h.t, h.bin, h.cfgPath, h.logPath, h.webhookAddr)
+func (h *jsHarness) start() *testutil.Process {
+	return testutil.StartGateway(h.t, h.bin, h.cfgPath, h.logPath, h.webhookAddr)
 }
 
 // load posts from jsPosters sequential posters until stop is closed.
@@ -162,17 +163,10 @@ func (h *jsHarness) phase(d time.Duration, during func()) int {
 	return wait()
 }
 
-func (h *jsHarness) kill9(g *gatewayProc) {
+func (h *jsHarness) kill9(g *testutil.Process) {
 	t := h.t
-	if err := g.cmd.Process.Kill(); err != nil {
-		t.Fatal(err)
-	}
-	if !g.waitExit(10 * time.Second) {
-		t.Fatal("gateway still running after SIGKILL")
-	}
-	if ws, ok := g.cmd.ProcessState.Sys().(syscall.WaitStatus); ok && !(ws.Signaled() && ws.Signal() == syscall.SIGKILL) {
-		t.Fatalf("gateway ended by itself (%v), not by the SIGKILL", g.cmd.ProcessState)
-	}
+	g.Kill9(t)
+	g.WaitKilled(t, 10*time.Second)
 }
 
 // jsStored is what the check needs of one stream message.
@@ -334,15 +328,15 @@ func TestJetStreamClusterKill9AndNodeLoss(t *testing.T) {
 	})
 	t.Logf("phase 3: %d acknowledged; n%d back mid-phase", n, leader)
 	h.verify()
-	if err := g.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+	if err := g.Cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
-	if !g.waitExit(10*time.Second) || g.cmd.ProcessState.ExitCode() != 0 {
-		t.Fatalf("SIGTERM: exited %v (%v)", g.exited(), g.err)
+	if !g.WaitExit(10*time.Second) || g.Cmd.ProcessState.ExitCode() != 0 {
+		t.Fatalf("SIGTERM: exited %v (%v)", g.Exited(), g.Err)
 	}
 	log, _ := os.ReadFile(h.logPath)
 	if !strings.Contains(string(log), `"replicas":3`) {
-		t.Errorf("the gateway did not create the stream with 3 replicas:\n%s", fileTail(h.logPath, 8<<10))
+		t.Errorf("the gateway did not create the stream with 3 replicas:\n%s", testutil.FileTail(h.logPath, 8<<10))
 	}
 	// Not asserted: a kill can land right after the queue recorded a
 	// delivery, leaving nothing to publish again.

@@ -92,6 +92,8 @@ func (m *Main) Run(ctx context.Context, args []string) error {
 		err = (&CheckConfigCommand{Stdout: m.Stdout}).Run(ctx, rest)
 	case "queue":
 		err = (&QueueCommand{Stdout: m.Stdout, Stderr: m.Stderr}).Run(ctx, rest)
+	case "devices":
+		err = (&DevicesCommand{Stdout: m.Stdout, Stderr: m.Stderr}).Run(ctx, rest) // devices.go
 	case "version", "-version", "--version":
 		fmt.Fprintln(m.Stdout, versionString())
 	case "help", "-h", "-help", "--help":
@@ -111,6 +113,8 @@ commands:
   run            run the gateway (the default)
   check-config   validate the config; print every problem with its line
   queue          inspect the queue offline: stats | peek | export | purge | salvage
+  devices        the devices seen: id, Wittra name and type, project, last seen,
+                 latest values (-json for JSON)
   version        print version, commit and Go version (also --version)
   help           this text; "<command> -h" lists a command's flags
 

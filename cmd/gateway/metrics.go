@@ -205,6 +205,7 @@ func (c *metricsCollector) Collect(ch chan<- prometheus.Metric) {
 func newRegistry(g *gateway) *prometheus.Registry {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(newMetricsCollector(g), newClockCollector(g),
+		newNamesCollector(g), // metrics_names.go
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return reg

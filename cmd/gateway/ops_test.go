@@ -11,7 +11,6 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -55,11 +54,7 @@ func TestMetricsMoveAndReadinessFlips(t *testing.T) {
 	}
 	tg.post(t, "/wittra", `{"deviceId":"D1"}`) // no token: 401
 	for range 3 {
-		select {
-		case <-sub:
-		case <-time.After(5 * time.Second):
-			t.Fatal("message not delivered")
-		}
+		sub.Next(t, 5*time.Second)
 	}
 	var text string
 	deadline := time.Now().Add(5 * time.Second)
@@ -103,24 +98,6 @@ func TestMetricsMoveAndReadinessFlips(t *testing.T) {
 	}
 }
 
-// syncBuffer is a log sink safe for the gateway's goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 func TestSecretsNeverLogged(t *testing.T) {
 	dir := t.TempDir()
 	os.WriteFile(filepath.Join(dir, "pw"), []byte("pw-SECRET-file\n"), 0o600)
@@ -139,19 +116,8 @@ sinks: [{name: local, type: broker}]
 `
 	path := filepath.Join(dir, "config.yaml")
 	os.WriteFile(path, []byte(config), 0o600)
-	logs := &syncBuffer{}
-	ready := make(chan *gateway, 1)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() {
-		done <- (&RunCommand{Stderr: logs, ready: func(g *gateway) { ready <- g }}).Run(ctx, []string{"-config", path})
-	}()
-	var g *gateway
-	select {
-	case g = <-ready:
-	case err := <-done:
-		t.Fatalf("start: %v", err)
-	}
+	run := runInProc(t, path, testTiming)
+	g := run.g
 	url := "http://" + g.webhookLn.Addr().String() + "/wittra"
 	for _, tok := range []string{"tok-SECRET-env", "wrong-SECRET-guess", ""} {
 		req, _ := http.NewRequest("POST", url, strings.NewReader(`{"deviceId":"D1"}`))
@@ -167,11 +133,10 @@ sinks: [{name: local, type: broker}]
 			c.Disconnect(50)
 		}
 	}
-	cancel()
-	if err := <-done; err != nil {
+	if err := run.stop(); err != nil {
 		t.Fatalf("stop: %v", err)
 	}
-	out := logs.String()
+	out := run.log.String()
 	if !strings.Contains(out, "webhook request refused") {
 		t.Fatalf("the debug log did not record the refused request; log:\n%s", out)
 	}

@@ -29,14 +29,11 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
-	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"sort"
@@ -48,186 +45,22 @@ import (
 	"testing"
 	"time"
 
+	"wittra-gateway/internal/testutil"
+
 	paho "github.com/eclipse/paho.mqtt.golang"
 )
 
-// Delivery attempts of in-process gateways end after 300 ms here, so a
-// forwarder waiting for a down sink rechecks what the queue deleted within
-// the tests' time (the product waits 10 s per attempt).
-func init() { forwarderAttempt = 300 * time.Millisecond }
-
 const (
-	outageProject      = "outage"
-	outageFilter       = "wittra/+/+/data"
-	outageOneAccepted  = `{"accepted":1,"duplicates":0}`
-	outageStartTimeout = 10 * time.Second
-	outageExitTimeout  = 10 * time.Second // docs/contract.md#operations
-	outagePoll         = 20 * time.Millisecond
+	outageProject     = "outage"
+	outageFilter      = "wittra/+/+/data"
+	outageOneAccepted = `{"accepted":1,"duplicates":0}`
+	outageExitTimeout = exitTimeout
 )
 
-// ---------------------------------------------------------------------------
-// logs
-
-// outageLogBuf is a goroutine-safe log sink.
-type outageLogBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *outageLogBuf) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *outageLogBuf) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
-// outageTail returns the last limit bytes of s.
-func outageTail(s string, limit int) string {
-	if len(s) > limit {
-		return "[...]\n" + s[len(s)-limit:]
-	}
-	return s
-}
-
-// ---------------------------------------------------------------------------
-// mosquitto
-
-// outageMosq is one mosquitto on a fixed loopback port, restartable, with
-// persistence in its own temp dir.
-type outageMosq struct {
-	t    *testing.T
-	bin  string
-	conf string
-	port int
-	out  *outageLogBuf
-
-	mu   sync.Mutex
-	cmd  *exec.Cmd
-	exit chan struct{}
-}
-
-func outageMosquittoBinary(t *testing.T) string {
-	t.Helper()
-	if p, err := exec.LookPath("mosquitto"); err == nil {
-		return p
-	}
-	if _, err := os.Stat("/usr/sbin/mosquitto"); err == nil {
-		return "/usr/sbin/mosquitto"
-	}
-	if os.Getenv("CI") != "" {
-		t.Fatal("mosquitto is not installed; CI must install it (apt-get install -y mosquitto)")
-	}
-	t.Skip("mosquitto is not installed")
-	return ""
-}
-
-// outageNewMosq writes a mosquitto configuration on a free port; it does
-// not start it.
-func outageNewMosq(t *testing.T) *outageMosq {
-	t.Helper()
-	bin := outageMosquittoBinary(t)
-	_, portText, _ := net.SplitHostPort(freeAddrs(t, 1)[0])
-	port, _ := strconv.Atoi(portText)
-	dir := t.TempDir()
-	m := &outageMosq{t: t, bin: bin, conf: filepath.Join(dir, "mosquitto.conf"), port: port, out: new(outageLogBuf)}
-	var c strings.Builder
-	if os.Getuid() == 0 {
-		c.WriteString("user root\n") // else it drops to user mosquitto, which cannot write the temp dir
-	}
-	fmt.Fprintf(&c, `per_listener_settings false
-allow_anonymous true
-persistence true
-persistence_location %s/
-autosave_interval 0
-set_tcp_nodelay true
-max_queued_messages 0
-max_queued_bytes 0
-max_inflight_messages 1000
-log_dest stderr
-log_type error
-log_type warning
-log_type notice
-listener %d 127.0.0.1
-`, dir, port)
-	if err := os.WriteFile(m.conf, []byte(c.String()), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		m.stop(syscall.SIGKILL)
-		if t.Failed() {
-			t.Logf("mosquitto output:\n%s", outageTail(m.out.String(), 16<<10))
-		}
-	})
-	return m
-}
-
-func (m *outageMosq) url() string { return fmt.Sprintf("tcp://127.0.0.1:%d", m.port) }
-
-// start runs mosquitto and waits until its port accepts connections.
-func (m *outageMosq) start() {
-	m.t.Helper()
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if m.cmd != nil {
-		m.t.Fatal("mosquitto already running")
-	}
-	cmd := exec.Command(m.bin, "-c", m.conf)
-	cmd.Stdout, cmd.Stderr = m.out, m.out
-	if err := cmd.Start(); err != nil {
-		m.t.Fatalf("start mosquitto: %v", err)
-	}
-	exit := make(chan struct{})
-	go func() {
-		_ = cmd.Wait()
-		close(exit)
-	}()
-	m.cmd, m.exit = cmd, exit
-	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(m.port))
-	deadline := time.Now().Add(outageStartTimeout)
-	for i := 0; ; i++ {
-		conn, err := net.DialTimeout("tcp", addr, time.Second)
-		if err == nil {
-			conn.Close()
-			return
-		}
-		select {
-		case <-exit:
-			m.cmd = nil
-			m.t.Fatalf("mosquitto exited at start:\n%s", m.out.String())
-		default:
-		}
-		if time.Now().After(deadline) || i > 1000 {
-			m.t.Fatalf("mosquitto not listening on %s: %v\n%s", addr, err, m.out.String())
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
-// stop ends mosquitto with sig (SIGTERM makes it save its persistence) and
-// waits for it; SIGKILL follows after 5 s. It reports whether sig alone
-// ended it.
-func (m *outageMosq) stop(sig syscall.Signal) bool {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if m.cmd == nil {
-		return true
-	}
-	_ = m.cmd.Process.Signal(sig)
-	clean := true
-	select {
-	case <-m.exit:
-	case <-time.After(5 * time.Second):
-		clean = false
-		_ = m.cmd.Process.Kill()
-		<-m.exit
-	}
-	m.cmd = nil
-	return clean
+// outageNewMosq is a mosquitto on a free port, restartable, with
+// persistence in its own temp dir; it is not started.
+func outageNewMosq(t *testing.T) *testutil.Mosquitto {
+	return testutil.NewMosquitto(t, testutil.MosquittoOptions{Persistence: true, NoDelay: true, MaxInflight: 1000})
 }
 
 // ---------------------------------------------------------------------------
@@ -244,10 +77,10 @@ type outageArrival struct {
 // arrival in order.
 type outageSub struct {
 	client paho.Client
+	ids    testutil.IDSet // payloadIds, with how often each arrived
 
 	mu        sync.Mutex
 	arrivals  []outageArrival
-	counts    map[string]int
 	bad       int
 	badSample string
 }
@@ -300,7 +133,7 @@ func (s *outageSub) handle(_ paho.Client, m paho.Message) {
 		return
 	}
 	s.arrivals = append(s.arrivals, a)
-	s.counts[a.id]++
+	s.ids.Add(a.id)
 }
 
 // outageSubscribe connects a subscriber to url with client id id and
@@ -309,62 +142,21 @@ func (s *outageSub) handle(_ paho.Client, m paho.Message) {
 // offline. It reconnects by itself (every 500 ms at most).
 func outageSubscribe(t *testing.T, url, id string, persistent bool) *outageSub {
 	t.Helper()
-	s := &outageSub{counts: make(map[string]int)}
-	opts := paho.NewClientOptions().
-		AddBroker(url).
-		SetClientID(id).
-		SetProtocolVersion(4).
-		SetCleanSession(!persistent).
-		SetAutoReconnect(true).
-		SetConnectRetry(false).
-		SetMaxReconnectInterval(500 * time.Millisecond).
-		SetConnectTimeout(5 * time.Second).
-		SetWriteTimeout(5 * time.Second).
-		SetKeepAlive(30 * time.Second).
-		SetOrderMatters(true).             // arrival order is what the tests check; the handler is quick
-		SetDefaultPublishHandler(s.handle) // what a restored session delivers before Subscribe
-	s.client = paho.NewClient(opts)
-	began := time.Now()
-	for attempt := 1; ; attempt++ {
-		tok := s.client.Connect()
-		if !tok.WaitTimeout(10 * time.Second) {
-			t.Fatalf("subscriber %s: connect to %s timed out", id, url)
-		}
-		if tok.Error() == nil {
-			break
-		}
-		if attempt >= 20 || time.Since(began) > 10*time.Second {
-			t.Fatalf("subscriber %s: connect to %s: %v", id, url, tok.Error())
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	t.Cleanup(func() {
-		if s.client.IsConnected() {
-			s.client.Disconnect(50)
-		}
-	})
-	tok := s.client.Subscribe(outageFilter, 1, s.handle)
-	if !tok.WaitTimeout(10 * time.Second) {
-		t.Fatalf("subscriber %s: subscribe timed out", id)
-	}
-	if err := tok.Error(); err != nil {
-		t.Fatalf("subscriber %s: subscribe: %v", id, err)
-	}
-	if code := tok.(*paho.SubscribeToken).Result()[outageFilter]; code > 2 {
-		t.Fatalf("subscriber %s: subscription refused (code %#x)", id, code)
-	}
+	s := new(outageSub)
+	s.client = testutil.Subscribe(t, url, outageFilter, 1, testutil.SubscriberOptions{
+		ClientID: id, Persistent: persistent, Reconnect: true, Handler: s.handle}).Client
 	return s
 }
 
 // outagePrepareSession leaves m stopped with a persistent session for
 // client id subscribed to outageFilter: start, subscribe, disconnect,
 // SIGTERM (which saves the session).
-func outagePrepareSession(t *testing.T, m *outageMosq, id string) {
+func outagePrepareSession(t *testing.T, m *testutil.Mosquitto, id string) {
 	t.Helper()
-	m.start()
-	s := outageSubscribe(t, m.url(), id, true)
+	m.Start()
+	s := outageSubscribe(t, m.URL(), id, true)
 	s.client.Disconnect(100)
-	if !m.stop(syscall.SIGTERM) {
+	if !m.Stop(syscall.SIGTERM) {
 		t.Fatal("mosquitto needed SIGKILL; its persistence was not saved")
 	}
 }
@@ -374,32 +166,13 @@ func outagePrepareSession(t *testing.T, m *outageMosq, id string) {
 func (s *outageSub) figures() (unique, total, repeated, bad int) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for _, c := range s.counts {
-		if c > 1 {
-			repeated++
-		}
-	}
-	return len(s.counts), len(s.arrivals), repeated, s.bad
+	return s.ids.Len(), len(s.arrivals), s.ids.Repeated(), s.bad
 }
 
-func (s *outageSub) unique() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return len(s.counts)
-}
+func (s *outageSub) unique() int { return s.ids.Len() }
 
 // missing lists the ids of want that did not arrive.
-func (s *outageSub) missing(want []string) []string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	var out []string
-	for _, id := range want {
-		if s.counts[id] == 0 {
-			out = append(out, id)
-		}
-	}
-	return out
-}
+func (s *outageSub) missing(want []string) []string { return s.ids.Missing(want) }
 
 // seqs returns the distinct seq values that arrived, sorted.
 func (s *outageSub) seqs() []int64 {
@@ -422,7 +195,7 @@ func (s *outageSub) seqs() []int64 {
 func (s *outageSub) orderViolations() []string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	seen := make(map[string]bool, len(s.counts))
+	seen := make(map[string]bool)
 	last := make(map[string]int64)
 	var bad []string
 	for i, a := range s.arrivals {
@@ -456,100 +229,7 @@ func outageBody(device, id string, seq int64) string {
 func outageDevice(i int) string { return fmt.Sprintf("D00124B001E2A%04X", i) }
 
 func outageHTTPClient(t *testing.T, conns int) *http.Client {
-	c := &http.Client{
-		Timeout: 15 * time.Second,
-		Transport: &http.Transport{
-			Proxy:               nil,
-			DialContext:         (&net.Dialer{Timeout: 2 * time.Second}).DialContext,
-			MaxIdleConnsPerHost: conns,
-			IdleConnTimeout:     30 * time.Second,
-			DisableCompression:  true,
-		},
-	}
-	t.Cleanup(c.CloseIdleConnections)
-	return c
-}
-
-// outagePost posts body; a reply only counts when it was read whole.
-func outagePost(c *http.Client, url, body string) (int, string, http.Header, error) {
-	req, err := http.NewRequest(http.MethodPost, url, strings.NewReader(body))
-	if err != nil {
-		return 0, "", nil, err
-	}
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := c.Do(req)
-	if err != nil {
-		return 0, "", nil, err
-	}
-	b, err := io.ReadAll(io.LimitReader(resp.Body, 4096))
-	resp.Body.Close()
-	if err != nil {
-		return 0, "", nil, err
-	}
-	return resp.StatusCode, strings.TrimSpace(string(b)), resp.Header, nil
-}
-
-// outageIDs is a concurrent-safe list of payloadIds.
-type outageIDs struct {
-	mu  sync.Mutex
-	ids []string
-}
-
-func (l *outageIDs) add(id ...string) {
-	l.mu.Lock()
-	l.ids = append(l.ids, id...)
-	l.mu.Unlock()
-}
-
-func (l *outageIDs) list() []string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return slices.Clone(l.ids)
-}
-
-// outageCounts counts outcomes by a short key (e.g. "503", "refused").
-type outageCounts struct {
-	mu sync.Mutex
-	m  map[string]int
-}
-
-func (c *outageCounts) add(key string) {
-	c.mu.Lock()
-	if c.m == nil {
-		c.m = make(map[string]int)
-	}
-	c.m[key]++
-	c.mu.Unlock()
-}
-
-func (c *outageCounts) String() string {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return fmt.Sprint(c.m)
-}
-
-func (c *outageCounts) total() int {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	n := 0
-	for _, v := range c.m {
-		n += v
-	}
-	return n
-}
-
-func outageErrClass(err error) string {
-	switch {
-	case errors.Is(err, syscall.ECONNREFUSED):
-		return "refused"
-	case errors.Is(err, syscall.ECONNRESET):
-		return "reset"
-	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
-		return "eof"
-	case errors.Is(err, context.DeadlineExceeded), os.IsTimeout(err):
-		return "timeout"
-	}
-	return "other"
+	return testutil.HTTPClient(t, conns, 15*time.Second)
 }
 
 // ---------------------------------------------------------------------------
@@ -570,24 +250,14 @@ func outageScrape(admin string) string {
 	return string(b)
 }
 
-// outageWait polls cond until it holds, failing the test after d. It
-// returns how long it took.
+// outageWait polls cond until it holds, failing the test after d times
+// outageSlack. It returns how long it took.
 func outageWait(t *testing.T, d time.Duration, what string, cond func() bool) time.Duration {
 	t.Helper()
 	// d says when the condition is surely late on an idle machine; the
 	// test waits outageSlack times that, since it asserts that it happens,
 	// not how fast (the figures are logged).
-	d *= outageSlack
-	began := time.Now()
-	for i := 0; ; i++ {
-		if cond() {
-			return time.Since(began)
-		}
-		if time.Since(began) > d || i > int(d/outagePoll)*2+100 {
-			t.Fatalf("%s: not within %v", what, d)
-		}
-		time.Sleep(outagePoll)
-	}
+	return testutil.WaitFor(t, d*outageSlack, what, cond)
 }
 
 // outageSlack multiplies the outage tests' waits: they bound hangs, not
@@ -604,12 +274,10 @@ func outageMQTTSink(url string) string {
 
 // outageGW is a gateway running in-process on loopback port 0 listeners.
 type outageGW struct {
-	g       *gateway
+	*inProc
 	webhook string // http://host:port/wittra
 	admin   string // http://host:port
 	broker  string // tcp://host:port of the embedded broker
-	stop    func() error
-	log     *outageLogBuf
 }
 
 // outageStartInProc runs the gateway with the given sinks list (YAML flow
@@ -629,43 +297,7 @@ sinks: [%s]
 	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	logs := new(outageLogBuf)
-	ready := make(chan *gateway, 1)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() {
-		done <- (&RunCommand{Stderr: logs, ready: func(g *gateway) { ready <- g }}).Run(ctx, []string{"-config", path})
-	}()
-	gw := &outageGW{log: logs}
-	var once sync.Once
-	var stopErr error
-	gw.stop = func() error {
-		once.Do(func() {
-			cancel()
-			select {
-			case stopErr = <-done:
-			case <-time.After(2 * outageExitTimeout):
-				stopErr = errors.New("gateway did not stop")
-			}
-		})
-		return stopErr
-	}
-	t.Cleanup(func() {
-		if err := gw.stop(); err != nil {
-			t.Logf("gateway stop: %v", err)
-		}
-		if t.Failed() {
-			t.Logf("gateway log:\n%s", outageTail(logs.String(), 24<<10))
-		}
-	})
-	select {
-	case gw.g = <-ready:
-	case err := <-done:
-		done <- err
-		t.Fatalf("gateway did not start: %v\nconfig:\n%s\nlog:\n%s", err, cfg, logs.String())
-	case <-time.After(outageStartTimeout):
-		t.Fatal("gateway not ready after 10 s")
-	}
+	gw := &outageGW{inProc: runInProc(t, path, testTiming)}
 	gw.webhook = "http://" + gw.g.webhookLn.Addr().String() + "/wittra"
 	gw.admin = "http://" + gw.g.adminLn.Addr().String()
 	if gw.g.brokerSrv != nil {
@@ -701,28 +333,8 @@ func outageWriteConfig(t *testing.T, bin, dir, cfg string) string {
 	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if out, err := exec.CommandContext(ctx, bin, "check-config", "-config", path).CombinedOutput(); err != nil {
-		t.Fatalf("check-config: %v\n%s\nconfig:\n%s", err, out, cfg)
-	}
+	testutil.CheckConfig(t, bin, path)
 	return path
-}
-
-// stopClean sends SIGTERM and wants exit code 0 within 10 s.
-func (p *gatewayProc) stopClean(t *testing.T) time.Duration {
-	t.Helper()
-	sent := time.Now()
-	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		t.Fatalf("send SIGTERM: %v", err)
-	}
-	if !p.waitExit(outageExitTimeout) {
-		t.Fatalf("gateway did not exit within %v of SIGTERM", outageExitTimeout)
-	}
-	if code := p.cmd.ProcessState.ExitCode(); code != 0 {
-		t.Fatalf("exit code after SIGTERM = %d (%v), want 0", code, p.err)
-	}
-	return time.Since(sent)
 }
 
 // outageMem reads a process's memory figures (kB) from /proc/<pid>/status.
@@ -770,16 +382,16 @@ func TestOutageExternalBrokerRestart(t *testing.T) {
 	)
 	began := time.Now()
 	m := outageNewMosq(t)
-	m.start()
-	sub := outageSubscribe(t, m.url(), "outage-restart-sub", true)
-	gw := outageStartInProc(t, outageMQTTSink(m.url()), "")
+	m.Start()
+	sub := outageSubscribe(t, m.URL(), "outage-restart-sub", true)
+	gw := outageStartInProc(t, outageMQTTSink(m.URL()), "")
 	outageWait(t, 15*time.Second, "mqtt sink connected", func() bool {
 		return metricValue(outageScrape(gw.admin), `wittra_gateway_sink_connected{sink="plant"}`) == 1
 	})
 
 	client := outageHTTPClient(t, devices)
-	var acked outageIDs
-	var fails outageCounts
+	var acked testutil.IDSet
+	var fails testutil.IDSet
 	var posted, lastEnd atomic.Int64
 	var wg sync.WaitGroup
 	loadStart := time.Now()
@@ -800,16 +412,16 @@ func TestOutageExternalBrokerRestart(t *testing.T) {
 			for seq := int64(1); seq <= int64(loadFor/interval)+1 && time.Since(loadStart) < loadFor; seq++ {
 				id := fmt.Sprintf("restart-%d-%05d", d, seq)
 				posted.Add(1)
-				code, reply, _, err := outagePost(client, gw.webhook, outageBody(outageDevice(d), id, seq))
+				code, reply, _, err := testutil.Post(client, gw.webhook, outageBody(outageDevice(d), id, seq))
 				switch {
 				case err != nil:
-					fails.add(outageErrClass(err))
+					fails.Add(testutil.ErrClass(err))
 				case code != 200:
-					fails.add(strconv.Itoa(code))
+					fails.Add(strconv.Itoa(code))
 				case reply != outageOneAccepted:
-					fails.add("odd 200: " + reply)
+					fails.Add("odd 200: " + reply)
 				default:
-					acked.add(id)
+					acked.Add(id)
 				}
 				<-tick.C
 			}
@@ -817,15 +429,15 @@ func TestOutageExternalBrokerRestart(t *testing.T) {
 	}
 
 	time.Sleep(downAt)
-	ackedBefore := len(acked.list())
+	ackedBefore := len(acked.List())
 	downStart := time.Now()
-	if !m.stop(syscall.SIGTERM) {
+	if !m.Stop(syscall.SIGTERM) {
 		t.Errorf("mosquitto needed SIGKILL after SIGTERM: its persistence was not saved")
 	}
 	stopTook := time.Since(downStart)
 	time.Sleep(downFor - stopTook)
-	ackedDown := len(acked.list()) - ackedBefore
-	m.start()
+	ackedDown := len(acked.List()) - ackedBefore
+	m.Start()
 	downTook := time.Since(downStart)
 	upAt := time.Now()
 	reconnect := outageWait(t, 40*time.Second, "mqtt sink reconnected", func() bool {
@@ -835,13 +447,13 @@ func TestOutageExternalBrokerRestart(t *testing.T) {
 	wg.Wait()
 	loadTook := time.Duration(lastEnd.Load())
 
-	ids := acked.list()
+	ids := acked.List()
 	waited := outageWait(t, 30*time.Second, "every accepted message at the subscriber", func() bool {
 		return len(sub.missing(ids)) == 0
 	})
 	unique, total, repeated, bad := sub.figures()
 	t.Logf("load %v: posted %d, 200 %d (%.0f msg/s), failed %d %v", loadTook.Round(time.Millisecond), posted.Load(), len(ids),
-		float64(len(ids))/loadTook.Seconds(), fails.total(), fails.String())
+		float64(len(ids))/loadTook.Seconds(), fails.Total(), fails.String())
 	t.Logf("mosquitto down %v (SIGTERM took %v), %d messages accepted meanwhile; mqtt sink connected again %v after mosquitto was back (%v into the load)",
 		downTook.Round(time.Millisecond), stopTook.Round(time.Millisecond), ackedDown, reconnect.Round(time.Millisecond), reconnectedAt.Round(time.Millisecond))
 	if ackedDown == 0 {
@@ -849,8 +461,8 @@ func TestOutageExternalBrokerRestart(t *testing.T) {
 	}
 	t.Logf("subscriber: %d unique, %d arrivals, %d ids more than once (%d extra arrivals); all in %v after the load ended (%v after mosquitto was back)",
 		unique, total, repeated, total-unique, waited.Round(time.Millisecond), time.Since(upAt).Round(time.Millisecond))
-	if fails.total() > 0 {
-		t.Errorf("%d requests failed while only the sink was down (intake must not depend on it): %v", fails.total(), fails.String())
+	if fails.Total() > 0 {
+		t.Errorf("%d requests failed while only the sink was down (intake must not depend on it): %v", fails.Total(), fails.String())
 	}
 	if len(ids) == 0 {
 		t.Errorf("no message accepted in %v", loadTook)
@@ -891,11 +503,11 @@ func TestOutageKill9WithExternalSink(t *testing.T) {
 	)
 	began := time.Now()
 	m := outageNewMosq(t)
-	m.start()
-	sub := outageSubscribe(t, m.url(), "outage-k9-sub", true)
-	bin := buildGateway(t)
+	m.Start()
+	sub := outageSubscribe(t, m.URL(), "outage-k9-sub", true)
+	bin := testutil.BuildGateway(t)
 	dir := t.TempDir()
-	webhookAddr := freeAddrs(t, 1)[0]
+	webhookAddr := testutil.FreeAddrs(t, 1)[0]
 	logPath := filepath.Join(dir, "gateway.log")
 	cfgPath := outageWriteConfig(t, bin, dir, fmt.Sprintf(`gateway: {id: outage-k9}
 log: {level: info}
@@ -904,19 +516,19 @@ buffer: {path: %s}
 admin: {listen: ""}
 broker: {enabled: false}
 sinks: [%s]
-`, webhookAddr, yamlString(filepath.Join(dir, "data", "queue.db")), outageMQTTSink(m.url())))
+`, webhookAddr, yamlString(filepath.Join(dir, "data", "queue.db")), outageMQTTSink(m.URL())))
 	t.Cleanup(func() {
 		if t.Failed() {
-			t.Logf("gateway log:\n%s", fileTail(logPath, 24<<10))
+			t.Logf("gateway log:\n%s", testutil.FileTail(logPath, 24<<10))
 		}
 	})
 	url := "http://" + webhookAddr + "/wittra"
 
 	var devSeq [posters]atomic.Int64
-	var acked outageIDs
-	var fails outageCounts
+	var acked testutil.IDSet
+	var fails testutil.IDSet
 	for cycle := 1; cycle <= cycles; cycle++ {
-		p := startGatewayProc(t, bin, cfgPath, logPath, webhookAddr)
+		p := testutil.StartGateway(t, bin, cfgPath, logPath, webhookAddr)
 		client := outageHTTPClient(t, posters)
 		var stop atomic.Bool
 		var phaseAcked, phasePosted atomic.Int64
@@ -930,17 +542,17 @@ sinks: [%s]
 					seq := devSeq[d].Add(1)
 					id := fmt.Sprintf("k9-%02d-%06d", d, seq)
 					phasePosted.Add(1)
-					code, reply, _, err := outagePost(client, url, outageBody(outageDevice(d), id, seq))
+					code, reply, _, err := testutil.Post(client, url, outageBody(outageDevice(d), id, seq))
 					switch {
 					case err != nil:
-						fails.add(outageErrClass(err))
+						fails.Add(testutil.ErrClass(err))
 						time.Sleep(5 * time.Millisecond) // gateway gone: don't spin
 					case code != 200:
-						fails.add(strconv.Itoa(code))
+						fails.Add(strconv.Itoa(code))
 					case reply != outageOneAccepted:
-						fails.add("odd 200: " + reply)
+						fails.Add("odd 200: " + reply)
 					default:
-						acked.add(id)
+						acked.Add(id)
 						phaseAcked.Add(1)
 					}
 				}
@@ -949,10 +561,10 @@ sinks: [%s]
 		loadStart := time.Now()
 		want := minLoad + rand.N(300*time.Millisecond)
 		for i := 0; ; i++ {
-			if p.exited() {
+			if p.Exited() {
 				stop.Store(true)
 				wg.Wait()
-				t.Fatalf("cycle %d: gateway exited under load: %v", cycle, p.err)
+				t.Fatalf("cycle %d: gateway exited under load: %v", cycle, p.Err)
 			}
 			el := time.Since(loadStart)
 			if (el >= want && phaseAcked.Load() >= minAcked) || el >= maxLoad || i > 10000 {
@@ -960,18 +572,11 @@ sinks: [%s]
 			}
 			time.Sleep(10 * time.Millisecond)
 		}
-		if err := p.cmd.Process.Kill(); err != nil {
-			t.Fatalf("kill -9: %v", err)
-		}
+		p.Kill9(t)
 		stop.Store(true)
 		wg.Wait()
 		client.CloseIdleConnections()
-		if !p.waitExit(outageExitTimeout) {
-			t.Fatalf("cycle %d: gateway still running after SIGKILL", cycle)
-		}
-		if ws, ok := p.cmd.ProcessState.Sys().(syscall.WaitStatus); ok && !(ws.Signaled() && ws.Signal() == syscall.SIGKILL) {
-			t.Fatalf("cycle %d: gateway ended by itself (%v), not by the SIGKILL", cycle, p.cmd.ProcessState)
-		}
+		p.WaitKilled(t, outageExitTimeout)
 		if phaseAcked.Load() == 0 {
 			t.Fatalf("cycle %d: no request got a 200; failures %v", cycle, fails.String())
 		}
@@ -979,15 +584,15 @@ sinks: [%s]
 			time.Since(loadStart).Round(time.Millisecond), phasePosted.Load(), phaseAcked.Load(), sub.unique())
 	}
 
-	p := startGatewayProc(t, bin, cfgPath, logPath, webhookAddr)
-	ids := acked.list()
+	p := testutil.StartGateway(t, bin, cfgPath, logPath, webhookAddr)
+	ids := acked.List()
 	var missing []string
 	waitStart := time.Now()
-	for i := 0; i < 3000 && time.Since(waitStart) < 30*time.Second && !p.exited(); i++ {
+	for i := 0; i < 3000 && time.Since(waitStart) < 30*time.Second && !p.Exited(); i++ {
 		if missing = sub.missing(ids); len(missing) == 0 {
 			break
 		}
-		time.Sleep(outagePoll)
+		time.Sleep(testutil.PollEvery)
 	}
 	unique, total, repeated, bad := sub.figures()
 	t.Logf("acked %d; subscriber: %d unique, %d arrivals, %d ids more than once (%d extra arrivals), %d never acked; last missing ones arrived %v after the final start",
@@ -997,8 +602,8 @@ sinks: [%s]
 		sort.Strings(missing)
 		t.Fatalf("%d of %d acknowledged messages (HTTP 200) never reached the subscriber; first: %v", len(missing), len(ids), missing[:min(20, len(missing))])
 	}
-	if p.exited() {
-		t.Fatalf("gateway exited: %v", p.err)
+	if p.Exited() {
+		t.Fatalf("gateway exited: %v", p.Err)
 	}
 	if bad > 0 {
 		n, sample := sub.badSummary()
@@ -1007,7 +612,7 @@ sinks: [%s]
 	if v := sub.orderViolations(); len(v) > 0 {
 		t.Errorf("%d per-device order violations among first arrivals; first: %v", len(v), v[:min(5, len(v))])
 	}
-	took := p.stopClean(t)
+	took := p.StopClean(t, exitTimeout)
 	t.Logf("SIGTERM: exited 0 after %v; total %v", took.Round(time.Millisecond), time.Since(began).Round(time.Millisecond))
 }
 
@@ -1028,7 +633,7 @@ func TestOutageOneSinkDownOthersOnTime(t *testing.T) {
 	began := time.Now()
 	m := outageNewMosq(t)
 	outagePrepareSession(t, m, "outage-onedown-sub")
-	gw := outageStartInProc(t, "{name: local, type: broker, topic_prefix: wittra, values: false}, "+outageMQTTSink(m.url()), "")
+	gw := outageStartInProc(t, "{name: local, type: broker, topic_prefix: wittra, values: false}, "+outageMQTTSink(m.URL()), "")
 	local := outageSubscribe(t, gw.broker, "outage-onedown-local", false)
 
 	client := outageHTTPClient(t, 1)
@@ -1039,7 +644,7 @@ func TestOutageOneSinkDownOthersOnTime(t *testing.T) {
 			id := fmt.Sprintf("onedown-%05d", i)
 			batch = append(batch, outageBody(outageDevice(i%devices), id, int64(i)))
 		}
-		code, reply, _, err := outagePost(client, gw.webhook, "["+strings.Join(batch, ",")+"]")
+		code, reply, _, err := testutil.Post(client, gw.webhook, "["+strings.Join(batch, ",")+"]")
 		if err != nil || code != 200 || reply != fmt.Sprintf(`{"accepted":%d,"duplicates":0}`, perReq) {
 			t.Fatalf("post %d: %d %q %v", r, code, reply, err)
 		}
@@ -1074,8 +679,8 @@ func TestOutageOneSinkDownOthersOnTime(t *testing.T) {
 	t.Logf("while plant is down: plant oldest age %.1f s, queue_bytes %.0f",
 		metricValue(text, `wittra_gateway_queue_oldest_age_seconds{sink="plant"}`), metricValue(text, `wittra_gateway_queue_bytes`))
 
-	m.start()
-	plant := outageSubscribe(t, m.url(), "outage-onedown-sub", true)
+	m.Start()
+	plant := outageSubscribe(t, m.URL(), "outage-onedown-sub", true)
 	plantTook := outageWait(t, 45*time.Second, "every message at plant's subscriber after mosquitto came back", func() bool {
 		return plant.unique() == n
 	})
@@ -1119,9 +724,9 @@ func TestOutageLongBacklogBoundedMemory(t *testing.T) {
 	began := time.Now()
 	m := outageNewMosq(t)
 	outagePrepareSession(t, m, "outage-backlog-sub")
-	bin := buildGateway(t)
+	bin := testutil.BuildGateway(t)
 	dir := t.TempDir()
-	addrs := freeAddrs(t, 2)
+	addrs := testutil.FreeAddrs(t, 2)
 	webhookAddr, adminAddr := addrs[0], addrs[1]
 	logPath := filepath.Join(dir, "gateway.log")
 	cfgPath := outageWriteConfig(t, bin, dir, fmt.Sprintf(`gateway: {id: outage-backlog}
@@ -1131,15 +736,15 @@ buffer: {path: %s}
 admin: {listen: %s}
 broker: {enabled: false}
 sinks: [%s]
-`, webhookAddr, yamlString(filepath.Join(dir, "data", "queue.db")), adminAddr, outageMQTTSink(m.url())))
+`, webhookAddr, yamlString(filepath.Join(dir, "data", "queue.db")), adminAddr, outageMQTTSink(m.URL())))
 	t.Cleanup(func() {
 		if t.Failed() {
-			t.Logf("gateway log:\n%s", fileTail(logPath, 24<<10))
+			t.Logf("gateway log:\n%s", testutil.FileTail(logPath, 24<<10))
 		}
 	})
-	p := startGatewayProc(t, bin, cfgPath, logPath, webhookAddr, adminAddr)
+	p := testutil.StartGateway(t, bin, cfgPath, logPath, webhookAddr, adminAddr)
 	admin := "http://" + adminAddr
-	pid := p.cmd.Process.Pid
+	pid := p.Cmd.Process.Pid
 	startMem, err := outageMem(pid)
 	if err != nil {
 		t.Fatalf("read /proc/%d/status: %v", pid, err)
@@ -1184,7 +789,7 @@ sinks: [%s]
 	url := "http://" + webhookAddr + "/wittra"
 	client := outageHTTPClient(t, posters)
 	var next atomic.Int64
-	var fails outageCounts
+	var fails testutil.IDSet
 	var wg sync.WaitGroup
 	intakeStart := time.Now()
 	for range posters {
@@ -1206,22 +811,22 @@ sinks: [%s]
 					b.WriteString(outageBody(outageDevice(int(i%16)), fmt.Sprintf("backlog-%06d", i), i))
 				}
 				b.WriteByte(']')
-				code, reply, _, err := outagePost(client, url, b.String())
+				code, reply, _, err := testutil.Post(client, url, b.String())
 				switch {
 				case err != nil:
-					fails.add(outageErrClass(err))
+					fails.Add(testutil.ErrClass(err))
 				case code != 200:
-					fails.add(strconv.Itoa(code))
+					fails.Add(strconv.Itoa(code))
 				case reply != fmt.Sprintf(`{"accepted":%d,"duplicates":0}`, perReq):
-					fails.add("odd 200: " + reply)
+					fails.Add("odd 200: " + reply)
 				}
 			}
 		}()
 	}
 	wg.Wait()
 	intake := time.Since(intakeStart)
-	if fails.total() > 0 {
-		t.Fatalf("intake: %d requests failed: %v", fails.total(), fails.String())
+	if fails.Total() > 0 {
+		t.Fatalf("intake: %d requests failed: %v", fails.Total(), fails.String())
 	}
 	phase.Store(1)
 	var text string
@@ -1236,9 +841,9 @@ sinks: [%s]
 
 	// Drain: mosquitto back; sink connects after its backoff.
 	phase.Store(2)
-	m.start()
+	m.Start()
 	upAt := time.Now()
-	sub := outageSubscribe(t, m.url(), "outage-backlog-sub", true)
+	sub := outageSubscribe(t, m.URL(), "outage-backlog-sub", true)
 	var connectedAt, drainedAt time.Time
 	for time.Since(upAt) < outageSlack*60*time.Second {
 		text = outageScrape(admin)
@@ -1293,7 +898,7 @@ sinks: [%s]
 	if peakAnon > anonBound {
 		t.Errorf("gateway anonymous memory (heap, stacks) peaked at %.1f MiB with a 100,000-message backlog, want < %.0f MiB", outageMiB(peakAnon), outageMiB(anonBound))
 	}
-	took := p.stopClean(t)
+	took := p.StopClean(t, exitTimeout)
 	t.Logf("SIGTERM: exited 0 after %v; total %v", took.Round(time.Millisecond), time.Since(began).Round(time.Millisecond))
 }
 
@@ -1322,7 +927,7 @@ func TestOutageWhenFullPolicies(t *testing.T) {
 	t.Run("reject", func(t *testing.T) {
 		m := outageNewMosq(t)
 		outagePrepareSession(t, m, "outage-reject-sub")
-		gw := outageStartInProc(t, outageMQTTSink(m.url()), ", max_bytes: 64KiB, when_full: reject")
+		gw := outageStartInProc(t, outageMQTTSink(m.URL()), ", max_bytes: 64KiB, when_full: reject")
 		client := outageHTTPClient(t, 1)
 		var acked []string
 		next := 0
@@ -1332,7 +937,7 @@ func TestOutageWhenFullPolicies(t *testing.T) {
 		for r := 0; r < 1000; r++ {
 			body, ids := batch(next)
 			var err error
-			code, reply, hdr, err = outagePost(client, gw.webhook, body)
+			code, reply, hdr, err = testutil.Post(client, gw.webhook, body)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -1361,7 +966,7 @@ func TestOutageWhenFullPolicies(t *testing.T) {
 		}
 		// Refused again: all or nothing.
 		body, _ := batch(next)
-		if code, reply, _, _ := outagePost(client, gw.webhook, body); code != 503 {
+		if code, reply, _, _ := testutil.Post(client, gw.webhook, body); code != 503 {
 			t.Errorf("second post into a full queue: %d %q, want 503", code, reply)
 		}
 		st2, _ := gw.g.queue.Stats()
@@ -1380,14 +985,14 @@ func TestOutageWhenFullPolicies(t *testing.T) {
 			t.Errorf(`messages_refused_total{reason="queue_full"} = %v, want the 2 refused requests' %d messages`, got, 2*perReq)
 		}
 
-		m.start()
-		sub := outageSubscribe(t, m.url(), "outage-reject-sub", true)
+		m.Start()
+		sub := outageSubscribe(t, m.URL(), "outage-reject-sub", true)
 		drained := outageWait(t, 45*time.Second, "queue drained after mosquitto came back", func() bool {
 			d, n := gw.depth(t, "plant")
 			return d == 0 && n == 0
 		})
 		body, ids := batch(next)
-		if code, reply, _, err := outagePost(client, gw.webhook, body); err != nil || code != 200 || reply != okReply {
+		if code, reply, _, err := testutil.Post(client, gw.webhook, body); err != nil || code != 200 || reply != okReply {
 			t.Fatalf("post after the drain: %d %q %v, want 200", code, reply, err)
 		}
 		acked = append(acked, ids...)
@@ -1401,12 +1006,12 @@ func TestOutageWhenFullPolicies(t *testing.T) {
 		const n = 1000
 		m := outageNewMosq(t)
 		outagePrepareSession(t, m, "outage-drop-sub")
-		gw := outageStartInProc(t, outageMQTTSink(m.url()), ", max_bytes: 64KiB, when_full: drop_oldest")
+		gw := outageStartInProc(t, outageMQTTSink(m.URL()), ", max_bytes: 64KiB, when_full: drop_oldest")
 		client := outageHTTPClient(t, 1)
 		var all []string
 		for from := 0; from < n; from += perReq {
 			body, ids := batch(from)
-			code, reply, _, err := outagePost(client, gw.webhook, body)
+			code, reply, _, err := testutil.Post(client, gw.webhook, body)
 			if err != nil || code != 200 || reply != okReply {
 				t.Fatalf("post of messages %d..: %d %q %v, want 200 (drop_oldest never refuses)", from, code, reply, err)
 			}
@@ -1428,8 +1033,8 @@ func TestOutageWhenFullPolicies(t *testing.T) {
 		// Fresh queue, no duplicates: message i has sequence i+1.
 		firstKept := int(st.Head) - 1
 
-		m.start()
-		sub := outageSubscribe(t, m.url(), "outage-drop-sub", true)
+		m.Start()
+		sub := outageSubscribe(t, m.URL(), "outage-drop-sub", true)
 		kept := all[firstKept:]
 		outageWait(t, 45*time.Second, "the kept messages at the subscriber", func() bool { return len(sub.missing(kept)) == 0 })
 		outageWait(t, 10*time.Second, "depth 0", func() bool {
@@ -1483,7 +1088,7 @@ func TestOutageMaxAgeExpiry(t *testing.T) {
 	)
 	m := outageNewMosq(t)
 	outagePrepareSession(t, m, "outage-expiry-sub")
-	gw := outageStartInProc(t, outageMQTTSink(m.url()), ", max_age: 1s")
+	gw := outageStartInProc(t, outageMQTTSink(m.URL()), ", max_age: 1s")
 	client := outageHTTPClient(t, 1)
 	post := func(from, count int) []string {
 		var ids []string
@@ -1494,7 +1099,7 @@ func TestOutageMaxAgeExpiry(t *testing.T) {
 				ids = append(ids, id)
 				parts = append(parts, outageBody(outageDevice(i%2), id, int64(i)))
 			}
-			code, reply, _, err := outagePost(client, gw.webhook, "["+strings.Join(parts, ",")+"]")
+			code, reply, _, err := testutil.Post(client, gw.webhook, "["+strings.Join(parts, ",")+"]")
 			if err != nil || code != 200 || reply != fmt.Sprintf(`{"accepted":%d,"duplicates":0}`, perReq) {
 				t.Fatalf("post: %d %q %v", code, reply, err)
 			}
@@ -1520,8 +1125,8 @@ func TestOutageMaxAgeExpiry(t *testing.T) {
 		}
 	}
 	freshIDs := post(old, fresh)
-	m.start()
-	sub := outageSubscribe(t, m.url(), "outage-expiry-sub", true)
+	m.Start()
+	sub := outageSubscribe(t, m.URL(), "outage-expiry-sub", true)
 	took := outageWait(t, 45*time.Second, "the fresh messages at the subscriber", func() bool { return len(sub.missing(freshIDs)) == 0 })
 	outageWait(t, 10*time.Second, "depth 0", func() bool {
 		d, q := gw.depth(t, "plant")

@@ -52,6 +52,7 @@ func (g *gateway) reload(cur, next *Config) (applied, restart []string, err erro
 	differs("broker.enabled", cur.Broker.Enabled, next.Broker.Enabled)
 	differs("broker.listeners", cur.Broker.Listeners, next.Broker.Listeners)
 	differs("sinks", cur.Sinks, next.Sinks)
+	differs("wittra_api", cur.WittraAPI, next.WittraAPI) // config_wittraapi.go
 	return applied, restart, nil
 }
 

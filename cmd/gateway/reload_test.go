@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"wittra-gateway/internal/testutil"
+
 	paho "github.com/eclipse/paho.mqtt.golang"
 )
 
@@ -16,9 +18,9 @@ import (
 // level and broker users change live; a broken config is refused and the
 // running one kept; what needs a restart is named.
 func TestReloadOnSIGHUP(t *testing.T) {
-	bin := buildGateway(t)
+	bin := testutil.BuildGateway(t)
 	dir := t.TempDir()
-	addrs := freeAddrs(t, 2)
+	addrs := testutil.FreeAddrs(t, 2)
 	webhook, broker := addrs[0], addrs[1]
 	cfgPath, logPath := filepath.Join(dir, "config.yaml"), filepath.Join(dir, "gateway.log")
 	write := func(token, level, maxBytes, users string) {
@@ -65,9 +67,9 @@ sinks: [{name: local, type: broker}]
 		return tok.Error()
 	}
 	// reloaded sends SIGHUP and waits for the n-th reload line in the log.
-	reloaded := func(p *gatewayProc, n int, msg string) string {
+	reloaded := func(p *testutil.Process, n int, msg string) string {
 		t.Helper()
-		if err := p.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		if err := p.Cmd.Process.Signal(syscall.SIGHUP); err != nil {
 			t.Fatal(err)
 		}
 		deadline := time.Now().Add(15 * time.Second)
@@ -76,8 +78,8 @@ sinks: [{name: local, type: broker}]
 			if strings.Count(string(out), msg) >= n {
 				return string(out)
 			}
-			if p.exited() {
-				t.Fatalf("the gateway exited on SIGHUP: %v\n%s", p.err, out)
+			if p.Exited() {
+				t.Fatalf("the gateway exited on SIGHUP: %v\n%s", p.Err, out)
 			}
 			if time.Now().After(deadline) {
 				t.Fatalf("no %q line after SIGHUP:\n%s", msg, out)
@@ -87,7 +89,7 @@ sinks: [{name: local, type: broker}]
 	}
 
 	write("old-token", "info", "64MiB", `[{username: alice, password: a-pass}]`)
-	p := startGatewayProc(t, bin, cfgPath, logPath, webhook, broker)
+	p := testutil.StartGateway(t, bin, cfgPath, logPath, webhook, broker)
 	if got := post("old-token"); got != 200 {
 		t.Fatalf("post with the first token: %d", got)
 	}
@@ -125,7 +127,7 @@ sinks: [{name: local, type: broker}]
 	if !strings.Contains(out, `"needs_restart":["buffer"]`) {
 		t.Fatalf("a buffer change is not named as needing a restart:\n%s", out)
 	}
-	if p.exited() {
+	if p.Exited() {
 		t.Fatal("the gateway exited")
 	}
 }

@@ -42,6 +42,8 @@ type RunCommand struct {
 	// ready, when set, is called once the queue is open and every
 	// listener is up (tests use it; systemd notify will too).
 	ready func(*gateway)
+	// timing shortens fixed delays (tests); zero fields keep the product's.
+	timing timing
 }
 
 func (c *RunCommand) Run(ctx context.Context, args []string) error {
@@ -63,7 +65,7 @@ func (c *RunCommand) Run(ctx context.Context, args []string) error {
 	zerolog.SetGlobalLevel(log.GetLevel())
 	defer zerolog.SetGlobalLevel(zerolog.TraceLevel)
 	log = log.Level(zerolog.TraceLevel)
-	g, err := startGateway(cfg, log)
+	g, err := startGateway(cfg, c.timing, log)
 	if err != nil {
 		log.Error().Err(err).Msg("start failed")
 		return err
@@ -155,6 +157,7 @@ func (j journaldWriter) WriteLevel(l zerolog.Level, p []byte) (int, error) {
 // gateway is a running gateway: every component, in start order.
 type gateway struct {
 	log        zerolog.Logger
+	timing     timing
 	queue      *buffer.Queue
 	brokerSrv  *broker.Server
 	sinks      []sinks.Sink
@@ -171,6 +174,7 @@ type gateway struct {
 	admin             *http.Server
 	adminLn           net.Listener
 	ready             atomic.Bool // /readyz: set once everything is up, cleared at stop
+	names             *names      // devices seen and Wittra API names (names.go)
 
 	fwdCancel context.CancelFunc
 	fwdWG     sync.WaitGroup
@@ -180,8 +184,8 @@ type gateway struct {
 	closeErr  error
 }
 
-func startGateway(cfg *Config, log zerolog.Logger) (g *gateway, err error) {
-	g = &gateway{log: log, fatal: make(chan error, 1)}
+func startGateway(cfg *Config, tm timing, log zerolog.Logger) (g *gateway, err error) {
+	g = &gateway{log: log, timing: tm.withDefaults(), fatal: make(chan error, 1)}
 	defer func() {
 		if err != nil {
 			ctx, cancel := context.WithTimeout(context.Background(), shutdownBudget)
@@ -196,6 +200,10 @@ func startGateway(cfg *Config, log zerolog.Logger) (g *gateway, err error) {
 	}
 	g.queue, err = buffer.Open(bufferConfig(cfg, names), log.With().Str("component", "queue").Logger())
 	if err != nil {
+		return g, err
+	}
+
+	if err := g.openNames(cfg); err != nil {
 		return g, err
 	}
 
@@ -222,7 +230,7 @@ func startGateway(cfg *Config, log zerolog.Logger) (g *gateway, err error) {
 			return g, err
 		}
 		flog := log.With().Str("component", "forwarder").Str("sink", sc.Name).Logger()
-		g.forwarders = append(g.forwarders, bridge.NewForwarder(bridge.ForwarderConfig{Attempt: forwarderAttempt}, r, s, flog))
+		g.forwarders = append(g.forwarders, bridge.NewForwarder(bridge.ForwarderConfig{Attempt: g.timing.forwarderAttempt}, r, s, flog))
 	}
 	fctx, cancel := context.WithCancel(context.Background())
 	g.fwdCancel = cancel
@@ -237,6 +245,7 @@ func startGateway(cfg *Config, log zerolog.Logger) (g *gateway, err error) {
 	}
 
 	g.receiver = bridge.NewReceiver(receiverConfig(cfg), g.queue, log.With().Str("component", "webhook").Logger())
+	g.runNames()
 	for _, rt := range cfg.Webhook.Routes {
 		if rt.Token == "" {
 			log.Warn().Str("path", rt.Path).Msg("webhook route has no token: anyone who can reach it can post")
@@ -319,6 +328,7 @@ func (g *gateway) newSink(cfg *Config, sc SinkConfig, log zerolog.Logger) (sinks
 		// Registered children are remembered in the queue file, so a
 		// restart does not register them again.
 		c.State = g.queue.KV("cumulocity/" + sc.Name)
+		c.Directory = g.directory() // child devices get their Wittra names (nil: "Wittra <id>")
 		return cumulocity.New(c, log)
 	case "jetstream":
 		return jetstream.New(jetstreamConfig(cfg, sc), log)
@@ -338,8 +348,8 @@ func (g *gateway) startWebhook(cfg *Config) error {
 	g.webhook = &http.Server{
 		Handler: g.receiver,
 		// Slow clients (slowloris) are cut off: headers within
-		// webhookHeaderTimeout, the whole body within ReadTimeout.
-		ReadHeaderTimeout: webhookHeaderTimeout,
+		// timing.webhookHeaderTimeout, the whole body within ReadTimeout.
+		ReadHeaderTimeout: g.timing.webhookHeaderTimeout,
 		ReadTimeout:       30 * time.Second,
 		WriteTimeout:      30 * time.Second,
 		IdleTimeout:       120 * time.Second,
@@ -367,14 +377,6 @@ func (g *gateway) startWebhook(cfg *Config) error {
 	g.serve(g.webhook, func() error { return g.webhook.Serve(ln) })
 	return nil
 }
-
-// forwarderAttempt bounds one delivery attempt; between attempts the
-// forwarder drops what expired meanwhile (a variable so tests can shorten it).
-var forwarderAttempt = 10 * time.Second
-
-// webhookHeaderTimeout is how long a client may take to send its request
-// headers (a variable so tests can shorten it).
-var webhookHeaderTimeout = 10 * time.Second
 
 // debugWriter turns net/http's error log lines into debug events.
 type debugWriter struct{ log zerolog.Logger }
@@ -459,6 +461,7 @@ func (g *gateway) close(ctx context.Context) error {
 			}
 		}
 		g.srvWG.Wait()
+		g.stopNames() // intake has stopped: the last devices seen are final
 		if g.fwdCancel != nil {
 			g.fwdCancel()
 		}

@@ -2,58 +2,29 @@ package main
 
 import (
 	"bufio"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"io"
-	"math/big"
 	"net"
 	"net/http"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"wittra-gateway/internal/testpki"
 )
 
-// writeSelfSigned writes a self-signed cert for 127.0.0.1 with the given
-// common name and returns its pool.
+// writeSelfSigned writes a certificate for 127.0.0.1 with the given
+// common name (key first, each file renamed into place as certbot does)
+// and returns the pool that trusts it.
 func writeSelfSigned(t *testing.T, certFile, keyFile, cn string) *x509.CertPool {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(time.Now().UnixNano()),
-		Subject:               pkix.Name{CommonName: cn},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(time.Hour),
-		IPAddresses:           []net.IP{net.ParseIP("127.0.0.1")},
-		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
-		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kder, _ := x509.MarshalECPrivateKey(key)
-	// Write to temp names and rename, as certbot does, so a reader never
-	// sees half a file.
-	os.WriteFile(certFile+".tmp", pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600)
-	os.WriteFile(keyFile+".tmp", pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder}), 0o600)
-	os.Rename(keyFile+".tmp", keyFile)
-	os.Rename(certFile+".tmp", certFile)
-	cert, _ := x509.ParseCertificate(der)
-	pool := x509.NewCertPool()
-	pool.AddCert(cert)
-	return pool
+	ca := testpki.NewCA(t, cn+" CA")
+	leaf := ca.ServerNamed(t, cn)
+	testpki.WriteFile(t, keyFile, leaf.KeyPEM)
+	testpki.WriteFile(t, certFile, leaf.CertPEM)
+	return ca.Pool()
 }
 
 func TestHTTPSWithCertificateReload(t *testing.T) {
@@ -132,10 +103,9 @@ func TestWrongTokenCostsNoBodyReadAndNoWrite(t *testing.T) {
 }
 
 func TestSlowHeadersAreCutOff(t *testing.T) {
-	old := webhookHeaderTimeout
-	webhookHeaderTimeout = 300 * time.Millisecond
-	t.Cleanup(func() { webhookHeaderTimeout = old })
-	tg := startTestGateway(t, t.TempDir(), nil)
+	tm := testTiming
+	tm.webhookHeaderTimeout = 300 * time.Millisecond
+	tg := startTestGatewayTimed(t, t.TempDir(), nil, tm)
 	conn, err := net.Dial("tcp", tg.g.webhookLn.Addr().String())
 	if err != nil {
 		t.Fatal(err)

@@ -117,8 +117,9 @@ func (g *gateway) statusReading(cfg *Config) status.Reading {
 		}
 		r.Intake.LastRequest = g.receiver.LastRequest()
 		for _, d := range g.receiver.Devices() {
+			info := g.deviceInfo(d.Project, d.ID) // names.go
 			r.Devices = append(r.Devices, status.DeviceReading{
-				ID: d.ID, Project: d.Project, Kind: d.Kind.String(),
+				ID: d.ID, Project: d.Project, Kind: d.Kind.String(), Name: info.Name, Type: info.Type,
 				LastSeen: d.LastSeen, Messages: d.Messages, Body: d.Body, BodyLen: d.BodyLen,
 			})
 		}

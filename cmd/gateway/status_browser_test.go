@@ -4,13 +4,14 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"wittra-gateway/internal/testutil"
 
 	"github.com/chromedp/cdproto/cdp"
 	"github.com/chromedp/cdproto/log"
@@ -22,19 +23,7 @@ import (
 // on a developer machine, and fails in CI (CI set), where .ci/run installs it.
 func chromiumPath(t *testing.T) string {
 	t.Helper()
-	for _, name := range []string{"chromium", "chromium-browser"} {
-		if p, err := exec.LookPath(name); err == nil {
-			return p
-		}
-	}
-	if _, err := os.Stat("/usr/bin/chromium"); err == nil {
-		return "/usr/bin/chromium"
-	}
-	if os.Getenv("CI") != "" {
-		t.Fatal("chromium is not installed; CI must install it (apt-get install -y chromium)")
-	}
-	t.Skip("chromium is not installed (apt-get install chromium): skipping the status page browser test")
-	return ""
+	return testutil.Command(t, "chromium", "chromium", "chromium-browser", "/usr/bin/chromium")
 }
 
 // browser is one headless chromium with one tab, closed at cleanup. It
@@ -196,7 +185,7 @@ func TestStatusPageInBrowser(t *testing.T) {
 	b.waitText(t, "device rows", "#dev-count", func(s string) bool { return s == "5 matching of 5 seen" })
 
 	// Outage: the plant card turns red with the reason, its backlog shows.
-	r.mosq.stop(syscall.SIGTERM)
+	r.mosq.Stop(syscall.SIGTERM)
 	r.post(t, 40, 10, 5)
 	outageWait(t, 60*time.Second, "plant card turns red", func() bool {
 		look := b.sinkLook(t)
@@ -221,7 +210,7 @@ func TestStatusPageInBrowser(t *testing.T) {
 	saveScreenshot(t, png)
 
 	// Back: green again once the backlog is delivered.
-	r.mosq.start()
+	r.mosq.Start()
 	outageWait(t, 60*time.Second, "plant card turns green", func() bool {
 		look := b.sinkLook(t)
 		return strings.Contains(look, "state-ok") && strings.HasSuffix(look, cssGreen)

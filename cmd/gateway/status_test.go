@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"wittra-gateway/internal/testutil"
+
 	"golang.org/x/crypto/bcrypt"
 )
 
@@ -137,15 +139,15 @@ func getStatus(t *testing.T, admin, query string) apiStatus {
 // (embedded broker), mosquitto running.
 type statusRig struct {
 	gw   *outageGW
-	mosq *outageMosq
+	mosq *testutil.Mosquitto
 	http *http.Client
 }
 
 func startStatusRig(t *testing.T) *statusRig {
 	t.Helper()
 	m := outageNewMosq(t)
-	m.start()
-	gw := outageStartInProc(t, outageMQTTSink(m.url())+", {name: local, type: broker, topic_prefix: wittra}", "")
+	m.Start()
+	gw := outageStartInProc(t, outageMQTTSink(m.URL())+", {name: local, type: broker, topic_prefix: wittra}", "")
 	return &statusRig{gw: gw, mosq: m, http: outageHTTPClient(t, 4)}
 }
 
@@ -154,7 +156,7 @@ func (r *statusRig) post(t *testing.T, seq, n, devices int) {
 	t.Helper()
 	for i := range n {
 		s := int64(seq + i)
-		code, body, _, err := outagePost(r.http, r.gw.webhook, outageBody(outageDevice(int(s)%devices), fmt.Sprintf("status-%d", s), s))
+		code, body, _, err := testutil.Post(r.http, r.gw.webhook, outageBody(outageDevice(int(s)%devices), fmt.Sprintf("status-%d", s), s))
 		if err != nil || code != 200 {
 			t.Fatalf("post %d: %d %s %v", s, code, body, err)
 		}
@@ -257,7 +259,7 @@ func TestStatusAPIUnderTrafficAndOutage(t *testing.T) {
 
 	// Outage: mosquitto stops; plant turns down with the reason, its
 	// backlog grows; local keeps delivering.
-	r.mosq.stop(syscall.SIGTERM)
+	r.mosq.Stop(syscall.SIGTERM)
 	st = waitStatus(t, admin, "plant shows down", func(s apiStatus) bool {
 		p := s.sink(t, "plant")
 		return p.State == "down" && p.Link != nil && !p.Link.Connected
@@ -283,7 +285,7 @@ func TestStatusAPIUnderTrafficAndOutage(t *testing.T) {
 	})
 
 	// Back: plant turns ok, delivers the backlog, the error stays as history.
-	r.mosq.start()
+	r.mosq.Start()
 	st = waitStatus(t, admin, "plant back to ok with its backlog delivered", func(s apiStatus) bool {
 		p := s.sink(t, "plant")
 		return p.State == "ok" && p.Depth == 0 && p.DeliveredTotal == 40 && p.Link != nil && p.Link.Connected

@@ -9,6 +9,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"wittra-gateway/internal/testutil"
 )
 
 // TestDurableSubscriberAcrossRestarts: a durable subscriber (type
@@ -25,9 +27,9 @@ func TestDurableSubscriberAcrossRestarts(t *testing.T) {
 		devices   = 4
 		perDevice = 60 // per device and phase
 	)
-	bin := buildGateway(t)
+	bin := testutil.BuildGateway(t)
 	dir := t.TempDir()
-	addrs := freeAddrs(t, 3)
+	addrs := testutil.FreeAddrs(t, 3)
 	webhook, admin, brokerAddr := addrs[0], addrs[1], addrs[2]
 	cfg := fmt.Sprintf(`gateway: {id: durable-gw}
 log: {level: info}
@@ -45,11 +47,11 @@ sinks:
 	hc := outageHTTPClient(t, devices)
 	defer func() {
 		if t.Failed() {
-			t.Logf("gateway log:\n%s", fileTail(logPath, 24<<10))
+			t.Logf("gateway log:\n%s", testutil.FileTail(logPath, 24<<10))
 		}
 	}()
 
-	var acked outageIDs
+	var acked testutil.IDSet
 	var seq [devices]int64
 	post := func(phase string) {
 		var wg sync.WaitGroup
@@ -60,12 +62,12 @@ sinks:
 				for range perDevice {
 					seq[d]++
 					id := fmt.Sprintf("%s-%d-%d", phase, d, seq[d])
-					code, body, _, err := outagePost(hc, url, outageBody(outageDevice(d), id, seq[d]))
+					code, body, _, err := testutil.Post(hc, url, outageBody(outageDevice(d), id, seq[d]))
 					if err != nil || code != 200 {
 						t.Errorf("post %s: %d %s %v", id, code, body, err)
 						return
 					}
-					acked.add(id)
+					acked.Add(id)
 				}
 			}()
 		}
@@ -75,23 +77,23 @@ sinks:
 		}
 	}
 
-	g := startGatewayProc(t, bin, cfgPath, logPath, webhook, brokerAddr)
+	g := testutil.StartGateway(t, bin, cfgPath, logPath, webhook, brokerAddr)
 	post("away-1")
-	g.stopClean(t)
-	g = startGatewayProc(t, bin, cfgPath, logPath, webhook, brokerAddr)
+	g.StopClean(t, exitTimeout)
+	g = testutil.StartGateway(t, bin, cfgPath, logPath, webhook, brokerAddr)
 	post("away-2")
-	g.cmd.Process.Signal(syscall.SIGKILL)
-	if !g.waitExit(10 * time.Second) {
+	g.Cmd.Process.Signal(syscall.SIGKILL)
+	if !g.WaitExit(10 * time.Second) {
 		t.Fatal("gateway did not die on SIGKILL")
 	}
-	g = startGatewayProc(t, bin, cfgPath, logPath, webhook, brokerAddr)
+	g = testutil.StartGateway(t, bin, cfgPath, logPath, webhook, brokerAddr)
 	post("away-3")
 
 	if m := outageScrape("http://" + admin); metricValue(m, `wittra_gateway_sink_connected{sink="historian"}`) != 0 {
 		t.Fatalf("sink_connected = %v with no client", metricValue(m, `wittra_gateway_sink_connected{sink="historian"}`))
 	}
 	sub := outageSubscribe(t, mqttURL, "historian", false)
-	want := acked.list()
+	want := acked.List()
 	outageWait(t, 60*time.Second, "every acknowledged message at the durable subscriber", func() bool {
 		return len(sub.missing(want)) == 0
 	})
@@ -108,8 +110,8 @@ sinks:
 		return metricValue(m, `wittra_gateway_queue_depth_messages{sink="historian"}`) == 0 &&
 			metricValue(m, `wittra_gateway_sink_connected{sink="historian"}`) == 1
 	})
-	g.stopClean(t)
+	g.StopClean(t, exitTimeout)
 	if b, _ := os.ReadFile(logPath); strings.Contains(string(b), `"level":"error"`) {
-		t.Logf("errors in the log:\n%s", fileTail(logPath, 8<<10))
+		t.Logf("errors in the log:\n%s", testutil.FileTail(logPath, 8<<10))
 	}
 }

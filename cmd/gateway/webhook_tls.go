@@ -32,7 +32,7 @@ func (g *gateway) webhookTLS(cfg *Config, wlog zerolog.Logger) (*tls.Config, err
 			}
 			g.acmeHTTP = &http.Server{
 				Handler:           a.HTTPHandler(),
-				ReadHeaderTimeout: webhookHeaderTimeout,
+				ReadHeaderTimeout: g.timing.webhookHeaderTimeout,
 				ReadTimeout:       30 * time.Second,
 				WriteTimeout:      30 * time.Second,
 				IdleTimeout:       60 * time.Second,

@@ -86,6 +86,7 @@ func brokerSinkConfig(cfg *Config, sc SinkConfig) broker.SinkConfig {
 		Retain:       sc.Retain,
 		GatewayID:    cfg.Gateway.ID,
 		RetainPolicy: broker.RetainPolicy{MaxAge: sc.RetainMaxAge, MaxTopics: sc.RetainMaxTopics, MaxBytes: sc.RetainMaxBytes},
+		Devices:      deviceTopics(sc, nil), // nil: no device names until a Directory is wired
 	}
 }
 
@@ -106,6 +107,7 @@ func mqttConfig(cfg *Config, sc SinkConfig) mqttclient.Config {
 		TopicPrefix: sc.TopicPrefix,
 		Values:      sc.Values,
 		GatewayID:   cfg.Gateway.ID,
+		Devices:     deviceTopics(sc, nil), // nil: no device names until a Directory is wired
 	}
 }
 

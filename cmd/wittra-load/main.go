@@ -33,7 +33,7 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"wittra-gateway/cmd/wittra-load/wmsg"
+	"wittra-gateway/internal/wmsg"
 )
 
 type options struct {

@@ -133,6 +133,7 @@ type LinkReading struct {
 // DeviceReading is one last-seen device.
 type DeviceReading struct {
 	ID, Name, Project string
+	Type              string // device type from the Wittra API, when known
 	Kind              string // data | event
 	LastSeen          time.Time
 	Messages          uint64
@@ -325,6 +326,7 @@ type Devices struct {
 type Device struct {
 	ID         string     `json:"id"`
 	Name       string     `json:"name,omitempty"` // when known
+	Type       string     `json:"type,omitempty"` // Wittra device type, when known
 	Project    string     `json:"project"`
 	Kind       string     `json:"kind"`
 	LastSeen   time.Time  `json:"last_seen"`
@@ -507,7 +509,7 @@ func devices(all []DeviceReading, q Query) Devices {
 // device reads the latest values of d with the wittra package, the only
 // reader of the payload format.
 func device(d DeviceReading) Device {
-	dv := Device{ID: d.ID, Name: d.Name, Project: d.Project, Kind: d.Kind, LastSeen: d.LastSeen, Messages: d.Messages, Values: []Value{}}
+	dv := Device{ID: d.ID, Name: d.Name, Type: d.Type, Project: d.Project, Kind: d.Kind, LastSeen: d.LastSeen, Messages: d.Messages, Values: []Value{}}
 	if d.Body == nil {
 		if d.BodyLen > 0 {
 			dv.Note = fmt.Sprintf("latest message (%d bytes) too large to keep", d.BodyLen)

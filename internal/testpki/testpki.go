@@ -116,8 +116,15 @@ func (ca *CA) Client(t testing.TB, cn string, notBefore, notAfter time.Time) Lea
 // for a day.
 func (ca *CA) Server(t testing.TB) Leaf {
 	t.Helper()
+	return ca.ServerNamed(t, "localhost")
+}
+
+// ServerNamed is Server with common name cn (tests tell certificates apart
+// by it).
+func (ca *CA) ServerNamed(t testing.TB, cn string) Leaf {
+	t.Helper()
 	return ca.issue(t, &x509.Certificate{
-		Subject:     pkix.Name{CommonName: "localhost"},
+		Subject:     pkix.Name{CommonName: cn},
 		DNSNames:    []string{"localhost"},
 		IPAddresses: []net.IP{net.ParseIP("127.0.0.1")},
 		NotBefore:   time.Now().Add(-time.Hour),

@@ -2,18 +2,11 @@ package broker
 
 import (
 	"bytes"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"log/slog"
-	"math/big"
 	"net"
 	"net/http"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -23,6 +16,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/listeners"
 	"github.com/rs/zerolog"
 
+	"wittra-gateway/internal/testpki"
 	"wittra-gateway/sinks"
 )
 
@@ -117,7 +111,7 @@ func TestPublishACL(t *testing.T) {
 			s, _ := newSink(t, srv, SinkConfig{})
 			newSink(t, srv, SinkConfig{Name: "b", TopicPrefix: "site/b"})
 			sub := subscribe(t, mustDial(t, clientOpts{url: tcpURL(srv)}), "#", 2)
-			sub.until(t, "site/b/gateway/"+testGateway+"/status")
+			sub.Until(t, "site/b/gateway/"+testGateway+"/status", waitLong)
 
 			pub := mustDial(t, clientOpts{url: tcpURL(srv), user: tt.user, pass: tt.pass})
 			tok := pub.Publish(tt.topic, tt.qos, true, "intruder")
@@ -127,10 +121,10 @@ func TestPublishACL(t *testing.T) {
 			// The gateway still publishes, and a routed intruder message
 			// would be queued to the subscriber before it.
 			publish(t, s, msg("p", "marker", sinks.KindData, `{"m":1}`))
-			got := sub.until(t, "wittra/p/marker/data")
+			got := sub.Until(t, "wittra/p/marker/data", waitLong)
 			var intruder bool
 			for _, r := range got {
-				if r.payload == "intruder" {
+				if r.Payload == "intruder" {
 					intruder = true
 				}
 			}
@@ -141,11 +135,11 @@ func TestPublishACL(t *testing.T) {
 			// Nothing retained from a refused publish, and the status stands.
 			late := subscribe(t, mustDial(t, clientOpts{url: tcpURL(srv)}), tt.topic, 0)
 			if tt.topic == statusTopic {
-				if r := late.next(t, waitLong); r.payload != "online" {
-					t.Fatalf("status = %q, want online", r.payload)
+				if r := late.Next(t, waitLong); r.Payload != "online" {
+					t.Fatalf("status = %q, want online", r.Payload)
 				}
 			} else if !tt.delivered {
-				late.quiet(t, 100*time.Millisecond)
+				late.Quiet(t, 100*time.Millisecond)
 			}
 		})
 	}
@@ -283,8 +277,8 @@ func TestWebsocket(t *testing.T) {
 	sub := subscribe(t, mustDial(t, clientOpts{url: url}), "wittra/p/#", 1)
 	body := `{"deviceId":"D1","big":"` + strings.Repeat("x", 100_000) + `"}`
 	publish(t, s, msg("p", "D1", sinks.KindData, body))
-	if r := sub.next(t, waitLong); r.topic != "wittra/p/D1/data" || r.payload != body {
-		t.Fatalf("got %s (%d bytes)", r.topic, len(r.payload))
+	if r := sub.Next(t, waitLong); r.Topic != "wittra/p/D1/data" || r.Payload != body {
+		t.Fatalf("got %s (%d bytes)", r.Topic, len(r.Payload))
 	}
 
 	tests := []struct {
@@ -323,7 +317,7 @@ func TestTLS(t *testing.T) {
 			}})
 			sub := subscribe(t, c, "wittra/p/#", 1)
 			publish(t, s, msg("p", "d", sinks.KindData, `{"tls":true}`))
-			if r := sub.next(t, waitLong); r.payload != `{"tls":true}` {
+			if r := sub.Next(t, waitLong); r.Payload != `{"tls":true}` {
 				t.Fatalf("got %+v", r)
 			}
 		})
@@ -341,47 +335,13 @@ func TestTLS(t *testing.T) {
 	})
 }
 
-// selfSigned writes a certificate for 127.0.0.1 and its key into a temp dir.
+// selfSigned writes a certificate for 127.0.0.1 and its key into a temp
+// dir, and returns the pool that trusts it.
 func selfSigned(t *testing.T) (certFile, keyFile string, pool *x509.CertPool) {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(1),
-		Subject:               pkix.Name{CommonName: "broker test"},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(time.Hour),
-		IPAddresses:           []net.IP{net.ParseIP("127.0.0.1")},
-		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
-		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	keyDER, err := x509.MarshalECPrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := t.TempDir()
-	certFile, keyFile = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
-	if err := os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pool = x509.NewCertPool()
-	pool.AddCert(cert)
-	return certFile, keyFile, pool
+	ca := testpki.NewCA(t, "broker test CA")
+	certFile, keyFile = ca.Server(t).Write(t, t.TempDir(), "broker")
+	return certFile, keyFile, ca.Pool()
 }
 
 func TestMochiHandler(t *testing.T) {
@@ -472,7 +432,7 @@ func TestConnectTimeout(t *testing.T) {
 			}
 
 			publish(t, s, msg("p", "d", sinks.KindData, `{"still":"connected"}`))
-			if r := sub.next(t, waitLong); r.payload != `{"still":"connected"}` {
+			if r := sub.Next(t, waitLong); r.Payload != `{"still":"connected"}` {
 				t.Fatalf("got %+v", r)
 			}
 		})

@@ -1,12 +1,10 @@
 package broker
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"os"
 	"path/filepath"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -14,6 +12,7 @@ import (
 	paho "github.com/eclipse/paho.mqtt.golang"
 	"github.com/rs/zerolog"
 
+	"wittra-gateway/internal/testutil"
 	"wittra-gateway/sinks"
 )
 
@@ -47,27 +46,10 @@ func msg(project, device string, kind sinks.Kind, body string) sinks.Message {
 	}
 }
 
-// syncBuf is a goroutine-safe log sink (mochi may log after a test ends,
-// which a testing.T-backed writer would turn into a panic).
-type syncBuf struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuf) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuf) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
-func testLogger() (zerolog.Logger, *syncBuf) {
-	b := new(syncBuf)
+// testLogger logs into a buffer that is safe for goroutines which outlive
+// the test (mochi may log after it ends).
+func testLogger() (zerolog.Logger, *testutil.LogBuffer) {
+	b := new(testutil.LogBuffer)
 	return zerolog.New(b).Level(zerolog.DebugLevel), b
 }
 
@@ -90,7 +72,7 @@ func startServer(t *testing.T, cfg Config) *Server {
 	return srv
 }
 
-func newSink(t *testing.T, srv *Server, cfg SinkConfig) (*Sink, *syncBuf) {
+func newSink(t *testing.T, srv *Server, cfg SinkConfig) (*Sink, *testutil.LogBuffer) {
 	t.Helper()
 	if cfg.GatewayID == "" {
 		cfg.GatewayID = testGateway
@@ -159,73 +141,13 @@ func mustDial(t *testing.T, o clientOpts) paho.Client {
 
 func tcpURL(srv *Server) string { return "tcp://" + srv.Addrs()[0] }
 
-type received struct {
-	topic   string
-	payload string
-	retain  bool
-	qos     byte
-}
+// subscriber records what one subscription receives.
+type subscriber struct{ *testutil.Subscriber }
 
-// subscriber collects what one subscription receives.
-type subscriber struct {
-	c  paho.Client
-	ch chan received
-}
-
+// subscribe subscribes c to filter at qos.
 func subscribe(t *testing.T, c paho.Client, filter string, qos byte) *subscriber {
 	t.Helper()
-	s := &subscriber{c: c, ch: make(chan received, 4096)}
-	tok := c.Subscribe(filter, qos, func(_ paho.Client, m paho.Message) {
-		s.ch <- received{topic: m.Topic(), payload: string(m.Payload()), retain: m.Retained(), qos: m.Qos()}
-	})
-	if !tok.WaitTimeout(waitLong) || tok.Error() != nil {
-		t.Fatalf("subscribe %s: %v", filter, tok.Error())
-	}
-	if code := tok.(*paho.SubscribeToken).Result()[filter]; code > 2 {
-		t.Fatalf("subscribe %s: refused, code %#x", filter, code)
-	}
-	return s
-}
-
-// next returns the next message, failing the test after d.
-func (s *subscriber) next(t *testing.T, d time.Duration) received {
-	t.Helper()
-	select {
-	case r := <-s.ch:
-		return r
-	case <-time.After(d):
-		t.Fatalf("no message within %v", d)
-		return received{}
-	}
-}
-
-// until collects messages up to and including the first on topic.
-func (s *subscriber) until(t *testing.T, topic string) []received {
-	t.Helper()
-	var got []received
-	deadline := time.After(waitLong)
-	for {
-		select {
-		case r := <-s.ch:
-			got = append(got, r)
-			if r.topic == topic {
-				return got
-			}
-		case <-deadline:
-			t.Fatalf("no message on %s within %v; got %v", topic, waitLong, got)
-			return nil
-		}
-	}
-}
-
-// quiet fails the test if anything arrives within d.
-func (s *subscriber) quiet(t *testing.T, d time.Duration) {
-	t.Helper()
-	select {
-	case r := <-s.ch:
-		t.Fatalf("unexpected message %+v", r)
-	case <-time.After(d):
-	}
+	return &subscriber{testutil.SubscribeClient(t, c, filter, qos)}
 }
 
 // roundTrip returns once the broker has processed every packet c sent

@@ -4,6 +4,8 @@ import (
 	"strings"
 	"testing"
 
+	"wittra-gateway/internal/testutil"
+
 	"github.com/rs/zerolog"
 )
 
@@ -15,7 +17,7 @@ func TestBrokerLifecycleLinesAreDebug(t *testing.T) {
 		level zerolog.Level
 		want  bool
 	}{{zerolog.InfoLevel, false}, {zerolog.DebugLevel, true}} {
-		buf := new(syncBuf)
+		buf := new(testutil.LogBuffer)
 		srv, err := New(Config{Listeners: []Listener{{Type: TypeTCP, Address: "127.0.0.1:0"}}}, zerolog.New(buf).Level(c.level))
 		if err != nil {
 			t.Fatal(err)

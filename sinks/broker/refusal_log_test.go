@@ -8,6 +8,8 @@ import (
 
 	paho "github.com/eclipse/paho.mqtt.golang"
 	"github.com/rs/zerolog"
+
+	"wittra-gateway/internal/testutil"
 )
 
 // A refused publish or subscribe is logged once a minute per client, user
@@ -17,7 +19,7 @@ func TestRefusalLog(t *testing.T) {
 	var mu sync.Mutex
 	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
-	buf := new(syncBuf)
+	buf := new(testutil.LogBuffer)
 	srv, err := New(Config{
 		Listeners: []Listener{{Type: TypeTCP, Address: "127.0.0.1:0"}},
 		Users: []User{

@@ -46,6 +46,11 @@ type RetainPolicy struct {
 	MaxAge    time.Duration // clear a device not heard of this long; 0 = DefaultRetainMaxAge
 	MaxTopics int           // 0 = DefaultRetainMaxTopics
 	MaxBytes  int64         // payload bytes; 0 = DefaultRetainMaxBytes
+
+	// keep: nothing is cleared for age (MaxAge is ignored), only the caps
+	// bound the store. Home Assistant discovery configs are published once
+	// per entity and must outlive any silence.
+	keep bool
 }
 
 func (p RetainPolicy) withDefaults() RetainPolicy {
@@ -253,6 +258,9 @@ func (s *retainedStore) enforceCaps(keep *retainedDevice) []clearedTopic {
 func (s *retainedStore) sweep() []clearedTopic {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.policy.keep {
+		return nil
+	}
 	cutoff := s.now().Add(-s.policy.MaxAge).UnixNano()
 	var out []clearedTopic
 	for d := s.head; d != nil && d.heard < cutoff; d = s.head {

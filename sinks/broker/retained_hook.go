@@ -142,11 +142,19 @@ func (h *retainedHook) allStores() []*retainedStore {
 
 // OnPublish keeps the gateway's retained publishes under owned prefixes.
 func (h *retainedHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
-	if !pk.FixedHeader.Retain || !cl.Net.Inline {
+	if !pk.FixedHeader.Retain {
 		return pk, nil
 	}
 	st := h.storeFor(pk.TopicName)
 	if st == nil {
+		return pk, nil
+	}
+	if !cl.Net.Inline {
+		// A client may publish under an owned prefix only where it is not
+		// reserved (the Home Assistant discovery prefix): its retained
+		// message replaces the gateway's, which mochi's index then holds
+		// (an empty one, Home Assistant deleting an entity, removes both).
+		st.set(pk.TopicName, nil, 0)
 		return pk, nil
 	}
 	cleared := st.set(pk.TopicName, pk.Payload, pk.FixedHeader.Qos)

@@ -8,7 +8,7 @@ import (
 
 	"github.com/rs/zerolog"
 
-	"wittra-gateway/cmd/wittra-load/wmsg"
+	"wittra-gateway/internal/wmsg"
 	"wittra-gateway/sinks"
 )
 

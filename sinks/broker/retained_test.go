@@ -11,6 +11,7 @@ import (
 	paho "github.com/eclipse/paho.mqtt.golang"
 	"github.com/rs/zerolog"
 
+	"wittra-gateway/internal/testutil"
 	"wittra-gateway/sinks"
 )
 
@@ -58,16 +59,16 @@ func expected(t *testing.T, m sinks.Message) map[string]string {
 // longer to catch extras or duplicates; it fails on either.
 func (s *subscriber) collect(t *testing.T, want map[string]string) {
 	t.Helper()
-	got := map[string]received{}
-	deadline := time.After(waitLong + time.Duration(len(want))*time.Millisecond) // generous for big sets under -race
+	got := map[string]testutil.Received{}
+	deadline := time.Now().Add(waitLong + time.Duration(len(want))*time.Millisecond) // generous for big sets under -race
 	for len(got) < len(want) {
-		select {
-		case r := <-s.ch:
-			if prev, dup := got[r.topic]; dup {
-				t.Fatalf("%s twice: %+v then %+v", r.topic, prev, r)
+		r, ok := s.Poll(time.Until(deadline))
+		if ok {
+			if prev, dup := got[r.Topic]; dup {
+				t.Fatalf("%s twice: %+v then %+v", r.Topic, prev, r)
 			}
-			got[r.topic] = r
-		case <-deadline:
+			got[r.Topic] = r
+		} else {
 			var missing []string
 			for topic := range want {
 				if _, ok := got[topic]; !ok && len(missing) < 5 {
@@ -81,12 +82,12 @@ func (s *subscriber) collect(t *testing.T, want map[string]string) {
 		w, ok := want[topic]
 		switch {
 		case !ok:
-			t.Errorf("unexpected %s = %q", topic, r.payload)
-		case r.payload != w || !r.retain:
-			t.Errorf("%s = %q retain=%v, want %q retained", topic, r.payload, r.retain, w)
+			t.Errorf("unexpected %s = %q", topic, r.Payload)
+		case r.Payload != w || !r.Retain:
+			t.Errorf("%s = %q retain=%v, want %q retained", topic, r.Payload, r.Retain, w)
 		}
 	}
-	s.quiet(t, 200*time.Millisecond)
+	s.Quiet(t, 200*time.Millisecond)
 }
 
 func merge(ms ...map[string]string) map[string]string {
@@ -135,7 +136,7 @@ func TestRetainedLateSubscriber(t *testing.T) {
 	})
 	t.Run("Shared", func(t *testing.T) {
 		// Shared subscriptions get no retained messages.
-		subscribe(t, mustDial(t, clientOpts{url: url}), "$share/g/wittra/#", 1).quiet(t, 300*time.Millisecond)
+		subscribe(t, mustDial(t, clientOpts{url: url}), "$share/g/wittra/#", 1).Quiet(t, 300*time.Millisecond)
 	})
 	t.Run("Cleared", func(t *testing.T) {
 		// An empty retained publish of the gateway removes the topic.
@@ -164,8 +165,8 @@ func TestRetainedQoS(t *testing.T) {
 			sub := subscribe(t, c, "wittra/#", qos)
 			got := map[string]byte{}
 			for len(got) < len(want) {
-				r := sub.next(t, waitLong)
-				got[r.topic] = r.qos
+				r := sub.Next(t, waitLong)
+				got[r.Topic] = r.QoS
 			}
 			for topic, q := range got {
 				if q != qos {
@@ -352,11 +353,11 @@ func TestRetainedExpiry(t *testing.T) {
 	}
 	got := map[string]bool{}
 	for len(got) < len(cleared) {
-		r := live.next(t, waitLong)
-		if _, ok := cleared[r.topic]; !ok || r.payload != "" {
+		r := live.Next(t, waitLong)
+		if _, ok := cleared[r.Topic]; !ok || r.Payload != "" {
 			t.Fatalf("after expiry got %+v, want an empty publish on a topic of D1", r)
 		}
-		got[r.topic] = true
+		got[r.Topic] = true
 	}
 	subscribe(t, mustDial(t, clientOpts{url: tcpURL(srv)}), "wittra/#", 1).
 		collect(t, merge(expected(t, alive), map[string]string{statusTopic: "online"}))
@@ -398,11 +399,11 @@ func TestRetainedCap(t *testing.T) {
 	clk.Add(time.Second)
 	publish(t, s, dev(1)) // heard again: D00 is now the oldest heard of
 	live := subscribe(t, mustDial(t, clientOpts{url: tcpURL(srv)}), "wittra/"+testProject+"/D00/temperature", 1)
-	live.next(t, waitLong)
+	live.Next(t, waitLong)
 
 	clk.Add(time.Second)
 	publish(t, s, dev(fit)) // one device too many
-	if r := live.next(t, waitLong); r.payload != "" {
+	if r := live.Next(t, waitLong); r.Payload != "" {
 		t.Fatalf("evicted topic got %+v, want an empty publish", r)
 	}
 	clk.Add(time.Second)

@@ -3,19 +3,12 @@ package broker
 import (
 	"bufio"
 	"bytes"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"fmt"
 	"io"
-	"math/big"
 	"net"
 	"net/http"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -25,6 +18,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 	"golang.org/x/crypto/bcrypt"
 
+	"wittra-gateway/internal/testpki"
 	"wittra-gateway/sinks"
 )
 
@@ -83,15 +77,15 @@ func attemptPublish(t *testing.T, pubs *publishers, s *Sink, sub *subscriber, us
 	markerTopic := fmt.Sprintf("wittra/p/marker%d/data", n) // a new topic each time (see stopBeforeSinks)
 	publish(t, s, msg("p", fmt.Sprintf("marker%d", n), sinks.KindData, marker))
 	var intruder bool
-	for _, r := range sub.until(t, markerTopic) {
-		if r.payload == "intruder" {
-			if r.topic != topic {
-				t.Fatalf("intruder message on %s, published to %s", r.topic, topic)
+	for _, r := range sub.Until(t, markerTopic, waitLong) {
+		if r.Payload == "intruder" {
+			if r.Topic != topic {
+				t.Fatalf("intruder message on %s, published to %s", r.Topic, topic)
 			}
 			intruder = true
 		}
-		if r.topic == markerTopic && r.payload != marker {
-			t.Fatalf("gateway message changed: %q, want %q", r.payload, marker)
+		if r.Topic == markerTopic && r.Payload != marker {
+			t.Fatalf("gateway message changed: %q, want %q", r.Payload, marker)
 		}
 	}
 	return intruder
@@ -181,7 +175,7 @@ func TestPublishTopics(t *testing.T) {
 	s, _ := newSink(t, srv, SinkConfig{})
 	stopBeforeSinks(t, srv)
 	sub := subscribe(t, mustDial(t, clientOpts{url: tcpURL(srv), user: "all", pass: "a-secret"}), "#", 2)
-	sub.until(t, statusTopic)
+	sub.Until(t, statusTopic, waitLong)
 	pubs := &publishers{parent: t, srv: srv}
 	pass := map[string]string{}
 	for _, u := range users {
@@ -240,12 +234,11 @@ func trySubscribe(t *testing.T, c paho.Client, filter string, fn paho.MessageHan
 func (s *subscriber) drain(d time.Duration) map[string]string {
 	got := map[string]string{}
 	for {
-		select {
-		case r := <-s.ch:
-			got[r.topic] = r.payload
-		case <-time.After(d):
+		r, ok := s.Poll(d)
+		if !ok {
 			return got
 		}
+		got[r.Topic] = r.Payload
 	}
 }
 
@@ -298,7 +291,7 @@ func TestSubscribeACL(t *testing.T) {
 
 	// A user reading wittra/P1/# never gets P2, retained or live.
 	p1 := subscribe(t, conn("p1", "p1-secret"), "wittra/P1/#", 1)
-	if r := p1.next(t, waitLong); r.topic != "wittra/P1/D1/data" || !r.retain {
+	if r := p1.Next(t, waitLong); r.Topic != "wittra/P1/D1/data" || !r.Retain {
 		t.Fatalf("first message = %+v, want retained P1 data", r)
 	}
 	all := subscribe(t, conn("default", "d-secret"), "wittra/+/+/data", 1)
@@ -309,26 +302,26 @@ func TestSubscribeACL(t *testing.T) {
 		msg("P2", "D2", sinks.KindData, `{"p":2}`),
 		msg("P2", "D2", sinks.KindEvent, `{"p":2}`),
 		msg("P1", "D2", sinks.KindData, `{"p":1}`))
-	if r := p1.next(t, waitLong); r.topic != "wittra/P1/D2/data" {
+	if r := p1.Next(t, waitLong); r.Topic != "wittra/P1/D2/data" {
 		t.Fatalf("p1 got %+v, want wittra/P1/D2/data (and nothing of P2)", r)
 	}
-	p1.quiet(t, 100*time.Millisecond)
-	if r := all.next(t, waitLong); r.topic != "wittra/P2/D2/data" || r.payload != `{"p":2}` {
+	p1.Quiet(t, 100*time.Millisecond)
+	if r := all.Next(t, waitLong); r.Topic != "wittra/P2/D2/data" || r.Payload != `{"p":2}` {
 		t.Fatalf("default user got %+v", r)
 	}
 
 	// $SYS: a user whose rules name it reads it; "#" does not cover it.
 	sys := subscribe(t, conn("sys", "y-secret"), "$SYS/broker/version", 1)
-	if r := sys.next(t, waitLong); r.topic != "$SYS/broker/version" || r.payload == "" {
+	if r := sys.Next(t, waitLong); r.Topic != "$SYS/broker/version" || r.Payload == "" {
 		t.Fatalf("sys user got %+v", r)
 	}
 	anon := subscribe(t, conn("", ""), "#", 1)
 	for {
-		r := anon.next(t, waitLong)
-		if strings.HasPrefix(r.topic, "$") {
-			t.Fatalf("anonymous client got %s", r.topic)
+		r := anon.Next(t, waitLong)
+		if strings.HasPrefix(r.Topic, "$") {
+			t.Fatalf("anonymous client got %s", r.Topic)
 		}
-		if r.topic == "wittra/P1/D2/data" { // the last retained message
+		if r.Topic == "wittra/P1/D2/data" { // the last retained message
 			break
 		}
 	}
@@ -378,91 +371,33 @@ func TestBcryptPassword(t *testing.T) {
 	}
 }
 
-// testCA is a certificate authority made for one test.
+// testCA is a certificate authority made for one test, with its
+// certificate in a file.
 type testCA struct {
-	cert    *x509.Certificate
-	key     *ecdsa.PrivateKey
+	*testpki.CA
 	pemFile string
 	pool    *x509.CertPool
 }
 
-var certSerial = big.NewInt(100)
-
 func newTestCA(t *testing.T, name string) *testCA {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	certSerial.Add(certSerial, big.NewInt(1))
-	tmpl := &x509.Certificate{
-		SerialNumber:          new(big.Int).Set(certSerial),
-		Subject:               pkix.Name{CommonName: name},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(time.Hour),
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ca := &testCA{cert: cert, key: key, pool: x509.NewCertPool()}
-	ca.pool.AddCert(cert)
-	ca.pemFile = writePEM(t, name+"-ca.pem", "CERTIFICATE", der)
+	ca := &testCA{CA: testpki.NewCA(t, name), pemFile: filepath.Join(t.TempDir(), name+"-ca.pem")}
+	testpki.WriteFile(t, ca.pemFile, ca.PEM)
+	ca.pool = ca.Pool()
 	return ca
 }
 
 // issue makes a certificate signed by ca: for 127.0.0.1 (server) or for
-// client authentication. It returns the pair and its files.
+// client authentication with common name name. It returns the pair and
+// its files.
 func (ca *testCA) issue(t *testing.T, name string, server bool) (cert tls.Certificate, certFile, keyFile string) {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	certSerial.Add(certSerial, big.NewInt(1))
-	tmpl := &x509.Certificate{
-		SerialNumber: new(big.Int).Set(certSerial),
-		Subject:      pkix.Name{CommonName: name},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
-	}
+	leaf := ca.Client(t, name, time.Now().Add(-time.Hour), time.Now().Add(time.Hour))
 	if server {
-		tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}
-		tmpl.IPAddresses = []net.IP{net.ParseIP("127.0.0.1")}
+		leaf = ca.ServerNamed(t, name)
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	keyDER, err := x509.MarshalECPrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	certFile = writePEM(t, name+".pem", "CERTIFICATE", der)
-	keyFile = writePEM(t, name+".key", "EC PRIVATE KEY", keyDER)
-	cert, err = tls.LoadX509KeyPair(certFile, keyFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return cert, certFile, keyFile
-}
-
-func writePEM(t *testing.T, name, typ string, der []byte) string {
-	t.Helper()
-	p := filepath.Join(t.TempDir(), name)
-	if err := os.WriteFile(p, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return p
+	certFile, keyFile = leaf.Write(t, t.TempDir(), name)
+	return leaf.TLS(t), certFile, keyFile
 }
 
 func TestMutualTLS(t *testing.T) {
@@ -504,7 +439,7 @@ func TestMutualTLS(t *testing.T) {
 				}
 				sub := subscribe(t, c, "wittra/p/#", 1)
 				publish(t, s, msg("p", "d", sinks.KindData, `{"mtls":true}`))
-				if r := sub.next(t, waitLong); r.payload != `{"mtls":true}` {
+				if r := sub.Next(t, waitLong); r.Payload != `{"mtls":true}` {
 					t.Fatalf("got %+v", r)
 				}
 			})
@@ -677,7 +612,7 @@ func TestTopicAliasCannotBypassACL(t *testing.T) {
 	s, _ := newSink(t, srv, SinkConfig{})
 	stopBeforeSinks(t, srv)
 	sub := subscribe(t, mustDial(t, clientOpts{url: tcpURL(srv)}), "#", 0)
-	sub.until(t, statusTopic)
+	sub.Until(t, statusTopic, waitLong)
 
 	m := dial5(t, srv.Addrs()[0], "site", "s-secret")
 	m.publish0(t, "site/a", 1, "ok1")           // sets alias 1
@@ -692,9 +627,9 @@ func TestTopicAliasCannotBypassACL(t *testing.T) {
 
 	publish(t, s, msg("p", "marker", sinks.KindData, `{}`))
 	var got []string
-	for _, r := range sub.until(t, "wittra/p/marker/data") {
-		if r.topic != "wittra/p/marker/data" {
-			got = append(got, r.topic+"="+r.payload)
+	for _, r := range sub.Until(t, "wittra/p/marker/data", waitLong) {
+		if r.Topic != "wittra/p/marker/data" {
+			got = append(got, r.Topic+"="+r.Payload)
 		}
 	}
 	if want := []string{"site/a=ok1", "site/a=ok2", "site/a=ok3"}; strings.Join(got, " ") != strings.Join(want, " ") {

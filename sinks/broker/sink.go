@@ -12,6 +12,7 @@ import (
 
 	"wittra-gateway/internal/field"
 	"wittra-gateway/sinks"
+	"wittra-gateway/sinks/devicetopics"
 )
 
 // DefaultTopicPrefix is the topic prefix of a sink with none configured.
@@ -31,6 +32,9 @@ type SinkConfig struct {
 	// RetainPolicy bounds the retained topics under TopicPrefix (age of
 	// silent devices, topic and byte caps); zero fields take the defaults.
 	RetainPolicy RetainPolicy
+	// Devices asks for the state topic and Home Assistant discovery;
+	// its TopicPrefix, GatewayID and Values are taken from this config.
+	Devices devicetopics.Options
 }
 
 // Sink publishes messages into the embedded broker. Delivery is the
@@ -43,6 +47,9 @@ type Sink struct {
 	log    zerolog.Logger
 
 	pubs []sinks.Publication // reused across messages; Publish is not concurrent
+
+	topics *devicetopics.Topics // state topic and discovery; nil when off
+	ha     haRun                // Home Assistant status subscription (devicetopics.go)
 
 	mu     sync.Mutex
 	closed bool
@@ -71,6 +78,9 @@ func NewSink(srv *Server, cfg SinkConfig, log zerolog.Logger) (*Sink, error) {
 	srv.ownRetained(cfg.TopicPrefix, cfg.RetainPolicy, s.status)
 	if err := srv.publish(s.status, []byte("online"), true, publishQoS); err != nil {
 		return nil, fmt.Errorf("publish %s: %w", s.status, err)
+	}
+	if err := s.startDeviceTopics(); err != nil {
+		return nil, fmt.Errorf("broker sink %s: %w", cfg.Name, err)
 	}
 	return s, nil
 }
@@ -108,7 +118,12 @@ func (s *Sink) Name() string { return s.cfg.Name }
 // topic and, with Values, one topic per value. It returns how many messages
 // were handed over. A message whose values cannot be computed still has its
 // data/event publication sent and counts as delivered; the error is logged.
-func (s *Sink) Publish(ctx context.Context, msgs []sinks.Message) (int, error) {
+func (s *Sink) Publish(ctx context.Context, msgs []sinks.Message) (n int, err error) {
+	defer func() {
+		if err != nil {
+			s.topics.Undelivered(msgs[n:])
+		}
+	}()
 	s.mu.Lock()
 	closed := s.closed
 	s.mu.Unlock()
@@ -120,13 +135,14 @@ func (s *Sink) Publish(ctx context.Context, msgs []sinks.Message) (int, error) {
 			return i, err
 		}
 		pubs, verr := sinks.Publications(s.pubs[:0], s.cfg.TopicPrefix, m, s.cfg.Values)
+		pubs = s.topics.Add(pubs, m)
 		s.pubs = pubs
 		if verr != nil {
 			s.log.Warn().Err(verr).Uint64("seq", m.Seq).Str("project", m.Project).Str("device", m.Device).
 				Msg("values not published")
 		}
 		for _, p := range pubs {
-			if err := s.srv.publish(p.Topic, p.Payload, s.cfg.Retain, publishQoS); err != nil {
+			if err := s.srv.publish(p.Topic, p.Payload, s.cfg.Retain || p.Retain, publishQoS); err != nil {
 				clear(s.pubs) // don't pin message bodies
 				return i, fmt.Errorf("publish %s: %w", p.Topic, err)
 			}
@@ -145,6 +161,7 @@ func (s *Sink) Close(ctx context.Context) error {
 		return nil
 	}
 	s.closed = true
+	s.stopDeviceTopics()
 	if err := s.srv.publish(s.status, []byte("offline"), true, publishQoS); err != nil {
 		return fmt.Errorf("publish %s: %w", s.status, err)
 	}

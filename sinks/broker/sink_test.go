@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"wittra-gateway/internal/testutil"
 	"wittra-gateway/sinks"
 )
 
@@ -20,18 +21,18 @@ func TestSinkStatus(t *testing.T) {
 	s, _ := newSink(t, srv, SinkConfig{Name: "local"})
 
 	live := subscribe(t, mustDial(t, clientOpts{url: tcpURL(srv)}), statusTopic, 1)
-	if r := live.next(t, waitLong); r.payload != "online" || !r.retain {
+	if r := live.Next(t, waitLong); r.Payload != "online" || !r.Retain {
 		t.Fatalf("first status = %+v, want retained online", r)
 	}
 
 	if err := s.Close(context.Background()); err != nil {
 		t.Fatalf("Close: %v", err)
 	}
-	if r := live.next(t, waitLong); r.payload != "offline" {
+	if r := live.Next(t, waitLong); r.Payload != "offline" {
 		t.Fatalf("status after Close = %+v, want offline", r)
 	}
 	late := subscribe(t, mustDial(t, clientOpts{url: tcpURL(srv)}), statusTopic, 1)
-	if r := late.next(t, waitLong); r.payload != "offline" || !r.retain {
+	if r := late.Next(t, waitLong); r.Payload != "offline" || !r.Retain {
 		t.Fatalf("late status after Close = %+v, want retained offline", r)
 	}
 
@@ -76,22 +77,22 @@ func TestSinkPublishTopics(t *testing.T) {
 			srv := startServer(t, Config{AllowAnonymous: true})
 			s, _ := newSink(t, srv, tt.cfg)
 			sub := subscribe(t, mustDial(t, clientOpts{url: tcpURL(srv)}), "#", 2)
-			if r := sub.next(t, waitLong); r.topic != tt.status || r.payload != "online" {
+			if r := sub.Next(t, waitLong); r.Topic != tt.status || r.Payload != "online" {
 				t.Fatalf("first message = %+v, want online on %s", r, tt.status)
 			}
 
 			publish(t, s, tt.msg)
-			r := sub.next(t, waitLong)
-			if r.topic != tt.topic {
-				t.Fatalf("topic = %s, want %s", r.topic, tt.topic)
+			r := sub.Next(t, waitLong)
+			if r.Topic != tt.topic {
+				t.Fatalf("topic = %s, want %s", r.Topic, tt.topic)
 			}
-			if r.payload != string(tt.msg.Body) {
-				t.Fatalf("payload differs from the body:\n%s\nwant\n%s", r.payload, tt.msg.Body)
+			if r.Payload != string(tt.msg.Body) {
+				t.Fatalf("payload differs from the body:\n%s\nwant\n%s", r.Payload, tt.msg.Body)
 			}
-			if r.retain || r.qos != 2 {
-				t.Fatalf("retain=%v qos=%d, want false 2", r.retain, r.qos)
+			if r.Retain || r.QoS != 2 {
+				t.Fatalf("retain=%v qos=%d, want false 2", r.Retain, r.QoS)
 			}
-			sub.quiet(t, 200*time.Millisecond) // no value topics without Values
+			sub.Quiet(t, 200*time.Millisecond) // no value topics without Values
 		})
 	}
 }
@@ -137,24 +138,22 @@ func TestSinkPublishValues(t *testing.T) {
 			sub := subscribe(t, mustDial(t, clientOpts{url: tcpURL(srv)}), base+"#", 1)
 
 			publish(t, s, tt.msg)
-			if r := sub.next(t, waitLong); r.topic != base+"data" || r.payload != string(tt.msg.Body) {
-				t.Fatalf("first = %s, want the body on %sdata", r.topic, base)
+			if r := sub.Next(t, waitLong); r.Topic != base+"data" || r.Payload != string(tt.msg.Body) {
+				t.Fatalf("first = %s, want the body on %sdata", r.Topic, base)
 			}
 			got := map[string]string{}
 			found := 0
-			deadline := time.After(waitLong)
-		collect:
+			deadline := time.Now().Add(waitLong)
 			for found < len(tt.want) {
-				select {
-				case r := <-sub.ch:
-					leaf := strings.TrimPrefix(r.topic, base)
-					if _, ok := tt.want[leaf]; ok {
-						found++
-					}
-					got[leaf] = r.payload
-				case <-deadline:
-					break collect
+				r, ok := sub.Poll(time.Until(deadline))
+				if !ok {
+					break
 				}
+				leaf := strings.TrimPrefix(r.Topic, base)
+				if _, ok := tt.want[leaf]; ok {
+					found++
+				}
+				got[leaf] = r.Payload
 			}
 			for leaf, want := range tt.want {
 				g, ok := got[leaf]
@@ -201,8 +200,8 @@ func TestSinkValuesError(t *testing.T) {
 		t.Fatalf("Publish = %d, %v; want 2, nil", n, err)
 	}
 	for _, want := range []string{"wittra/p/bad/data", "wittra/p/good/data"} {
-		if r := sub.next(t, waitLong); r.topic != want {
-			t.Fatalf("topic = %s, want %s", r.topic, want)
+		if r := sub.Next(t, waitLong); r.Topic != want {
+			t.Fatalf("topic = %s, want %s", r.Topic, want)
 		}
 	}
 	if l := logs.String(); !strings.Contains(l, `"level":"warn"`) || !strings.Contains(l, fmt.Sprintf(`"seq":%d`, bad.Seq)) {
@@ -220,25 +219,25 @@ func TestSinkRetain(t *testing.T) {
 
 			topic := "wittra/" + testProject + "/D00124B001E2A1B2C/data"
 			late := subscribe(t, mustDial(t, clientOpts{url: tcpURL(srv)}), "wittra/#", 1)
-			got := late.until(t, statusTopic) // the status is always retained
-			var data []received
+			got := late.Until(t, statusTopic, waitLong) // the status is always retained
+			var data []testutil.Received
 			for _, r := range got {
-				if r.topic == topic {
+				if r.Topic == topic {
 					data = append(data, r)
 				}
 			}
 			if retain && len(data) == 0 {
 				// retained messages come in no particular order
-				data = append(data, late.next(t, waitLong))
+				data = append(data, late.Next(t, waitLong))
 			}
-			late.quiet(t, 200*time.Millisecond)
+			late.Quiet(t, 200*time.Millisecond)
 			if !retain {
 				if len(data) != 0 {
 					t.Fatalf("late subscriber got %v without retain", data)
 				}
 				return
 			}
-			if len(data) != 1 || data[0].topic != topic || data[0].payload != string(m.Body) || !data[0].retain {
+			if len(data) != 1 || data[0].Topic != topic || data[0].Payload != string(m.Body) || !data[0].Retain {
 				t.Fatalf("late subscriber got %+v, want the retained body on %s", data, topic)
 			}
 		})
@@ -259,12 +258,12 @@ func TestSinkOrder(t *testing.T) {
 		publish(t, s, msgs[i:i+50]...)
 	}
 	for i := range n {
-		r := sub.next(t, waitLong)
-		if want := string(msgs[i].Body); r.payload != want {
-			t.Fatalf("message %d = %s, want %s", i, r.payload, want)
+		r := sub.Next(t, waitLong)
+		if want := string(msgs[i].Body); r.Payload != want {
+			t.Fatalf("message %d = %s, want %s", i, r.Payload, want)
 		}
-		if r.qos != 1 {
-			t.Fatalf("message %d qos = %d, want 1", i, r.qos)
+		if r.QoS != 1 {
+			t.Fatalf("message %d qos = %d, want 1", i, r.QoS)
 		}
 	}
 }
@@ -280,7 +279,7 @@ func TestSinkPublishCancelled(t *testing.T) {
 	if n != 0 || !errors.Is(err, context.Canceled) {
 		t.Fatalf("Publish = %d, %v; want 0, context.Canceled", n, err)
 	}
-	sub.quiet(t, 200*time.Millisecond)
+	sub.Quiet(t, 200*time.Millisecond)
 }
 
 func TestNewSinkErrors(t *testing.T) {
@@ -317,7 +316,7 @@ func TestSinksShareServer(t *testing.T) {
 	}
 	sub := subscribe(t, mustDial(t, clientOpts{url: tcpURL(srv)}), "b/p/+/data", 1)
 	publish(t, b, msg("p", "d", sinks.KindData, `{"k":1}`))
-	if r := sub.next(t, waitLong); r.topic != "b/p/d/data" {
+	if r := sub.Next(t, waitLong); r.Topic != "b/p/d/data" {
 		t.Fatalf("got %+v", r)
 	}
 }

@@ -11,6 +11,7 @@ import (
 
 	paho "github.com/eclipse/paho.mqtt.golang"
 
+	"wittra-gateway/internal/testutil"
 	"wittra-gateway/sinks"
 )
 
@@ -72,7 +73,7 @@ func dialDurable(t *testing.T, srv *Server, id, user, pass, filter string, r *du
 	}})
 }
 
-func newSubscriberSink(t *testing.T, srv *Server, cfg SubscriberConfig) (*Subscriber, *syncBuf) {
+func newSubscriberSink(t *testing.T, srv *Server, cfg SubscriberConfig) (*Subscriber, *testutil.LogBuffer) {
 	t.Helper()
 	log, buf := testLogger()
 	s, err := NewSubscriber(srv, cfg, log)
@@ -154,7 +155,7 @@ func TestSubscriberSlowClientBurst(t *testing.T) {
 		t.Fatalf("forward: %v", err)
 	}
 	rec.check(t, devices, perDevice)
-	if r := viewer.next(t, waitLong); r.payload != "0" {
+	if r := viewer.Next(t, waitLong); r.Payload != "0" {
 		t.Fatalf("ordinary subscriber got %+v", r)
 	}
 	if d := srv.Dropped(); d != 0 {

@@ -12,6 +12,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"wittra-gateway/internal/testpki"
+	"wittra-gateway/internal/testutil"
 	"wittra-gateway/sinks"
 	"wittra-gateway/sinks/cumulocity/c8yfake"
 )
@@ -24,13 +25,13 @@ type pki struct {
 	tenant *testpki.CA
 	caFile string
 	dir    string
-	now    atomic.Int64 // the fake's clock
-	log    *syncBuf     // log of certSink's sinks
+	now    atomic.Int64        // the fake's clock
+	log    *testutil.LogBuffer // log of certSink's sinks
 }
 
 func startCertFake(t *testing.T) *pki {
 	t.Helper()
-	p := &pki{tenant: testpki.NewCA(t, "tenant CA"), dir: t.TempDir(), log: new(syncBuf)}
+	p := &pki{tenant: testpki.NewCA(t, "tenant CA"), dir: t.TempDir(), log: new(testutil.LogBuffer)}
 	p.now.Store(time.Now().UnixNano())
 	server := testpki.NewCA(t, "server CA")
 	p.caFile = filepath.Join(p.dir, "server-ca.pem")
@@ -250,9 +251,9 @@ func TestCertExpiryWarning(t *testing.T) {
 	p := startCertFake(t)
 	var clock atomic.Int64
 	clock.Store(time.Now().UnixNano())
-	newWatched := func(t *testing.T, days int) (*Sink, *syncBuf) {
+	newWatched := func(t *testing.T, days int) (*Sink, *testutil.LogBuffer) {
 		p.device(t, p.tenant, testGateway, validFor(time.Duration(days)*24*time.Hour))
-		buf := new(syncBuf)
+		buf := new(testutil.LogBuffer)
 		cfg := Config{Name: "c8y", URL: "mqtts://127.0.0.1:1", GatewayID: testGateway,
 			TLS: TLSConfig{CAFile: p.caFile, CertFile: filepath.Join(p.dir, "device.crt"), KeyFile: filepath.Join(p.dir, "device.key")},
 			now: func() time.Time { return time.Unix(0, clock.Load()) }}
@@ -263,7 +264,7 @@ func TestCertExpiryWarning(t *testing.T) {
 		t.Cleanup(func() { _ = s.Close(context.Background()) })
 		return s, buf
 	}
-	warnings := func(b *syncBuf) int { return strings.Count(b.String(), "client certificate expires soon") }
+	warnings := func(b *testutil.LogBuffer) int { return strings.Count(b.String(), "client certificate expires soon") }
 
 	t.Run("AtStart", func(t *testing.T) {
 		_, buf := newWatched(t, 10)

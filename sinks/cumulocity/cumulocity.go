@@ -99,6 +99,8 @@ type Config struct {
 	// across restarts; nil keeps them in memory only.
 	State          State
 	RequestTimeout time.Duration // default DefaultRequestTimeout
+	// Directory names child devices (see names.go); nil: "Wittra <id>".
+	Directory sinks.Directory
 
 	// Tests shorten paho's retry of a failed first connect (default 5 s).
 	connectRetryInterval time.Duration
@@ -134,6 +136,8 @@ type Sink struct {
 
 	logMu       sync.Mutex
 	loggedSkips map[string]bool // skipped field paths already logged
+
+	names childNames // names given to children (names.go)
 }
 
 var _ sinks.Sink = (*Sink)(nil)

@@ -1,7 +1,6 @@
 package cumulocity
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -10,7 +9,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -18,6 +16,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"wittra-gateway/buffer"
+	"wittra-gateway/internal/testutil"
 	"wittra-gateway/sinks"
 	"wittra-gateway/sinks/cumulocity/c8yfake"
 	"wittra-gateway/wittra"
@@ -60,33 +59,10 @@ func message(t testing.TB, body []byte) sinks.Message {
 	return m
 }
 
-// syncBuf collects log lines from goroutines that may outlive the test.
-type syncBuf struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuf) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuf) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // testLogger logs to a buffer that is printed when the test fails.
 func testLogger(t testing.TB) zerolog.Logger {
-	b := new(syncBuf)
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("sink log:\n%s", b.String())
-		}
-	})
-	return zerolog.New(b).Level(zerolog.DebugLevel)
+	log, _ := testutil.Logger(t)
+	return log
 }
 
 func startFake(t testing.TB) *c8yfake.Server {

@@ -1,9 +1,9 @@
 package cumulocity
 
 import (
-	"encoding/base64"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
 
@@ -29,7 +29,7 @@ import (
 //	usage, currentmeter, accelerometer, magnetometer, impact, any other payload key with numbers,
 //	Data 2.0 "wittra-*" keys → one measurement each, type and fragment wittra_<key> (key sanitised to
 //	                           [A-Za-z0-9_]), a series per numeric field (nested fields joined by "_",
-//	                           {"value": x} objects read as x), units per wittra-format.md where known
+//	                           {"value": x} objects read as x), units per payloadUnits where Wittra documents one
 //	EVENT messages           → event wittra_<eventType> with payload.changes as text (MQTT 400)
 //	legacy binaryData        → decoded and mapped like payload
 //
@@ -79,7 +79,6 @@ const (
 	fragmentPrefix   = "wittra_"
 	locationType     = "c8y_LocationUpdate"
 	locationText     = "Location updated"
-	unknownDevice    = "_unknown"
 	temperatureFrag  = "c8y_TemperatureMeasurement"
 	temperatureUnit  = "C" // what template 211 stores; REST uses the same
 	defaultEventType = "EVENT"
@@ -120,14 +119,14 @@ func formatTime(t time.Time) string {
 // mapMessage maps one message. An error wraps sinks.ErrPermanent: the
 // message has nothing Cumulocity could take, and retrying cannot change it.
 //
-// A data message without a device id (device "_unknown") is refused: its
+// A data message without a device id (sinks.UnknownDevice) is refused: its
 // values belong to no known sensor and filing them under the gateway would
 // mix them into the gateway's own series; refusing dead-letters it where an
 // operator can inspect it. A portal event without a device is a project
 // event and goes to the gateway device.
 func mapMessage(m sinks.Message) (mapped, error) {
-	root, err := parseJSON(m.Body)
-	if err != nil || root.kind != 'o' {
+	root, err := wittra.Parse(m.Body)
+	if err != nil || root.Kind != 'o' {
 		return mapped{}, permanentf("message %d is not a JSON object", m.Seq)
 	}
 	t, err := messageTime(m)
@@ -136,16 +135,16 @@ func mapMessage(m sinks.Message) (mapped, error) {
 	}
 	out := mapped{time: t}
 	device := m.Device
-	if device == unknownDevice {
+	if device == sinks.UnknownDevice {
 		device = ""
 	}
 	if m.Kind == sinks.KindEvent {
 		out.device = device
-		typ, _ := root.get("eventType").str()
+		typ, _ := root.Get("eventType").Str()
 		if typ == "" {
 			typ = defaultEventType
 		}
-		text := changesText(root.get("payload").get("changes"))
+		text := changesText(root.Get("payload").Get("changes"))
 		if text == "" {
 			text = "Wittra portal event " + typ
 		}
@@ -156,22 +155,17 @@ func mapMessage(m sinks.Message) (mapped, error) {
 		return mapped{}, permanentf("message %d has no device id: no Cumulocity device to file its data under", m.Seq)
 	}
 	out.device = device
+	srcs, err := wittra.Sources(root)
+	if err != nil {
+		return mapped{}, permanentf("message %d: %v", m.Seq, err)
+	}
 	mp := &mapper{out: &out}
-	ptype, _ := root.get("payloadType").str()
-	if p := root.get("payload"); p != nil && p.kind == 'o' && (ptype == "" || ptype == "DATA") {
-		mp.values(p)
-	}
-	for i, k := range root.keys {
-		if strings.HasPrefix(k, "wittra-") {
-			mp.generic(k, root.vals[i], data20Units)
+	for _, src := range srcs {
+		if src.Data20 {
+			mp.generic(src.Key, src.Value, data20Units)
+			continue
 		}
-	}
-	if b := root.get("binaryData"); b != nil && b.kind != 'z' {
-		obj, err := decodeBinary(b)
-		if err != nil {
-			return mapped{}, permanentf("message %d: binaryData: %v", m.Seq, err)
-		}
-		mp.values(obj)
+		mp.member(src.Key, src.Value)
 	}
 	if len(out.records) == 0 {
 		return mapped{}, permanentf("message %d has no value Cumulocity can store (skipped: %s)", m.Seq, skippedList(out.skipped))
@@ -186,25 +180,7 @@ func skippedList(s []string) string {
 	return strings.Join(s, ", ")
 }
 
-// decodeBinary decodes legacy binaryData: base64 (padded or not) of a JSON
-// object.
-func decodeBinary(b *node) (*node, error) {
-	s, ok := b.str()
-	if !ok {
-		return nil, fmt.Errorf("not a string")
-	}
-	raw, err := base64.RawStdEncoding.DecodeString(strings.TrimRight(s, "="))
-	if err != nil {
-		return nil, err
-	}
-	obj, err := parseJSON(raw)
-	if err != nil || obj.kind != 'o' {
-		return nil, fmt.Errorf("does not decode to a JSON object")
-	}
-	return obj, nil
-}
-
-// Units of the numeric fields of known payload keys (wittra-format.md).
+// Units of the numeric fields of known payload keys, as Wittra documents them.
 var payloadUnits = map[string]map[string]string{
 	"usage":        {"moving": "s", "stationary": "s"},
 	"currentmeter": {"average": "A", "max": "A", "min": "A", "temperature": "C", "voltage": "mV"},
@@ -223,36 +199,33 @@ func (mp *mapper) measurement(frag string, ss ...series) {
 	mp.out.records = append(mp.out.records, record{kind: recMeasurement, typ: frag, frags: []fragment{{name: frag, series: ss}}})
 }
 
-// values maps the members of a payload object (or of decoded binaryData).
-func (mp *mapper) values(obj *node) {
-	for i, k := range obj.keys {
-		v := obj.vals[i]
-		switch k {
-		case "temperature":
-			mp.single(k, v, temperatureFrag, "T", temperatureUnit)
-		case "light":
-			mp.single(k, v, "c8y_LightMeasurement", "e", "lux")
-		case "humidity":
-			mp.main(k, v, "humidity", "c8y_HumidityMeasurement", "h", "%RH")
-		case "pressure":
-			mp.main(k, v, "pressure", "c8y_PressureMeasurement", "P", "hPa")
-		case "battery":
-			mp.battery(v)
-		case "location":
-			mp.location(v)
-		case "neighbors", "neighbours":
-			mp.skip(k)
-		case "timestamp", "deviceId":
-			// envelope fields some shapes repeat inside the values
-		default:
-			mp.generic(k, v, payloadUnits[k])
-		}
+// member maps one member of payload (or of decoded binaryData).
+func (mp *mapper) member(k string, v *wittra.Node) {
+	switch k {
+	case "temperature":
+		mp.single(k, v, temperatureFrag, "T", temperatureUnit)
+	case "light":
+		mp.single(k, v, "c8y_LightMeasurement", "e", "lux")
+	case "humidity":
+		mp.main(k, v, "humidity", "c8y_HumidityMeasurement", "h", "%RH")
+	case "pressure":
+		mp.main(k, v, "pressure", "c8y_PressureMeasurement", "P", "hPa")
+	case "battery":
+		mp.battery(v)
+	case "location":
+		mp.location(v)
+	case "neighbors", "neighbours":
+		mp.skip(k)
+	case "timestamp", "deviceId":
+		// envelope fields some shapes repeat inside the values
+	default:
+		mp.generic(k, v, payloadUnits[k])
 	}
 }
 
 // single maps a key that holds one number.
-func (mp *mapper) single(key string, v *node, frag, name, unit string) {
-	if num, ok := v.unwrap().number(); ok {
+func (mp *mapper) single(key string, v *wittra.Node, frag, name, unit string) {
+	if num, ok := number(v.Unwrap()); ok {
 		mp.measurement(frag, series{name, num, unit})
 		return
 	}
@@ -261,69 +234,69 @@ func (mp *mapper) single(key string, v *node, frag, name, unit string) {
 
 // main maps an object whose member mainKey is a standard measurement and
 // whose other numeric members go to wittra_<key>.
-func (mp *mapper) main(key string, v *node, mainKey, frag, name, unit string) {
-	v = v.unwrap()
-	if num, ok := v.number(); ok {
+func (mp *mapper) main(key string, v *wittra.Node, mainKey, frag, name, unit string) {
+	v = v.Unwrap()
+	if num, ok := number(v); ok {
 		mp.measurement(frag, series{name, num, unit})
 		return
 	}
-	if v.kind != 'o' {
+	if v.Kind != 'o' {
 		mp.generic(key, v, nil)
 		return
 	}
 	rest := v
-	if num, ok := v.get(mainKey).unwrap().number(); ok {
+	if num, ok := number(v.Get(mainKey).Unwrap()); ok {
 		mp.measurement(frag, series{name, num, unit})
-		rest = v.without(mainKey)
+		rest = v.Without(mainKey)
 	}
 	mp.generic(key, rest, payloadUnits[key])
 }
 
-func (mp *mapper) battery(v *node) {
-	v = v.unwrap()
-	if num, ok := v.number(); ok { // legacy C1: battery voltage as a number
+func (mp *mapper) battery(v *wittra.Node) {
+	v = v.Unwrap()
+	if num, ok := number(v); ok { // legacy C1: battery voltage as a number
 		mp.measurement("c8y_Battery", series{"voltage", num, "V"})
 		return
 	}
-	if v.kind != 'o' {
+	if v.Kind != 'o' {
 		mp.generic("battery", v, nil)
 		return
 	}
 	var ss []series
-	if num, ok := v.get("percentage").unwrap().number(); ok {
+	if num, ok := number(v.Get("percentage").Unwrap()); ok {
 		ss = append(ss, series{"level", num, "%"})
 	}
-	if num, ok := v.get("voltage").unwrap().number(); ok {
+	if num, ok := number(v.Get("voltage").Unwrap()); ok {
 		ss = append(ss, series{"voltage", num, "V"})
 	}
 	rest := v
 	if len(ss) > 0 {
 		mp.measurement("c8y_Battery", ss...)
-		rest = v.without("percentage", "voltage")
+		rest = v.Without("percentage", "voltage")
 	}
 	mp.generic("battery", rest, nil)
 }
 
-func (mp *mapper) location(v *node) {
-	if v.kind != 'o' {
+func (mp *mapper) location(v *wittra.Node) {
+	if v.Kind != 'o' {
 		mp.generic("location", v, nil)
 		return
 	}
-	lat, ok1 := v.get("latitude").unwrap().number()
-	lng, ok2 := v.get("longitude").unwrap().number()
+	lat, ok1 := number(v.Get("latitude").Unwrap())
+	lng, ok2 := number(v.Get("longitude").Unwrap())
 	if !ok1 || !ok2 {
 		mp.generic("location", v, nil)
 		return
 	}
-	alt, _ := v.get("height").unwrap().number()
-	acc, _ := v.get("accuracy").unwrap().number()
+	alt, _ := number(v.Get("height").Unwrap())
+	acc, _ := number(v.Get("accuracy").Unwrap())
 	mp.out.records = append(mp.out.records, record{kind: recLocation, typ: locationType, lat: lat, lng: lng, alt: alt, acc: acc})
-	mp.generic("location", v.without("latitude", "longitude", "height", "accuracy", "timestamp"), nil)
+	mp.generic("location", v.Without("latitude", "longitude", "height", "accuracy", "timestamp"), nil)
 }
 
 // generic maps key to one measurement wittra_<key> with a series per
 // numeric field; units gives the unit by field name.
-func (mp *mapper) generic(key string, v *node, units map[string]string) {
+func (mp *mapper) generic(key string, v *wittra.Node, units map[string]string) {
 	frag := fragment{name: fragmentPrefix + sanitize(key)}
 	seen := map[string]int{}
 	add := func(path, leaf, num string) {
@@ -341,30 +314,30 @@ func (mp *mapper) generic(key string, v *node, units map[string]string) {
 	}
 	// walk visits n at series name path (fields joined by "_"), field path
 	// dpath (joined by "/", for the skipped list) and last field name leaf.
-	var walk func(path, dpath, leaf string, n *node)
-	walk = func(path, dpath, leaf string, n *node) {
-		n = n.unwrap()
-		switch n.kind {
+	var walk func(path, dpath, leaf string, n *wittra.Node)
+	walk = func(path, dpath, leaf string, n *wittra.Node) {
+		n = n.Unwrap()
+		switch n.Kind {
 		case 'n':
-			if num, ok := n.number(); ok {
+			if num, ok := number(n); ok {
 				add(path, leaf, num)
 				return
 			}
 			mp.skip(dpath)
 		case 'o':
-			for i, k := range n.keys {
+			for i, k := range n.Keys {
 				p := k
 				if path != "" {
 					p = path + "_" + k
 				}
-				walk(p, dpath+"/"+k, k, n.vals[i])
+				walk(p, dpath+"/"+k, k, n.Vals[i])
 			}
 		case 'z':
 		default:
 			mp.skip(dpath)
 		}
 	}
-	if v.unwrap().kind == 'o' {
+	if v.Unwrap().Kind == 'o' {
 		walk("", key, "", v)
 	} else {
 		walk(key, key, key, v)
@@ -392,18 +365,18 @@ func sanitize(s string) string {
 // changesText renders a portal event's changes ({field: {old, new}}) as
 // "field: old -> new", joined with "; " in the order sent. Strings appear
 // as their text, other values as JSON.
-func changesText(changes *node) string {
-	if changes == nil || changes.kind != 'o' {
-		if changes != nil && changes.kind != 'z' {
-			return string(changes.appendJSON(nil))
+func changesText(changes *wittra.Node) string {
+	if changes == nil || changes.Kind != 'o' {
+		if changes != nil && changes.Kind != 'z' {
+			return string(changes.AppendJSON(nil))
 		}
 		return ""
 	}
 	var parts []string
-	for i, k := range changes.keys {
-		c := changes.vals[i]
-		oldV, newV := c.get("old"), c.get("new")
-		if c.kind == 'o' && (oldV != nil || newV != nil) && len(c.keys) <= 2 {
+	for i, k := range changes.Keys {
+		c := changes.Vals[i]
+		oldV, newV := c.Get("old"), c.Get("new")
+		if c.Kind == 'o' && (oldV != nil || newV != nil) && len(c.Keys) <= 2 {
 			parts = append(parts, k+": "+display(oldV)+" -> "+display(newV))
 			continue
 		}
@@ -412,12 +385,24 @@ func changesText(changes *node) string {
 	return strings.Join(parts, "; ")
 }
 
-func display(n *node) string {
+func display(n *wittra.Node) string {
 	switch {
-	case n == nil || n.kind == 'z':
+	case n == nil || n.Kind == 'z':
 		return "null"
-	case n.kind == 's':
-		return n.text
+	case n.Kind == 's':
+		return n.Text
 	}
-	return string(n.appendJSON(nil))
+	return string(n.AppendJSON(nil))
+}
+
+// number returns the number text of n when it is a finite float64:
+// Cumulocity stores values as float64, so larger ones cannot be sent.
+func number(n *wittra.Node) (string, bool) {
+	if n == nil || n.Kind != 'n' {
+		return "", false
+	}
+	if _, err := strconv.ParseFloat(n.Text, 64); err != nil {
+		return "", false
+	}
+	return n.Text, true
 }

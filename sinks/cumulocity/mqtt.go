@@ -448,9 +448,9 @@ func (l *mqttLink) ensureGateway(ctx context.Context) error {
 }
 
 // ensureChild registers device as a child of the gateway ("101" on s/us)
-// unless State says it is registered; the PUBACK is awaited and the fact
-// stored before returning.
-func (l *mqttLink) ensureChild(ctx context.Context, device string) error {
+// under name unless State says it is registered; the PUBACK is awaited and
+// the fact stored before returning.
+func (l *mqttLink) ensureChild(ctx context.Context, device, name string) error {
 	l.childMu.Lock()
 	known := l.children[device]
 	l.childMu.Unlock()
@@ -464,8 +464,11 @@ func (l *mqttLink) ensureChild(ctx context.Context, device string) error {
 		l.rememberChild(device)
 		return nil
 	}
-	if err := l.publishWait(ctx, "s/us", csvLine("101", device, "Wittra "+device, sensorType)); err != nil {
+	if err := l.publishWait(ctx, "s/us", csvLine("101", device, name, sensorType)); err != nil {
 		return fmt.Errorf("register child %s: %w", device, err)
+	}
+	if err := l.s.recordName(ctx, device, name); err != nil { // names.go
+		return err
 	}
 	if err := l.s.state.Put(ctx, key, []byte("1")); err != nil {
 		return fmt.Errorf("record child %s: %w", device, err)
@@ -558,7 +561,7 @@ func (l *mqttLink) publish(ctx context.Context, msgs []sinks.Message) (int, erro
 			return finish(i, errReconnected)
 		}
 		if mp.device != "" {
-			if err := l.ensureChild(opCtx, mp.device); err != nil {
+			if err := l.ensureNamedChild(opCtx, m.Project, mp.device); err != nil { // names.go
 				return finish(i, err)
 			}
 		}

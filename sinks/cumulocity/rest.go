@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"wittra-gateway/sinks"
+	"wittra-gateway/wittra"
 )
 
 // Mode rest: the REST API, delivered on 2xx.
@@ -359,7 +360,7 @@ func (r *restLink) deliver(ctx context.Context, msgs []sinks.Message) (int, erro
 			it := item{mp: mp, source: gw, ext: r.s.cfg.GatewayID}
 			if mp.device != "" {
 				it.ext = mp.device
-				if it.source, err = r.deviceID(ctx, mp.device, "Wittra "+mp.device, sensorType, gw); err != nil {
+				if it.source, err = r.childID(ctx, msgs[j].Project, mp.device, gw); err != nil { // names.go
 					stopErr = classify(err)
 					break
 				}
@@ -508,25 +509,25 @@ func appendMeasurements(dst [][]byte, it item) [][]byte {
 			continue
 		}
 		b := []byte(`{"source":{"id":`)
-		b = appendQuoted(b, it.source)
+		b = wittra.AppendQuoted(b, it.source)
 		b = append(b, `},"type":`...)
-		b = appendQuoted(b, rec.typ)
+		b = wittra.AppendQuoted(b, rec.typ)
 		b = append(b, `,"time":`...)
-		b = appendQuoted(b, t)
+		b = wittra.AppendQuoted(b, t)
 		for _, f := range rec.frags {
 			b = append(b, ',')
-			b = appendQuoted(b, f.name)
+			b = wittra.AppendQuoted(b, f.name)
 			b = append(b, ":{"...)
 			for i, s := range f.series {
 				if i > 0 {
 					b = append(b, ',')
 				}
-				b = appendQuoted(b, s.name)
+				b = wittra.AppendQuoted(b, s.name)
 				b = append(b, `:{"value":`...)
 				b = append(b, s.value...) // number text as received
 				if s.unit != "" {
 					b = append(b, `,"unit":`...)
-					b = appendQuoted(b, s.unit)
+					b = wittra.AppendQuoted(b, s.unit)
 				}
 				b = append(b, '}')
 			}
@@ -555,13 +556,13 @@ func positionJSON(rec record) []byte {
 
 func eventJSON(source, typ, text, t string, pos []byte) []byte {
 	b := []byte(`{"source":{"id":`)
-	b = appendQuoted(b, source)
+	b = wittra.AppendQuoted(b, source)
 	b = append(b, `},"type":`...)
-	b = appendQuoted(b, typ)
+	b = wittra.AppendQuoted(b, typ)
 	b = append(b, `,"text":`...)
-	b = appendQuoted(b, text)
+	b = wittra.AppendQuoted(b, text)
 	b = append(b, `,"time":`...)
-	b = appendQuoted(b, t)
+	b = wittra.AppendQuoted(b, t)
 	if pos != nil {
 		b = append(b, `,"c8y_Position":`...)
 		b = append(b, pos...)

@@ -1,56 +1,24 @@
 package jetstream
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
-	"net"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
-	"github.com/rs/zerolog"
 
 	"wittra-gateway/internal/natstest"
+	"wittra-gateway/internal/testutil"
 	"wittra-gateway/sinks"
 )
 
 const waitLong = 60 * time.Second
-
-type syncBuf struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuf) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuf) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
-// testLogger returns a logger whose output the test log shows on failure.
-func testLogger(t testing.TB) (zerolog.Logger, *syncBuf) {
-	b := new(syncBuf)
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("sink log:\n%s", b.String())
-		}
-	})
-	return zerolog.New(b).Level(zerolog.DebugLevel), b
-}
 
 func startCluster(t testing.TB, nodes int) *natstest.Cluster {
 	t.Helper()
@@ -62,9 +30,9 @@ func startCluster(t testing.TB, nodes int) *natstest.Cluster {
 	return c
 }
 
-func newSink(t testing.TB, cfg Config) (*Sink, *syncBuf) {
+func newSink(t testing.TB, cfg Config) (*Sink, *testutil.LogBuffer) {
 	t.Helper()
-	log, buf := testLogger(t)
+	log, buf := testutil.Logger(t)
 	if cfg.GatewayID == "" {
 		cfg.GatewayID = "gw1"
 	}
@@ -424,12 +392,12 @@ func TestConnectionCut(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(c.Close)
-	var proxies []*proxy
+	var proxies []*testutil.Proxy
 	var urls []string
 	for i := range 3 {
-		p := startProxy(t, strings.TrimPrefix(c.ClientURL(i), "nats://"))
+		p := testutil.StartProxy(t, strings.TrimPrefix(c.ClientURL(i), "nats://"))
 		proxies = append(proxies, p)
-		urls = append(urls, "nats://"+p.addr())
+		urls = append(urls, "nats://"+p.Addr())
 	}
 	s, log := newSink(t, Config{URLs: urls, AckTimeout: 2 * time.Second})
 	msgs := messages(1, 3000, 30)
@@ -443,7 +411,7 @@ func TestConnectionCut(t *testing.T) {
 			time.Sleep(2 * time.Millisecond)
 		}
 		for _, p := range proxies {
-			p.cut()
+			p.Cut()
 		}
 	}
 	failures := <-done
@@ -453,61 +421,4 @@ func TestConnectionCut(t *testing.T) {
 		t.Errorf("%d reconnects logged, want 3: the cuts did not all reach the sink", reconnects)
 	}
 	checkStream(t, readStream(t, c, DefaultStream), msgs)
-}
-
-// proxy forwards loopback TCP connections to a backend and can cut them.
-type proxy struct {
-	l       net.Listener
-	backend string
-	mu      sync.Mutex
-	conns   []net.Conn
-}
-
-func startProxy(t testing.TB, backend string) *proxy {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &proxy{l: l, backend: backend}
-	go p.accept()
-	t.Cleanup(func() {
-		l.Close()
-		p.cut()
-	})
-	return p
-}
-
-func (p *proxy) addr() string { return p.l.Addr().String() }
-
-func (p *proxy) accept() {
-	for {
-		in, err := p.l.Accept()
-		if err != nil {
-			return
-		}
-		out, err := net.Dial("tcp", p.backend)
-		if err != nil {
-			in.Close()
-			continue
-		}
-		p.mu.Lock()
-		p.conns = append(p.conns, in, out)
-		p.mu.Unlock()
-		go func() { io.Copy(out, in); out.Close() }()
-		go func() { io.Copy(in, out); in.Close() }()
-	}
-}
-
-// cut resets every connection through the proxy.
-func (p *proxy) cut() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	for _, c := range p.conns {
-		if tc, ok := c.(*net.TCPConn); ok {
-			tc.SetLinger(0)
-		}
-		c.Close()
-	}
-	p.conns = nil
 }

@@ -10,6 +10,7 @@ import (
 	"wittra-gateway/internal/field"
 	"wittra-gateway/internal/tlsfiles"
 	"wittra-gateway/sinks"
+	"wittra-gateway/sinks/devicetopics"
 )
 
 // Defaults used when a Config field is zero.
@@ -55,6 +56,9 @@ type Config struct {
 	Window               int           // max publications in flight; default DefaultWindow (DefaultWindowQoS2 at QoS 2)
 	AckTimeout           time.Duration // max wait for one acknowledgement; default DefaultAckTimeout
 	MaxReconnectInterval time.Duration // cap of the reconnect backoff; default DefaultMaxReconnectInterval
+	// Devices asks for the state topic and Home Assistant discovery;
+	// its TopicPrefix, GatewayID and Values are taken from this config.
+	Devices devicetopics.Options
 }
 
 // TLSConfig is the client side of a TLS connection (ssl:// or wss://).

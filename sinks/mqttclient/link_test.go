@@ -4,14 +4,16 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"wittra-gateway/internal/testutil"
 )
 
 // LinkState feeds the status page: down with the reason and since when,
 // then up since the reconnection.
 func TestLinkState(t *testing.T) {
-	m := newMosquitto(t, 0, mosqOpts{})
+	m := testutil.NewMosquitto(t, testutil.MosquittoOptions{})
 	before := time.Now()
-	s, _ := newSink(t, Config{URL: m.url()}) // nothing listens yet
+	s, _ := newSink(t, Config{URL: m.URL()}) // nothing listens yet
 	waitLink := func(what string, ok func() bool) {
 		t.Helper()
 		deadline := time.Now().Add(waitLong)
@@ -26,13 +28,13 @@ func TestLinkState(t *testing.T) {
 	if ls := s.LinkState(); ls.Connected || ls.Since.Before(before) {
 		t.Fatalf("while the broker is down: %+v", ls)
 	}
-	m.start()
+	m.Start()
 	waitConnected(t, s)
 	up := s.LinkState()
 	if !up.Connected || up.LastError != "" || up.Since.Before(before) {
 		t.Fatalf("connected: %+v", up)
 	}
-	m.stop(syscall.SIGTERM)
+	m.Stop(syscall.SIGTERM)
 	waitLink("loss noticed", func() bool { return !s.LinkState().Connected })
 	waitLink("loss time recorded", func() bool { return s.LinkState().Since.After(up.Since) })
 }

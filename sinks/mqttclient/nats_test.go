@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"wittra-gateway/internal/natstest"
+	"wittra-gateway/internal/testutil"
 )
 
 // TestNATSClusterNodeKilled runs the sink against the MQTT listener of a
@@ -25,8 +26,8 @@ func TestNATSClusterNodeKilled(t *testing.T) {
 	t.Cleanup(c.Close)
 	t.Logf("cluster up in %v", time.Since(began).Round(time.Millisecond))
 
-	sub := subscribe(t, "tcp://"+c.MQTTAddr(2), DefaultTopicPrefix+"/"+testProject+"/+/data", 1,
-		subOpts{persistent: true, clientID: "nats-subscriber"})
+	sub := testutil.Subscribe(t, "tcp://"+c.MQTTAddr(2), DefaultTopicPrefix+"/"+testProject+"/+/data", 1,
+		testutil.SubscriberOptions{Persistent: true, Reconnect: true, ClientID: "nats-subscriber"})
 	s, _ := newSink(t, Config{URL: "tcp://" + c.MQTTAddr(0), QoS: 1, AckTimeout: 5 * time.Second})
 	waitConnected(t, s)
 

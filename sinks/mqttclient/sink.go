@@ -15,6 +15,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"wittra-gateway/sinks"
+	"wittra-gateway/sinks/devicetopics"
 )
 
 // Errors a Publish or Close can wrap.
@@ -78,6 +79,8 @@ type Sink struct {
 	since   time.Time        // when client last became set or nil (status page)
 	bg      sync.WaitGroup   // supervisor and "online" announcements
 
+	topics *devicetopics.Topics // state topic and discovery; nil when off
+
 	// Used by Publish only, which the forwarder calls from one goroutine.
 	pubs     []sinks.Publication
 	inflight ring
@@ -130,6 +133,9 @@ func New(cfg Config, log zerolog.Logger) (*Sink, error) {
 	if tc != nil && tc.InsecureSkipVerify {
 		s.log.Warn().Msg("tls insecure_skip_verify is set: the broker's certificate is not checked")
 	}
+	if err := s.startDeviceTopics(); err != nil {
+		return nil, fmt.Errorf("mqtt sink %s: %w", cfg.Name, err)
+	}
 	s.bg.Add(1)
 	go s.supervise()
 	return s, nil
@@ -151,7 +157,7 @@ func (s *Sink) newClient() (c paho.Client, lost <-chan error) {
 		// connections, out of order with the forwarder's retries, and needs
 		// a store paho can neither bound nor fsync.
 		SetCleanSession(true).
-		SetOrderMatters(false). // no subscriptions; never block paho's router
+		SetOrderMatters(false). // never block paho's router (the only handler, Home Assistant's status, never blocks)
 		SetStore(paho.NewOrderedMemoryStore()).
 		SetAutoReconnect(false).               // one client per connection: see Sink
 		SetConnectRetry(false).                // the supervisor retries, with backoff
@@ -171,6 +177,7 @@ func (s *Sink) newClient() (c paho.Client, lost <-chan error) {
 	if s.tls != nil {
 		o.SetTLSConfig(s.tls)
 	}
+	s.subscribeHomeAssistant(o)
 	return paho.NewClient(o), ch
 }
 
@@ -367,7 +374,12 @@ var _ sinks.Linked = (*Sink)(nil)
 // connection; if ctx ends while waiting it returns 0 and an error wrapping
 // ctx.Err(). When fewer than all are delivered the error says why:
 // ErrConnectionLost, ErrAckTimeout, a paho error, ErrClosed or ctx.Err().
-func (s *Sink) Publish(ctx context.Context, msgs []sinks.Message) (int, error) {
+func (s *Sink) Publish(ctx context.Context, msgs []sinks.Message) (n int, err error) {
+	defer func() {
+		if err != nil {
+			s.topics.Undelivered(msgs[n:])
+		}
+	}()
 	if len(msgs) == 0 {
 		return 0, nil
 	}
@@ -382,6 +394,7 @@ func (s *Sink) Publish(ctx context.Context, msgs []sinks.Message) (int, error) {
 			return r.delivered, err
 		}
 		pubs, verr := sinks.Publications(s.pubs[:0], s.cfg.TopicPrefix, m, s.cfg.Values)
+		pubs = s.topics.Add(pubs, m)
 		s.pubs = pubs
 		if verr != nil {
 			s.log.Warn().Err(verr).Uint64("seq", m.Seq).Str("project", m.Project).Str("device", m.Device).
@@ -485,7 +498,7 @@ func feed(c paho.Client, qos byte, retain bool, reqs <-chan sinks.Publication, t
 			return
 		default:
 		}
-		toks <- c.Publish(p.Topic, qos, retain, p.Payload)
+		toks <- c.Publish(p.Topic, qos, retain || p.Retain, p.Payload)
 	}
 }
 

@@ -4,16 +4,8 @@ package mqttclient
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"errors"
 	"fmt"
-	"math/big"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -23,25 +15,27 @@ import (
 	"testing"
 	"time"
 
+	"wittra-gateway/internal/testpki"
+	"wittra-gateway/internal/testutil"
 	"wittra-gateway/sinks"
 )
 
 // byDevice returns the payloads that arrived on each device's data topic.
-func byDevice(got []received) map[string][]string {
+func byDevice(got []testutil.Received) map[string][]string {
 	out := make(map[string][]string)
 	for _, r := range got {
-		parts := strings.Split(r.topic, "/")
+		parts := strings.Split(r.Topic, "/")
 		if len(parts) == 4 && parts[3] == "data" {
-			out[parts[2]] = append(out[parts[2]], r.payload)
+			out[parts[2]] = append(out[parts[2]], r.Payload)
 		}
 	}
 	return out
 }
 
-func countData(got []received) int {
+func countData(got []testutil.Received) int {
 	n := 0
 	for _, r := range got {
-		if strings.HasSuffix(r.topic, "/data") {
+		if strings.HasSuffix(r.Topic, "/data") {
 			n++
 		}
 	}
@@ -49,15 +43,15 @@ func countData(got []received) int {
 }
 
 func TestPublishInOrder(t *testing.T) {
-	m := startMosquitto(t, mosqOpts{})
-	sub := subscribe(t, m.url(), DefaultTopicPrefix+"/"+testProject+"/#", 1, subOpts{})
-	s, _ := newSink(t, Config{URL: m.url(), QoS: 1})
+	m := testutil.StartMosquitto(t, testutil.MosquittoOptions{})
+	sub := testutil.Subscribe(t, m.URL(), DefaultTopicPrefix+"/"+testProject+"/#", 1, testutil.SubscriberOptions{})
+	s, _ := newSink(t, Config{URL: m.URL(), QoS: 1})
 
 	msgs := messages(1000, "D1", "D2")
 	publishAll(t, s, msgs[:400]) // two calls: the window state must carry over cleanly
 	publishAll(t, s, msgs[400:])
 
-	got := sub.waitFor(t, waitLong, "1000 messages", func(r []received) bool { return countData(r) >= len(msgs) })
+	got := sub.WaitFor(t, waitLong, "1000 messages", func(r []testutil.Received) bool { return countData(r) >= len(msgs) })
 	if n := countData(got); n != len(msgs) {
 		t.Errorf("received %d data messages, want %d (no reconnect, so no duplicates)", n, len(msgs))
 	}
@@ -82,9 +76,9 @@ func TestPublishInOrder(t *testing.T) {
 }
 
 func TestPublishValues(t *testing.T) {
-	m := startMosquitto(t, mosqOpts{})
-	sub := subscribe(t, m.url(), DefaultTopicPrefix+"/"+testProject+"/#", 1, subOpts{})
-	s, logs := newSink(t, Config{URL: m.url(), QoS: 1, Values: true})
+	m := testutil.StartMosquitto(t, testutil.MosquittoOptions{})
+	sub := testutil.Subscribe(t, m.URL(), DefaultTopicPrefix+"/"+testProject+"/#", 1, testutil.SubscriberOptions{})
+	s, logs := newSink(t, Config{URL: m.URL(), QoS: 1, Values: true})
 
 	body, err := os.ReadFile(filepath.Join("..", "..", "wittra", "testdata", "f1_data_tag.json"))
 	if err != nil {
@@ -104,13 +98,13 @@ func TestPublishValues(t *testing.T) {
 		t.Fatalf("fixture gives only %d publications; want a message with values", len(want))
 	}
 	want = append(want, sinks.Publication{Topic: dataTopic("D4"), Payload: bad.Body})
-	got := sub.waitFor(t, waitLong, "all publications", func(r []received) bool { return len(r) >= len(want) })
+	got := sub.WaitFor(t, waitLong, "all publications", func(r []testutil.Received) bool { return len(r) >= len(want) })
 	if len(got) != len(want) {
 		t.Errorf("received %d publications, want %d", len(got), len(want))
 	}
 	seen := make(map[string]string)
 	for _, r := range got {
-		seen[r.topic] = r.payload
+		seen[r.Topic] = r.Payload
 	}
 	for _, p := range want {
 		if v, ok := seen[p.Topic]; !ok {
@@ -125,15 +119,15 @@ func TestPublishValues(t *testing.T) {
 }
 
 func TestStatus(t *testing.T) {
-	m := startMosquitto(t, mosqOpts{})
-	s, _ := newSink(t, Config{URL: m.url()})
+	m := testutil.StartMosquitto(t, testutil.MosquittoOptions{})
+	s, _ := newSink(t, Config{URL: m.URL()})
 	waitConnected(t, s)
 	status := sinks.StatusTopic(DefaultTopicPrefix, testGateway)
 
 	// A late subscriber gets the retained "online".
-	late := subscribe(t, m.url(), status, 1, subOpts{})
-	late.waitFor(t, waitLong, "retained online", func(r []received) bool {
-		return len(r) > 0 && r[len(r)-1].payload == "online" && r[len(r)-1].retain
+	late := testutil.Subscribe(t, m.URL(), status, 1, testutil.SubscriberOptions{})
+	late.WaitFor(t, waitLong, "retained online", func(r []testutil.Received) bool {
+		return len(r) > 0 && r[len(r)-1].Payload == "online" && r[len(r)-1].Retain
 	})
 
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -144,12 +138,12 @@ func TestStatus(t *testing.T) {
 	if err := s.Close(ctx); err != nil {
 		t.Fatalf("second Close: %v", err)
 	}
-	late.waitFor(t, waitLong, "offline after Close", func(r []received) bool {
-		return r[len(r)-1].payload == "offline"
+	late.WaitFor(t, waitLong, "offline after Close", func(r []testutil.Received) bool {
+		return r[len(r)-1].Payload == "offline"
 	})
-	after := subscribe(t, m.url(), status, 1, subOpts{})
-	after.waitFor(t, waitLong, "retained offline", func(r []received) bool {
-		return len(r) > 0 && r[0].payload == "offline" && r[0].retain
+	after := testutil.Subscribe(t, m.URL(), status, 1, testutil.SubscriberOptions{})
+	after.WaitFor(t, waitLong, "retained offline", func(r []testutil.Received) bool {
+		return len(r) > 0 && r[0].Payload == "offline" && r[0].Retain
 	})
 	if n, err := s.Publish(ctx, messages(1, "D1")); n != 0 || !errors.Is(err, ErrClosed) {
 		t.Errorf("Publish after Close = %d, %v; want 0, ErrClosed", n, err)
@@ -160,21 +154,21 @@ func TestStatus(t *testing.T) {
 // proxy): the broker publishes the will "offline", and the sink, once
 // reconnected, "online" again.
 func TestWill(t *testing.T) {
-	m := startMosquitto(t, mosqOpts{})
-	p := startProxy(t, fmt.Sprintf("127.0.0.1:%d", m.port))
+	m := testutil.StartMosquitto(t, testutil.MosquittoOptions{})
+	p := testutil.StartProxy(t, fmt.Sprintf("127.0.0.1:%d", m.Port))
 	status := sinks.StatusTopic(DefaultTopicPrefix, testGateway)
-	sub := subscribe(t, m.url(), status, 1, subOpts{})
-	s, logs := newSink(t, Config{URL: p.url()})
+	sub := testutil.Subscribe(t, m.URL(), status, 1, testutil.SubscriberOptions{})
+	s, logs := newSink(t, Config{URL: "tcp://" + p.Addr()})
 	waitConnected(t, s)
-	sub.waitFor(t, waitLong, "online", func(r []received) bool { return len(r) > 0 && r[len(r)-1].payload == "online" })
+	sub.WaitFor(t, waitLong, "online", func(r []testutil.Received) bool { return len(r) > 0 && r[len(r)-1].Payload == "online" })
 
-	before := len(sub.snapshot())
-	p.cut()
-	got := sub.waitFor(t, waitLong, "will offline, then online", func(r []received) bool {
+	before := len(sub.Messages())
+	p.Cut()
+	got := sub.WaitFor(t, waitLong, "will offline, then online", func(r []testutil.Received) bool {
 		offline := false
 		for _, x := range r[before:] {
-			offline = offline || x.payload == "offline"
-			if offline && x.payload == "online" {
+			offline = offline || x.Payload == "offline"
+			if offline && x.Payload == "online" {
 				return true
 			}
 		}
@@ -237,7 +231,7 @@ func (st *stream) delivered() int {
 // checkStream waits for the stream to end and for sub to have every
 // message, then checks per-device order of first arrivals and that every
 // message Publish claimed delivered arrived. Duplicates are allowed.
-func checkStream(t *testing.T, st *stream, sub *collector, msgs []sinks.Message) {
+func checkStream(t *testing.T, st *stream, sub *testutil.Subscriber, msgs []sinks.Message) {
 	t.Helper()
 	if err := <-st.done; err != nil {
 		t.Fatalf("publisher: %v", err)
@@ -246,10 +240,10 @@ func checkStream(t *testing.T, st *stream, sub *collector, msgs []sinks.Message)
 	for _, msg := range msgs {
 		seqOf[string(msg.Body)] = msg.Seq
 	}
-	got := sub.waitFor(t, waitLong, "every message", func(r []received) bool {
+	got := sub.WaitFor(t, waitLong, "every message", func(r []testutil.Received) bool {
 		seen := make(map[uint64]bool, len(msgs))
 		for _, x := range r {
-			seen[seqOf[x.payload]] = true
+			seen[seqOf[x.Payload]] = true
 		}
 		return len(seen) == len(msgs) && !seen[0]
 	})
@@ -257,16 +251,16 @@ func checkStream(t *testing.T, st *stream, sub *collector, msgs []sinks.Message)
 	last := make(map[string]uint64) // per device: the last first arrival
 	dups := 0
 	for _, r := range got {
-		n, ok := seqOf[r.payload]
+		n, ok := seqOf[r.Payload]
 		if !ok {
-			t.Fatalf("unknown payload %q", r.payload)
+			t.Fatalf("unknown payload %q", r.Payload)
 		}
 		if first[n] {
 			dups++
 			continue
 		}
 		first[n] = true
-		dev := strings.Split(r.topic, "/")[2]
+		dev := strings.Split(r.Topic, "/")[2]
 		if n < last[dev] {
 			t.Errorf("device %s: message %d first arrived after %d", dev, n, last[dev])
 		}
@@ -292,10 +286,10 @@ func checkStream(t *testing.T, st *stream, sub *collector, msgs []sinks.Message)
 // restarts it on the same port. mosquitto persists sessions (saved at
 // SIGTERM), so the subscriber misses nothing the broker acknowledged.
 func TestOutage(t *testing.T) {
-	m := startMosquitto(t, mosqOpts{persistence: true})
-	sub := subscribe(t, m.url(), DefaultTopicPrefix+"/"+testProject+"/+/data", 1,
-		subOpts{persistent: true, clientID: "outage-subscriber"})
-	s, _ := newSink(t, Config{URL: m.url(), QoS: 1, AckTimeout: 5 * time.Second})
+	m := testutil.StartMosquitto(t, testutil.MosquittoOptions{Persistence: true})
+	sub := testutil.Subscribe(t, m.URL(), DefaultTopicPrefix+"/"+testProject+"/+/data", 1,
+		testutil.SubscriberOptions{Persistent: true, Reconnect: true, ClientID: "outage-subscriber"})
+	s, _ := newSink(t, Config{URL: m.URL(), QoS: 1, AckTimeout: 5 * time.Second})
 	waitConnected(t, s)
 
 	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Second)
@@ -305,10 +299,10 @@ func TestOutage(t *testing.T) {
 	// About 40 ms a call: mosquitto does not set TCP_NODELAY by default.
 	st := startStream(ctx, s, msgs, 25)
 	time.Sleep(500 * time.Millisecond)
-	m.stop(syscall.SIGTERM)
+	m.Stop(syscall.SIGTERM)
 	t.Logf("%v: mosquitto stopped after %d messages were delivered", time.Since(start), st.delivered())
 	time.Sleep(3 * time.Second)
-	m.start()
+	m.Start()
 	t.Logf("%v: mosquitto restarted", time.Since(start))
 	checkStream(t, st, sub, msgs)
 	t.Logf("%v: subscriber has every message", time.Since(start))
@@ -319,10 +313,10 @@ func TestOutage(t *testing.T) {
 // was in flight while the forwarder retries, which must neither lose
 // messages nor break per-device order.
 func TestCutMidStream(t *testing.T) {
-	m := startMosquitto(t, mosqOpts{nodelay: true})
-	p := startProxy(t, fmt.Sprintf("127.0.0.1:%d", m.port))
-	sub := subscribe(t, m.url(), DefaultTopicPrefix+"/"+testProject+"/+/data", 1, subOpts{})
-	s, logs := newSink(t, Config{URL: p.url(), QoS: 1, Window: 64})
+	m := testutil.StartMosquitto(t, testutil.MosquittoOptions{NoDelay: true})
+	p := testutil.StartProxy(t, fmt.Sprintf("127.0.0.1:%d", m.Port))
+	sub := testutil.Subscribe(t, m.URL(), DefaultTopicPrefix+"/"+testProject+"/+/data", 1, testutil.SubscriberOptions{})
+	s, logs := newSink(t, Config{URL: "tcp://" + p.Addr(), QoS: 1, Window: 64})
 	waitConnected(t, s)
 
 	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Second)
@@ -333,7 +327,7 @@ func TestCutMidStream(t *testing.T) {
 		for st.delivered() < k*len(msgs)/4 {
 			time.Sleep(5 * time.Millisecond)
 		}
-		p.cut()
+		p.Cut()
 	}
 	checkStream(t, st, sub, msgs)
 	// At least one reconnect per cut; a loaded machine may see a cut land
@@ -344,8 +338,8 @@ func TestCutMidStream(t *testing.T) {
 }
 
 func TestBrokerDownAtStart(t *testing.T) {
-	m := newMosquitto(t, 0, mosqOpts{})
-	s, _ := newSink(t, Config{URL: m.url()}) // nothing listens yet
+	m := testutil.NewMosquitto(t, testutil.MosquittoOptions{})
+	s, _ := newSink(t, Config{URL: m.URL()}) // nothing listens yet
 	if s.Connected() {
 		t.Fatal("Connected with no broker")
 	}
@@ -364,10 +358,10 @@ func TestBrokerDownAtStart(t *testing.T) {
 	}
 	t.Logf("error while down: %v", err)
 
-	m.start()
-	sub := subscribe(t, m.url(), dataTopic("D1"), 1, subOpts{})
+	m.Start()
+	sub := testutil.Subscribe(t, m.URL(), dataTopic("D1"), 1, testutil.SubscriberOptions{})
 	publishAll(t, s, msgs)
-	sub.waitFor(t, waitLong, "messages after the broker came up", func(r []received) bool { return len(r) == len(msgs) })
+	sub.WaitFor(t, waitLong, "messages after the broker came up", func(r []testutil.Received) bool { return len(r) == len(msgs) })
 }
 
 func TestAuth(t *testing.T) {
@@ -380,11 +374,11 @@ func TestAuth(t *testing.T) {
 	if out, err := exec.Command(tool, "-b", "-c", pwfile, user, pass).CombinedOutput(); err != nil {
 		t.Fatalf("mosquitto_passwd: %v\n%s", err, out)
 	}
-	m := startMosquitto(t, mosqOpts{passwordFile: pwfile})
-	sub := subscribe(t, m.url(), dataTopic("D1"), 1, subOpts{user: user, pass: pass})
+	m := testutil.StartMosquitto(t, testutil.MosquittoOptions{PasswordFile: pwfile})
+	sub := testutil.Subscribe(t, m.URL(), dataTopic("D1"), 1, testutil.SubscriberOptions{Username: user, Password: pass})
 
 	t.Run("WrongPassword", func(t *testing.T) {
-		s, logs := newSink(t, Config{URL: m.url(), Username: user, Password: "wrong-Pa55"})
+		s, logs := newSink(t, Config{URL: m.URL(), Username: user, Password: "wrong-Pa55"})
 		ctx, cancel := context.WithTimeout(context.Background(), 1500*time.Millisecond)
 		defer cancel()
 		n, err := s.Publish(ctx, messages(3, "D1"))
@@ -399,83 +393,38 @@ func TestAuth(t *testing.T) {
 		}
 	})
 	t.Run("RightPassword", func(t *testing.T) {
-		s, logs := newSink(t, Config{URL: m.url(), Username: user, Password: pass})
+		s, logs := newSink(t, Config{URL: m.URL(), Username: user, Password: pass})
 		msgs := messages(3, "D1")
 		publishAll(t, s, msgs)
-		sub.waitFor(t, waitLong, "messages", func(r []received) bool { return len(r) == len(msgs) })
+		sub.WaitFor(t, waitLong, "messages", func(r []testutil.Received) bool { return len(r) == len(msgs) })
 		if strings.Contains(logs.String(), pass) {
 			t.Errorf("password logged:\n%s", logs)
 		}
 	})
 }
 
-// writeTestPKI writes a self-signed CA and a server certificate for
-// 127.0.0.1 signed by it into dir.
+// writeTestPKI writes a CA and a server certificate for 127.0.0.1 signed
+// by it into dir.
 func writeTestPKI(t *testing.T, dir string) (ca, cert, key string) {
 	t.Helper()
-	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	caTmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(1),
-		Subject:               pkix.Name{CommonName: "wittra test CA"},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(24 * time.Hour),
-		IsCA:                  true,
-		BasicConstraintsValid: true,
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
-	}
-	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	caCert, err := x509.ParseCertificate(caDER)
-	if err != nil {
-		t.Fatal(err)
-	}
-	srvKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	srvTmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(2),
-		Subject:      pkix.Name{CommonName: "127.0.0.1"},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(24 * time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		IPAddresses:  []net.IP{net.ParseIP("127.0.0.1")},
-	}
-	srvDER, err := x509.CreateCertificate(rand.Reader, srvTmpl, caCert, &srvKey.PublicKey, caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	keyDER, err := x509.MarshalECPrivateKey(srvKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	write := func(name, typ string, der []byte) string {
-		p := filepath.Join(dir, name)
-		if err := os.WriteFile(p, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		return p
-	}
-	return write("ca.pem", "CERTIFICATE", caDER), write("server.pem", "CERTIFICATE", srvDER), write("server.key", "EC PRIVATE KEY", keyDER)
+	authority := testpki.NewCA(t, "wittra test CA")
+	ca = filepath.Join(dir, "ca.pem")
+	testpki.WriteFile(t, ca, authority.PEM)
+	cert, key = authority.Server(t).Write(t, dir, "server")
+	return ca, cert, key
 }
 
 func TestTLS(t *testing.T) {
 	ca, cert, key := writeTestPKI(t, t.TempDir())
-	m := startMosquitto(t, mosqOpts{tls: true, ca: ca, cert: cert, key: key})
-	sub := subscribe(t, m.url(), dataTopic("D1"), 1, subOpts{})
-	tlsURL := fmt.Sprintf("ssl://127.0.0.1:%d", m.tlsPort)
+	m := testutil.StartMosquitto(t, testutil.MosquittoOptions{TLS: true, CA: ca, Cert: cert, Key: key})
+	sub := testutil.Subscribe(t, m.URL(), dataTopic("D1"), 1, testutil.SubscriberOptions{})
+	tlsURL := fmt.Sprintf("ssl://127.0.0.1:%d", m.TLSPort)
 
 	t.Run("WithCA", func(t *testing.T) {
 		s, _ := newSink(t, Config{URL: tlsURL, TLS: TLSConfig{CAFile: ca}})
 		msgs := messages(3, "D1")
 		publishAll(t, s, msgs)
-		sub.waitFor(t, waitLong, "messages over TLS", func(r []received) bool { return len(r) == len(msgs) })
+		sub.WaitFor(t, waitLong, "messages over TLS", func(r []testutil.Received) bool { return len(r) == len(msgs) })
 	})
 	t.Run("WithoutCA", func(t *testing.T) {
 		s, _ := newSink(t, Config{URL: tlsURL})
@@ -492,18 +441,18 @@ func TestTLS(t *testing.T) {
 }
 
 func TestQoS0And2(t *testing.T) {
-	m := startMosquitto(t, mosqOpts{})
+	m := testutil.StartMosquitto(t, testutil.MosquittoOptions{})
 	for _, qos := range []byte{0, 2} {
 		t.Run(fmt.Sprintf("QoS%d", qos), func(t *testing.T) {
 			dev := fmt.Sprintf("Q%d", qos)
-			sub := subscribe(t, m.url(), dataTopic(dev), 2, subOpts{})
-			s, _ := newSink(t, Config{URL: m.url(), QoS: qos})
+			sub := testutil.Subscribe(t, m.URL(), dataTopic(dev), 2, testutil.SubscriberOptions{})
+			s, _ := newSink(t, Config{URL: m.URL(), QoS: qos})
 			msgs := messages(300, dev)
 			publishAll(t, s, msgs)
-			got := sub.waitFor(t, waitLong, "messages", func(r []received) bool { return len(r) >= len(msgs) })
+			got := sub.WaitFor(t, waitLong, "messages", func(r []testutil.Received) bool { return len(r) >= len(msgs) })
 			for i := range msgs {
-				if got[i].payload != string(msgs[i].Body) {
-					t.Fatalf("message %d = %q, want %q", i, got[i].payload, msgs[i].Body)
+				if got[i].Payload != string(msgs[i].Body) {
+					t.Fatalf("message %d = %q, want %q", i, got[i].Payload, msgs[i].Body)
 				}
 			}
 		})
@@ -514,14 +463,14 @@ func TestQoS0And2(t *testing.T) {
 // gives up after AckTimeout, the sink drops the connection, and once the
 // broker runs again (SIGCONT) it reconnects and delivers.
 func TestAckTimeout(t *testing.T) {
-	m := startMosquitto(t, mosqOpts{})
-	sub := subscribe(t, m.url(), dataTopic("D1"), 1, subOpts{})
-	s, logs := newSink(t, Config{URL: m.url(), QoS: 1, AckTimeout: time.Second})
+	m := testutil.StartMosquitto(t, testutil.MosquittoOptions{})
+	sub := testutil.Subscribe(t, m.URL(), dataTopic("D1"), 1, testutil.SubscriberOptions{})
+	s, logs := newSink(t, Config{URL: m.URL(), QoS: 1, AckTimeout: time.Second})
 	waitConnected(t, s)
 	msgs := messages(50, "D1")
 
-	m.signal(syscall.SIGSTOP)
-	cont := sync.OnceFunc(func() { m.signal(syscall.SIGCONT) })
+	m.Signal(syscall.SIGSTOP)
+	cont := sync.OnceFunc(func() { m.Signal(syscall.SIGCONT) })
 	t.Cleanup(cont)
 	ctx, cancel := context.WithTimeout(context.Background(), waitLong)
 	defer cancel()
@@ -535,10 +484,10 @@ func TestAckTimeout(t *testing.T) {
 	}
 	cont()
 	publishAll(t, s, msgs[n:])
-	sub.waitFor(t, waitLong, "every message", func(r []received) bool {
+	sub.WaitFor(t, waitLong, "every message", func(r []testutil.Received) bool {
 		seen := make(map[string]bool)
 		for _, x := range r {
-			seen[x.payload] = true
+			seen[x.Payload] = true
 		}
 		for _, msg := range msgs {
 			if !seen[string(msg.Body)] {
@@ -554,8 +503,8 @@ func TestAckTimeout(t *testing.T) {
 
 // TestCloseWhileWaiting: Close wakes a Publish that waits for a connection.
 func TestCloseWhileWaiting(t *testing.T) {
-	m := newMosquitto(t, 0, mosqOpts{}) // never started
-	s, _ := newSink(t, Config{URL: m.url()})
+	m := testutil.NewMosquitto(t, testutil.MosquittoOptions{}) // never started
+	s, _ := newSink(t, Config{URL: m.URL()})
 	errc := make(chan error, 1)
 	go func() {
 		_, err := s.Publish(context.Background(), messages(1, "D1"))
@@ -591,8 +540,8 @@ func BenchmarkPublishToMosquitto(b *testing.B) {
 		nodelay bool
 	}{{"default", false}, {"tcp_nodelay", true}} {
 		b.Run(bc.name, func(b *testing.B) {
-			m := startMosquitto(b, mosqOpts{nodelay: bc.nodelay})
-			s, _ := newSink(b, Config{URL: m.url(), QoS: 1})
+			m := testutil.StartMosquitto(b, testutil.MosquittoOptions{NoDelay: bc.nodelay})
+			s, _ := newSink(b, Config{URL: m.URL(), QoS: 1})
 			waitConnected(b, s)
 			batch := make([]sinks.Message, 1000)
 			for i := range batch {

@@ -25,7 +25,7 @@ import (
 
 	"wittra-gateway/bridge"
 	"wittra-gateway/buffer"
-	"wittra-gateway/cmd/wittra-load/wmsg"
+	"wittra-gateway/internal/wmsg"
 	"wittra-gateway/sinks/broker"
 )
 

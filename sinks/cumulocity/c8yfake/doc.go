@@ -6,7 +6,7 @@
 // API for tests. Both sides listen on 127.0.0.1 with a port chosen by the
 // system; Close releases everything.
 //
-// What it encodes comes from shared/reference/cumulocity.md. Where no
+// What it encodes comes from Cumulocity's public documentation. Where no
 // public document settles a behaviour, the code marks the choice
 // "unverified"; the list:
 //
@@ -101,8 +101,12 @@
 //   - The REST API accepts "Authorization: Bearer <token>" until the
 //     token expires or RevokeTokens; then 401 security/Unauthorized.
 //
-// Not implemented: JSON over MQTT (measurement/measurements/create and
-// the other JSON topics, the error topic's content), operations, custom
+// JSON via MQTT: only inventory/managedObjects/update/<id> (inventory.go,
+// with its assumptions: <id> is the c8y_Serial external id, or else a
+// managed object id).
+//
+// Not implemented: the other JSON over MQTT topics
+// (measurement/measurements/create and so on, the error topic's content), operations, custom
 // templates, password logins over TLS, certificate revocation lists, the
 // per-tenant rate limiter (its queue-then-disconnect behaviour).
 package c8yfake

@@ -175,6 +175,9 @@ func (h *hook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 	what := "subscribe to"
 	if write {
 		_, ok = deviceTopic(topic)
+		if _, inv := inventoryTopic(topic); inv {
+			ok = true // JSON inventory update (inventory.go)
+		}
 		what = "publish to"
 	}
 	if !ok {
@@ -211,7 +214,11 @@ func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 	case PubackNoStore:
 		return pk, packets.CodeSuccessIgnore
 	}
-	s.handleSmartREST(cl, child, pk.Payload)
+	if id, inv := inventoryTopic(pk.TopicName); inv {
+		s.handleInventory(cl, id, pk.Payload) // inventory.go
+	} else {
+		s.handleSmartREST(cl, child, pk.Payload)
+	}
 	switch f.Mode {
 	case StoreNoPuback:
 		return pk, packets.ErrRejectPacket

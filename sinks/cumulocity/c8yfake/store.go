@@ -119,7 +119,7 @@ type Publish struct {
 // arrival order. Op is one of:
 //
 //	MQTT: "100", "101" (each line received), "auto-device", "auto-child"
-//	      (created implicitly by data)
+//	      (created implicitly by data), "update" (JSON inventory update)
 //	REST: "lookup" (GET identity), "create" (POST managedObjects),
 //	      "bind" (POST externalIds), "link" (POST childDevices)
 type Registration struct {
