@@ -250,21 +250,15 @@ func (p *parser) subscriberSink(c *Config, base string, s SinkConfig, seen map[s
 	if !br.Enabled {
 		p.invalid(base+".type", "type subscriber needs broker.enabled: true")
 	}
-	switch {
-	case s.ClientID == "":
-		p.invalid(base+".client_id", "required for type subscriber (the consumer's MQTT client id)")
-	case s.ClientID == c.Gateway.ID || s.ClientID == "wittra-"+c.Gateway.ID:
-		p.invalid(base+".client_id", "must not be the gateway's own id")
-	default:
-		if j, dup := seen[s.ClientID]; dup {
-			p.invalid(base+".client_id", "same client_id as sinks[%d]: one durable subscriber per client", j)
-		} else {
-			seen[s.ClientID] = p.sinkIndex(c, s.Name)
-		}
+	if j, dup := seen[s.ClientID]; dup && s.ClientID != "" {
+		p.invalid(base+".client_id", "same client_id as sinks[%d]: one durable subscriber per client", j)
+	} else {
+		seen[s.ClientID] = p.sinkIndex(c, s.Name)
 	}
-	if s.QoS != 1 && s.QoS != 2 {
+	if s.QoS == 0 { // the package reads 0 as its default
 		p.invalid(base+".qos", "must be 1 or 2 for type subscriber (the cursor moves on the client's acknowledgement)")
 	}
+	p.own(base, subscriberConfig(c, s).Validate())
 	if len(br.Users) > 0 {
 		found := false
 		for _, u := range br.Users {

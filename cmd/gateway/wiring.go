@@ -72,7 +72,7 @@ func subscriberConfig(cfg *Config, s SinkConfig) broker.SubscriberConfig {
 		Username:    s.Username,
 		TopicPrefix: s.TopicPrefix,
 		Values:      s.Values,
-		QoS:         byte(s.QoS),
+		QoS:         qosByte(s.QoS),
 		GatewayID:   cfg.Gateway.ID,
 	}
 }
@@ -91,10 +91,6 @@ func brokerSinkConfig(cfg *Config, sc SinkConfig) broker.SinkConfig {
 }
 
 func mqttConfig(cfg *Config, sc SinkConfig) mqttclient.Config {
-	qos := byte(3) // out of range: refused by Validate
-	if sc.QoS >= 0 && sc.QoS <= 2 {
-		qos = byte(sc.QoS)
-	}
 	return mqttclient.Config{
 		Name:        sc.Name,
 		URL:         sc.URL,
@@ -102,7 +98,7 @@ func mqttConfig(cfg *Config, sc SinkConfig) mqttclient.Config {
 		Username:    sc.Username,
 		Password:    sc.Password,
 		TLS:         mqttclient.TLSConfig{CAFile: sc.TLS.CAFile, CertFile: sc.TLS.CertFile, KeyFile: sc.TLS.KeyFile, InsecureSkipVerify: sc.TLS.InsecureSkipVerify},
-		QoS:         qos,
+		QoS:         qosByte(sc.QoS),
 		Retain:      sc.Retain,
 		TopicPrefix: sc.TopicPrefix,
 		Values:      sc.Values,
@@ -125,6 +121,14 @@ func c8yConfig(cfg *Config, sc SinkConfig) cumulocity.Config {
 		ClientID:   sc.ClientID, // certificate login only
 		TokenURL:   sc.TokenURL, // rest mode with certificate login
 	}
+}
+
+// qosByte is q as an MQTT QoS; out of range, 3, which every sink refuses.
+func qosByte(q int) byte {
+	if q < 0 || q > 2 {
+		return 3
+	}
+	return byte(q)
 }
 
 func receiverConfig(cfg *Config) bridge.ReceiverConfig {
