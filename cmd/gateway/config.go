@@ -453,6 +453,7 @@ type parser struct {
 	said  map[string]bool // problems reported, by text
 	errs  ConfigErrors
 	nodes int // values decoded, bounded by maxNodes
+	depth int // nesting of the value being decoded, bounded by maxDepth
 	// offline: leave unset ${NAME} empty and *_file secrets unread (the
 	// queue commands need neither).
 	offline bool

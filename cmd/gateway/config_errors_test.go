@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -140,4 +141,37 @@ func TestConfigSecretFileKeys(t *testing.T) {
 	}
 	// password_file belongs to the types that read password.
 	wantProblem(t, parseErrs(t, yml("sinks:", "  - {name: a, type: broker, password_file: x}"), t.TempDir()), "line 2: sinks[0].password_file: not a key of type broker")
+}
+
+// An alias inside its own anchor is an error, not an endless descent.
+func TestConfigAliasCycles(t *testing.T) {
+	for _, data := range []string{
+		"gateway: &g {<<: *g}\n",
+		"webhook: {routes: &r [*r]}\n",
+		"sinks: &s [{name: a, type: broker, <<: *s}]\n",
+		"sinks: [&s {name: a, type: mqtt, tls: *s}]\n",
+	} {
+		cfg, err := ParseConfig([]byte(data), t.TempDir())
+		if err == nil {
+			t.Errorf("%q accepted: %+v", data, cfg)
+		}
+	}
+}
+
+// Merge keys that multiply a mapping are cut short like aliases.
+func TestConfigMergeBomb(t *testing.T) {
+	var b strings.Builder
+	b.WriteString("x: &a0 {id: gw}\n")
+	for i := 1; i <= 5; i++ {
+		fmt.Fprintf(&b, "x%d: &a%d {<<: [", i, i)
+		for j := range 40 {
+			if j > 0 {
+				b.WriteString(", ")
+			}
+			fmt.Fprintf(&b, "*a%d", i-1)
+		}
+		b.WriteString("]}\n")
+	}
+	b.WriteString("gateway: {<<: *a5}\n")
+	wantProblem(t, parseErrs(t, b.String(), t.TempDir()), "too many values")
 }

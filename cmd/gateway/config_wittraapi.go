@@ -22,7 +22,9 @@ type WittraAPIConfig struct {
 	Refresh        time.Duration `yaml:"refresh"`  // default 1h, at least 1m
 }
 
-func (w *WittraAPIConfig) setDefaults() { w.URL, w.Refresh = wittraapi.DefaultURL, wittraapi.DefaultRefresh }
+func (w *WittraAPIConfig) setDefaults() {
+	w.URL, w.Refresh = wittraapi.DefaultURL, wittraapi.DefaultRefresh
+}
 
 // minWittraRefresh keeps a mistyped refresh (1s) from hammering the API.
 const minWittraRefresh = time.Minute

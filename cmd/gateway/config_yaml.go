@@ -194,8 +194,13 @@ func parseSize(s string) (int64, error) {
 // ---------------------------------------------------------------------------
 // The walker.
 
-// maxNodes bounds the work on aliases that expand a small file into a huge tree.
-const maxNodes = 100_000
+// maxNodes bounds the work on aliases that expand a small file into a huge
+// tree; maxDepth the nesting, far deeper than any key's, which an alias
+// inside its own anchor (`a: &x [*x]`) would make endless.
+const (
+	maxNodes = 100_000
+	maxDepth = 32
+)
 
 // reYAMLLine takes the line out of yaml.v3's syntax errors, which are plain strings.
 var reYAMLLine = regexp.MustCompile(`^yaml: line (\d+): (.*)$`)
@@ -254,11 +259,15 @@ func (p *parser) syntaxError(data []byte, err error) {
 // decode fills v from n; path names the value in errors ("sinks[1].url");
 // sinkType, on a sink's mapping, restricts its keys to that type's.
 func (p *parser) decode(n *yaml.Node, v reflect.Value, path, sinkType string) {
-	if n = deref(n); p.nodes >= maxNodes {
+	if n = deref(n); p.depth >= maxDepth {
+		p.fail(n.Line, path, errors.New("nested too deeply (an alias inside its own anchor?)"))
 		return
-	} else if p.nodes++; p.nodes == maxNodes {
-		p.add(n.Line, path, errors.New("too many values (aliases expanding?)"))
 	}
+	if !p.spend(n, path) {
+		return
+	}
+	p.depth++
+	defer func() { p.depth-- }()
 	if !isNull(n) || v.Kind() == reflect.String {
 		p.given[path] = true
 	}
@@ -281,6 +290,15 @@ func (p *parser) decode(n *yaml.Node, v reflect.Value, path, sinkType string) {
 	if err != nil && !(p.offline && errors.As(err, &me)) {
 		p.fail(n.Line, path, err)
 	}
+}
+
+// spend counts one more value or mapping decoded; past maxNodes it says so
+// once and reports false.
+func (p *parser) spend(n *yaml.Node, path string) bool {
+	if p.nodes++; p.nodes == maxNodes {
+		p.add(n.Line, path, errors.New("too many values (aliases or merge keys expanding?)"))
+	}
+	return p.nodes < maxNodes
 }
 
 // read decodes one scalar into *dst (kept when absent or null).
@@ -335,6 +353,15 @@ func setDefaults(v reflect.Value) {
 // mapping decodes the keys of n into the fields of struct v. Merge keys
 // (<<) come after the mapping's own keys, which win.
 func (p *parser) mapping(n *yaml.Node, v reflect.Value, path, sinkType string, seen map[string]int, merged bool) {
+	if p.depth >= maxDepth {
+		p.fail(n.Line, path, errors.New("nested too deeply (an alias inside its own anchor?)"))
+		return
+	}
+	if !p.spend(n, path) { // merge keys can repeat a mapping without end too
+		return
+	}
+	p.depth++
+	defer func() { p.depth-- }()
 	fields := fieldsOf(v.Type())
 	var merges []*yaml.Node
 	for i := 0; i+1 < len(n.Content); i += 2 {
