@@ -198,7 +198,7 @@ func parseSize(s string) (int64, error) {
 // tree; maxDepth the nesting, far deeper than any key's, which an alias
 // inside its own anchor (`a: &x [*x]`) would make endless.
 const (
-	maxNodes = 100_000
+	maxNodes = 20_000 // a real file has a few hundred
 	maxDepth = 32
 )
 
