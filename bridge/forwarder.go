@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sort"
 	"sync/atomic"
 	"time"
 
@@ -32,6 +33,12 @@ type ForwarderConfig struct {
 	// returns then, so the forwarder can drop what expired or was dropped
 	// from the queue meanwhile instead of delivering it late.
 	Attempt time.Duration
+	// Backlog: InOrder (the default) or LiveFirst (livefirst.go).
+	Backlog Backlog
+	// BacklogBatch: messages per Publish of the backlog while live
+	// messages flow (LiveFirst); it bounds how long a live message waits
+	// behind the backlog. Default Batch/4.
+	BacklogBatch int
 }
 
 // Forwarder moves one sink's messages from its queue cursor to the sink, in
@@ -88,6 +95,9 @@ func NewForwarder(cfg ForwarderConfig, r *buffer.Reader, sink sinks.Sink, log ze
 	if cfg.Attempt <= 0 {
 		cfg.Attempt = DefaultAttempt
 	}
+	if cfg.BacklogBatch <= 0 {
+		cfg.BacklogBatch = max(1, cfg.Batch/4)
+	}
 	return &Forwarder{cfg: cfg, reader: r, sink: sink, log: log}
 }
 
@@ -98,6 +108,9 @@ func (f *Forwarder) Stats() *ForwarderStats { return &f.stats }
 // then. Delivery failures are retried with capped exponential backoff and
 // never skip a message.
 func (f *Forwarder) Run(ctx context.Context) error {
+	if f.cfg.Backlog == LiveFirst {
+		return f.runLiveFirst(ctx)
+	}
 	msgs := make([]sinks.Message, 0, f.cfg.Batch)
 	// The acknowledgement of one batch commits while the next is being
 	// published: at most one is in flight, so cursors still move in order.
@@ -107,36 +120,79 @@ func (f *Forwarder) Run(ctx context.Context) error {
 			<-acking
 		}
 	}()
+	// rest is what a sink returned early without (sinks.Sink.Publish: sent,
+	// awaiting acknowledgement); it goes back to the sink first, followed by
+	// what is queued now, without waiting for more. At most two batches.
+	var rest []sinks.Message
+	var restRecs []buffer.Record
+	var acked uint64
 	for {
-		recs, err := f.reader.Read(ctx, f.cfg.Batch, f.cfg.BatchBytes)
+		rctx := ctx
+		if len(rest) > 0 {
+			rctx = doneCtx
+		}
+		var recs []buffer.Record
+		var err error
+		if len(rest) < f.cfg.Batch {
+			recs, err = f.reader.Read(rctx, f.cfg.Batch, f.cfg.BatchBytes)
+		}
 		if err != nil {
 			if ctx.Err() != nil || errors.Is(err, buffer.ErrClosed) {
 				return nil
 			}
-			return err
-		}
-		msgs = msgs[:0]
-		for _, rec := range recs {
-			m, err := DecodeRecord(rec)
-			if err != nil {
-				// Not ours to deliver: a damaged record cannot become valid by
-				// retrying. Logged loudly, counted, and passed over.
-				f.stats.Undecodable.Add(1)
-				f.log.Error().Err(err).Uint64("seq", rec.Seq).Msg("skipping undecodable queue record")
-				continue
+			if len(rest) == 0 {
+				return err
 			}
-			msgs = append(msgs, m)
 		}
-		if err := f.deliver(ctx, msgs, recs); err != nil {
+		msgs = f.decode(append(msgs[:0], rest...), recs)
+		recs = append(restRecs, recs...)
+		if rest, err = f.deliver(ctx, msgs, recs, true); err != nil {
 			return nil // only ctx ends delivery
 		}
+		seq := recs[len(recs)-1].Seq
+		restRecs = nil
+		if len(rest) > 0 {
+			// Everything before the first undelivered message is delivered,
+			// dead-lettered or undecodable.
+			seq = rest[0].Seq - 1
+			i := sort.Search(len(recs), func(i int) bool { return recs[i].Seq >= rest[0].Seq })
+			restRecs = recs[i:]
+		}
+		if seq <= acked {
+			continue
+		}
+		acked = seq
 		if acking != nil {
 			<-acking
 		}
 		acking = make(chan struct{})
-		go f.ack(context.WithoutCancel(ctx), recs[len(recs)-1].Seq, acking)
+		go f.ack(context.WithoutCancel(ctx), seq, acking)
 	}
 }
+
+// decode appends the messages of recs to msgs, passing over undecodable
+// records.
+func (f *Forwarder) decode(msgs []sinks.Message, recs []buffer.Record) []sinks.Message {
+	for _, rec := range recs {
+		m, err := DecodeRecord(rec)
+		if err != nil {
+			// Not ours to deliver: a damaged record cannot become valid by
+			// retrying. Logged loudly, counted, and passed over.
+			f.stats.Undecodable.Add(1)
+			f.log.Error().Err(err).Uint64("seq", rec.Seq).Msg("skipping undecodable queue record")
+			continue
+		}
+		msgs = append(msgs, m)
+	}
+	return msgs
+}
+
+// doneCtx makes Reader.Read return only what is there already.
+var doneCtx = func() context.Context {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	return ctx
+}()
 
 // ack records delivery up to seq, even during shutdown: the messages were
 // delivered, and recording it spares duplicates after the restart.
@@ -149,9 +205,11 @@ func (f *Forwarder) ack(ctx context.Context, seq uint64, done chan struct{}) {
 	}
 }
 
-// deliver publishes msgs until all are delivered or dead-lettered; it
-// returns an error only when ctx ends. recs are the records msgs came from.
-func (f *Forwarder) deliver(ctx context.Context, msgs []sinks.Message, recs []buffer.Record) error {
+// deliver publishes msgs until all are delivered or dead-lettered, or, when
+// early is set, the sink returns early (a nil error with messages left: it
+// has sent them and awaits their acknowledgement); it returns those left,
+// and an error only when ctx ends. recs are the records msgs came from.
+func (f *Forwarder) deliver(ctx context.Context, msgs []sinks.Message, recs []buffer.Record, early bool) ([]sinks.Message, error) {
 	backoff := f.cfg.MinBackoff
 	failing := false
 	for len(msgs) > 0 {
@@ -190,10 +248,13 @@ func (f *Forwarder) deliver(ctx context.Context, msgs []sinks.Message, recs []bu
 				failing = false
 			}
 			backoff = f.cfg.MinBackoff
+			if early && n > 0 && len(msgs) > 0 {
+				return msgs, nil // returned early: the rest is in flight
+			}
 			continue
 		}
 		if ctx.Err() != nil {
-			return ctx.Err()
+			return nil, ctx.Err()
 		}
 		if errors.Is(err, sinks.ErrPermanent) && len(msgs) > 0 {
 			if derr := f.deadLetter(ctx, msgs[0].Seq, recs, err); derr != nil {
@@ -215,11 +276,11 @@ func (f *Forwarder) deliver(ctx context.Context, msgs []sinks.Message, recs []bu
 		select {
 		case <-time.After(backoff):
 		case <-ctx.Done():
-			return ctx.Err()
+			return nil, ctx.Err()
 		}
 		backoff = min(backoff*2, f.cfg.MaxBackoff)
 	}
-	return nil
+	return nil, nil
 }
 
 func (f *Forwarder) deadLetter(ctx context.Context, seq uint64, recs []buffer.Record, reason error) error {

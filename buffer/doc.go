@@ -16,6 +16,11 @@
 //	                "bytes"          8-byte total of stored value sizes
 //	                "cursor/<name>"  8-byte sequence: the last one consumer
 //	                                 <name> acknowledged. It resumes at +1.
+//	                "split/<name>"   (additive, any version) 8-byte split
+//	                                 point + 8-byte live cursor of a
+//	                                 consumer acknowledging live messages
+//	                                 ahead of its backlog (split.go). A
+//	                                 binary ignoring it resends, never loses.
 //	                "clock"          (v2) the last committed clock reading:
 //	                                 8-byte gateway time, 8-byte wall (Unix
 //	                                 ns), 8-byte boot-clock reading, 1-byte

@@ -124,12 +124,14 @@ type state struct {
 	last    uint64 // bucket sequence: the highest ever assigned
 	bytes   int64
 	cursors map[string]uint64
-	epochs  []epoch // copy-on-write (see putEpoch)
-	dead    uint64  // dead letters stored (≤ Config.MaxDeadLetters)
+	splits  map[string]split // live_first consumers with a backlog (split.go)
+	epochs  []epoch          // copy-on-write (see putEpoch)
+	dead    uint64           // dead letters stored (≤ Config.MaxDeadLetters)
 }
 
 func (s state) clone() state {
 	s.cursors = maps.Clone(s.cursors)
+	s.splits = maps.Clone(s.splits)
 	return s
 }
 
@@ -376,6 +378,9 @@ func (q *Queue) load(tx *bolt.Tx) error {
 			}
 		}
 		st.cursors[name] = seq
+	}
+	if err := q.loadSplits(tx, &st); err != nil {
+		return err
 	}
 	if err := q.startTimeline(tx, &st); err != nil {
 		return err
@@ -700,7 +705,7 @@ func deleteFront(tx *bolt.Tx, st *state, stop func(seq uint64, v []byte) bool) (
 			}
 		}
 	}
-	return n, nil
+	return n, joinDeleted(meta, st)
 }
 
 // trim deletes messages every consumer has acknowledged.

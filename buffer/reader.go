@@ -18,8 +18,12 @@ import (
 type Reader struct {
 	q    *Queue
 	name string
-	next uint64
+	next uint64 // read position of the backlog, or of the one stream
 	wake chan struct{}
+	// With a split (split.go): the live stream's read position, and
+	// whether the reader has seen the split (to notice when it joins).
+	liveNext uint64
+	split    bool
 }
 
 // Reader returns the reader of a configured consumer. There is one reader
@@ -35,6 +39,7 @@ func (q *Queue) Reader(name string) (*Reader, error) {
 		return r, nil
 	}
 	r := &Reader{q: q, name: name, next: cur + 1, wake: make(chan struct{}, 1)}
+	r.reconcile()
 	q.readers[name] = r
 	return r, nil
 }
@@ -52,13 +57,23 @@ func (q *Queue) wakeReaders() {
 
 // Read returns up to max records (and about maxBytes of data, at least one
 // record) following the previous Read, waiting until at least one exists.
-func (r *Reader) Read(ctx context.Context, max int, maxBytes int) ([]Record, error) {
+// A split left by live_first delivery (split.go) is read in order: the
+// backlog, then what follows the live cursor; a batch never spans both.
+func (r *Reader) Read(ctx context.Context, limit int, maxBytes int) ([]Record, error) {
 	for {
 		r.q.mu.Lock()
 		last := r.q.st.last
+		backlog := false
+		if sp, ok := r.reconcile(); ok {
+			if r.next <= sp.at {
+				last, backlog = sp.at, true
+			} else {
+				r.next = max(r.next, r.liveNext)
+			}
+		}
 		r.q.mu.Unlock()
 		if r.next <= last {
-			recs, err := r.q.readFrom(r.next, max, maxBytes)
+			recs, err := r.q.readRange(r.next, last, limit, maxBytes)
 			if err != nil {
 				return nil, err
 			}
@@ -67,8 +82,12 @@ func (r *Reader) Read(ctx context.Context, max int, maxBytes int) ([]Record, err
 				return recs, nil
 			}
 			// Everything up to last was deleted under us (expired or
-			// dropped): nothing to return until the next append.
+			// dropped): nothing to return until the next append, or
+			// from the live stream after a backlog.
 			r.next = last + 1
+			if backlog {
+				continue
+			}
 		}
 		select {
 		case <-r.wake:
@@ -80,16 +99,16 @@ func (r *Reader) Read(ctx context.Context, max int, maxBytes int) ([]Record, err
 	}
 }
 
-// readFrom copies up to max records with sequence ≥ from. A first pass
-// sizes one allocation for all values; the read transaction ends before the
-// caller does any I/O.
-func (q *Queue) readFrom(from uint64, max, maxBytes int) ([]Record, error) {
+// readRange copies up to max records with sequence in [from, to]. A first
+// pass sizes one allocation for all values; the read transaction ends
+// before the caller does any I/O.
+func (q *Queue) readRange(from, to uint64, max, maxBytes int) ([]Record, error) {
 	var recs []Record
 	timeOf := q.timer()
 	err := q.view(func(tx *bolt.Tx) error {
 		c := tx.Bucket(bucketMsgs).Cursor()
 		n, size := 0, 0
-		for k, v := c.Seek(u64(from)); k != nil && n < max; k, v = c.Next() {
+		for k, v := c.Seek(u64(from)); k != nil && n < max && binary.BigEndian.Uint64(k) <= to; k, v = c.Next() {
 			if len(v) < 8 {
 				return &CorruptError{Key: fmt.Sprint(binary.BigEndian.Uint64(k)), Err: fmt.Errorf("value has %d bytes", len(v))}
 			}
@@ -117,16 +136,15 @@ func (q *Queue) readFrom(from uint64, max, maxBytes int) ([]Record, error) {
 }
 
 // Ack records durably that the consumer has every message up to seq, and
-// deletes messages no consumer needs any more.
+// deletes messages no consumer needs any more. With a split (split.go) it
+// acknowledges seq's stream only: the live one when seq is past the split
+// point, else the backlog.
 func (r *Reader) Ack(ctx context.Context, seq uint64) error {
 	name := r.name
 	return r.q.submit(ctx, &op{apply: func(tx *bolt.Tx, st *state, _ *Counters) error {
-		if seq <= st.cursors[name] {
-			return nil
-		}
-		st.cursors[name] = seq
-		if err := tx.Bucket(bucketMeta).Put([]byte(cursorPrefix+name), u64(seq)); err != nil {
-			return fmt.Errorf("put cursor %s: %w", name, err)
+		moved, err := st.ack(tx.Bucket(bucketMeta), name, seq)
+		if err != nil || !moved {
+			return err
 		}
 		return trim(tx, st)
 	}})
@@ -153,6 +171,12 @@ type ConsumerStats struct {
 	// OldestAge is that message's age in gateway time (what MaxAge
 	// measures; immune to wall-clock steps); 0 when none.
 	OldestAge time.Duration
+	// Depth split in two (split.go): Backlog is (Cursor, split point], or
+	// all of Depth when the consumer has no split; Live is what follows
+	// the split point unacknowledged. Oldest and OldestAge are the
+	// backlog's; LiveOldestAge is the oldest live message's.
+	Backlog, Live uint64
+	LiveOldestAge time.Duration
 }
 
 // Stats describes the queue.
@@ -184,12 +208,19 @@ func (q *Queue) Stats() (Stats, error) {
 		c := tx.Bucket(bucketMsgs).Cursor()
 		for _, n := range names {
 			cs := ConsumerStats{Name: n, Cursor: st.cursors[n]}
-			if st.last > cs.Cursor {
-				cs.Depth = st.last - cs.Cursor
+			cs.Backlog, cs.Live = st.pending(n)
+			cs.Depth = cs.Backlog + cs.Live
+			if cs.Backlog > 0 {
 				if k, v := c.Seek(u64(cs.Cursor + 1)); k != nil && len(v) >= 8 {
 					wall := int64(binary.BigEndian.Uint64(v))
 					cs.Oldest, _ = timeOf(cs.Cursor+1, wall)
 					cs.OldestAge = max(0, time.Duration(now.g-recordG(st.epochs, binary.BigEndian.Uint64(k), wall)))
+				}
+			}
+			if sp, ok := st.splits[n]; ok && cs.Live > 0 {
+				if k, v := c.Seek(u64(sp.live + 1)); k != nil && len(v) >= 8 {
+					wall := int64(binary.BigEndian.Uint64(v))
+					cs.LiveOldestAge = max(0, time.Duration(now.g-recordG(st.epochs, binary.BigEndian.Uint64(k), wall)))
 				}
 			}
 			s.Consumers = append(s.Consumers, cs)

@@ -114,6 +114,7 @@ type salvager struct {
 	seq      uint64 // msgs bucket sequence; seqKnown when read from its header
 	seqKnown bool
 	cursors  map[string]uint64 // from the meta bucket; nil = unknown
+	splits   map[string][]byte // "split/<name>" values read with cursors (split.go)
 	scanCur  map[string]uint64 // cursors found by the page scan
 	dedup    map[string]uint64 // key → latest accept time
 	clock    []byte            // meta "clock" (format 2), nil when unread
@@ -181,6 +182,12 @@ func (s *salvager) walkTrees() {
 			s.w.walkBucket("meta", v, func(k, v []byte, _ uint32) {
 				if name, ok := strings.CutPrefix(string(k), cursorPrefix); ok && len(v) == 8 {
 					cursors[name] = binary.BigEndian.Uint64(v)
+				}
+				if name, ok := strings.CutPrefix(string(k), splitPrefix); ok && len(v) == 16 {
+					if s.splits == nil {
+						s.splits = map[string][]byte{}
+					}
+					s.splits[name] = slices.Clone(v)
 				}
 				if string(k) == string(keyClock) && len(v) >= 25 {
 					s.clock = slices.Clone(v)
@@ -390,6 +397,15 @@ func (s *salvager) finish() error {
 		for name, c := range cursors {
 			if err := meta.Put([]byte(cursorPrefix+name), u64(c)); err != nil {
 				return err
+			}
+		}
+		// Split points only with the cursors they were read with; without
+		// them a consumer sends its acknowledged live messages again.
+		for name, v := range s.splits {
+			if _, ok := s.cursors[name]; ok {
+				if err := meta.Put(splitKey(name), v); err != nil {
+					return err
+				}
 			}
 		}
 		dedup, err := tx.CreateBucketIfNotExists(bucketDedup)

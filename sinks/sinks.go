@@ -54,6 +54,11 @@ type Sink interface {
 	// from the start of the slice, are proven delivered (see docs/contract.md#delivery). When
 	// delivered < len(msgs) the error says why; if it wraps ErrPermanent the
 	// message msgs[delivered] was refused for good and is dead-lettered.
+	// Only exception: a sink that has sent all of msgs and awaits their
+	// acknowledgements may return early, with delivered > 0 and a nil
+	// error; the forwarder then calls it again with msgs[delivered:]
+	// followed by newer messages, so that the sink's window of
+	// unacknowledged publications stays full across batches.
 	Publish(ctx context.Context, msgs []Message) (delivered int, err error)
 	// Close releases the output; after it Publish must not be called.
 	Close(ctx context.Context) error

@@ -12,8 +12,10 @@ import (
 type Publication struct {
 	Topic   string
 	Payload []byte
-	// Retain publishes it retained whatever the sink's retain setting
-	// (device state topics, Home Assistant discovery configs).
+	// Retain: publish it retained. Set by RetainGuard.Mark when the sink
+	// retains (a value never goes back in time), and always for device
+	// state topics and Home Assistant discovery configs; Publications
+	// leaves it false.
 	Retain bool
 }
 

@@ -135,6 +135,8 @@ func mainErr() int {
 			err = r.drain()
 		case "drain-mqtt":
 			err = r.drainMQTT()
+		case "drain-live":
+			err = r.drainLive()
 		case "drain-jetstream":
 			err = r.drainJetStream()
 		case "subscriber":
@@ -174,7 +176,7 @@ func (r *runner) sizes() {
 	r.drainN, r.drainTimeout = 1_000_000, 180*time.Second
 }
 
-var allScenarios = []string{"intake", "latency", "drain", "drain-mqtt", "drain-jetstream", "subscriber", "devices"}
+var allScenarios = []string{"intake", "latency", "drain", "drain-live", "drain-mqtt", "drain-jetstream", "subscriber", "devices"}
 
 func expand(names []string) ([]string, error) {
 	var out []string
@@ -202,6 +204,8 @@ func expand(names []string) ([]string, error) {
 			add("drain")
 		case "drain-mqtt", "mqtt":
 			add("drain-mqtt")
+		case "drain-live", "live-first":
+			add("drain-live")
 		case "drain-jetstream", "jetstream":
 			add("drain-jetstream")
 		case "subscriber", "durable":
@@ -213,11 +217,11 @@ func expand(names []string) ([]string, error) {
 		case "soak":
 			add("soak")
 		default:
-			return nil, fmt.Errorf("unknown scenario %q (intake latency drain drain-mqtt drain-jetstream subscriber devices profile soak; aliases baseline memory memory-per-device startup disk mqtt jetstream durable all)", n)
+			return nil, fmt.Errorf("unknown scenario %q (intake latency drain drain-live drain-mqtt drain-jetstream subscriber devices profile soak; aliases baseline memory memory-per-device startup disk mqtt jetstream durable all)", n)
 		}
 	}
 	// Keep a stable order.
-	order := map[string]int{"intake": 0, "latency": 1, "drain": 2, "drain-mqtt": 3, "drain-jetstream": 4, "subscriber": 5, "profile": 6, "devices": 7, "soak": 8}
+	order := map[string]int{"intake": 0, "latency": 1, "drain": 2, "drain-live": 2, "drain-mqtt": 3, "drain-jetstream": 4, "subscriber": 5, "profile": 6, "devices": 7, "soak": 8}
 	sort.SliceStable(out, func(i, j int) bool { return order[out[i]] < order[out[j]] })
 	return out, nil
 }

@@ -23,8 +23,10 @@ const durableSinkYAML = "  - {name: historian, type: subscriber, client_id: hist
 // broker. 1) bench/fill queues 200k messages for it offline; the gateway
 // starts on a copy of that file; a consumer with its client id subscribes
 // at QoS 1 and receives the backlog (replay rate, from the consumer's start
-// to the last message). Two consumers: mosquitto_sub (C, libmosquitto) and
-// a paho Go client, since the consumer's own speed bounds the figure.
+// to the last message). Three consumers: mosquitto_sub (C, libmosquitto), a
+// paho Go client, and a lean Go client (leanmqtt.go: buffered reads, one
+// write per read's PUBACKs), since the consumer's own speed bounds the
+// figure.
 // 2) On a fresh queue, wittra-load posts 1,000 msg/s and subscribes with
 // that client id: end-to-end latency through the durable path.
 func (r *runner) durable() error {
@@ -39,7 +41,7 @@ func (r *runner) durable() error {
 	if err != nil {
 		return err
 	}
-	for _, consumer := range []string{"mosquitto_sub", "paho"} {
+	for _, consumer := range []string{"mosquitto_sub", "paho", "lean"} {
 		if err := r.durableReplay(scen, filepath.Join(dir, consumer), pristine, consumer, fr.Messages); err != nil {
 			return err
 		}
@@ -118,6 +120,13 @@ func (r *runner) durableReplay(scen, dir, pristine, consumer string, n uint64) e
 		}
 		defer p.stop(2 * time.Second)
 		count = lines.n.Load
+	case "lean":
+		c, err := startLean(gw.broker, "historian", "wittra/#")
+		if err != nil {
+			return fmt.Errorf("lean consumer: %w", err)
+		}
+		defer c.stop()
+		count = c.got.Load
 	default:
 		var got atomic.Uint64
 		opts := paho.NewClientOptions().AddBroker("tcp://" + gw.broker).SetClientID("historian").

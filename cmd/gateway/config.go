@@ -181,6 +181,9 @@ type SinkConfig struct {
 	RetainMaxBytes  int64         `yaml:"retain_max_bytes" types:"broker"`  // cap on retained payload bytes
 
 	DeviceTopics DeviceTopicsSinkConfig `yaml:",inline"` // state, homeassistant (config_devicetopics.go)
+	// Backlog: in_order or live_first; "" is in_order. Every sink type
+	// (bridge.ParseBacklog, docs/live-first.md).
+	Backlog string `yaml:"backlog"`
 }
 
 func (s *SinkConfig) setDefaults() { s.TopicPrefix, s.QoS = DefaultTopicPrefix, DefaultQoS }

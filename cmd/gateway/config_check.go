@@ -11,6 +11,7 @@ import (
 	"regexp"
 	"strings"
 
+	"wittra-gateway/bridge"
 	"wittra-gateway/internal/field"
 	"wittra-gateway/internal/status"
 	"wittra-gateway/sinks"
@@ -239,6 +240,9 @@ func (p *parser) validate(c *Config) {
 			p.invalid(base+".type", "must be broker, subscriber, mqtt, cumulocity or jetstream (got %q)", s.Type)
 		}
 		p.validateDeviceTopics(base, s)
+		if _, err := bridge.ParseBacklog(s.Backlog); err != nil {
+			p.invalid(base+".backlog", "%v", err)
+		}
 	}
 	p.validateWittraAPI(c) // config_wittraapi.go
 }

@@ -34,6 +34,8 @@ type metricsCollector struct {
 	retainedTopics, retainedBytes, retainedCleared *prometheus.Desc
 	clientDropped, subUnmatched, subResent         *prometheus.Desc // durable subscribers (type subscriber)
 	dedupKeys                                      *prometheus.Desc
+	// The two parts of a sink's depth (backlog: live_first, docs/live-first.md).
+	backlogDepth, liveDepth, liveOldestAge *prometheus.Desc
 
 	// The dedup count walks the whole index: at most once per
 	// dedupCountEvery, however often Prometheus scrapes.
@@ -61,6 +63,9 @@ func newMetricsCollector(g *gateway) *metricsCollector {
 		salvageLost:       d("queue_salvage_lost_messages_total", "Undelivered messages of quarantined queue files that could not be read."),
 		depth:             d("queue_depth_messages", "Messages queued for the sink and not yet delivered.", "sink"),
 		oldestAge:         d("queue_oldest_age_seconds", "Age of the oldest message not yet delivered to the sink (0 when none).", "sink"),
+		backlogDepth:      d("queue_backlog_messages", "Part of the sink's depth in its backlog: before the split point of a live_first sink, all of it otherwise.", "sink"),
+		liveDepth:         d("queue_live_messages", "Part of the sink's depth after the split point of a live_first sink (delivered ahead of the backlog); 0 otherwise.", "sink"),
+		liveOldestAge:     d("queue_live_oldest_age_seconds", "Age of the oldest undelivered message after the split point (0 when none).", "sink"),
 		queueMessages:     d("queue_messages", "Messages stored in the queue."),
 		queueBytes:        d("queue_bytes", "Bytes of stored messages, as counted against buffer.max_bytes."),
 		fileBytes:         d("queue_file_bytes", "Size of the queue file on disk."),
@@ -146,6 +151,9 @@ func (c *metricsCollector) Collect(ch chan<- prometheus.Metric) {
 				gauge(c.depth, float64(cs.Depth), cs.Name)
 				// Measured as max_age measures it: a clock step does not move it.
 				gauge(c.oldestAge, cs.OldestAge.Seconds(), cs.Name)
+				gauge(c.backlogDepth, float64(cs.Backlog), cs.Name)
+				gauge(c.liveDepth, float64(cs.Live), cs.Name)
+				gauge(c.liveOldestAge, cs.LiveOldestAge.Seconds(), cs.Name)
 			}
 		}
 		gauge(c.fileBytes, float64(g.queue.FileSize()))

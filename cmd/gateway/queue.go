@@ -131,13 +131,13 @@ func queueStats(w io.Writer, q *buffer.Queue) error {
 		return err
 	}
 	fmt.Fprintf(w, "file         %s\nmessages     %d\nbytes        %d\ndead letters %d\n", q.Path(), st.Messages, st.Bytes, st.DeadLetters)
-	fmt.Fprintf(w, "\n%-20s %10s %14s\n", "SINK", "DEPTH", "OLDEST AGE")
+	fmt.Fprintf(w, "\n%-20s %10s %10s %10s %14s\n", "SINK", "DEPTH", "BACKLOG", "LIVE", "OLDEST AGE")
 	for _, c := range st.Consumers {
 		age := "-"
 		if !c.Oldest.IsZero() {
 			age = c.OldestAge.Round(time.Second).String()
 		}
-		fmt.Fprintf(w, "%-20s %10d %14s\n", c.Name, c.Depth, age)
+		fmt.Fprintf(w, "%-20s %10d %10d %10d %14s\n", c.Name, c.Depth, c.Backlog, c.Live, age)
 	}
 	return nil
 }

@@ -230,7 +230,8 @@ func startGateway(cfg *Config, tm timing, log zerolog.Logger) (g *gateway, err e
 			return g, err
 		}
 		flog := log.With().Str("component", "forwarder").Str("sink", sc.Name).Logger()
-		g.forwarders = append(g.forwarders, bridge.NewForwarder(bridge.ForwarderConfig{Attempt: g.timing.forwarderAttempt}, r, s, flog))
+		backlog, _ := bridge.ParseBacklog(sc.Backlog) // validated with the config
+		g.forwarders = append(g.forwarders, bridge.NewForwarder(bridge.ForwarderConfig{Attempt: g.timing.forwarderAttempt, Backlog: backlog}, r, s, flog))
 	}
 	fctx, cancel := context.WithCancel(context.Background())
 	g.fwdCancel = cancel
@@ -315,14 +316,18 @@ func (g *gateway) newSink(cfg *Config, sc SinkConfig, log zerolog.Logger) (sinks
 		if g.brokerSrv == nil {
 			return nil, errors.New("type broker needs broker.enabled")
 		}
-		return broker.NewSink(g.brokerSrv, brokerSinkConfig(cfg, sc), log)
+		bc := brokerSinkConfig(cfg, sc)
+		bc.Devices = deviceTopics(sc, g.directory())
+		return broker.NewSink(g.brokerSrv, bc, log)
 	case "subscriber":
 		if g.brokerSrv == nil {
 			return nil, errors.New("type subscriber needs broker.enabled")
 		}
 		return broker.NewSubscriber(g.brokerSrv, subscriberConfig(cfg, sc), log)
 	case "mqtt":
-		return mqttclient.New(mqttConfig(cfg, sc), log)
+		mc := mqttConfig(cfg, sc)
+		mc.Devices = deviceTopics(sc, g.directory())
+		return mqttclient.New(mc, log)
 	case "cumulocity":
 		c := c8yConfig(cfg, sc)
 		// Registered children are remembered in the queue file, so a

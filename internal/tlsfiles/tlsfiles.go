@@ -1,7 +1,8 @@
-// Package tlsfiles builds the client TLS settings the sinks share from
-// files: a CA bundle (else the system roots), an optional client
-// certificate, TLS 1.2 at least. The files are read when the sink is built,
-// so a missing or broken file fails at start and is named.
+// Package tlsfiles builds TLS settings from files, TLS 1.2 at least: the
+// client side the sinks share (a CA bundle, else the system roots, and an
+// optional client certificate) and the server side of the embedded
+// broker's listeners. The files are read when the sink or listener is
+// built, so a missing or broken file fails at start and is named.
 package tlsfiles
 
 import (
@@ -44,13 +45,9 @@ func (c Config) Client() (*tls.Config, error) {
 func (c Config) ClientWithoutCert() (*tls.Config, error) {
 	tc := &tls.Config{MinVersion: tls.VersionTLS12, InsecureSkipVerify: c.InsecureSkipVerify} //nolint:gosec // the operator's explicit choice
 	if c.CAFile != "" {
-		pem, err := os.ReadFile(c.CAFile)
+		pool, err := CAPool(c.CAFile)
 		if err != nil {
 			return nil, fmt.Errorf("read tls ca_file: %w", err)
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("tls ca_file %s: no PEM certificate found", c.CAFile)
 		}
 		tc.RootCAs = pool
 	}
@@ -58,4 +55,37 @@ func (c Config) ClientWithoutCert() (*tls.Config, error) {
 		return nil, errors.New("tls cert_file and key_file must be given together")
 	}
 	return tc, nil
+}
+
+// Server builds a server configuration with the certificate in certFile
+// and keyFile. With clientCAFile, every client must present a certificate
+// that bundle verifies (mutual TLS).
+func Server(certFile, keyFile, clientCAFile string) (*tls.Config, error) {
+	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+	if err != nil {
+		return nil, fmt.Errorf("load certificate: %w", err)
+	}
+	tc := &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{cert}}
+	if clientCAFile != "" {
+		pool, err := CAPool(clientCAFile)
+		if err != nil {
+			return nil, fmt.Errorf("client_ca_file: %w", err)
+		}
+		tc.ClientCAs = pool
+		tc.ClientAuth = tls.RequireAndVerifyClientCert
+	}
+	return tc, nil
+}
+
+// CAPool reads a PEM bundle of CA certificates.
+func CAPool(path string) (*x509.CertPool, error) {
+	pem, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("no PEM certificate in %s", path)
+	}
+	return pool, nil
 }

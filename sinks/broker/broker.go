@@ -13,12 +13,10 @@ package broker
 
 import (
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
-	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -27,6 +25,8 @@ import (
 	"github.com/mochi-mqtt/server/v2/listeners"
 	"github.com/mochi-mqtt/server/v2/packets"
 	"github.com/rs/zerolog"
+
+	"wittra-gateway/internal/tlsfiles"
 )
 
 // Listener types accepted in Listener.Type.
@@ -237,21 +237,9 @@ func newListener(i int, lc Listener, connectTimeout time.Duration, closeClients 
 		}
 	}
 	if lc.CertFile != "" {
-		cert, err := tls.LoadX509KeyPair(lc.CertFile, lc.KeyFile)
-		if err != nil {
-			return nil, fmt.Errorf("broker listener %s %s: load certificate: %w", typ, addr, err)
-		}
-		tlsCfg = &tls.Config{
-			MinVersion:   tls.VersionTLS12,
-			Certificates: []tls.Certificate{cert},
-		}
-		if lc.ClientCAFile != "" {
-			pool, err := loadCAPool(lc.ClientCAFile)
-			if err != nil {
-				return nil, fmt.Errorf("broker listener %s %s: client_ca_file: %w", typ, addr, err)
-			}
-			tlsCfg.ClientCAs = pool
-			tlsCfg.ClientAuth = tls.RequireAndVerifyClientCert
+		var err error
+		if tlsCfg, err = tlsfiles.Server(lc.CertFile, lc.KeyFile, lc.ClientCAFile); err != nil {
+			return nil, fmt.Errorf("broker listener %s %s: %w", typ, addr, err)
 		}
 	}
 
@@ -263,19 +251,6 @@ func newListener(i int, lc Listener, connectTimeout time.Duration, closeClients 
 		l = listeners.NewTCP(listeners.Config{ID: id, Address: addr, TLSConfig: tlsCfg})
 	}
 	return &listener{Listener: l, typ: typ, addr: addr, connectTimeout: connectTimeout, closeClients: closeClients}, nil
-}
-
-// loadCAPool reads a PEM bundle of CA certificates.
-func loadCAPool(path string) (*x509.CertPool, error) {
-	pem, err := os.ReadFile(path)
-	if err != nil {
-		return nil, err
-	}
-	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(pem) {
-		return nil, fmt.Errorf("no PEM certificate in %s", path)
-	}
-	return pool, nil
 }
 
 // listener wraps each mochi listener:

@@ -47,6 +47,9 @@ type Sink struct {
 	log    zerolog.Logger
 
 	pubs []sinks.Publication // reused across messages; Publish is not concurrent
+	// guard keeps retained values from going back in time; nil without
+	// Retain.
+	guard *sinks.RetainGuard
 
 	topics *devicetopics.Topics // state topic and discovery; nil when off
 	ha     haRun                // Home Assistant status subscription (devicetopics.go)
@@ -73,6 +76,9 @@ func NewSink(srv *Server, cfg SinkConfig, log zerolog.Logger) (*Sink, error) {
 		cfg:    cfg,
 		status: sinks.StatusTopic(cfg.TopicPrefix, cfg.GatewayID),
 		log:    log.With().Str("component", "broker").Str("sink", cfg.Name).Logger(),
+	}
+	if cfg.Retain {
+		s.guard = sinks.NewRetainGuard(0)
 	}
 	srv.reserve(cfg.TopicPrefix)
 	srv.ownRetained(cfg.TopicPrefix, cfg.RetainPolicy, s.status)
@@ -135,6 +141,7 @@ func (s *Sink) Publish(ctx context.Context, msgs []sinks.Message) (n int, err er
 			return i, err
 		}
 		pubs, verr := sinks.Publications(s.pubs[:0], s.cfg.TopicPrefix, m, s.cfg.Values)
+		s.guard.Mark(pubs, m) // before Add: state and discovery topics are always retained
 		pubs = s.topics.Add(pubs, m)
 		s.pubs = pubs
 		if verr != nil {
@@ -142,7 +149,7 @@ func (s *Sink) Publish(ctx context.Context, msgs []sinks.Message) (n int, err er
 				Msg("values not published")
 		}
 		for _, p := range pubs {
-			if err := s.srv.publish(p.Topic, p.Payload, s.cfg.Retain || p.Retain, publishQoS); err != nil {
+			if err := s.srv.publish(p.Topic, p.Payload, p.Retain, publishQoS); err != nil {
 				clear(s.pubs) // don't pin message bodies
 				return i, fmt.Errorf("publish %s: %w", p.Topic, err)
 			}
@@ -150,6 +157,25 @@ func (s *Sink) Publish(ctx context.Context, msgs []sinks.Message) (n int, err er
 	}
 	clear(s.pubs)
 	return len(msgs), nil
+}
+
+// SeedRetained tells the retained-value guard about messages published
+// before a restart (sinks.RetainSeeder).
+func (s *Sink) SeedRetained(msgs []sinks.Message) {
+	seedRetained(s.guard, s.cfg.TopicPrefix, s.cfg.Values, msgs)
+}
+
+var _ sinks.RetainSeeder = (*Sink)(nil)
+
+func seedRetained(g *sinks.RetainGuard, prefix string, values bool, msgs []sinks.Message) {
+	if g == nil {
+		return
+	}
+	var pubs []sinks.Publication
+	for _, m := range msgs {
+		pubs, _ = sinks.Publications(pubs[:0], prefix, m, values)
+		g.Seed(pubs, m)
+	}
 }
 
 // Close publishes the retained status "offline". It leaves the Server

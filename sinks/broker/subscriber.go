@@ -269,7 +269,7 @@ func (s *Subscriber) Publish(ctx context.Context, msgs []sinks.Message) (int, er
 			}
 		}
 		inflight, inBytes := 0, 0
-		ready := false
+		ready, full := false, false
 		var settle time.Time
 		if c != nil {
 			for _, a := range c.acked {
@@ -293,6 +293,14 @@ func (s *Subscriber) Publish(ctx context.Context, msgs []sinks.Message) (int, er
 					window = rm
 				}
 			}
+			// Nearly full: wait for a few more acknowledgements and write
+			// the next publications as one, rather than one write per
+			// acknowledgement; while something waits to be sent, only an
+			// acknowledgement that makes that room wakes the sink.
+			room := min(64, window/4)
+			full = ready && inflight > 0 && (window-inflight < room || inBytes > maxInflightBytes*3/4)
+			c.roomWait = full && !s.allSent()
+			c.roomCount, c.roomBytes = window-room, maxInflightBytes*3/4
 		}
 		d.mu.Unlock()
 		if refused > 0 {
@@ -311,9 +319,7 @@ func (s *Subscriber) Publish(ctx context.Context, msgs []sinks.Message) (int, er
 			ready = false // unsubscribed from everything: wait, as if away
 		}
 		var wait time.Time // an unmatched message waits for more subscriptions until then
-		if ready && inflight > 0 && (window-inflight < min(64, window/4) || inBytes > maxInflightBytes*3/4) {
-			// Nearly full: wait for a few more acknowledgements and write
-			// them as one, rather than one write per acknowledgement.
+		if full {
 			ready = false
 		}
 		if ready {
@@ -322,6 +328,14 @@ func (s *Subscriber) Publish(ctx context.Context, msgs []sinks.Message) (int, er
 				done++
 			}
 			if done == len(msgs) {
+				return done, nil
+			}
+			if done > 0 && wait.IsZero() && s.allSent() {
+				// The rest is written and only awaits its acknowledgements:
+				// return what is delivered, so that the forwarder hands the
+				// rest back with newer messages behind it while the client
+				// reads, instead of the window draining at the end of
+				// every batch.
 				return done, nil
 			}
 		}
@@ -517,6 +531,16 @@ func (s *Subscriber) find(msgs []sinks.Message, k pubKey) (int, bool) {
 		return 0, false
 	}
 	return j, true
+}
+
+// allSent reports whether no item is left to send.
+func (s *Subscriber) allSent() bool {
+	for i := range s.items {
+		if s.items[i].state == itemPending {
+			return false
+		}
+	}
+	return true
 }
 
 func (s *Subscriber) markDone(i int) {

@@ -258,6 +258,13 @@ type dconn struct {
 	inflight map[uint16]inflightEntry
 	inBytes  int        // encoded bytes of the inflight publications
 	acked    []ackedKey // acknowledgements the sink has not consumed yet
+	// roomWait: the sink waits for room in its window to send more; an
+	// acknowledgement wakes it only once at most roomCount publications
+	// and roomBytes bytes are in flight (one wake-up per few hundred
+	// acknowledgements instead of one each).
+	roomWait  bool
+	roomCount int
+	roomBytes int
 }
 
 type inflightEntry struct {
@@ -345,8 +352,14 @@ func (d *durable) acked(cl *mqtt.Client, id uint16, refused bool) {
 	delete(c.inflight, id)
 	c.inBytes -= e.bytes
 	c.acked = append(c.acked, ackedKey{key: e.key, refused: refused})
+	quiet := c.roomWait && (len(c.inflight) > c.roomCount || c.inBytes > c.roomBytes)
+	if !quiet {
+		c.roomWait = false
+	}
 	d.mu.Unlock()
-	d.signal()
+	if !quiet {
+		d.signal()
+	}
 }
 
 func (d *durable) restore(cl *mqtt.Client, id uint16, infoInflight *int64) {

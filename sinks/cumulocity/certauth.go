@@ -18,6 +18,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/rs/zerolog"
+
 	"wittra-gateway/internal/certreload"
 )
 
@@ -127,15 +129,11 @@ func CheckCertificateLogin(cfg Config) error {
 	if cfg.ClientID != "" && cfg.Mode != ModeMQTT {
 		return errors.New("client_id is only used by mode mqtt with certificate login")
 	}
-	cert, err := tls.LoadX509KeyPair(cfg.TLS.CertFile, cfg.TLS.KeyFile)
+	r, err := certreload.New(cfg.TLS.CertFile, cfg.TLS.KeyFile, zerolog.Nop())
 	if err != nil {
 		return fmt.Errorf("client certificate: %w", err)
 	}
-	leaf, err := x509.ParseCertificate(cert.Certificate[0])
-	if err != nil {
-		return fmt.Errorf("client certificate: %w", err)
-	}
-	_, _, _, err = certLoginIdentity(cfg, u, leaf)
+	_, _, _, err = certLoginIdentity(cfg, u, r.Leaf())
 	return err
 }
 
@@ -262,7 +260,7 @@ func (s *Sink) watchExpiry() {
 // that was not a login refusal.
 func (s *Sink) Connected() bool {
 	if s.mqtt != nil {
-		return s.mqtt.ready() != nil
+		return s.mqtt.pub.Connected()
 	}
 	return s.rest.reachable.Load()
 }

@@ -196,7 +196,7 @@ func New(cfg Config, log zerolog.Logger) (*Sink, error) {
 	}
 	if err == nil {
 		if cfg.Mode == ModeMQTT {
-			s.mqtt, err = newMQTTLink(s, u, tlsCfg)
+			s.mqtt, err = newMQTTLink(s, tlsCfg)
 		} else {
 			s.rest, err = newRESTLink(s, u, tlsCfg)
 		}

@@ -8,6 +8,9 @@ import (
 	"net/url"
 	"sync"
 	"time"
+
+	"wittra-gateway/internal/mqttpub"
+	"wittra-gateway/sinks"
 )
 
 // Child device names. A child is registered with the name Config.Directory
@@ -130,15 +133,18 @@ func inventoryName(name string) []byte {
 	return b
 }
 
-// ensureNamedChild registers device (mqtt mode) under its name, or renames
-// it when its name changed.
-func (l *mqttLink) ensureNamedChild(ctx context.Context, project, device string) error {
+// ensureNamedChild registers device (mqtt mode, in b as part of message
+// msg) under its name, or renames it when its name changed.
+func (l *mqttLink) ensureNamedChild(ctx context.Context, b *mqttpub.Batch, msg int, project, device string) error {
 	name := l.s.childName(project, device)
-	if err := l.ensureChild(ctx, device, name); err != nil {
+	if err := l.ensureChild(ctx, b, msg, device, name); err != nil {
 		return err
 	}
 	l.s.renameIfChanged(ctx, device, name, func(ctx context.Context, name string) error {
-		return l.publishWait(ctx, "inventory/managedObjects/update/"+device, string(inventoryName(name)))
+		if err := b.Send(sinks.Publication{Topic: "inventory/managedObjects/update/" + device, Payload: inventoryName(name)}, msg, false); err != nil {
+			return err
+		}
+		return b.Flush()
 	})
 	return nil
 }

@@ -284,18 +284,28 @@ func (t *Topics) Configs() []sinks.Publication {
 }
 
 // Republish publishes every config again each time Home Assistant comes
-// online (see Online), spread over RepublishSpread so that a site with
-// thousands of entities does not arrive as one burst, until stop closes.
-// publish errors end that round (the next "online" starts a new one).
+// online (see Online), and when the Directory says device names changed
+// (sinks.DirectoryNotifier), spread over RepublishSpread so that a site
+// with thousands of entities does not arrive as one burst, until stop
+// closes. publish errors end that round (the next one starts anew).
 func (t *Topics) Republish(stop <-chan struct{}, publish func(sinks.Publication) error) {
 	if t == nil || !t.o.HomeAssistant.Enabled {
 		return
 	}
+	notifier, _ := t.o.Directory.(sinks.DirectoryNotifier)
+	var changed <-chan struct{} // nil (never ready) without a notifier
+	if notifier != nil {
+		changed = notifier.Changed()
+	}
 	for {
+		why := "Home Assistant came online"
 		select {
 		case <-stop:
 			return
 		case <-t.online:
+		case <-changed:
+			changed = notifier.Changed()
+			why = "device names changed"
 		}
 		pubs := t.Configs()
 		steps := min(republishSteps, len(pubs))
@@ -318,7 +328,7 @@ func (t *Topics) Republish(stop <-chan struct{}, publish func(sinks.Publication)
 		if err != nil {
 			ev = t.log.Warn().Err(err)
 		}
-		ev.Int("configs", sent).Int("of", len(pubs)).Msg("Home Assistant came online: discovery configs published again")
+		ev.Int("configs", sent).Int("of", len(pubs)).Msg(why + ": discovery configs published again")
 	}
 }
 

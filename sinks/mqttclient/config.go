@@ -2,12 +2,11 @@ package mqttclient
 
 import (
 	"cmp"
-	"errors"
-	"net"
 	"net/url"
 	"time"
 
 	"wittra-gateway/internal/field"
+	"wittra-gateway/internal/mqttpub"
 	"wittra-gateway/internal/tlsfiles"
 	"wittra-gateway/sinks"
 	"wittra-gateway/sinks/devicetopics"
@@ -31,9 +30,7 @@ const (
 const (
 	connectRetryInterval = 1 * time.Second // first wait after a failed connection attempt; doubles up to MaxReconnectInterval
 	connectTimeout       = 10 * time.Second
-	writeTimeout         = 10 * time.Second // socket write deadline, and paho's wait to hand a publish over
 	keepAlive            = 30 * time.Second
-	pingTimeout          = 10 * time.Second
 	statusQoS            = 1
 )
 
@@ -119,30 +116,5 @@ func (cfg Config) Validate() error {
 // parseBrokerURL checks raw and fills in the default port of tcp:// and
 // ssl://. It reports whether the scheme is a TLS one.
 func parseBrokerURL(raw string) (u *url.URL, secure bool, err error) {
-	u, err = url.Parse(raw)
-	if err != nil {
-		return nil, false, errors.New("not a valid URL")
-	}
-	port := ""
-	switch u.Scheme {
-	case "tcp":
-		port = "1883"
-	case "ssl":
-		port, secure = "8883", true
-	case "ws":
-	case "wss":
-		secure = true
-	default:
-		return nil, false, errors.New("must start with tcp://, ssl://, ws:// or wss://")
-	}
-	switch {
-	case u.User != nil:
-		return nil, false, errors.New("must not contain credentials: use username and password")
-	case u.Hostname() == "":
-		return nil, false, errors.New("must name a host")
-	}
-	if port != "" && u.Port() == "" {
-		u.Host = net.JoinHostPort(u.Hostname(), port)
-	}
-	return u, secure, nil
+	return mqttpub.ParseURL(raw, "tcp", "ssl", "ws", "wss")
 }

@@ -1,12 +1,11 @@
 package mqttclient
 
 import (
+	"context"
 	"errors"
 	"fmt"
-	"time"
 
-	paho "github.com/eclipse/paho.mqtt.golang"
-
+	"wittra-gateway/internal/mqttpub"
 	"wittra-gateway/sinks"
 	"wittra-gateway/sinks/devicetopics"
 )
@@ -37,45 +36,39 @@ func (s *Sink) startDeviceTopics() error {
 	return nil
 }
 
-// subscribeHomeAssistant makes every connection subscribe to Home
-// Assistant's status topic once it is up: each connection is a new client
-// with a clean session, so the subscription is made again on each.
-func (s *Sink) subscribeHomeAssistant(o *paho.ClientOptions) {
+// subscribeHomeAssistant subscribes connection c to Home Assistant's
+// status topic. A refusal is logged, not fatal: configs are then published
+// only when devices are first seen.
+func (s *Sink) subscribeHomeAssistant(ctx context.Context, c *mqttpub.Conn) error {
 	topic := s.topics.StatusTopic()
 	if topic == "" {
-		return
+		return nil
 	}
-	o.SetOnConnectHandler(func(c paho.Client) { // runs on its own goroutine
-		tok := c.Subscribe(topic, 1, func(_ paho.Client, m paho.Message) { s.topics.Online(m.Payload()) })
-		if !tok.WaitTimeout(s.cfg.AckTimeout) {
-			s.log.Warn().Str("topic", topic).Msg("subscription to Home Assistant's status not acknowledged in time")
-		} else if err := tok.Error(); err != nil {
-			s.log.Warn().Err(err).Str("topic", topic).Msg("cannot subscribe to Home Assistant's status: configs are published only when devices are first seen")
-		}
-	})
+	err := c.Subscribe(ctx, topic, 1, func(_ string, payload []byte) { s.topics.Online(payload) })
+	if err != nil && ctx.Err() == nil {
+		s.log.Warn().Err(err).Str("topic", topic).Msg("cannot subscribe to Home Assistant's status: configs are published only when devices are first seen")
+	}
+	return ctx.Err()
 }
 
-// publishConfig publishes one discovery config, retained, on the current
+// publishConfig publishes one discovery config, retained, on the latest
 // connection and waits for its acknowledgement.
 func (s *Sink) publishConfig(p sinks.Publication) error {
-	s.mu.Lock()
-	c := s.client
-	s.mu.Unlock()
-	if c == nil || !c.IsConnectionOpen() {
+	c := s.conn.Load()
+	if c == nil || !s.pub.Connected() {
 		return errNotConnected
 	}
-	tok := c.Publish(p.Topic, s.cfg.QoS, true, p.Payload)
-	t := time.NewTimer(s.cfg.AckTimeout)
-	defer t.Stop()
-	select {
-	case <-tok.Done():
-		if err := tok.Error(); err != nil {
-			return fmt.Errorf("publish %s: %w", p.Topic, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		select {
+		case <-s.done:
+			cancel()
+		case <-ctx.Done():
 		}
-		return nil
-	case <-t.C:
-		return fmt.Errorf("publish %s: %w", p.Topic, ErrAckTimeout)
-	case <-s.done:
-		return ErrClosed
+	}()
+	if err := c.Publish(ctx, mqttpub.Message{Topic: p.Topic, QoS: s.cfg.QoS, Retain: true, Payload: p.Payload}); err != nil {
+		return fmt.Errorf("publish %s: %w", p.Topic, err)
 	}
+	return nil
 }

@@ -14,27 +14,19 @@
 //
 // # Delivery (docs/contract.md#delivery)
 //
-// Durability belongs to the gateway's bbolt queue, not to paho. Each
-// connection is a fresh paho client with a clean session and an in-memory
-// store; Publish only proves delivery, and the forwarder deletes from the
-// queue what Publish proved:
+// Durability belongs to the gateway's bbolt queue, not to paho. The
+// connection is internal/mqttpub's (its package doc says how delivery is
+// proven despite paho); Publish only proves delivery, and the forwarder
+// deletes from the queue what Publish proved:
 //
-//   - Publish never feeds paho while it is not connected: it waits
-//     (ctx-aware) for a connection first, and stops publishing the moment
-//     that connection is lost. paho would otherwise queue every publication
-//     in memory without bound until it runs out of message ids.
 //   - At QoS 1 a publication is delivered when its PUBACK arrived (QoS 2:
-//     PUBCOMP) on the connection it was sent on, and no connection event
-//     happened in between (the connection epoch, see Sink). paho's own
-//     auto-reconnect is off: after a reconnect it completes old tokens
-//     without a PUBACK, and it sends a publication that was blocked at the
-//     moment of the loss ahead of the older ones it resends, which breaks
-//     per-device order.
+//     PUBCOMP) on the connection it was sent on, with no connection event
+//     in between. Publish waits (ctx-aware) for a connection first and
+//     stops the moment it is lost.
 //   - At QoS 0 a publication counts as delivered once paho has written it to
 //     the connection. That is fire-and-forget, the user's explicit choice:
 //     a broker or network failure right after the write loses it, and
-//     Publish cannot know. Publications are still never handed to paho
-//     while it is disconnected (paho would drop them and report success).
+//     Publish cannot know.
 //   - At most Window publications are in flight. A message counts as
 //     delivered once all its publications are; Publish returns how many
 //     leading messages are, and why it stopped before the others.

@@ -24,6 +24,11 @@ func TestNATSClusterNodeKilled(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(c.Close)
+	// NATS serves MQTT sessions from JetStream: a persistent subscriber
+	// can connect only once JetStream answers on every node.
+	if err := c.WaitJetStream(2 * time.Minute); err != nil {
+		t.Fatal(err)
+	}
 	t.Logf("cluster up in %v", time.Since(began).Round(time.Millisecond))
 
 	sub := testutil.Subscribe(t, "tcp://"+c.MQTTAddr(2), DefaultTopicPrefix+"/"+testProject+"/+/data", 1,

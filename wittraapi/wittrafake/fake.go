@@ -2,8 +2,8 @@
 // GET /v1/organizations/<org>/projects/<project>/devices, on 127.0.0.1 with
 // a port the system chooses.
 //
-// What it encodes, and how sure each point is (see
-// shared/reference/wittra-api.md for the sources):
+// What it encodes, and how sure each point is (public sources: Wittra's
+// API documentation at docs.wittra.io and third-party clients):
 //   - Documented (docs.wittra.io): base URL and the /v1/organizations/<org>/
 //     projects/<project>/devices path; Basic auth base64("<org id>:<api
 //     key>"), one key per organization valid for all its projects.
