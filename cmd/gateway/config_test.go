@@ -524,7 +524,7 @@ func TestValidationRules(t *testing.T) {
 		{"MQTTURLUnparsable", yml("sinks:", "  - name: x", "    type: mqtt", "    url: 'tcp://h:port'"), []string{"line 4: sinks[0].url: not a valid URL"}},
 		{"C8YBadMode", yml("sinks:", "  - {name: c, type: cumulocity, mode: soap, url: 'https://x', tenant: t, username: u, password: p}"), []string{"line 2: sinks[0].mode: "}},
 		{"C8YRestNeedsHTTP", yml("sinks:", "  - {name: c, type: cumulocity, mode: rest, url: 'tcp://x:1883', tenant: t, username: u, password: p}"), []string{"line 2: sinks[0].url: must start with https:// or http://"}},
-		{"C8YMQTTNeedsMQTTURL", yml("sinks:", "  - {name: c, type: cumulocity, url: 'https://x', tenant: t, username: u, password: p}"), []string{"line 2: sinks[0].url: must start with tcp://, mqtts:// or ssl://"}},
+		{"C8YMQTTNeedsMQTTURL", yml("sinks:", "  - {name: c, type: cumulocity, url: 'https://x', tenant: t, username: u, password: p}"), []string{"line 2: sinks[0].url: must start with tcp://, mqtt://, ssl://, mqtts:// or tls:// (mode mqtt)"}},
 		{"EmptyTopicPrefix", yml("sinks:", "  - name: x", "    type: broker", "    topic_prefix: ''"), []string{"line 4: sinks[0].topic_prefix: must not be empty"}},
 		{"ListenerType", yml("broker:", "  listeners:", "    - type: quic", "      address: ':1'"), []string{"line 3: broker.listeners[0].type: "}},
 		{"ListenerAddress", yml("broker:", "  listeners:", "    - type: tcp"), []string{"line 3: broker.listeners[0].address: must not be empty"}},

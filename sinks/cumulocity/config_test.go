@@ -20,7 +20,7 @@ func TestNewValidates(t *testing.T) {
 		{"NoTenant", func(c *Config) { c.Tenant = "" }, "tenant: required"},
 		{"TenantWithSlash", func(c *Config) { c.Tenant = "a/b" }, "must not contain /"},
 		{"NoHost", func(c *Config) { c.URL = "tcp://" }, "url: must name a host"},
-		{"MQTTWithHTTPS", func(c *Config) { c.URL = "https://x" }, "url: must start with tcp://, mqtts:// or ssl:// (mode mqtt)"},
+		{"MQTTWithHTTPS", func(c *Config) { c.URL = "https://x" }, "url: must start with tcp://, mqtt://, ssl://, mqtts:// or tls:// (mode mqtt)"},
 		{"RESTWithTCP", func(c *Config) { c.Mode = ModeREST }, "url: must start with https:// or http:// (mode rest)"},
 		{"MissingCA", func(c *Config) { c.TLS.CAFile = "/nonexistent/ca.pem" }, "read tls ca_file"},
 		{"CertWithoutKey", func(c *Config) { c.TLS.CertFile = "/x.pem" }, "tls: cert_file and key_file must be set together"},

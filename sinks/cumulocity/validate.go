@@ -3,12 +3,15 @@ package cumulocity
 import (
 	"cmp"
 	"net/url"
-	"slices"
 	"strings"
 
 	"wittra-gateway/internal/field"
+	"wittra-gateway/internal/mqttpub"
 	"wittra-gateway/sinks"
 )
+
+// mqttSchemes are the URL schemes of mode mqtt.
+var mqttSchemes = []string{"tcp", "mqtt", "ssl", "mqtts", "tls"}
 
 // Validate reports every problem of cfg that shows without the network,
 // zero fields standing for their defaults. Each is a *field.Error naming
@@ -27,9 +30,11 @@ func (cfg Config) Validate() error {
 		errs.Add("url", "required for type cumulocity")
 	case uerr != nil:
 		errs.Add("url", "not a valid URL")
-	case mode == ModeMQTT && !slices.Contains([]string{"tcp", "mqtt", "ssl", "mqtts", "tls"}, u.Scheme):
-		errs.Add("url", "must start with tcp://, mqtts:// or ssl:// (mode mqtt)")
-	case mode == ModeREST && u.Scheme != "https" && u.Scheme != "http":
+	case mode == ModeMQTT:
+		if _, _, err := mqttpub.ParseURL(cfg.URL, mqttSchemes...); err != nil {
+			errs.Add("url", "%v (mode mqtt)", err)
+		}
+	case u.Scheme != "https" && u.Scheme != "http":
 		errs.Add("url", "must start with https:// or http:// (mode rest)")
 	case u.User != nil:
 		errs.Add("url", "must not contain credentials: use username and password")
