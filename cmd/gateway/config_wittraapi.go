@@ -4,9 +4,6 @@ package main
 // config.go so that the section's keys live in one place.
 
 import (
-	"fmt"
-	"net/url"
-	"strings"
 	"time"
 
 	"wittra-gateway/wittraapi"
@@ -34,32 +31,17 @@ func (p *parser) validateWittraAPI(c *Config) {
 	if w == nil {
 		return
 	}
-	const base = "wittra_api"
 	if w.URL == "" {
-		p.invalid(base+".url", "must not be empty (absent: %s)", wittraapi.DefaultURL)
-	} else {
-		if u, err := url.Parse(w.URL); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" || u.User != nil {
-			p.invalid(base+".url", "must start with https:// (http:// only for a local test server) and name a host, without credentials")
-		}
-	}
-	switch {
-	case w.OrganizationID == "":
-		p.invalid(base+".organization_id", "required (the organization id shown in the Wittra portal)")
-	case strings.ContainsAny(w.OrganizationID, "/:?# "):
-		p.invalid(base+".organization_id", "must not contain / : ? # or spaces")
-	}
-	if w.APIKey == "" && !p.offline {
-		p.invalid(base+".api_key", "required (api_key_file, or api_key): a key made under \"Manage API Keys\" in the Wittra portal")
-	}
-	if len(w.Projects) > wittraapi.MaxProjects {
-		p.invalid(base+".projects", "at most %d projects", wittraapi.MaxProjects)
-	}
-	for i, pr := range w.Projects {
-		if pr == "" || strings.ContainsAny(pr, "/?# ") {
-			p.invalid(fmt.Sprintf("%s.projects[%d]", base, i), "must be a Wittra project id (no / ? # or spaces)")
-		}
+		p.invalid("wittra_api.url", "must not be empty (absent: %s)", wittraapi.DefaultURL)
 	}
 	if w.Refresh < minWittraRefresh {
-		p.invalid(base+".refresh", "must be at least %v", minWittraRefresh)
+		p.invalid("wittra_api.refresh", "must be at least %v", minWittraRefresh)
 	}
+	p.own("wittra_api", wittraConfig(w).Validate())
+}
+
+// wittraConfig is the wittraapi package's view of the section (names.go
+// adds what the running gateway provides).
+func wittraConfig(w *WittraAPIConfig) *wittraapi.Config {
+	return &wittraapi.Config{URL: w.URL, OrganizationID: w.OrganizationID, APIKey: w.APIKey, Projects: w.Projects, Refresh: w.Refresh}
 }
