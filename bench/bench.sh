@@ -55,7 +55,7 @@ mkdir -p "$bin"
 echo "bench.sh: building into $bin" >&2
 # The gateway exactly as `make build` builds it.
 CGO_ENABLED=0 $GO build -trimpath -ldflags "-s -w -X main.Version=bench" -o "$bin/wittra-gateway" ./cmd/gateway
-$GO build -o "$bin/" ./cmd/wittra-load ./bench/baseline ./bench/profile ./bench/fill ./bench/qstat ./bench/natscluster ./bench/runner
+$GO build -o "$bin/" ./cmd/wittra-load ./bench/baseline ./bench/noop ./bench/profile ./bench/fill ./bench/qstat ./bench/natscluster ./bench/runner
 
 args=(-bin "$bin" -work "$work" -values="${BENCH_VALUES:-true}" -retain="${BENCH_RETAIN:-true}")
 [ -n "$quick" ] && args+=(-quick)

@@ -2,6 +2,7 @@ package bridge
 
 import (
 	"container/list"
+	"strings"
 	"sync"
 	"time"
 
@@ -56,11 +57,13 @@ func (t *deviceTable) note(entries []buffer.Entry, now time.Time) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	for _, e := range entries {
-		m, err := DecodeRecord(buffer.Record{Data: e.Data})
+		// The key's strings alias e.Data: no allocation for a device
+		// already in the table; a new one gets copies.
+		m, err := decodeView(e.Data)
 		if err != nil {
 			continue
 		}
-		key := deviceKey{m.Project, m.Device} // no concatenation per message
+		key := deviceKey{m.Project, m.Device}
 		var d *SeenDevice
 		if el, ok := t.byID[key]; ok {
 			t.lru.MoveToFront(el)
@@ -72,8 +75,8 @@ func (t *deviceTable) note(entries []buffer.Entry, now time.Time) {
 				delete(t.byID, deviceKey{od.Project, od.ID})
 				t.lru.Remove(old)
 			}
-			d = &SeenDevice{Project: m.Project, ID: m.Device}
-			t.byID[key] = t.lru.PushFront(d)
+			d = &SeenDevice{Project: strings.Clone(m.Project), ID: strings.Clone(m.Device)}
+			t.byID[deviceKey{d.Project, d.ID}] = t.lru.PushFront(d)
 		}
 		d.Kind, d.LastSeen, d.BodyLen = m.Kind, now, len(m.Body)
 		d.Messages++

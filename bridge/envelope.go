@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"unsafe"
 
 	"wittra-gateway/buffer"
 	"wittra-gateway/sinks"
@@ -56,4 +57,32 @@ func readString(d []byte) (string, []byte, bool) {
 		return "", nil, false
 	}
 	return string(d[w : w+int(n)]), d[w+int(n):], true
+}
+
+// decodeView is DecodeRecord for a look that ends before data changes:
+// project and device alias data instead of being copied.
+func decodeView(d []byte) (sinks.Message, error) {
+	var m sinks.Message
+	if len(d) < 2 || d[0] != envelopeVersion || d[1] > byte(sinks.KindEvent) {
+		return m, errEnvelope
+	}
+	m.Kind = sinks.Kind(d[1])
+	d = d[2:]
+	var ok bool
+	if m.Project, d, ok = viewString(d); !ok {
+		return m, errEnvelope
+	}
+	if m.Device, d, ok = viewString(d); !ok {
+		return m, errEnvelope
+	}
+	m.Body = d
+	return m, nil
+}
+
+func viewString(d []byte) (string, []byte, bool) {
+	n, w := binary.Uvarint(d)
+	if w <= 0 || uint64(len(d)-w) < n {
+		return "", nil, false
+	}
+	return unsafe.String(unsafe.SliceData(d[w:]), int(n)), d[w+int(n):], true
 }

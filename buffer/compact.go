@@ -16,8 +16,8 @@ const compactTxMax = 16 << 20
 
 // dirtyBuckets names buckets an op may change that compaction cannot
 // catch up incrementally: written during a copy, they are copied again
-// whole at the switch-over. Ops that only touch msgs, dedup, dedupt, meta
-// and epochs need no flag.
+// whole at the switch-over. Ops that only touch msgs, dedupw, meta and
+// epochs need no flag.
 type dirtyBuckets uint8
 
 const (
@@ -62,8 +62,8 @@ func (q *Queue) inCommitter(fn func()) error {
 
 // compactMarks: where the copy's snapshot is known to reach at least.
 type compactMarks struct {
-	lastSeq    uint64 // msgs: every key up to here is in the copy or deleted later
-	lastDedupG uint64 // dedupt: every entry before this time likewise
+	lastSeq      uint64 // msgs: every key up to here is in the copy or deleted later
+	lastDedupSeq uint64 // dedupw: every record up to this sequence likewise
 }
 
 // Compact rewrites the file to its live data when it is mostly free space,
@@ -111,9 +111,7 @@ func (q *Queue) Compact() error {
 	err = q.guard(func() error {
 		return q.db.View(func(tx *bolt.Tx) error {
 			marks.lastSeq = tx.Bucket(bucketMsgs).Sequence()
-			if k, _ := tx.Bucket(bucketDedupT).Cursor().Last(); len(k) >= 8 {
-				marks.lastDedupG = binary.BigEndian.Uint64(k)
-			}
+			marks.lastDedupSeq = tx.Bucket(bucketDedupW).Sequence()
 			return nil
 		})
 	})
@@ -217,9 +215,8 @@ func (q *Queue) switchOver(dst *bolt.DB, tmp string, marks compactMarks) error {
 }
 
 // catchUp applies to the copy dtx what changed in src since the snapshot
-// marks describe. It relies on how the queue writes: msgs and dedupt only
-// grow at the end and shrink at the front, msgs values never change, and
-// every dedup write comes with a dedupt entry.
+// marks describe. It relies on how the queue writes: msgs and dedupw only
+// grow at the end and shrink at the front, and their values never change.
 func catchUp(src, dtx *bolt.Tx, head uint64, marks compactMarks, dirty dirtyBuckets) error {
 	sm, dm := src.Bucket(bucketMsgs), dtx.Bucket(bucketMsgs)
 	dm.FillPercent = appendFill
@@ -239,36 +236,8 @@ func catchUp(src, dtx *bolt.Tx, head uint64, marks compactMarks, dirty dirtyBuck
 		return err
 	}
 
-	si, di := src.Bucket(bucketDedupT), dtx.Bucket(bucketDedupT)
-	sk, dk := src.Bucket(bucketDedup), dtx.Bucket(bucketDedup)
-	di.FillPercent = appendFill
-	// A key whose index entry came or went: its dedup value is the
-	// current one.
-	mirror := func(key []byte) error {
-		if v := sk.Get(key); v != nil {
-			return dk.Put(key, v)
-		}
-		return dk.Delete(key)
-	}
-	first, _ := si.Cursor().First()
-	ic := di.Cursor()
-	for k, _ := ic.First(); k != nil && (first == nil || bytes.Compare(k, first) < 0); k, _ = ic.First() {
-		key := append([]byte(nil), k[8:]...)
-		if err := ic.Delete(); err != nil {
-			return err
-		}
-		if err := mirror(key); err != nil {
-			return err
-		}
-	}
-	c := si.Cursor()
-	for k, _ := c.Seek(u64(marks.lastDedupG)); k != nil; k, _ = c.Next() {
-		if err := di.Put(k, nil); err != nil {
-			return err
-		}
-		if err := mirror(k[8:]); err != nil {
-			return err
-		}
+	if err := catchUpFront(src.Bucket(bucketDedupW), dtx.Bucket(bucketDedupW), marks.lastDedupSeq); err != nil {
+		return err
 	}
 
 	// Every other bucket is copied whole when it may have changed: meta
@@ -276,7 +245,7 @@ func catchUp(src, dtx *bolt.Tx, head uint64, marks compactMarks, dirty dirtyBuck
 	// copy, and any bucket this code does not know.
 	return src.ForEach(func(name []byte, b *bolt.Bucket) error {
 		switch string(name) {
-		case string(bucketMsgs), string(bucketDedup), string(bucketDedupT):
+		case string(bucketMsgs), string(bucketDedupW):
 			return nil
 		case string(bucketKV):
 			if dirty&dirtyKV == 0 {
@@ -324,4 +293,26 @@ func syncDir(dir string) error {
 	}
 	defer d.Close()
 	return d.Sync()
+}
+
+// catchUpFront brings dst, a copy of the append-only bucket src taken when
+// its sequence was last, up to date: it deletes from dst's front what src
+// no longer holds and appends what src gained after last. Keys start with
+// an 8-byte sequence.
+func catchUpFront(src, dst *bolt.Bucket, last uint64) error {
+	dst.FillPercent = appendFill
+	first, _ := src.Cursor().First()
+	dc := dst.Cursor()
+	for k, _ := dc.First(); k != nil && (first == nil || bytes.Compare(k, first) < 0); k, _ = dc.First() {
+		if err := dc.Delete(); err != nil {
+			return err
+		}
+	}
+	sc := src.Cursor()
+	for k, v := sc.Seek(u64(last + 1)); k != nil; k, v = sc.Next() {
+		if err := dst.Put(k, v); err != nil {
+			return err
+		}
+	}
+	return dst.SetSequence(src.Sequence())
 }

@@ -25,11 +25,16 @@
 //	                                 8-byte gateway time, 8-byte wall (Unix
 //	                                 ns), 8-byte boot-clock reading, 1-byte
 //	                                 trusted, boot id (timeline.go).
-//	bucket "dedup"  key: dedup key (payloadId; a SHA-256 of it when longer
-//	                than 128 bytes) → 8-byte accept time (Unix ns; from v2
-//	                gateway time ns, see timeline.go).
-//	bucket "dedupt" key: 8-byte accept time + dedup key → empty. A time index
-//	                so expired dedup keys are swept without a full scan.
+//	bucket "dedupw" (v3) the dedup window, one record per commit that
+//	                accepted keys. key: 8-byte record sequence (bucket
+//	                NextSequence) + 8-byte gateway time ns of the commit.
+//	                value: the keys, each encoded by appendDedupID (a tag
+//	                byte, then raw bytes, 6-bit packed [0-9A-Za-z-_], or a
+//	                UUID's 16 bytes; a key longer than 128 bytes is its
+//	                SHA-256). Appended at the end, deleted from the front
+//	                when out of the window (dedupwin.go).
+//	bucket "dedup"  (v1, v2 only) key: dedup key → 8-byte accept time.
+//	bucket "dedupt" (v1, v2 only) key: 8-byte accept time + dedup key → empty.
 //	bucket "epochs" (v2) key: 8-byte first sequence → 8-byte offset (wall −
 //	                gateway time, ns, two's complement) + 1-byte trusted.
 //	bucket "dead"   key: 8-byte sequence + consumer name → 8-byte refusal
@@ -38,7 +43,8 @@
 //	bucket "kv"     one nested bucket per namespace (a sink's own state).
 //
 // All integers are big-endian. Format version 1 is this layout without the
-// entries marked (v2); version 2 adds them (gateway time, timeline.go).
+// entries marked (v2) and (v3); version 2 adds the (v2) ones (gateway time,
+// timeline.go); version 3 replaces "dedup" and "dedupt" by "dedupw".
 //
 // # Format versions
 //
@@ -63,8 +69,8 @@
 // (bbolt panicked at run time). damage.go says how each is used; pages.go
 // reads the format above without bbolt to check a file before bbolt opens
 // it, and salvage.go copies what is readable into a fresh file. Salvage
-// reads format version 1 (the layout above): a format bump must teach it
-// the new layout too.
+// reads the layout above (and the dedup buckets of versions 1 and 2): a
+// format bump must teach it the new layout too.
 //
 // # Commits
 //

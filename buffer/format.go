@@ -43,6 +43,7 @@ type migration struct {
 // fixture written by the code of that version.
 var migrations = []migration{
 	{from: 1, about: "gateway time: epochs bucket, dedup times read as gateway time", apply: migrateGatewayTime},
+	{from: 2, about: "dedup window: one append-only record per commit instead of the dedup and dedupt trees", apply: migrateDedupWindow},
 }
 
 // FormatVersion is the file layout this code writes and runs on.
@@ -149,7 +150,7 @@ func upgrade(db *bolt.DB, path string, log zerolog.Logger) error {
 			steps = append(steps, counts)
 		}
 		kept = map[string]int{}
-		for _, name := range [][]byte{bucketMsgs, bucketDedup, bucketDead} {
+		for _, name := range [][]byte{bucketMsgs, bucketDedupW, bucketDead} {
 			if b := tx.Bucket(name); b != nil {
 				// Counted by cursor: Bucket.Stats reads the committed
 				// pages, not what this transaction changed.
@@ -191,4 +192,69 @@ func stamp(tx *bolt.Tx) error {
 		return fmt.Errorf("write msgs format version: %w", err)
 	}
 	return nil
+}
+
+// migrateDedupWindow upgrades format 2 to 3: the keys of bucket "dedup"
+// (each with its latest accept time, gateway time) become "dedupw"
+// records, one per distinct accept time in time order, so every key keeps
+// exactly its time and the window's edge does not move; "dedup" and
+// "dedupt" are deleted. Keys longer than 128 bytes were already stored as
+// their SHA-256 and are carried over as such.
+func migrateDedupWindow(tx *bolt.Tx) (map[string]int, error) {
+	w, err := tx.CreateBucketIfNotExists(bucketDedupW)
+	if err != nil {
+		return nil, fmt.Errorf("create bucket dedupw: %w", err)
+	}
+	w.FillPercent = appendFill
+	keys, records := 0, 0
+	var cur []byte
+	curG := int64(-1)
+	put := func() error {
+		if len(cur) == 0 {
+			return nil
+		}
+		seq, err := w.NextSequence()
+		if err != nil {
+			return err
+		}
+		if err := w.Put(dedupRecordKey(seq, curG), cur); err != nil {
+			return fmt.Errorf("put dedup record: %w", err)
+		}
+		records++
+		cur = nil
+		return nil
+	}
+	if dedup, index := tx.Bucket(bucketDedupV2), tx.Bucket(bucketDedupTV2); dedup != nil && index != nil {
+		// The time index gives time order; only a key's latest entry
+		// counts (an older one was left for the sweep).
+		c := index.Cursor()
+		for k, _ := c.First(); k != nil; k, _ = c.Next() {
+			if len(k) < 8 {
+				return nil, &CorruptError{Key: fmt.Sprintf("dedupt/%x", k), Err: fmt.Errorf("index key has %d bytes", len(k))}
+			}
+			g, key := binary.BigEndian.Uint64(k), k[8:]
+			if v := dedup.Get(key); len(v) != 8 || binary.BigEndian.Uint64(v) != g {
+				continue
+			}
+			if int64(g) != curG || len(cur) >= 1<<16 {
+				if err := put(); err != nil {
+					return nil, err
+				}
+				curG = int64(g)
+			}
+			cur = appendDedupID(cur, key)
+			keys++
+		}
+		if err := put(); err != nil {
+			return nil, err
+		}
+	}
+	for _, name := range [][]byte{bucketDedupV2, bucketDedupTV2} {
+		if tx.Bucket(name) != nil {
+			if err := tx.DeleteBucket(name); err != nil {
+				return nil, fmt.Errorf("delete bucket %s: %w", name, err)
+			}
+		}
+	}
+	return map[string]int{"dedup_keys": keys, "dedup_records": records}, nil
 }

@@ -2,7 +2,6 @@ package buffer
 
 import (
 	"context"
-	"crypto/sha256"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -77,6 +76,10 @@ type Config struct {
 	// MaxDeadLetters bounds the dead-letter bucket; the oldest go first.
 	// The constant MaxDeadLetters when 0.
 	MaxDeadLetters uint64
+
+	// dedupHash hashes an encoded dedup key (dedupwin.go); tests inject
+	// collisions. defaultDedupHash when nil.
+	dedupHash func([]byte) uint64
 }
 
 // Entry is one message to append.
@@ -103,11 +106,9 @@ type Record struct {
 }
 
 var (
-	bucketMsgs   = []byte("msgs")
-	bucketMeta   = []byte("meta")
-	bucketDedup  = []byte("dedup")
-	bucketDedupT = []byte("dedupt")
-	keyBytes     = []byte("bytes")
+	bucketMsgs = []byte("msgs")
+	bucketMeta = []byte("meta")
+	keyBytes   = []byte("bytes")
 )
 
 const cursorPrefix = "cursor/"
@@ -165,6 +166,7 @@ type Queue struct {
 	cfg Config
 	log zerolog.Logger
 	tl  *timeline
+	dx  *dedupIndex // the dedup window's in-memory index (dedupwin.go)
 
 	// dbMu guards the db pointer: compaction swaps the file under Lock;
 	// readers hold RLock for the length of a read transaction.
@@ -267,6 +269,7 @@ func Open(cfg Config, log zerolog.Logger) (*Queue, error) {
 		compactReq: make(chan func()),
 		tl:         &timeline{clk: cfg.Clock, floor: cfg.BuildFloor, step: cfg.ClockStep, log: log},
 		damaged:    make(chan struct{}),
+		dx:         newDedupIndex(cfg.dedupHash),
 	}
 	if err := q.openChecked(); err != nil {
 		return nil, err
@@ -339,7 +342,7 @@ func (q *Queue) view(fn func(*bolt.Tx) error) error {
 // load creates the buckets, reconciles the cursors with cfg.Consumers and
 // reads the state into memory.
 func (q *Queue) load(tx *bolt.Tx) error {
-	for _, name := range [][]byte{bucketMsgs, bucketMeta, bucketDedup, bucketDedupT} {
+	for _, name := range [][]byte{bucketMsgs, bucketMeta, bucketDedupW} {
 		if _, err := tx.CreateBucketIfNotExists(name); err != nil {
 			return fmt.Errorf("create bucket %s: %w", name, err)
 		}
@@ -383,6 +386,9 @@ func (q *Queue) load(tx *bolt.Tx) error {
 		return err
 	}
 	if err := q.startTimeline(tx, &st); err != nil {
+		return err
+	}
+	if err := q.dx.rebuild(tx, q.tl.now().g, int64(q.cfg.DedupWindow)); err != nil {
 		return err
 	}
 	// Consumers removed above may have been the ones holding messages back.
@@ -523,6 +529,9 @@ func (q *Queue) commit(batch []*op) {
 				return o.err
 			}
 		}
+		if err := q.dx.flush(tx); err != nil {
+			return err
+		}
 		meta := tx.Bucket(bucketMeta)
 		if err := meta.Put(keyClock, q.tl.state(q.tl.now()).value()); err != nil {
 			return fmt.Errorf("put clock: %w", err)
@@ -530,6 +539,11 @@ func (q *Queue) commit(batch []*op) {
 		return meta.Put(keyBytes, u64(uint64(st.bytes)))
 	})
 	appended := false
+	if err == nil {
+		q.dx.committed()
+	} else {
+		q.dx.rolledBack()
+	}
 	if err == nil {
 		counters.Commits++
 		q.mu.Lock()
@@ -563,26 +577,28 @@ func (q *Queue) commit(batch []*op) {
 // new entries are stored or none (ErrFull, or a commit error).
 func (q *Queue) Append(ctx context.Context, entries []Entry) (AppendResult, error) {
 	var res AppendResult
+	dedup := q.cfg.DedupWindow > 0
+	var ids dedupIDs
+	if dedup {
+		ids.encode(entries, q.dx.hash)
+	}
 	o := &op{apply: func(tx *bolt.Tx, st *state, c *Counters) error {
 		// The op may run again in a retried batch: results are recomputed
 		// from scratch every time.
 		res = AppendResult{}
+		ids.reset()
 		now := q.tl.now()
-		dups := make([]bool, len(entries))
 		var need int64
-		var seen map[string]struct{}
 		for i, e := range entries {
-			if q.cfg.DedupWindow > 0 && e.DedupKey != "" {
-				if seen == nil {
-					seen = make(map[string]struct{}, len(entries))
+			if dedup && ids.has(i) {
+				dup, err := ids.duplicate(tx, q.dx, i, now.g, int64(q.cfg.DedupWindow))
+				if err != nil {
+					return err
 				}
-				_, inRequest := seen[e.DedupKey]
-				if inRequest || q.seenRecently(tx, dedupKey(e.DedupKey), now.g) {
-					dups[i] = true
+				if dup {
 					res.Duplicates++
 					continue
 				}
-				seen[e.DedupKey] = struct{}{}
 			}
 			need += recordSize(e.Data)
 		}
@@ -604,21 +620,24 @@ func (q *Queue) Append(ctx context.Context, entries []Entry) (AppendResult, erro
 		msgs.FillPercent = appendFill
 		nowNs := uint64(now.wall.UnixNano())
 		for i, e := range entries {
-			if dups[i] {
+			if dedup && ids.dup(i) {
 				continue
 			}
 			seq, err := msgs.NextSequence()
 			if err != nil {
 				return fmt.Errorf("next sequence: %w", err)
 			}
-			v := make([]byte, 8+len(e.Data))
-			binary.BigEndian.PutUint64(v, nowNs)
-			copy(v[8:], e.Data)
-			if err := msgs.Put(u64(seq), v); err != nil {
+			// Key and value in one allocation (bbolt holds both until the
+			// commit).
+			kv := make([]byte, 16+len(e.Data))
+			binary.BigEndian.PutUint64(kv, seq)
+			binary.BigEndian.PutUint64(kv[8:], nowNs)
+			copy(kv[16:], e.Data)
+			if err := msgs.Put(kv[:8:8], kv[8:]); err != nil {
 				return fmt.Errorf("put message %d: %w", seq, err)
 			}
-			if q.cfg.DedupWindow > 0 && e.DedupKey != "" {
-				if err := putDedup(tx, dedupKey(e.DedupKey), uint64(now.g)); err != nil {
+			if dedup && ids.has(i) {
+				if err := q.dx.add(tx, ids.id(i), ids.hash(i), now.g); err != nil {
 					return err
 				}
 			}
@@ -635,40 +654,6 @@ func (q *Queue) Append(ctx context.Context, entries []Entry) (AppendResult, erro
 }
 
 func recordSize(data []byte) int64 { return int64(8 + 8 + len(data)) }
-
-// dedupKey bounds key length: bbolt keys must stay well under a page.
-func dedupKey(k string) []byte {
-	if len(k) <= 128 {
-		return []byte(k)
-	}
-	sum := sha256.Sum256([]byte(k))
-	return sum[:]
-}
-
-// seenRecently: was key accepted within the dedup window, in gateway time
-// (dedup values are gateway times, see timeline.go).
-func (q *Queue) seenRecently(tx *bolt.Tx, key []byte, g int64) bool {
-	v := tx.Bucket(bucketDedup).Get(key)
-	if len(v) != 8 {
-		return false
-	}
-	return time.Duration(g-int64(binary.BigEndian.Uint64(v))) < q.cfg.DedupWindow
-}
-
-func putDedup(tx *bolt.Tx, key []byte, nowNs uint64) error {
-	if err := tx.Bucket(bucketDedup).Put(key, u64(nowNs)); err != nil {
-		return fmt.Errorf("put dedup key: %w", err)
-	}
-	ik := make([]byte, 8+len(key))
-	binary.BigEndian.PutUint64(ik, nowNs)
-	copy(ik[8:], key)
-	index := tx.Bucket(bucketDedupT)
-	index.FillPercent = appendFill
-	if err := index.Put(ik, nil); err != nil {
-		return fmt.Errorf("put dedup index: %w", err)
-	}
-	return nil
-}
 
 // deleteFront deletes stored messages from the head until stop returns
 // true, moving cursors that lag behind past them. It returns how many it

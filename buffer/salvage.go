@@ -2,6 +2,7 @@ package buffer
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -20,7 +21,7 @@ import (
 
 // salvageReads is the format version whose layout the salvage reads (and
 // writes). TestFormatFixturesSalvage fails when FormatVersion moves on.
-const salvageReads = 2
+const salvageReads = 3
 
 // SalvageReport counts what a salvage copied out of a damaged file.
 type SalvageReport struct {
@@ -116,7 +117,7 @@ type salvager struct {
 	cursors  map[string]uint64 // from the meta bucket; nil = unknown
 	splits   map[string][]byte // "split/<name>" values read with cursors (split.go)
 	scanCur  map[string]uint64 // cursors found by the page scan
-	dedup    map[string]uint64 // key → latest accept time
+	dedup    map[string]uint64 // encoded key → latest accept time
 	clock    []byte            // meta "clock" (format 2), nil when unread
 	epochs   [][2][]byte       // bucket epochs (format 2)
 	dead     [][2][]byte
@@ -200,16 +201,20 @@ func (s *salvager) walkTrees() {
 					s.epochs = append(s.epochs, [2][]byte{slices.Clone(k), slices.Clone(v)})
 				}
 			})
-		case string(bucketDedup):
+		case string(bucketDedupW):
+			s.w.walkBucket("dedupw", v, func(k, v []byte, _ uint32) {
+				s.addDedupRecord(k, v)
+			})
+		case string(bucketDedupV2): // a format 2 file
 			s.w.walkBucket("dedup", v, func(k, v []byte, _ uint32) {
 				if len(v) == 8 {
-					s.addDedup(k, binary.BigEndian.Uint64(v))
+					s.addDedup(appendDedupID(nil, k), binary.BigEndian.Uint64(v))
 				}
 			})
-		case string(bucketDedupT):
+		case string(bucketDedupTV2):
 			s.w.walkBucket("dedupt", v, func(k, v []byte, _ uint32) {
 				if len(k) > 8 {
-					s.addDedup(k[8:], binary.BigEndian.Uint64(k))
+					s.addDedup(appendDedupID(nil, k[8:]), binary.BigEndian.Uint64(k))
 				}
 			})
 		case string(bucketDead):
@@ -240,6 +245,19 @@ func (s *salvager) walkTrees() {
 	}
 }
 
+// addDedupRecord takes the keys of a dedupw record; false when k, v is not
+// one.
+func (s *salvager) addDedupRecord(k, v []byte) bool {
+	_, g, ok := parseDedupRecordKey(k)
+	if !ok || len(v) == 0 || !plausibleTime(uint64(g)) || forEachDedupID(v, func([]byte) {}) != nil {
+		return false
+	}
+	forEachDedupID(v, func(id []byte) { s.addDedup(id, uint64(g)) })
+	return true
+}
+
+// addDedup notes the encoded key k (appendDedupID) accepted at gateway
+// time at.
 func (s *salvager) addDedup(k []byte, at uint64) {
 	if !plausibleTime(at) {
 		return
@@ -346,8 +364,12 @@ func (s *salvager) scanLeaf(p []byte, msgs bool, depth int) {
 			}
 			continue
 		}
+		if len(k) == 16 && len(v) > 0 && s.addDedupRecord(k, v) { // a dedupw page
+			allMsgs = false
+			continue
+		}
 		if len(k) > 8 && len(v) == 0 && plausibleTime(binary.BigEndian.Uint64(k)) {
-			s.addDedup(k[8:], binary.BigEndian.Uint64(k)) // a dedupt page
+			s.addDedup(appendDedupID(nil, k[8:]), binary.BigEndian.Uint64(k)) // a format 2 dedupt page
 		}
 		if len(k) != 8 || len(v) < 8 || !plausibleTime(binary.BigEndian.Uint64(v)) {
 			allMsgs = false
@@ -365,6 +387,40 @@ func (s *salvager) scanLeaf(p []byte, msgs bool, depth int) {
 			s.addMsg(m.seq, m.v)
 		}
 	}
+}
+
+// writeDedupRecords writes keys (encoded key → accept time) as dedupw
+// records, one per accept time, oldest first.
+func writeDedupRecords(tx *bolt.Tx, keys map[string]uint64) error {
+	w, err := tx.CreateBucketIfNotExists(bucketDedupW)
+	if err != nil {
+		return err
+	}
+	w.FillPercent = appendFill
+	sorted := slices.SortedFunc(maps.Keys(keys), func(a, b string) int {
+		if c := cmp.Compare(keys[a], keys[b]); c != 0 {
+			return c
+		}
+		return strings.Compare(a, b)
+	})
+	for len(sorted) > 0 {
+		g := keys[sorted[0]]
+		var v []byte
+		n := 0
+		for n < len(sorted) && keys[sorted[n]] == g && len(v) < 1<<16 {
+			v = append(v, sorted[n]...)
+			n++
+		}
+		sorted = sorted[n:]
+		seq, err := w.NextSequence()
+		if err != nil {
+			return err
+		}
+		if err := w.Put(dedupRecordKey(seq, int64(g)), v); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // finish writes cursors, dedup keys, dead letters, KV entries, the byte
@@ -408,32 +464,8 @@ func (s *salvager) finish() error {
 				}
 			}
 		}
-		dedup, err := tx.CreateBucketIfNotExists(bucketDedup)
-		if err != nil {
+		if err := writeDedupRecords(tx, s.dedup); err != nil {
 			return err
-		}
-		index, err := tx.CreateBucketIfNotExists(bucketDedupT)
-		if err != nil {
-			return err
-		}
-		// In key order: bbolt inserts into one growing node per bucket
-		// until the commit, so random order costs a quadratic memmove.
-		keys := slices.Sorted(maps.Keys(s.dedup))
-		for _, k := range keys {
-			if err := dedup.Put([]byte(k), u64(s.dedup[k])); err != nil {
-				return err
-			}
-		}
-		ik := make([][]byte, 0, len(keys))
-		for _, k := range keys {
-			ik = append(ik, append(u64(s.dedup[k]), k...))
-		}
-		slices.SortFunc(ik, bytes.Compare)
-		index.FillPercent = appendFill
-		for _, k := range ik {
-			if err := index.Put(k, nil); err != nil {
-				return err
-			}
 		}
 		// Gateway time (timeline.go): the last clock reading and the
 		// epochs keep ages and receive-time corrections; without them the
@@ -614,25 +646,36 @@ func (q *Queue) Import(ctx context.Context, from string) (SalvageReport, error) 
 			return rep, fmt.Errorf("import: %w", err)
 		}
 	}
-	// Dedup keys, newest acceptance wins.
-	var keys [][2][]byte
+	// Dedup keys, record by record with their accept times; a key this
+	// queue already remembers keeps its own time.
+	var recs [][2][]byte
 	err = src.View(func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketDedup).ForEach(func(k, v []byte) error {
-			keys = append(keys, [2][]byte{slices.Clone(k), slices.Clone(v)})
+		return tx.Bucket(bucketDedupW).ForEach(func(k, v []byte) error {
+			recs = append(recs, [2][]byte{slices.Clone(k), slices.Clone(v)})
 			return nil
 		})
 	})
 	if err != nil {
 		return rep, fmt.Errorf("import: read dedup keys: %w", err)
 	}
-	for chunk := range slices.Chunk(keys, 10000) {
+	for chunk := range slices.Chunk(recs, 100) {
 		if err := q.submit(ctx, &op{apply: func(tx *bolt.Tx, _ *state, _ *Counters) error {
-			for _, kv := range chunk {
-				cur := tx.Bucket(bucketDedup).Get(kv[0])
-				if len(cur) == 8 && binary.BigEndian.Uint64(cur) >= binary.BigEndian.Uint64(kv[1]) {
+			now := q.tl.now()
+			for _, r := range chunk {
+				_, g, ok := parseDedupRecordKey(r[0])
+				if !ok {
 					continue
 				}
-				if err := putDedup(tx, kv[0], binary.BigEndian.Uint64(kv[1])); err != nil {
+				var ids [][]byte
+				err := forEachDedupID(r[1], func(id []byte) {
+					if dup, _ := q.dx.seen(tx, id, q.dx.hash(id), now.g, 1<<62); !dup {
+						ids = append(ids, id)
+					}
+				})
+				if err != nil {
+					continue
+				}
+				if err := q.dx.putRecord(tx, g, ids); err != nil {
 					return err
 				}
 			}

@@ -3,7 +3,6 @@ package buffer
 import (
 	"context"
 	"encoding/binary"
-	"fmt"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -39,9 +38,9 @@ func (q *Queue) sweepLoop() {
 // Sweep expires messages older than MaxAge and forgets dedup keys older
 // than DedupWindow. It runs periodically; tests call it directly.
 //
-// Every expired dedup key goes, however many: in transactions of at most
-// sweepBatch deletions, so other writes interleave, until none is left.
-// The dedup index therefore holds at most the keys accepted within
+// Every expired dedup record goes, however many: in transactions of about
+// sweepBatch keys, so other writes interleave, until none is left. The
+// dedup window therefore holds at most the keys accepted within
 // DedupWindow plus one SweepInterval, whatever the intake rate.
 func (q *Queue) Sweep(ctx context.Context) error {
 	var expired uint64
@@ -64,12 +63,12 @@ func (q *Queue) Sweep(ctx context.Context) error {
 			c.Expired += n
 		}
 		// Gateway time starts near zero on a box that booted at 1970: a
-		// negative cutoff means nothing is old enough yet (and must not
-		// wrap around as an unsigned key).
+		// negative cutoff means nothing is old enough yet. With dedup off
+		// every record goes (they would otherwise stay forever).
 		cutoff = now.g - int64(q.cfg.DedupWindow)
-		if q.cfg.DedupWindow > 0 && cutoff > 0 {
+		if cutoff > 0 || q.cfg.DedupWindow == 0 {
 			var err error
-			more, err = sweepDedup(tx, uint64(cutoff))
+			more, err = q.dx.sweepDedupRecords(tx, cutoff)
 			return err
 		}
 		return nil
@@ -77,7 +76,7 @@ func (q *Queue) Sweep(ctx context.Context) error {
 	for err == nil && more {
 		err = q.submit(ctx, &op{apply: func(tx *bolt.Tx, _ *state, _ *Counters) error {
 			var err error
-			more, err = sweepDedup(tx, uint64(cutoff))
+			more, err = q.dx.sweepDedupRecords(tx, cutoff)
 			return err
 		}})
 	}
@@ -88,29 +87,4 @@ func (q *Queue) Sweep(ctx context.Context) error {
 		q.log.Warn().Uint64("expired", expired).Stringer("max_age", q.cfg.MaxAge).Msg("undelivered messages expired")
 	}
 	return nil
-}
-
-// sweepDedup deletes up to sweepBatch dedup keys older than cutoff; more
-// reports that expired keys may remain.
-func sweepDedup(tx *bolt.Tx, cutoff uint64) (more bool, err error) {
-	index, keys := tx.Bucket(bucketDedupT), tx.Bucket(bucketDedup)
-	c := index.Cursor()
-	for range sweepBatch {
-		k, _ := c.First()
-		if k == nil || binary.BigEndian.Uint64(k) >= cutoff {
-			return false, nil
-		}
-		key := append([]byte(nil), k[8:]...)
-		// The key may have been accepted again since; only the index entry
-		// of its latest acceptance may remove it.
-		if v := keys.Get(key); len(v) == 8 && binary.BigEndian.Uint64(v) == binary.BigEndian.Uint64(k) {
-			if err := keys.Delete(key); err != nil {
-				return false, fmt.Errorf("delete dedup key: %w", err)
-			}
-		}
-		if err := c.Delete(); err != nil {
-			return false, fmt.Errorf("delete dedup index: %w", err)
-		}
-	}
-	return true, nil
 }

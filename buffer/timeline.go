@@ -324,7 +324,12 @@ func newestStored(tx *bolt.Tx) int64 {
 			newest = int64(binary.BigEndian.Uint64(v))
 		}
 	}
-	if b := tx.Bucket(bucketDedupT); b != nil {
+	if b := tx.Bucket(bucketDedupW); b != nil {
+		if k, _ := b.Cursor().Last(); len(k) == 16 {
+			newest = max(newest, int64(binary.BigEndian.Uint64(k[8:])))
+		}
+	}
+	if b := tx.Bucket(bucketDedupTV2); b != nil { // a format 2 file
 		if k, _ := b.Cursor().Last(); len(k) >= 8 {
 			newest = max(newest, int64(binary.BigEndian.Uint64(k)))
 		}
