@@ -7,7 +7,7 @@ package main
 //	DefaultConfig() *Config                               static defaults (what an empty file gives)
 //	ParseConfig(data []byte, dir string) (*Config, error) decode + defaults + secrets + validation
 //	LoadConfig(path string) (*Config, error)              os.ReadFile ("read config: %w") + ParseConfig
-//	(*Config).Validate() error                            re-run validation (no line numbers)
+//	LoadQueueConfig(path string) (*Config, error)         for the queue commands: no secrets, only queue problems
 //	(*Config).Redacted() *Config                          deep copy with tokens/passwords masked, for logging
 //
 // Every error about the content of the file is a ConfigErrors ([]*ConfigError{Line, Field, Err}),
@@ -29,6 +29,11 @@ package main
 //   - Webhook.Routes has at least one route; Route.Token == "" means no authentication;
 //   - per-sink defaults are filled: TopicPrefix, QoS (1), ClientID ("wittra-<id>", type mqtt),
 //     Mode ("mqtt", type cumulocity), DeviceName ("Wittra gateway <id>", type cumulocity).
+//
+// Adding a key: a field with a yaml tag in the Config types below (a secret also gets
+// `secret:"file"`, a sink key `types:"…"`). A rule about one component's own options
+// belongs in that package's Validate, returning internal/field errors (config_check.go
+// maps their keys to lines); config_check.go keeps the rules that span sections.
 
 import (
 	"cmp"
@@ -341,7 +346,11 @@ func LoadConfig(path string) (*Config, error) {
 // values, reads *_file secrets (relative paths against dir) and validates the
 // result. Any problem gives a ConfigErrors listing all of them.
 func ParseConfig(data []byte, dir string) (*Config, error) {
-	return parseConfig(newParser(dir), data)
+	p := newParser(dir)
+	if cfg, _ := p.parse(data); len(p.errs) == 0 {
+		return cfg, nil
+	}
+	return nil, p.sorted(p.errs)
 }
 
 // LoadQueueConfig reads the config for the offline `queue` commands: they
@@ -365,14 +374,6 @@ func LoadQueueConfig(path string) (*Config, error) {
 	}
 	if len(kept) > 0 {
 		return nil, p.sorted(kept)
-	}
-	return cfg, nil
-}
-
-func parseConfig(p *parser, data []byte) (*Config, error) {
-	cfg, _ := p.parse(data)
-	if len(p.errs) > 0 {
-		return nil, p.sorted(p.errs)
 	}
 	return cfg, nil
 }
@@ -434,16 +435,6 @@ func (p *parser) derive(cfg *Config) {
 			s.JetStream.CredsFile = filepath.Join(p.dir, c)
 		}
 	}
-}
-
-// Validate checks c as ParseConfig does, without line numbers.
-func (c *Config) Validate() error {
-	p := newParser("")
-	p.validate(c)
-	if len(p.errs) > 0 {
-		return p.sorted(p.errs)
-	}
-	return nil
 }
 
 // parser collects the problems of one file, with the line of every key
