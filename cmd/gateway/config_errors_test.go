@@ -175,3 +175,9 @@ func TestConfigMergeBomb(t *testing.T) {
 	b.WriteString("gateway: {<<: *a5}\n")
 	wantProblem(t, parseErrs(t, b.String(), t.TempDir()), "too many values")
 }
+
+// A *_file that is not a secret (a huge file, /dev/zero) is refused, not read whole.
+func TestConfigSecretFileTooLarge(t *testing.T) {
+	wantProblem(t, parseErrs(t, yml("webhook:", "  routes:", "    - {path: /w, token_file: /dev/zero}"), t.TempDir()),
+		"line 3: webhook.routes[0].token_file: ", "larger than 65536 bytes")
+}

@@ -435,11 +435,13 @@ func (p *parser) secretFile(n *yaml.Node, v reflect.Value, path string, both boo
 		if !filepath.IsAbs(file) {
 			file = filepath.Join(p.dir, file)
 		}
-		b, err := os.ReadFile(file)
+		b, err := readSecret(file)
 		s := strings.TrimRight(string(b), "\r\n")
 		switch {
 		case err != nil:
 			p.fail(n.Line, path, fmt.Errorf("read secret file: %w", err))
+		case len(b) > maxSecret:
+			p.fail(n.Line, path, fmt.Errorf("secret file %s is larger than %d bytes: not a secret", file, maxSecret))
 		case s == "":
 			p.fail(n.Line, path, fmt.Errorf("secret file %s is empty", file))
 		default:
@@ -449,6 +451,20 @@ func (p *parser) secretFile(n *yaml.Node, v reflect.Value, path string, both boo
 	}
 	v.SetString("")
 	p.bad[key] = true // reported on the file key
+}
+
+// maxSecret bounds what is read of a *_file (a wrong path such as a log
+// file or /dev/zero is refused, not read whole).
+const maxSecret = 64 << 10
+
+// readSecret reads at most maxSecret+1 bytes of file.
+func readSecret(file string) ([]byte, error) {
+	f, err := os.Open(file)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return io.ReadAll(io.LimitReader(f, maxSecret+1))
 }
 
 func deref(n *yaml.Node) *yaml.Node {
