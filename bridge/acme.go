@@ -18,6 +18,8 @@ import (
 	"github.com/rs/zerolog"
 	"golang.org/x/crypto/acme"
 	"golang.org/x/crypto/acme/autocert"
+
+	"wittra-gateway/internal/field"
 )
 
 // LetsEncryptProduction is the default ACME directory.
@@ -36,32 +38,38 @@ type ACMEConfig struct {
 	RenewBefore time.Duration
 }
 
-// Validate checks what can be checked without the network.
+// Validate reports what can be checked without the network, each problem
+// a *field.Error naming its key under the config file's webhook.tls.acme.
 func (c ACMEConfig) Validate() error {
-	var errs []error
+	var errs field.List
 	if len(c.Domains) == 0 {
-		errs = append(errs, errors.New("acme: at least one domain is required"))
+		errs.Add("domains", "at least one domain is required")
 	}
-	for _, d := range c.Domains {
-		if err := CheckACMEDomain(d); err != nil {
-			errs = append(errs, fmt.Errorf("acme: domain %q: %w", d, err))
+	seen := map[string]int{}
+	for i, d := range c.Domains {
+		key := fmt.Sprintf("domains[%d]", i)
+		if j, dup := seen[strings.ToLower(d)]; dup {
+			errs.Add(key, "duplicate of domains[%d]", j)
+		} else if err := CheckACMEDomain(d); err != nil {
+			errs.Add(key, "%v", err)
 		}
+		seen[strings.ToLower(d)] = i
 	}
 	if c.CacheDir == "" {
-		errs = append(errs, errors.New("acme: cache_dir is required"))
+		errs.Add("cache_dir", "must not be empty")
 	}
 	if c.DirectoryURL != "" {
 		if u, err := url.Parse(c.DirectoryURL); err != nil || u.Scheme != "https" || u.Host == "" {
-			errs = append(errs, errors.New("acme: directory_url must be an https:// URL"))
+			errs.Add("directory_url", "must be an https:// URL")
 		}
 	}
 	if c.Email != "" && !strings.Contains(c.Email, "@") {
-		errs = append(errs, errors.New("acme: email must be an address (name@host)"))
+		errs.Add("email", "must be an address (name@host)")
 	}
 	if c.RenewBefore < 0 {
-		errs = append(errs, errors.New("acme: renew_before must not be negative"))
+		errs.Add("renew_before", "must not be negative")
 	}
-	return errors.Join(errs...)
+	return errs.Err()
 }
 
 // CheckACMEDomain accepts a DNS name a CA can validate over tls-alpn-01 or
@@ -113,7 +121,7 @@ const (
 // TLS handshake.
 func NewACME(cfg ACMEConfig, log zerolog.Logger) (*ACME, error) {
 	if err := cfg.Validate(); err != nil {
-		return nil, err
+		return nil, fmt.Errorf("acme: %w", err)
 	}
 	if err := os.MkdirAll(cfg.CacheDir, 0o700); err != nil {
 		return nil, fmt.Errorf("acme cache_dir: %w", err)

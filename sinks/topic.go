@@ -1,7 +1,9 @@
 package sinks
 
 import (
+	"errors"
 	"fmt"
+	"strings"
 
 	"wittra-gateway/wittra"
 )
@@ -41,4 +43,21 @@ func Publications(dst []Publication, prefix string, m Message, values bool) ([]P
 // StatusTopic is the retained online/offline topic of a gateway.
 func StatusTopic(prefix, gatewayID string) string {
 	return prefix + "/gateway/" + gatewayID + "/status"
+}
+
+// CheckTopicPart reports what would make s a bad part of a topic: being
+// empty, MQTT wildcards or NUL, an empty level; '/' only when multiLevel
+// (a topic prefix may span levels, a gateway id may not).
+func CheckTopicPart(s string, multiLevel bool) error {
+	switch {
+	case s == "":
+		return errors.New("must not be empty")
+	case !multiLevel && strings.ContainsAny(s, "/+#\x00"):
+		return errors.New("must not contain / + # or NUL")
+	case strings.ContainsAny(s, "+#\x00"):
+		return errors.New("must not contain + # or NUL")
+	case strings.HasPrefix(s, "/") || strings.HasSuffix(s, "/") || strings.Contains(s, "//"):
+		return errors.New("must not start or end with / nor hold an empty level")
+	}
+	return nil
 }

@@ -19,7 +19,6 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -34,6 +33,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"wittra-gateway/internal/clock"
+	"wittra-gateway/internal/field"
 	"wittra-gateway/sinks"
 	"wittra-gateway/wittra"
 )
@@ -88,31 +88,40 @@ type Config struct {
 	NewProjectPoll time.Duration
 }
 
-// Validate checks c after defaults.
+// Validate reports every problem of c, zero durations and an empty URL
+// standing for their defaults. Each is a *field.Error naming the key under
+// the config file's wittra_api section.
 func (c *Config) Validate() error {
-	u, err := url.Parse(c.URL)
-	switch {
-	case c.OrganizationID == "":
-		return errors.New("organization_id required")
-	case strings.ContainsAny(c.OrganizationID, "/:?#"):
-		return errors.New("organization_id must not contain / : ? or #")
-	case c.APIKey == "":
-		return errors.New("api key required")
-	case err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "":
-		return errors.New("url must be https://host (or http:// for tests)")
-	case u.User != nil:
-		return errors.New("url must not contain credentials")
-	case c.Refresh <= 0 || c.Timeout <= 0:
-		return errors.New("refresh and timeout must be positive")
-	case len(c.Projects) > MaxProjects:
-		return fmt.Errorf("at most %d projects", MaxProjects)
-	}
-	for _, p := range c.Projects {
-		if p == "" || strings.ContainsAny(p, "/?#") {
-			return fmt.Errorf("project %q: must be a non-empty id without / ? or #", p)
+	var errs field.List
+	if c.URL != "" {
+		if u, err := url.Parse(c.URL); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" || u.User != nil {
+			errs.Add("url", "must start with https:// (http:// only for a local test server) and name a host, without credentials")
 		}
 	}
-	return nil
+	switch {
+	case c.OrganizationID == "":
+		errs.Add("organization_id", "required (the organization id shown in the Wittra portal)")
+	case strings.ContainsAny(c.OrganizationID, "/:?# "):
+		errs.Add("organization_id", "must not contain / : ? # or spaces")
+	}
+	if c.APIKey == "" {
+		errs.Add("api_key", "required (api_key_file, or api_key): a key made under \"Manage API Keys\" in the Wittra portal")
+	}
+	if c.Refresh < 0 {
+		errs.Add("refresh", "must not be negative")
+	}
+	if c.Timeout < 0 {
+		errs.Add("", "timeout must not be negative")
+	}
+	if len(c.Projects) > MaxProjects {
+		errs.Add("projects", "at most %d projects", MaxProjects)
+	}
+	for i, p := range c.Projects {
+		if p == "" || strings.ContainsAny(p, "/?# ") {
+			errs.Add(fmt.Sprintf("projects[%d]", i), "must be a Wittra project id (no / ? # or spaces)")
+		}
+	}
+	return errs.Err()
 }
 
 // Stats is what the client reports for metrics.

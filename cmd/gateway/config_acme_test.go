@@ -44,7 +44,7 @@ func TestACMEConfigErrors(t *testing.T) {
 		{"Wildcard", yml("webhook:", "  tls:", "    acme:", "      domains: ['*.example.com']"), []string{"line 4: webhook.tls.acme.domains[0]: wildcards"}},
 		{"IP", yml("webhook:", "  tls:", "    acme:", "      domains: [192.0.2.1]"), []string{"line 4: webhook.tls.acme.domains[0]: an IP address"}},
 		{"OneLabel", yml("webhook:", "  tls:", "    acme:", "      domains: [gateway]"), []string{"line 4: webhook.tls.acme.domains[0]: needs at least two labels"}},
-		{"Duplicate", yml("webhook:", "  tls:", "    acme:", "      domains: [a.example.com, A.example.com]"), []string{"webhook.tls.acme.domains[1]: duplicate of webhook.tls.acme.domains[0]"}},
+		{"Duplicate", yml("webhook:", "  tls:", "    acme:", "      domains: [a.example.com, A.example.com]"), []string{"webhook.tls.acme.domains[1]: duplicate of domains[0]"}},
 		{"Email", yml("webhook:", "  tls:", "    acme:", "      domains: [a.example.com]", "      email: nobody"), []string{"line 5: webhook.tls.acme.email: must be an address"}},
 		{"PlainDirectory", yml("webhook:", "  tls:", "    acme:", "      domains: [a.example.com]", "      directory_url: http://ca.example.com/dir"), []string{"line 5: webhook.tls.acme.directory_url: must be an https:// URL"}},
 		{"HTTPListenNoPort", yml("webhook:", "  tls:", "    acme:", "      domains: [a.example.com]", "      http_listen: localhost"), []string{"line 5: webhook.tls.acme.http_listen: must be host:port"}},

@@ -1,8 +1,8 @@
 package main
 
 // The state topic and Home Assistant discovery keys of a broker or mqtt
-// sink: parsing, validation and the sink options. Kept apart from
-// config.go so that these keys live in one place.
+// sink: their validation and the sink options. Kept apart from config.go
+// so that these keys live in one place.
 //
 //	state: true                      # retained P/J/D/state
 //	homeassistant:
@@ -10,51 +10,34 @@ package main
 //	  discovery_prefix: homeassistant
 
 import (
-	"gopkg.in/yaml.v3"
-
 	"wittra-gateway/sinks"
 	"wittra-gateway/sinks/devicetopics"
 )
 
-// DeviceTopicsSinkConfig holds a sink's state and homeassistant keys.
+// DeviceTopicsSinkConfig holds a sink's state and homeassistant keys
+// (inlined into SinkConfig).
 type DeviceTopicsSinkConfig struct {
-	State           bool   // state
-	HomeAssistant   bool   // homeassistant.enabled
-	DiscoveryPrefix string // homeassistant.discovery_prefix; "" = devicetopics.DefaultDiscoveryPrefix
+	State         bool                `yaml:"state" types:"broker mqtt"`
+	HomeAssistant HomeAssistantConfig `yaml:"homeassistant" types:"broker mqtt"`
 }
 
-// rawDeviceTopics is inlined into rawSink.
-type rawDeviceTopics struct {
-	State         yaml.Node        `yaml:"state"`
-	HomeAssistant rawHomeAssistant `yaml:"homeassistant"`
-}
-
-type rawHomeAssistant struct {
-	Enabled         yaml.Node `yaml:"enabled"`
-	DiscoveryPrefix yaml.Node `yaml:"discovery_prefix"`
-}
-
-// deviceTopicsKeys are the keys of broker and mqtt sinks read here.
-var deviceTopicsKeys = []string{"state", "homeassistant"}
-
-func (p *parser) deviceTopicsSink(r *rawDeviceTopics, base string, s *SinkConfig) {
-	d := &s.DeviceTopics
-	p.boolean(&r.State, base+".state", &d.State)
-	p.boolean(&r.HomeAssistant.Enabled, base+".homeassistant.enabled", &d.HomeAssistant)
-	p.str(&r.HomeAssistant.DiscoveryPrefix, base+".homeassistant.discovery_prefix", &d.DiscoveryPrefix)
+// HomeAssistantConfig is a sink's `homeassistant:`.
+type HomeAssistantConfig struct {
+	Enabled         bool   `yaml:"enabled"`
+	DiscoveryPrefix string `yaml:"discovery_prefix"` // "" = devicetopics.DefaultDiscoveryPrefix
 }
 
 // validateDeviceTopics checks the keys of a broker or mqtt sink (other
 // types reject them as keys they do not read).
 func (p *parser) validateDeviceTopics(base string, s SinkConfig) {
-	d := s.DeviceTopics
-	if !d.HomeAssistant || (s.Type != "broker" && s.Type != "mqtt") {
+	ha := s.DeviceTopics.HomeAssistant
+	if !ha.Enabled || (s.Type != "broker" && s.Type != "mqtt") {
 		return
 	}
 	if !s.Values {
 		p.invalid(base+".homeassistant.enabled", "needs values: true (Home Assistant's sensors read the value topics)")
 	}
-	prefix := d.DiscoveryPrefix
+	prefix := ha.DiscoveryPrefix
 	if prefix == "" {
 		prefix = devicetopics.DefaultDiscoveryPrefix
 	}
@@ -66,9 +49,10 @@ func (p *parser) validateDeviceTopics(base string, s SinkConfig) {
 // deviceTopics is the devicetopics part of a sink's options. dir names the
 // devices (nil: no names known).
 func deviceTopics(sc SinkConfig, dir sinks.Directory) devicetopics.Options {
+	ha := sc.DeviceTopics.HomeAssistant
 	return devicetopics.Options{
 		State:         sc.DeviceTopics.State,
-		HomeAssistant: devicetopics.HomeAssistant{Enabled: sc.DeviceTopics.HomeAssistant, DiscoveryPrefix: sc.DeviceTopics.DiscoveryPrefix},
+		HomeAssistant: devicetopics.HomeAssistant{Enabled: ha.Enabled, DiscoveryPrefix: ha.DiscoveryPrefix},
 		Directory:     dir,
 		Version:       Version,
 	}

@@ -13,8 +13,8 @@ func TestDeviceTopicsConfig(t *testing.T) {
 		"  - {name: plain, type: broker, topic_prefix: other}",
 	), dir)
 	want := []DeviceTopicsSinkConfig{
-		{State: true, HomeAssistant: true},
-		{HomeAssistant: true, DiscoveryPrefix: "ha/site-a"},
+		{State: true, HomeAssistant: HomeAssistantConfig{Enabled: true}},
+		{HomeAssistant: HomeAssistantConfig{Enabled: true, DiscoveryPrefix: "ha/site-a"}},
 		{},
 	}
 	for i, w := range want {

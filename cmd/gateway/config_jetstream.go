@@ -1,153 +1,33 @@
 package main
 
-// The `type: jetstream` part of a sink: parsing and validation. Kept apart
-// from config.go so that the sink's keys live in one place.
+// The `type: jetstream` part of a sink. Its options are checked by
+// jetstream.Config.Validate (config_check.go asks it).
 
 import (
-	"fmt"
-	"path/filepath"
 	"time"
-
-	"gopkg.in/yaml.v3"
 
 	"wittra-gateway/sinks/jetstream"
 )
 
 // JetStreamSinkConfig holds the settings only a `type: jetstream` sink
-// has. Username, Password and TLS are the sink's common fields.
+// has (inlined into SinkConfig). Username, Password and TLS are the sink's
+// common fields.
 type JetStreamSinkConfig struct {
-	URLs          []string // nats://, tls://, ws://, wss://
-	Token         string   // secret; instead of username/password
-	CredsFile     string   // absolute (relative paths resolved against the config's directory)
-	SubjectPrefix string   // default DefaultTopicPrefix ("wittra")
-	Stream        JetStreamStreamConfig
+	URLs          []string              `yaml:"urls" types:"jetstream"` // nats://, tls://, ws://, wss://
+	Token         string                `yaml:"token" secret:"file" types:"jetstream"`
+	CredsFile     string                `yaml:"creds_file" types:"jetstream"`     // absolute after parsing (relative to the config's directory)
+	SubjectPrefix string                `yaml:"subject_prefix" types:"jetstream"` // default DefaultTopicPrefix ("wittra")
+	Stream        JetStreamStreamConfig `yaml:"stream" types:"jetstream"`
 }
 
 // JetStreamStreamConfig is the `stream:` of a jetstream sink; zero fields
 // take the sink's defaults (see sinks/jetstream).
 type JetStreamStreamConfig struct {
-	Name            string
-	Subjects        []string
-	Replicas        int // 0: 3 on a cluster of 3+, else 1
-	MaxAge          time.Duration
-	DuplicateWindow time.Duration
-}
-
-// rawJetStream is inlined into rawSink.
-type rawJetStream struct {
-	URLs          []yaml.Node `yaml:"urls"`
-	Token         yaml.Node   `yaml:"token"`
-	TokenFile     yaml.Node   `yaml:"token_file"`
-	CredsFile     yaml.Node   `yaml:"creds_file"`
-	SubjectPrefix yaml.Node   `yaml:"subject_prefix"`
-	Stream        rawStream   `yaml:"stream"`
-}
-
-type rawStream struct {
-	Name            yaml.Node   `yaml:"name"`
-	Subjects        []yaml.Node `yaml:"subjects"`
-	Replicas        yaml.Node   `yaml:"replicas"`
-	MaxAge          yaml.Node   `yaml:"max_age"`
-	DuplicateWindow yaml.Node   `yaml:"duplicate_window"`
-}
-
-// jetstreamKeys are the keys only type jetstream reads.
-var jetstreamKeys = []string{"urls", "token", "token_file", "creds_file", "subject_prefix", "stream"}
-
-func (p *parser) jetstreamSink(r *rawJetStream, base string, s *SinkConfig) {
-	j := &s.JetStream
-	j.URLs = p.strList(r.URLs, base+".urls")
-	p.secret(&r.Token, &r.TokenFile, base, "token", &j.Token)
-	p.str(&r.CredsFile, base+".creds_file", &j.CredsFile)
-	if j.CredsFile != "" && !filepath.IsAbs(j.CredsFile) {
-		j.CredsFile = filepath.Join(p.dir, j.CredsFile)
-	}
-	p.str(&r.SubjectPrefix, base+".subject_prefix", &j.SubjectPrefix)
-	st, sb := &j.Stream, base+".stream"
-	p.str(&r.Stream.Name, sb+".name", &st.Name)
-	st.Subjects = p.strList(r.Stream.Subjects, sb+".subjects")
-	p.integer(&r.Stream.Replicas, sb+".replicas", &st.Replicas)
-	p.duration(&r.Stream.MaxAge, sb+".max_age", &st.MaxAge)
-	p.duration(&r.Stream.DuplicateWindow, sb+".duplicate_window", &st.DuplicateWindow)
-	if s.Type == "jetstream" && j.SubjectPrefix == "" {
-		j.SubjectPrefix = DefaultTopicPrefix
-	}
-}
-
-// validateJetStream checks sink s (at base) of any type: jetstream keys
-// belong to type jetstream only, and a jetstream sink's keys must be right.
-func (p *parser) validateJetStream(base string, s SinkConfig) {
-	if s.Type != "jetstream" {
-		for _, k := range jetstreamKeys {
-			if _, set := p.lines[base+"."+k]; set {
-				p.invalid(base+"."+k, "only for type jetstream")
-			}
-		}
-		return
-	}
-	j := s.JetStream
-	for _, k := range []string{"url", "topic_prefix", "client_id", "qos", "retain", "values"} {
-		if _, set := p.lines[base+"."+k]; set {
-			switch k {
-			case "url":
-				p.invalid(base+".url", "type jetstream takes urls (a list)")
-			case "topic_prefix":
-				p.invalid(base+".topic_prefix", "type jetstream takes subject_prefix (dot-separated)")
-			default:
-				p.invalid(base+"."+k, "not used by type jetstream")
-			}
-		}
-	}
-	if len(j.URLs) == 0 {
-		p.invalid(base+".urls", "required for type jetstream: one or more nats:// or tls:// URLs")
-	}
-	for i, u := range j.URLs {
-		if err := jetstream.CheckURL(u); err != nil {
-			p.invalid(fmt.Sprintf("%s.urls[%d]", base, i), "%v", err)
-		}
-	}
-	auths := 0
-	for _, v := range []string{s.Username, j.Token, j.CredsFile} {
-		if v != "" {
-			auths++
-		}
-	}
-	switch {
-	case auths > 1:
-		p.invalid(base, "set one of username/password, token or creds_file")
-	case s.Password != "" && s.Username == "":
-		p.invalid(base+".username", "required with password")
-	}
-	if err := jetstream.CheckSubjectPrefix(j.SubjectPrefix); err != nil {
-		p.invalid(base+".subject_prefix", "%v", err)
-		return
-	}
-	st := jetstream.StreamConfig{Name: j.Stream.Name, Subjects: j.Stream.Subjects, MaxAge: j.Stream.MaxAge, DuplicateWindow: j.Stream.DuplicateWindow}.WithDefaults(j.SubjectPrefix)
-	sb := base + ".stream"
-	if err := jetstream.CheckStreamName(st.Name); err != nil {
-		p.invalid(sb+".name", "%v", err)
-	}
-	covered := false
-	for i, f := range st.Subjects {
-		if err := jetstream.CheckFilter(f); err != nil {
-			p.invalid(fmt.Sprintf("%s.subjects[%d]", sb, i), "%v", err)
-		}
-		covered = covered || jetstream.Covers(f, j.SubjectPrefix)
-	}
-	if !covered {
-		p.invalid(sb+".subjects", "must capture %s.> (the subjects the sink publishes)", j.SubjectPrefix)
-	}
-	if j.Stream.Replicas < 0 || j.Stream.Replicas > 5 {
-		p.invalid(sb+".replicas", "must be between 1 and 5 (or absent: 3 on a cluster of 3 or more, else 1)")
-	}
-	switch {
-	case st.MaxAge < 0:
-		p.invalid(sb+".max_age", "must not be negative")
-	case st.DuplicateWindow < 0:
-		p.invalid(sb+".duplicate_window", "must not be negative")
-	case st.DuplicateWindow > st.MaxAge:
-		p.invalid(sb+".duplicate_window", "must not exceed max_age (%v)", st.MaxAge)
-	}
+	Name            string        `yaml:"name"`
+	Subjects        []string      `yaml:"subjects"`
+	Replicas        int           `yaml:"replicas"` // 0: 3 on a cluster of 3+, else 1
+	MaxAge          time.Duration `yaml:"max_age"`
+	DuplicateWindow time.Duration `yaml:"duplicate_window"`
 }
 
 // jetstreamConfig builds the sink's own Config.

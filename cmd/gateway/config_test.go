@@ -206,7 +206,7 @@ func TestStrictDecoding(t *testing.T) {
 		{
 			name:  "SyntaxError",
 			data:  yml("gateway:", "  id: gw1", "log:", "\tlevel: info"),
-			parts: []string{"line 4: found character that cannot start any token"},
+			parts: []string{"line 4: tabs are not allowed for indentation"},
 		},
 		{
 			name:  "TwoDocuments",
@@ -487,7 +487,7 @@ func TestValidationReportsEveryProblem(t *testing.T) {
 		{"line 25: sinks[2].tenant: required"},
 		{"line 25: sinks[2].username: required"},
 		{"line 25: sinks[2].password: required"},
-		{"line 27: sinks[2].topic_prefix: must not start or end with /"},
+		{"line 27: sinks[2].topic_prefix: not a key of type cumulocity"},
 		{"line 28: sinks[3].name: duplicate sink name"},
 		{"line 30: sinks[3].topic_prefix: must not contain + # or NUL"},
 	}
@@ -524,7 +524,7 @@ func TestValidationRules(t *testing.T) {
 		{"MQTTURLUnparsable", yml("sinks:", "  - name: x", "    type: mqtt", "    url: 'tcp://h:port'"), []string{"line 4: sinks[0].url: not a valid URL"}},
 		{"C8YBadMode", yml("sinks:", "  - {name: c, type: cumulocity, mode: soap, url: 'https://x', tenant: t, username: u, password: p}"), []string{"line 2: sinks[0].mode: "}},
 		{"C8YRestNeedsHTTP", yml("sinks:", "  - {name: c, type: cumulocity, mode: rest, url: 'tcp://x:1883', tenant: t, username: u, password: p}"), []string{"line 2: sinks[0].url: must start with https:// or http://"}},
-		{"C8YMQTTNeedsMQTTURL", yml("sinks:", "  - {name: c, type: cumulocity, url: 'https://x', tenant: t, username: u, password: p}"), []string{"line 2: sinks[0].url: must start with tcp://, mqtts:// or ssl://"}},
+		{"C8YMQTTNeedsMQTTURL", yml("sinks:", "  - {name: c, type: cumulocity, url: 'https://x', tenant: t, username: u, password: p}"), []string{"line 2: sinks[0].url: must start with tcp://, mqtt://, ssl://, mqtts:// or tls:// (mode mqtt)"}},
 		{"EmptyTopicPrefix", yml("sinks:", "  - name: x", "    type: broker", "    topic_prefix: ''"), []string{"line 4: sinks[0].topic_prefix: must not be empty"}},
 		{"ListenerType", yml("broker:", "  listeners:", "    - type: quic", "      address: ':1'"), []string{"line 3: broker.listeners[0].type: "}},
 		{"ListenerAddress", yml("broker:", "  listeners:", "    - type: tcp"), []string{"line 3: broker.listeners[0].address: must not be empty"}},
@@ -983,8 +983,8 @@ sinks:
 		"line 1: buffer.max_bytes: must be at least 64KiB",
 		"line 3: sinks[0].url: not a key of type broker",
 		"line 3: sinks[0].qos: not a key of type broker",
-		"line 4: sinks[1].tenant: not a key of type mqtt",
-		"line 4: sinks[1].mode: not a key of type mqtt",
+		"line 4: sinks[1].tenant: only for type cumulocity",
+		"line 4: sinks[1].mode: only for type cumulocity",
 		"line 12: sinks[2].qos: not a key of type cumulocity",
 		"line 13: sinks[2].retain: not a key of type cumulocity",
 		"line 14: sinks[2].topic_prefix: not a key of type cumulocity",

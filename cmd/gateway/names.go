@@ -46,17 +46,10 @@ func (g *gateway) openNames(cfg *Config) error {
 		return err
 	}
 	if w := cfg.WittraAPI; w != nil {
-		n.api, err = wittraapi.New(wittraapi.Config{
-			URL:            w.URL,
-			OrganizationID: w.OrganizationID,
-			APIKey:         w.APIKey,
-			Projects:       w.Projects,
-			SeenProjects:   n.seen.Projects,
-			Refresh:        w.Refresh,
-			Store:          g.queue.KV(kvWittraAPI),
-			UserAgent:      "wittra-gateway/" + Version,
-			NewProjectPoll: wittraNewProjectPoll,
-		}, g.log)
+		wc := wittraConfig(w)
+		wc.SeenProjects, wc.Store = n.seen.Projects, g.queue.KV(kvWittraAPI)
+		wc.UserAgent, wc.NewProjectPoll = "wittra-gateway/"+Version, wittraNewProjectPoll
+		n.api, err = wittraapi.New(*wc, g.log)
 		if err != nil {
 			return err
 		}

@@ -316,56 +316,25 @@ func (g *gateway) newSink(cfg *Config, sc SinkConfig, log zerolog.Logger) (sinks
 		if g.brokerSrv == nil {
 			return nil, errors.New("type broker needs broker.enabled")
 		}
-		return broker.NewSink(g.brokerSrv, broker.SinkConfig{
-			Name:        sc.Name,
-			TopicPrefix: sc.TopicPrefix,
-			Values:      sc.Values,
-			Retain:      sc.Retain,
-			GatewayID:   cfg.Gateway.ID,
-			RetainPolicy: broker.RetainPolicy{
-				MaxAge: sc.RetainMaxAge, MaxTopics: sc.RetainMaxTopics, MaxBytes: sc.RetainMaxBytes,
-			},
-			Devices: deviceTopics(sc, g.directory()),
-		}, log)
+		bc := brokerSinkConfig(cfg, sc)
+		bc.Devices = deviceTopics(sc, g.directory())
+		return broker.NewSink(g.brokerSrv, bc, log)
 	case "subscriber":
 		if g.brokerSrv == nil {
 			return nil, errors.New("type subscriber needs broker.enabled")
 		}
 		return broker.NewSubscriber(g.brokerSrv, subscriberConfig(cfg, sc), log)
 	case "mqtt":
-		return mqttclient.New(mqttclient.Config{
-			Name:        sc.Name,
-			URL:         sc.URL,
-			ClientID:    sc.ClientID,
-			Username:    sc.Username,
-			Password:    sc.Password,
-			TLS:         mqttclient.TLSConfig{CAFile: sc.TLS.CAFile, CertFile: sc.TLS.CertFile, KeyFile: sc.TLS.KeyFile, InsecureSkipVerify: sc.TLS.InsecureSkipVerify},
-			QoS:         byte(sc.QoS),
-			Retain:      sc.Retain,
-			TopicPrefix: sc.TopicPrefix,
-			Values:      sc.Values,
-			GatewayID:   cfg.Gateway.ID,
-			Devices:     deviceTopics(sc, g.directory()),
-		}, log)
+		mc := mqttConfig(cfg, sc)
+		mc.Devices = deviceTopics(sc, g.directory())
+		return mqttclient.New(mc, log)
 	case "cumulocity":
-		return cumulocity.New(cumulocity.Config{
-			Name:       sc.Name,
-			Mode:       sc.Mode,
-			URL:        sc.URL,
-			Tenant:     sc.Tenant,
-			Username:   sc.Username,
-			Password:   sc.Password,
-			TLS:        cumulocity.TLSConfig{CAFile: sc.TLS.CAFile, CertFile: sc.TLS.CertFile, KeyFile: sc.TLS.KeyFile, InsecureSkipVerify: sc.TLS.InsecureSkipVerify},
-			GatewayID:  cfg.Gateway.ID,
-			DeviceName: sc.DeviceName,
-			ClientID:   sc.ClientID, // certificate login only
-			TokenURL:   sc.TokenURL, // rest mode with certificate login
-			// Registered children are remembered in the queue file, so a
-			// restart does not register them again.
-			State: g.queue.KV("cumulocity/" + sc.Name),
-			// Child devices get their Wittra names (nil: "Wittra <id>").
-			Directory: g.directory(),
-		}, log)
+		c := c8yConfig(cfg, sc)
+		// Registered children are remembered in the queue file, so a
+		// restart does not register them again.
+		c.State = g.queue.KV("cumulocity/" + sc.Name)
+		c.Directory = g.directory() // child devices get their Wittra names (nil: "Wittra <id>")
+		return cumulocity.New(c, log)
 	case "jetstream":
 		return jetstream.New(jetstreamConfig(cfg, sc), log)
 	default:

@@ -5,6 +5,8 @@ import (
 	"wittra-gateway/buffer"
 	"wittra-gateway/internal/clock"
 	"wittra-gateway/sinks/broker"
+	"wittra-gateway/sinks/cumulocity"
+	"wittra-gateway/sinks/mqttclient"
 )
 
 // The YAML config stays in this package; each component gets its own plain
@@ -70,9 +72,63 @@ func subscriberConfig(cfg *Config, s SinkConfig) broker.SubscriberConfig {
 		Username:    s.Username,
 		TopicPrefix: s.TopicPrefix,
 		Values:      s.Values,
-		QoS:         byte(s.QoS),
+		QoS:         qosByte(s.QoS),
 		GatewayID:   cfg.Gateway.ID,
 	}
+}
+
+// brokerSinkConfig is the broker package's view of a `type: broker` sink.
+func brokerSinkConfig(cfg *Config, sc SinkConfig) broker.SinkConfig {
+	return broker.SinkConfig{
+		Name:         sc.Name,
+		TopicPrefix:  sc.TopicPrefix,
+		Values:       sc.Values,
+		Retain:       sc.Retain,
+		GatewayID:    cfg.Gateway.ID,
+		RetainPolicy: broker.RetainPolicy{MaxAge: sc.RetainMaxAge, MaxTopics: sc.RetainMaxTopics, MaxBytes: sc.RetainMaxBytes},
+		Devices:      deviceTopics(sc, nil), // run.go adds the device names (its Directory)
+	}
+}
+
+func mqttConfig(cfg *Config, sc SinkConfig) mqttclient.Config {
+	return mqttclient.Config{
+		Name:        sc.Name,
+		URL:         sc.URL,
+		ClientID:    sc.ClientID,
+		Username:    sc.Username,
+		Password:    sc.Password,
+		TLS:         mqttclient.TLSConfig{CAFile: sc.TLS.CAFile, CertFile: sc.TLS.CertFile, KeyFile: sc.TLS.KeyFile, InsecureSkipVerify: sc.TLS.InsecureSkipVerify},
+		QoS:         qosByte(sc.QoS),
+		Retain:      sc.Retain,
+		TopicPrefix: sc.TopicPrefix,
+		Values:      sc.Values,
+		GatewayID:   cfg.Gateway.ID,
+		Devices:     deviceTopics(sc, nil), // run.go adds the device names (its Directory)
+	}
+}
+
+func c8yConfig(cfg *Config, sc SinkConfig) cumulocity.Config {
+	return cumulocity.Config{
+		Name:       sc.Name,
+		Mode:       sc.Mode,
+		URL:        sc.URL,
+		Tenant:     sc.Tenant,
+		Username:   sc.Username,
+		Password:   sc.Password,
+		TLS:        cumulocity.TLSConfig{CAFile: sc.TLS.CAFile, CertFile: sc.TLS.CertFile, KeyFile: sc.TLS.KeyFile, InsecureSkipVerify: sc.TLS.InsecureSkipVerify},
+		GatewayID:  cfg.Gateway.ID,
+		DeviceName: sc.DeviceName,
+		ClientID:   sc.ClientID, // certificate login only
+		TokenURL:   sc.TokenURL, // rest mode with certificate login
+	}
+}
+
+// qosByte is q as an MQTT QoS; out of range, 3, which every sink refuses.
+func qosByte(q int) byte {
+	if q < 0 || q > 2 {
+		return 3
+	}
+	return byte(q)
 }
 
 func receiverConfig(cfg *Config) bridge.ReceiverConfig {

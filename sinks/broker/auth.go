@@ -10,11 +10,15 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
 	"github.com/rs/zerolog"
 	"golang.org/x/crypto/bcrypt"
+
+	"wittra-gateway/internal/field"
+	"wittra-gateway/internal/ratelog"
 )
 
 // authHook decides who may connect, publish and subscribe. Unlike mochi's
@@ -47,7 +51,17 @@ type authHook struct {
 
 	mu       sync.RWMutex
 	reserved []string // topic prefixes of broker sinks
+
+	// refusals: one line per (kind, user, client, topic) per minute; the
+	// rest are counted in the next line's "suppressed".
+	refusals *ratelog.Limiter[refusal]
+	now      func() time.Time
 }
+
+type refusal struct{ kind, username, client, topic string }
+
+// refusalInterval is how often one client's same refusal is logged.
+const refusalInterval = time.Minute
 
 type userEntry struct {
 	plain  [sha256.Size]byte // sha256 of a plain-text password
@@ -93,6 +107,8 @@ func newAuthHook(anonymous bool, users []User, reserved []string, log zerolog.Lo
 	h := &authHook{
 		bcryptSem: make(chan struct{}, max(1, runtime.GOMAXPROCS(0))),
 		log:       log,
+		refusals:  ratelog.New[refusal](refusalInterval),
+		now:       time.Now,
 	}
 	if err := h.setUsers(anonymous, users); err != nil {
 		return nil, err
@@ -108,6 +124,11 @@ func newAuthHook(anonymous bool, users []User, reserved []string, log zerolog.Lo
 // then on their reads and writes are checked against the new rules (a
 // removed user can read and write nothing).
 func (h *authHook) setUsers(anonymous bool, users []User) error {
+	var errs field.List
+	validateUsers(users, &errs)
+	if err := errs.Err(); err != nil {
+		return fmt.Errorf("broker: %w", err)
+	}
 	l, err := newLedger(anonymous, users)
 	if err != nil {
 		return err
@@ -123,16 +144,7 @@ func newLedger(anonymous bool, users []User) (*ledger, error) {
 		dummy:     &userEntry{},
 	}
 	maxCost := 0
-	for i, u := range users {
-		if u.Username == "" {
-			return nil, fmt.Errorf("broker user %d: empty username", i)
-		}
-		if _, dup := h.users[u.Username]; dup {
-			return nil, fmt.Errorf("broker user %d: duplicate username %q", i, u.Username)
-		}
-		if err := CheckPassword(u.Password); err != nil {
-			return nil, fmt.Errorf("broker user %q: password: %w", u.Username, err)
-		}
+	for _, u := range users {
 		e := &userEntry{}
 		if IsBcryptHash(u.Password) {
 			e.bcrypt = []byte(u.Password)
@@ -152,8 +164,7 @@ func newLedger(anonymous bool, users []User) (*ledger, error) {
 		if e.read, err = newFilters(sub); err != nil {
 			return nil, fmt.Errorf("broker user %q: subscribe: %w", u.Username, err)
 		}
-		switch {
-		case u.Publish:
+		if u.Publish {
 			pub := u.PublishTopics
 			if pub == nil {
 				pub = []string{"#"}
@@ -161,8 +172,6 @@ func newLedger(anonymous bool, users []User) (*ledger, error) {
 			if e.write, err = newFilters(pub); err != nil {
 				return nil, fmt.Errorf("broker user %q: publish_topics: %w", u.Username, err)
 			}
-		case len(u.PublishTopics) > 0:
-			return nil, fmt.Errorf("broker user %q: publish_topics set but publish is false", u.Username)
 		}
 		h.users[u.Username] = e
 	}
@@ -266,7 +275,11 @@ func (h *authHook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 	if h.mayWrite(pub, topic) {
 		return true
 	}
-	h.log.Debug().Str("username", name).Str("client", cl.ID).Str("topic", topic).Msg("broker publish denied")
+	// mochi then drops a QoS 0 message silently, answers QoS 1/2 with "not
+	// authorized" (MQTT 5) or disconnects the client (3.1.1) and logs only
+	// "error processing packet" (log.go demotes that line): this one says
+	// who and where.
+	h.logRefusal("publish", cl, topic, "broker publish refused: the user may not publish to this topic")
 	return false
 }
 
@@ -274,10 +287,25 @@ func (h *authHook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 func (h *authHook) OnSubscribed(cl *mqtt.Client, pk packets.Packet, reasonCodes []byte) {
 	for i, code := range reasonCodes {
 		if code >= packets.ErrUnspecifiedError.Code && i < len(pk.Filters) {
-			h.log.Info().Str("username", string(cl.Properties.Username)).Str("client", cl.ID).
-				Str("filter", pk.Filters[i].Filter).Uint8("code", code).Msg("broker subscribe refused")
+			h.logRefusal("subscribe", cl, pk.Filters[i].Filter, "broker subscribe refused: the user may not read this filter")
 		}
 	}
+}
+
+// logRefusal logs a refused publish or subscribe of cl on topic (a filter
+// for subscribe), rate-limited per kind, user, client and topic.
+func (h *authHook) logRefusal(kind string, cl *mqtt.Client, topic, msg string) {
+	name := string(cl.Properties.Username)
+	ok, suppressed := h.refusals.Allow(refusal{kind, name, cl.ID, topic}, h.now())
+	if !ok {
+		return
+	}
+	ev := h.log.Info().Str("client", cl.ID).Str("username", name).Str("topic", topic).
+		Str("remote", cl.Net.Remote).Str("listener", cl.Net.Listener)
+	if suppressed > 0 {
+		ev = ev.Int("suppressed", suppressed)
+	}
+	ev.Msg(msg)
 }
 
 // mayWrite reports whether a client with publish rules pub may publish to

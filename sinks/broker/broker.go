@@ -87,7 +87,7 @@ type Config struct {
 
 	connectTimeout time.Duration // tests shorten DefaultConnectTimeout
 
-	now func() time.Time // clock of retained ageing; nil = time.Now (tests move it)
+	now func() time.Time // clock of retained ageing and of the refusal log limit; nil = time.Now (tests move it)
 }
 
 // Listener is one network listener of the broker.
@@ -142,10 +142,16 @@ type Server struct {
 // bind makes New fail with an error naming its address. Start serves them.
 func New(cfg Config, log zerolog.Logger) (*Server, error) {
 	log = log.With().Str("component", "broker").Logger()
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("broker: %w", err)
+	}
 
 	auth, err := newAuthHook(cfg.AllowAnonymous, cfg.Users, cfg.ReservedPrefixes, log)
 	if err != nil {
 		return nil, err
+	}
+	if cfg.now != nil {
+		auth.now = cfg.now
 	}
 
 	caps := mqtt.NewDefaultServerCapabilities()
@@ -221,31 +227,14 @@ func newListener(i int, lc Listener, connectTimeout time.Duration, closeClients 
 		if addr == "" {
 			addr = DefaultTCPAddress
 		}
-		if lc.CertFile != "" || lc.KeyFile != "" {
-			return nil, fmt.Errorf("broker listener %d (%s %s): cert_file/key_file need type tls", i, typ, addr)
-		}
 	case TypeTLS:
 		if addr == "" {
 			addr = DefaultTLSAddress
-		}
-		if lc.CertFile == "" || lc.KeyFile == "" {
-			return nil, fmt.Errorf("broker listener %d (%s %s): cert_file and key_file are required", i, typ, addr)
 		}
 	case TypeWebsocket:
 		if addr == "" {
 			addr = DefaultWebsocketAddress
 		}
-		if (lc.CertFile == "") != (lc.KeyFile == "") {
-			return nil, fmt.Errorf("broker listener %d (%s %s): set both cert_file and key_file or neither", i, typ, addr)
-		}
-	default:
-		return nil, fmt.Errorf("broker listener %d (%s): unknown type %q (want tcp, tls or websocket)", i, addr, lc.Type)
-	}
-	if lc.ClientCAFile != "" && lc.CertFile == "" {
-		return nil, fmt.Errorf("broker listener %d (%s %s): client_ca_file needs TLS (cert_file and key_file)", i, typ, addr)
-	}
-	if len(lc.AllowedOrigins) > 0 && typ != TypeWebsocket {
-		return nil, fmt.Errorf("broker listener %d (%s %s): allowed_origins needs type websocket", i, typ, addr)
 	}
 	if lc.CertFile != "" {
 		var err error

@@ -177,18 +177,18 @@ func TestNewErrors(t *testing.T) {
 		cfg  Config
 		want string
 	}{
-		{"UnknownType", Config{Listeners: []Listener{{Type: "quic", Address: "127.0.0.1:0"}}}, "unknown type"},
+		{"UnknownType", Config{Listeners: []Listener{{Type: "quic", Address: "127.0.0.1:0"}}}, "listeners[0].type: must be tcp, tls or websocket"},
 		{"TLSWithoutCert", Config{Listeners: []Listener{{Type: TypeTLS, Address: "127.0.0.1:0"}}}, "cert_file"},
 		{"TLSMissingFiles", Config{Listeners: []Listener{{Type: TypeTLS, Address: "127.0.0.1:0",
 			CertFile: filepath.Join(dir, "none.pem"), KeyFile: filepath.Join(dir, "none.key")}}}, "load certificate"},
 		{"CertOnTCP", Config{Listeners: []Listener{{Type: TypeTCP, Address: "127.0.0.1:0", CertFile: "c", KeyFile: "k"}}}, "type tls"},
-		{"EmptyUsername", Config{Users: []User{{Password: "x"}}}, "empty username"},
+		{"EmptyUsername", Config{Users: []User{{Password: "x"}}}, "users[0].username: required"},
 		{"DuplicateUser", Config{Users: []User{{Username: "a", Password: "x"}, {Username: "a", Password: "y"}}}, "duplicate"},
-		{"EmptyPassword", Config{Users: []User{{Username: "a"}}}, "empty password"},
+		{"EmptyPassword", Config{Users: []User{{Username: "a"}}}, "users[0].password: required"},
 		{"BadBcrypt", Config{Users: []User{{Username: "a", Password: "$2y$10$short"}}}, "bcrypt"},
 		{"BadSubscribeFilter", Config{Users: []User{{Username: "a", Password: "x", Subscribe: []string{"a/#/b"}}}}, "subscribe"},
 		{"BadPublishFilter", Config{Users: []User{{Username: "a", Password: "x", Publish: true, PublishTopics: []string{"a+"}}}}, "publish_topics"},
-		{"PublishTopicsWithoutPublish", Config{Users: []User{{Username: "a", Password: "x", PublishTopics: []string{"a"}}}}, "publish is false"},
+		{"PublishTopicsWithoutPublish", Config{Users: []User{{Username: "a", Password: "x", PublishTopics: []string{"a"}}}}, "publish_topics: needs publish: true"},
 		{"ClientCAOnTCP", Config{Listeners: []Listener{{Type: TypeTCP, Address: "127.0.0.1:0", ClientCAFile: "ca.pem"}}}, "client_ca_file"},
 		{"ClientCAOnPlainWebsocket", Config{Listeners: []Listener{{Type: TypeWebsocket, Address: "127.0.0.1:0", ClientCAFile: "ca.pem"}}}, "client_ca_file"},
 		{"OriginsOnTCP", Config{Listeners: []Listener{{Type: TypeTCP, Address: "127.0.0.1:0", AllowedOrigins: []string{"https://a"}}}}, "allowed_origins"},

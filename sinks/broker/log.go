@@ -2,7 +2,10 @@ package broker
 
 import (
 	"context"
+	"errors"
 	"log/slog"
+
+	"github.com/mochi-mqtt/server/v2/packets"
 )
 
 // mochiHandler sits between mochi's slog logger and zerolog:
@@ -14,6 +17,9 @@ import (
 //     timeout) as a warning with an empty message. Those are per-connection
 //     noise: they are demoted to debug and given a message. Refused logins
 //     are logged by the auth hook at info instead.
+//   - a refused publish makes mochi log "error processing packet" with the
+//     error "not authorized" and no user or topic; the auth hook has logged
+//     it with both (rate-limited), so this line is demoted to debug;
 //   - some records carry whole packets ("pk", "packet", "will"), which can
 //     hold payloads or a CONNECT password; those attributes are dropped so
 //     that secrets never reach the log.
@@ -47,6 +53,12 @@ func (h *mochiHandler) Handle(ctx context.Context, r slog.Record) error {
 			return true
 		})
 		return nil
+	}
+	if level > slog.LevelDebug && msg == "error processing packet" && notAuthorized(r) {
+		level = slog.LevelDebug
+		if !h.next.Enabled(ctx, level) {
+			return nil
+		}
 	}
 	if level == slog.LevelInfo {
 		// Lifecycle lines (hook added, listener attached, started): the
@@ -88,6 +100,20 @@ func (h *mochiHandler) WithAttrs(attrs []slog.Attr) slog.Handler {
 
 func (h *mochiHandler) WithGroup(name string) slog.Handler {
 	return &mochiHandler{next: h.next.WithGroup(name), quotaDropped: h.quotaDropped}
+}
+
+// notAuthorized reports whether r's error is mochi's "not authorized".
+func notAuthorized(r slog.Record) bool {
+	found := false
+	r.Attrs(func(a slog.Attr) bool {
+		if a.Key == "error" {
+			err, _ := a.Value.Any().(error)
+			found = errors.Is(err, packets.ErrNotAuthorized)
+			return false
+		}
+		return true
+	})
+	return found
 }
 
 func redacted(key string) bool {

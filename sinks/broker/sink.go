@@ -1,13 +1,16 @@
 package broker
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"sync"
+	"time"
 
 	"github.com/rs/zerolog"
 
+	"wittra-gateway/internal/field"
 	"wittra-gateway/sinks"
 	"wittra-gateway/sinks/devicetopics"
 )
@@ -63,18 +66,11 @@ func NewSink(srv *Server, cfg SinkConfig, log zerolog.Logger) (*Sink, error) {
 	if srv == nil {
 		return nil, errors.New("broker sink: no broker")
 	}
-	if cfg.Name == "" {
-		cfg.Name = "broker"
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("broker sink %s: %w", cfg.Name, err)
 	}
-	if cfg.TopicPrefix == "" {
-		cfg.TopicPrefix = DefaultTopicPrefix
-	}
-	if err := sinks.CheckTopicPart(cfg.TopicPrefix, true); err != nil {
-		return nil, fmt.Errorf("broker sink %s: topic prefix %q: %w", cfg.Name, cfg.TopicPrefix, err)
-	}
-	if err := sinks.CheckTopicPart(cfg.GatewayID, false); err != nil {
-		return nil, fmt.Errorf("broker sink %s: gateway id %q: %w", cfg.Name, cfg.GatewayID, err)
-	}
+	cfg.Name = cmp.Or(cfg.Name, "broker")
+	cfg.TopicPrefix = cmp.Or(cfg.TopicPrefix, DefaultTopicPrefix)
 	s := &Sink{
 		srv:    srv,
 		cfg:    cfg,
@@ -93,6 +89,32 @@ func NewSink(srv *Server, cfg SinkConfig, log zerolog.Logger) (*Sink, error) {
 		return nil, fmt.Errorf("broker sink %s: %w", cfg.Name, err)
 	}
 	return s, nil
+}
+
+// Validate reports every problem of cfg, zero fields standing for their
+// defaults. Each is a *field.Error naming the key of a `type: broker` sink
+// in the config file.
+func (cfg SinkConfig) Validate() error {
+	var errs field.List
+	if err := sinks.CheckTopicPart(cmp.Or(cfg.TopicPrefix, DefaultTopicPrefix), true); err != nil {
+		errs.Add("topic_prefix", "%v", err)
+	}
+	if err := sinks.CheckTopicPart(cfg.GatewayID, false); err != nil {
+		errs.Add("/gateway.id", "%v", err)
+	}
+	switch p := cfg.RetainPolicy; {
+	case p.MaxAge < 0:
+		errs.Add("retain_max_age", "must not be negative")
+	case p.MaxAge > 0 && p.MaxAge < time.Minute:
+		errs.Add("retain_max_age", "must be at least 1m (silent devices are looked for every minute)")
+	}
+	if n := cfg.RetainPolicy.MaxTopics; n < 0 || n > 0 && n < MinRetainMaxTopics {
+		errs.Add("retain_max_topics", "must be at least %d (0 or absent: %d)", MinRetainMaxTopics, DefaultRetainMaxTopics)
+	}
+	if cfg.RetainPolicy.MaxBytes < 0 {
+		errs.Add("retain_max_bytes", "must not be negative")
+	}
+	return errs.Err()
 }
 
 // Name returns the sink's name.

@@ -2,6 +2,7 @@ package broker
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -14,6 +15,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 	"github.com/rs/zerolog"
 
+	"wittra-gateway/internal/field"
 	"wittra-gateway/sinks"
 )
 
@@ -46,27 +48,32 @@ func errDuplicateClientID(id string) error {
 	return fmt.Errorf("durable subscriber client id %q declared twice", id)
 }
 
-func (c SubscriberConfig) check() error {
-	if c.ClientID == "" {
-		return errors.New("durable subscriber: client id required")
+// Validate reports every problem of c, zero fields standing for their
+// defaults. Each is a *field.Error naming the key of a `type: subscriber`
+// sink in the config file.
+func (c SubscriberConfig) Validate() error {
+	var errs field.List
+	switch c.ClientID {
+	case "":
+		errs.Add("client_id", "required for type subscriber (the consumer's MQTT client id)")
+	case sentinelClient:
+		errs.Add("client_id", "%q is reserved", c.ClientID)
+	case c.GatewayID, "wittra-" + c.GatewayID:
+		errs.Add("client_id", "must not be the gateway's own id")
 	}
-	if c.ClientID == sentinelClient {
-		return fmt.Errorf("durable subscriber: client id %q is reserved", c.ClientID)
-	}
-	c = c.withDefaults()
-	if err := sinks.CheckTopicPart(c.TopicPrefix, true); err != nil {
-		return fmt.Errorf("durable subscriber %s: topic prefix %q: %w", c.ClientID, c.TopicPrefix, err)
+	if err := sinks.CheckTopicPart(cmp.Or(c.TopicPrefix, DefaultTopicPrefix), true); err != nil {
+		errs.Add("topic_prefix", "%v", err)
 	}
 	if err := sinks.CheckTopicPart(c.GatewayID, false); err != nil {
-		return fmt.Errorf("durable subscriber %s: gateway id %q: %w", c.ClientID, c.GatewayID, err)
+		errs.Add("/gateway.id", "%v", err)
 	}
-	if c.QoS != 1 && c.QoS != 2 {
-		return fmt.Errorf("durable subscriber %s: qos must be 1 or 2", c.ClientID)
+	if c.QoS > 2 {
+		errs.Add("qos", "must be 1 or 2 for type subscriber (the cursor moves on the client's acknowledgement)")
 	}
-	if c.Window < 1 || c.Window > 60000 {
-		return fmt.Errorf("durable subscriber %s: window must be 1..60000", c.ClientID)
+	if c.Window < 0 || c.Window > 60000 {
+		errs.Add("", "window must be 1..60000")
 	}
-	return nil
+	return errs.Err()
 }
 
 func (c SubscriberConfig) withDefaults() SubscriberConfig {
@@ -143,7 +150,7 @@ func NewSubscriber(srv *Server, cfg SubscriberConfig, log zerolog.Logger) (*Subs
 	if srv == nil {
 		return nil, errors.New("subscriber sink: no broker")
 	}
-	if err := cfg.check(); err != nil {
+	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
 	cfg = cfg.withDefaults()

@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"fmt"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -65,8 +66,8 @@ func newSubscriberHook(srv *mqtt.Server, cfgs []SubscriberConfig, users bool, lo
 	}
 	prefixes := map[string]bool{}
 	for _, c := range cfgs {
-		if err := c.check(); err != nil {
-			return nil, err
+		if err := c.Validate(); err != nil {
+			return nil, fmt.Errorf("durable subscriber %s: %w", c.ClientID, err)
 		}
 		if _, dup := h.byID[c.ClientID]; dup {
 			return nil, errDuplicateClientID(c.ClientID)

@@ -298,7 +298,7 @@ func TestSubscriberConfigErrors(t *testing.T) {
 		cfgs []SubscriberConfig
 		want string
 	}{
-		{"NoClientID", []SubscriberConfig{{GatewayID: "g"}}, "client id required"},
+		{"NoClientID", []SubscriberConfig{{GatewayID: "g"}}, "client_id: required"},
 		{"Duplicate", []SubscriberConfig{{ClientID: "a", GatewayID: "g"}, {ClientID: "a", GatewayID: "g"}}, "declared twice"},
 		{"QoS", []SubscriberConfig{{ClientID: "a", GatewayID: "g", QoS: 3}}, "qos"},
 		{"Sentinel", []SubscriberConfig{{ClientID: sentinelClient, GatewayID: "g"}}, "reserved"},

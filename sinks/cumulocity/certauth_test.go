@@ -224,7 +224,7 @@ func TestCertIdentityChecks(t *testing.T) {
 		{"PlainTCP", ModeMQTT, func(c *Config) { c.ClientID = "other-device"; c.URL = p.f.MQTTURL() }, "certificate login needs TLS"},
 		{"ClientIDWithPassword", ModeMQTT, func(c *Config) {
 			c.ClientID, c.Tenant, c.Username, c.Password = "other-device", "t", "u", "p"
-		}, "client_id is only used"},
+		}, "client_id: only used with certificate login"},
 		{"RESTCNIsNotGatewayID", ModeREST, nil, "is not gateway.id"},
 		{"RESTTokenURLNotHTTPS", ModeREST, func(c *Config) { c.GatewayID = "other-device"; c.TokenURL = "http://x" }, "token_url"},
 	} {

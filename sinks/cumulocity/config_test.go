@@ -8,22 +8,22 @@ import (
 )
 
 func TestNewValidates(t *testing.T) {
-	ok := Config{Mode: ModeMQTT, URL: "tcp://127.0.0.1:1", Tenant: "t1", Username: "u", GatewayID: "gw"}
+	ok := Config{Mode: ModeMQTT, URL: "tcp://127.0.0.1:1", Tenant: "t1", Username: "u", Password: "p", GatewayID: "gw"}
 	cases := []struct {
 		name string
 		mod  func(*Config)
 		want string
 	}{
-		{"BadMode", func(c *Config) { c.Mode = "soap" }, `mode "soap"`},
-		{"NoGateway", func(c *Config) { c.GatewayID = "" }, "gateway id required"},
+		{"BadMode", func(c *Config) { c.Mode = "soap" }, `mode: must be mqtt or rest (got "soap")`},
+		{"NoGateway", func(c *Config) { c.GatewayID = "" }, "gateway.id: must not be empty"},
 		{"GatewayWithColon", func(c *Config) { c.GatewayID = "a:b" }, "must not contain"},
-		{"NoTenant", func(c *Config) { c.Tenant = "" }, "tenant and username required"},
+		{"NoTenant", func(c *Config) { c.Tenant = "" }, "tenant: required"},
 		{"TenantWithSlash", func(c *Config) { c.Tenant = "a/b" }, "must not contain /"},
-		{"NoHost", func(c *Config) { c.URL = "tcp://" }, "want scheme://host"},
-		{"MQTTWithHTTPS", func(c *Config) { c.URL = "https://x" }, "mqtt mode wants"},
-		{"RESTWithTCP", func(c *Config) { c.Mode = ModeREST }, "rest mode wants"},
+		{"NoHost", func(c *Config) { c.URL = "tcp://" }, "url: must name a host"},
+		{"MQTTWithHTTPS", func(c *Config) { c.URL = "https://x" }, "url: must start with tcp://, mqtt://, ssl://, mqtts:// or tls:// (mode mqtt)"},
+		{"RESTWithTCP", func(c *Config) { c.Mode = ModeREST }, "url: must start with https:// or http:// (mode rest)"},
 		{"MissingCA", func(c *Config) { c.TLS.CAFile = "/nonexistent/ca.pem" }, "read tls ca_file"},
-		{"CertWithoutKey", func(c *Config) { c.TLS.CertFile = "/x.pem" }, "cert_file and key_file must be given together"},
+		{"CertWithoutKey", func(c *Config) { c.TLS.CertFile = "/x.pem" }, "tls: cert_file and key_file must be set together"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

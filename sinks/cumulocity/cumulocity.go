@@ -32,7 +32,6 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -165,24 +164,13 @@ func New(cfg Config, log zerolog.Logger) (*Sink, error) {
 	if cfg.now == nil {
 		cfg.now = time.Now
 	}
-	certLogin := cfg.TLS.CertFile != "" && cfg.Password == ""
-	switch {
-	case cfg.Mode != ModeMQTT && cfg.Mode != ModeREST:
-		return nil, fmt.Errorf("cumulocity sink %s: mode %q: want mqtt or rest", cfg.Name, cfg.Mode)
-	case cfg.GatewayID == "":
-		return nil, fmt.Errorf("cumulocity sink %s: gateway id required", cfg.Name)
-	case strings.ContainsAny(cfg.GatewayID, ":/+#\x00"):
-		return nil, fmt.Errorf("cumulocity sink %s: gateway id %q must not contain : / + # or NUL (it is the MQTT client id and external id)", cfg.Name, cfg.GatewayID)
-	case !certLogin && (cfg.Tenant == "" || cfg.Username == ""):
-		return nil, fmt.Errorf("cumulocity sink %s: tenant and username required (or a client certificate in tls.cert_file/key_file and no password)", cfg.Name)
-	case cfg.ClientID != "" && (!certLogin || cfg.Mode != ModeMQTT):
-		return nil, fmt.Errorf("cumulocity sink %s: client_id is only used by mode mqtt with certificate login", cfg.Name)
-	case strings.Contains(cfg.Tenant, "/"):
-		return nil, fmt.Errorf("cumulocity sink %s: tenant %q must not contain /", cfg.Name, cfg.Tenant)
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("cumulocity sink %s: %w", cfg.Name, err)
 	}
+	certLogin := cfg.TLS.CertFile != "" && cfg.Password == ""
 	u, err := url.Parse(cfg.URL)
-	if err != nil || u.Host == "" {
-		return nil, fmt.Errorf("cumulocity sink %s: url %q: want scheme://host[:port]", cfg.Name, cfg.URL)
+	if err != nil {
+		return nil, fmt.Errorf("cumulocity sink %s: %w", cfg.Name, err)
 	}
 	s := &Sink{
 		cfg:         cfg,

@@ -48,7 +48,7 @@ type mqttLink struct {
 }
 
 func newMQTTLink(s *Sink, tlsCfg *tls.Config) (*mqttLink, error) {
-	u, secure, err := mqttpub.ParseURL(s.cfg.URL, "tcp", "mqtt", "ssl", "mqtts", "tls")
+	u, secure, err := mqttpub.ParseURL(s.cfg.URL, mqttSchemes...)
 	if err != nil {
 		return nil, fmt.Errorf("url %q: mqtt mode wants an MQTT url: %w", s.cfg.URL, err)
 	}

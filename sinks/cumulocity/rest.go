@@ -101,10 +101,8 @@ type restLink struct {
 	ids map[string]string // external id → managed object id (cache of State)
 }
 
+// newRESTLink talks to u, whose scheme Validate checked.
 func newRESTLink(s *Sink, u *url.URL, tlsCfg *tls.Config) (*restLink, error) {
-	if u.Scheme != "https" && u.Scheme != "http" {
-		return nil, fmt.Errorf("url %q: rest mode wants https:// (or http://)", s.cfg.URL)
-	}
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	tr.TLSClientConfig = tlsCfg
 	tr.Proxy = nil

@@ -1,11 +1,14 @@
 package jetstream
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"net/url"
 	"strings"
 	"time"
+
+	"wittra-gateway/internal/field"
 	"wittra-gateway/internal/tlsfiles"
 )
 
@@ -94,75 +97,79 @@ func (st StreamConfig) withDefaults(prefix string) StreamConfig {
 // them for subject prefix.
 func (st StreamConfig) WithDefaults(prefix string) StreamConfig { return st.withDefaults(prefix) }
 
-// withDefaults returns cfg with zero fields defaulted, or an error naming
-// the first invalid field.
+// withDefaults returns cfg with zero fields defaulted, or every problem
+// Validate finds.
 func (cfg Config) withDefaults() (Config, error) {
-	cfg.Stream = cfg.Stream.withDefaults(cfg.SubjectPrefix)
-	if cfg.Name == "" {
-		cfg.Name = DefaultName
-	}
-	if cfg.SubjectPrefix == "" {
-		cfg.SubjectPrefix = DefaultSubjectPrefix
-	}
-	if cfg.Window == 0 {
-		cfg.Window = DefaultWindow
-	}
-	if cfg.AckTimeout == 0 {
-		cfg.AckTimeout = DefaultAckTimeout
-	}
-	if err := cfg.check(); err != nil {
+	if err := cfg.Validate(); err != nil {
 		return cfg, err
 	}
+	cfg.Stream = cfg.Stream.withDefaults(cfg.SubjectPrefix)
+	cfg.Name = cmp.Or(cfg.Name, DefaultName)
+	cfg.SubjectPrefix = cmp.Or(cfg.SubjectPrefix, DefaultSubjectPrefix)
+	cfg.Window = cmp.Or(cfg.Window, DefaultWindow)
+	cfg.AckTimeout = cmp.Or(cfg.AckTimeout, DefaultAckTimeout)
 	return cfg, nil
 }
 
-func (cfg Config) check() error {
-	st := cfg.Stream
-	switch {
-	case len(cfg.URLs) == 0:
-		return errors.New("urls: at least one server is required")
-	case cfg.GatewayID == "":
-		return errors.New("gateway id: required")
-	case cfg.Password != "" && cfg.Username == "":
-		return errors.New("password needs a username")
-	case countSet(cfg.Username, cfg.Token, cfg.CredsFile) > 1:
-		return errors.New("set one of username/password, token or creds_file")
-	case cfg.Window < 1 || cfg.Window > 65535:
-		return fmt.Errorf("window %d: must be between 1 and 65535", cfg.Window)
-	case cfg.AckTimeout < 0:
-		return fmt.Errorf("ack timeout %v: must not be negative", cfg.AckTimeout)
-	case st.Replicas < 0 || st.Replicas > 5:
-		// JetStream's own limit.
-		return fmt.Errorf("stream replicas %d: must be between 1 and 5", st.Replicas)
-	case st.MaxAge < 0:
-		return fmt.Errorf("stream max_age %v: must not be negative", st.MaxAge)
-	case st.DuplicateWindow < 0:
-		return fmt.Errorf("stream duplicate_window %v: must not be negative", st.DuplicateWindow)
-	case st.DuplicateWindow > st.MaxAge:
-		return fmt.Errorf("stream duplicate_window %v: must not exceed max_age %v", st.DuplicateWindow, st.MaxAge)
+// Validate reports every problem of cfg, zero fields standing for their
+// defaults. Each is a *field.Error naming the key of a `type: jetstream`
+// sink in the config file.
+func (cfg Config) Validate() error {
+	var errs field.List
+	prefix := cmp.Or(cfg.SubjectPrefix, DefaultSubjectPrefix)
+	st := cfg.Stream.withDefaults(prefix)
+	if len(cfg.URLs) == 0 {
+		errs.Add("urls", "required for type jetstream: at least one server (nats://, tls://, ws:// or wss:// URL)")
 	}
-	for _, u := range cfg.URLs {
+	for i, u := range cfg.URLs {
 		if err := CheckURL(u); err != nil {
-			return fmt.Errorf("urls: %w", err)
+			errs.Add(fmt.Sprintf("urls[%d]", i), "%v", err)
 		}
 	}
-	if err := CheckSubjectPrefix(cfg.SubjectPrefix); err != nil {
-		return fmt.Errorf("subject prefix %q: %w", cfg.SubjectPrefix, err)
+	switch {
+	case countSet(cfg.Username, cfg.Token, cfg.CredsFile) > 1:
+		errs.Add("", "set one of username/password, token or creds_file")
+	case cfg.Password != "" && cfg.Username == "":
+		errs.Add("username", "required with password")
+	}
+	if cfg.GatewayID == "" {
+		errs.Add("/gateway.id", "required")
+	}
+	if cfg.Window < 0 || cfg.Window > 65535 {
+		errs.Add("", "window %d: must be between 1 and 65535", cfg.Window)
+	}
+	if cfg.AckTimeout < 0 {
+		errs.Add("", "ack timeout %v: must not be negative", cfg.AckTimeout)
+	}
+	if err := CheckSubjectPrefix(prefix); err != nil {
+		errs.Add("subject_prefix", "%v", err)
+		return errs.Err() // the stream's subjects cannot be judged
 	}
 	if err := CheckStreamName(st.Name); err != nil {
-		return fmt.Errorf("stream name %q: %w", st.Name, err)
+		errs.Add("stream.name", "%v", err)
 	}
 	covered := false
-	for _, s := range st.Subjects {
-		if err := CheckFilter(s); err != nil {
-			return fmt.Errorf("stream subject %q: %w", s, err)
+	for i, f := range st.Subjects {
+		if err := CheckFilter(f); err != nil {
+			errs.Add(fmt.Sprintf("stream.subjects[%d]", i), "%v", err)
 		}
-		covered = covered || Covers(s, cfg.SubjectPrefix)
+		covered = covered || Covers(f, prefix)
 	}
 	if !covered {
-		return fmt.Errorf("stream subjects %v do not capture %s.>: the sink's messages would reach no stream", st.Subjects, cfg.SubjectPrefix)
+		errs.Add("stream.subjects", "must capture %s.> (the subjects the sink publishes)", prefix)
 	}
-	return nil
+	if st.Replicas < 0 || st.Replicas > 5 { // JetStream's own limit
+		errs.Add("stream.replicas", "must be between 1 and 5 (or absent: 3 on a cluster of 3 or more, else 1)")
+	}
+	switch {
+	case st.MaxAge < 0:
+		errs.Add("stream.max_age", "must not be negative")
+	case st.DuplicateWindow < 0:
+		errs.Add("stream.duplicate_window", "must not be negative")
+	case st.DuplicateWindow > st.MaxAge:
+		errs.Add("stream.duplicate_window", "must not exceed max_age (%v)", st.MaxAge)
+	}
+	return errs.Err()
 }
 
 func countSet(ss ...string) int {

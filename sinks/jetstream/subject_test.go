@@ -129,14 +129,14 @@ func TestConfigCheck(t *testing.T) {
 		"BadScheme":   {func(c *Config) { c.URLs = []string{"tcp://x:1"} }, "must start with nats://"},
 		"CredsInURL":  {func(c *Config) { c.URLs = []string{"nats://u:p@x:1"} }, "must not contain credentials"},
 		"TwoAuths":    {func(c *Config) { c.Username, c.Token = "u", "t" }, "one of"},
-		"PassNoUser":  {func(c *Config) { c.Password = "p" }, "needs a username"},
+		"PassNoUser":  {func(c *Config) { c.Password = "p" }, "username: required with password"},
 		"BadPrefix":   {func(c *Config) { c.SubjectPrefix = "a..b" }, "empty token"},
 		"WildPrefix":  {func(c *Config) { c.SubjectPrefix = "a.*" }, "wildcards"},
-		"BadStream":   {func(c *Config) { c.Stream.Name = "a.b" }, "stream name"},
-		"NotCovered":  {func(c *Config) { c.Stream.Subjects = []string{"other.>"} }, "do not capture"},
+		"BadStream":   {func(c *Config) { c.Stream.Name = "a.b" }, "stream.name"},
+		"NotCovered":  {func(c *Config) { c.Stream.Subjects = []string{"other.>"} }, "must capture wittra.>"},
 		"Replicas":    {func(c *Config) { c.Stream.Replicas = 7 }, "between 1 and 5"},
 		"DupOverAge":  {func(c *Config) { c.Stream.MaxAge, c.Stream.DuplicateWindow = time.Minute, time.Hour }, "must not exceed max_age"},
-		"NoGatewayID": {func(c *Config) { c.GatewayID = "" }, "gateway id"},
+		"NoGatewayID": {func(c *Config) { c.GatewayID = "" }, "gateway.id: required"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			cfg := ok

@@ -1,10 +1,11 @@
 package mqttclient
 
 import (
-	"fmt"
+	"cmp"
 	"net/url"
 	"time"
 
+	"wittra-gateway/internal/field"
 	"wittra-gateway/internal/mqttpub"
 	"wittra-gateway/internal/tlsfiles"
 	"wittra-gateway/sinks"
@@ -61,41 +62,55 @@ type Config struct {
 // TLSConfig names the client TLS files (shared with the other sinks).
 type TLSConfig = tlsfiles.Config
 
-// withDefaults returns cfg with zero fields defaulted, or an error naming
-// the first invalid field.
+// withDefaults returns cfg with zero fields defaulted, or every problem
+// Validate finds.
 func (cfg Config) withDefaults() (Config, error) {
-	if cfg.Name == "" {
-		cfg.Name = DefaultName
+	if err := cfg.Validate(); err != nil {
+		return cfg, err
 	}
-	if cfg.TopicPrefix == "" {
-		cfg.TopicPrefix = DefaultTopicPrefix
-	}
-	if cfg.ClientID == "" && cfg.GatewayID != "" {
-		cfg.ClientID = "wittra-" + cfg.GatewayID
-	}
+	cfg.Name = cmp.Or(cfg.Name, DefaultName)
+	cfg.TopicPrefix = cmp.Or(cfg.TopicPrefix, DefaultTopicPrefix)
+	cfg.ClientID = cmp.Or(cfg.ClientID, "wittra-"+cfg.GatewayID)
 	if cfg.Window == 0 {
 		cfg.Window = DefaultWindow
 		if cfg.QoS == 2 {
 			cfg.Window = DefaultWindowQoS2
 		}
 	}
-	if cfg.AckTimeout == 0 {
-		cfg.AckTimeout = DefaultAckTimeout
+	cfg.AckTimeout = cmp.Or(cfg.AckTimeout, DefaultAckTimeout)
+	cfg.MaxReconnectInterval = cmp.Or(cfg.MaxReconnectInterval, DefaultMaxReconnectInterval)
+	return cfg, nil
+}
+
+// Validate reports every problem of cfg, zero fields standing for their
+// defaults. Each is a *field.Error naming the key of a `type: mqtt` sink
+// in the config file.
+func (cfg Config) Validate() error {
+	var errs field.List
+	if cfg.URL == "" {
+		errs.Add("url", "required for type mqtt (tcp://, ssl://, ws:// or wss://)")
+	} else if _, _, err := parseBrokerURL(cfg.URL); err != nil {
+		errs.Add("url", "%v", err)
 	}
-	if cfg.MaxReconnectInterval == 0 {
-		cfg.MaxReconnectInterval = DefaultMaxReconnectInterval
+	if cfg.QoS > 2 {
+		errs.Add("qos", "must be 0, 1 or 2")
 	}
-	// mqttpub.New checks qos, window and ack timeout.
-	if cfg.MaxReconnectInterval < 0 {
-		return cfg, fmt.Errorf("max reconnect interval %v: must not be negative", cfg.MaxReconnectInterval)
-	}
-	if err := sinks.CheckTopicPart(cfg.TopicPrefix, true); err != nil {
-		return cfg, fmt.Errorf("topic prefix %q: %w", cfg.TopicPrefix, err)
+	if err := sinks.CheckTopicPart(cmp.Or(cfg.TopicPrefix, DefaultTopicPrefix), true); err != nil {
+		errs.Add("topic_prefix", "%v", err)
 	}
 	if err := sinks.CheckTopicPart(cfg.GatewayID, false); err != nil {
-		return cfg, fmt.Errorf("gateway id %q: %w", cfg.GatewayID, err)
+		errs.Add("/gateway.id", "%v", err)
 	}
-	return cfg, nil
+	if cfg.Window < 0 || cfg.Window > 65535 { // the number of MQTT packet ids a connection has
+		errs.Add("", "window %d: must be between 1 and 65535", cfg.Window)
+	}
+	if cfg.AckTimeout < 0 {
+		errs.Add("", "ack timeout %v: must not be negative", cfg.AckTimeout)
+	}
+	if cfg.MaxReconnectInterval < 0 {
+		errs.Add("", "max reconnect interval %v: must not be negative", cfg.MaxReconnectInterval)
+	}
+	return errs.Err()
 }
 
 // parseBrokerURL checks raw and fills in the default port of tcp:// and

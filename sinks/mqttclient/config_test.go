@@ -27,16 +27,16 @@ func TestNewRejects(t *testing.T) {
 		edit func(*Config)
 		want string // in the error
 	}{
-		{"NoURL", func(c *Config) { c.URL = "" }, "must start with"},
+		{"NoURL", func(c *Config) { c.URL = "" }, "url: required"},
 		{"BadScheme", func(c *Config) { c.URL = "http://broker" }, "must start with tcp://, ssl://, ws:// or wss://"},
 		{"Credentials", func(c *Config) { c.URL = "tcp://u:p@broker:1883" }, "must not contain credentials"},
 		{"NoHost", func(c *Config) { c.URL = "tcp://:1883" }, "must name a host"},
-		{"QoS", func(c *Config) { c.QoS = 3 }, "qos 3"},
+		{"QoS", func(c *Config) { c.QoS = 3 }, "qos: must be 0, 1 or 2"},
 		{"Window", func(c *Config) { c.Window = -1 }, "window -1"},
 		{"AckTimeout", func(c *Config) { c.AckTimeout = -time.Second }, "ack timeout"},
-		{"NoGatewayID", func(c *Config) { c.GatewayID = "" }, "gateway id"},
-		{"GatewayIDSlash", func(c *Config) { c.GatewayID = "a/b" }, "contains /"},
-		{"PrefixWildcard", func(c *Config) { c.TopicPrefix = "w/#" }, "topic prefix"},
+		{"NoGatewayID", func(c *Config) { c.GatewayID = "" }, "gateway.id: must not be empty"},
+		{"GatewayIDSlash", func(c *Config) { c.GatewayID = "a/b" }, "gateway.id: must not contain /"},
+		{"PrefixWildcard", func(c *Config) { c.TopicPrefix = "w/#" }, "topic_prefix: must not contain + #"},
 		{"TLSOnPlain", func(c *Config) { c.TLS.CAFile = junk }, "need an ssl:// or wss:// url"},
 		{"MissingCA", func(c *Config) { c.URL = "ssl://broker"; c.TLS.CAFile = missing }, missing},
 		{"JunkCA", func(c *Config) { c.URL = "ssl://broker"; c.TLS.CAFile = junk }, junk},
