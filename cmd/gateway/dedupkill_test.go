@@ -8,6 +8,7 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
 	"wittra-gateway/internal/testutil"
 )
 

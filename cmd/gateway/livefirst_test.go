@@ -18,9 +18,10 @@ import (
 	"syscall"
 	"testing"
 	"time"
-	"wittra-gateway/internal/testutil"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
+
+	"wittra-gateway/internal/testutil"
 )
 
 const lfProject = "lf"

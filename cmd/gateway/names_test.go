@@ -12,8 +12,8 @@ import (
 	"strings"
 	"testing"
 	"time"
-	"wittra-gateway/internal/testutil"
 
+	"wittra-gateway/internal/testutil"
 	"wittra-gateway/sinks/cumulocity/c8yfake"
 	"wittra-gateway/wittraapi/wittrafake"
 )

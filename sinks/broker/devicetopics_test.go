@@ -4,8 +4,8 @@ import (
 	"encoding/json"
 	"testing"
 	"time"
-	"wittra-gateway/internal/testutil"
 
+	"wittra-gateway/internal/testutil"
 	"wittra-gateway/sinks"
 	"wittra-gateway/sinks/devicetopics"
 	"wittra-gateway/sinks/devicetopics/hatest"

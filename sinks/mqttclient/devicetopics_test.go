@@ -6,10 +6,10 @@ import (
 	"syscall"
 	"testing"
 	"time"
-	"wittra-gateway/internal/testutil"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
 
+	"wittra-gateway/internal/testutil"
 	"wittra-gateway/sinks"
 	"wittra-gateway/sinks/devicetopics"
 	"wittra-gateway/sinks/devicetopics/hatest"

@@ -4,8 +4,8 @@ import (
 	"fmt"
 	"testing"
 	"time"
-	"wittra-gateway/internal/testutil"
 
+	"wittra-gateway/internal/testutil"
 	"wittra-gateway/sinks"
 )
 
