@@ -7,7 +7,6 @@ package main
 import (
 	"context"
 	"sync"
-	"time"
 
 	"wittra-gateway/bridge"
 	"wittra-gateway/sinks"
@@ -19,14 +18,6 @@ const (
 	kvDevicesSeen = "devices_seen" // bridge.DeviceStore
 	kvWittraAPI   = "wittra_api"   // wittraapi.Client's last good lists
 )
-
-// devicesSaveEvery is how often the devices seen are written to the queue
-// file (a variable so tests can shorten it); a stop writes them too.
-var devicesSaveEvery = 30 * time.Second
-
-// wittraNewProjectPoll is how soon a project first seen in a webhook is
-// asked about (a variable so tests can shorten it).
-var wittraNewProjectPoll = wittraapi.DefaultNewProjectPoll
 
 // names holds the device-name components of a running gateway.
 type names struct {
@@ -48,7 +39,7 @@ func (g *gateway) openNames(cfg *Config) error {
 	if w := cfg.WittraAPI; w != nil {
 		wc := wittraConfig(w)
 		wc.SeenProjects, wc.Store = n.seen.Projects, g.queue.KV(kvWittraAPI)
-		wc.UserAgent, wc.NewProjectPoll = "wittra-gateway/"+Version, wittraNewProjectPoll
+		wc.UserAgent, wc.NewProjectPoll = "wittra-gateway/"+Version, g.timing.wittraNewProjectPoll
 		n.api, err = wittraapi.New(*wc, g.log)
 		if err != nil {
 			return err
@@ -95,7 +86,7 @@ func (g *gateway) runNames() {
 	n.wg.Add(1)
 	go func() {
 		defer n.wg.Done()
-		n.seen.Run(ctx, devicesSaveEvery, func(err error) {
+		n.seen.Run(ctx, g.timing.devicesSaveEvery, func(err error) {
 			g.log.Warn().Err(err).Msg("cannot save the devices seen; retried")
 		})
 	}()

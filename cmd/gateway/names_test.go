@@ -43,10 +43,6 @@ func waitUntil(t *testing.T, what string, d time.Duration, cond func() bool) {
 // shows the device with its name and values, from the running gateway and
 // from the queue file after the stop.
 func TestDeviceNamesThroughTheGateway(t *testing.T) {
-	old := wittraNewProjectPoll
-	wittraNewProjectPoll = 100 * time.Millisecond
-	t.Cleanup(func() { wittraNewProjectPoll = old })
-
 	api, err := wittrafake.Start(namesOrg, namesKey)
 	if err != nil {
 		t.Fatal(err)
