@@ -10,7 +10,6 @@ package main
 //	  discovery_prefix: homeassistant
 
 import (
-	"wittra-gateway/sinks"
 	"wittra-gateway/sinks/devicetopics"
 )
 
@@ -46,14 +45,13 @@ func (p *parser) validateDeviceTopics(base string, s SinkConfig) {
 	}
 }
 
-// deviceTopics is the devicetopics part of a sink's options. dir names the
-// devices (nil: no names known).
-func deviceTopics(sc SinkConfig, dir sinks.Directory) devicetopics.Options {
+// deviceTopics is the devicetopics part of a sink's options; run.go adds
+// the Directory that names the devices.
+func deviceTopics(sc SinkConfig) devicetopics.Options {
 	ha := sc.DeviceTopics.HomeAssistant
 	return devicetopics.Options{
 		State:         sc.DeviceTopics.State,
 		HomeAssistant: devicetopics.HomeAssistant{Enabled: ha.Enabled, DiscoveryPrefix: ha.DiscoveryPrefix},
-		Directory:     dir,
 		Version:       Version,
 	}
 }

@@ -22,7 +22,7 @@ func TestDeviceTopicsConfig(t *testing.T) {
 			t.Errorf("sinks[%d]: %+v, want %+v", i, got, w)
 		}
 	}
-	o := deviceTopics(cfg.Sinks[0], nil)
+	o := deviceTopics(cfg.Sinks[0])
 	if !o.State || !o.HomeAssistant.Enabled || o.HomeAssistant.DiscoveryPrefix != "" || o.Version != Version {
 		t.Errorf("options %+v", o)
 	}

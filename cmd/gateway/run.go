@@ -317,7 +317,7 @@ func (g *gateway) newSink(cfg *Config, sc SinkConfig, log zerolog.Logger) (sinks
 			return nil, errors.New("type broker needs broker.enabled")
 		}
 		bc := brokerSinkConfig(cfg, sc)
-		bc.Devices = deviceTopics(sc, g.directory())
+		bc.Devices.Directory = g.directory() // device names for state and discovery topics
 		return broker.NewSink(g.brokerSrv, bc, log)
 	case "subscriber":
 		if g.brokerSrv == nil {
@@ -326,7 +326,7 @@ func (g *gateway) newSink(cfg *Config, sc SinkConfig, log zerolog.Logger) (sinks
 		return broker.NewSubscriber(g.brokerSrv, subscriberConfig(cfg, sc), log)
 	case "mqtt":
 		mc := mqttConfig(cfg, sc)
-		mc.Devices = deviceTopics(sc, g.directory())
+		mc.Devices.Directory = g.directory()
 		return mqttclient.New(mc, log)
 	case "cumulocity":
 		c := c8yConfig(cfg, sc)

@@ -86,7 +86,7 @@ func brokerSinkConfig(cfg *Config, sc SinkConfig) broker.SinkConfig {
 		Retain:       sc.Retain,
 		GatewayID:    cfg.Gateway.ID,
 		RetainPolicy: broker.RetainPolicy{MaxAge: sc.RetainMaxAge, MaxTopics: sc.RetainMaxTopics, MaxBytes: sc.RetainMaxBytes},
-		Devices:      deviceTopics(sc, nil), // run.go adds the device names (its Directory)
+		Devices:      deviceTopics(sc),
 	}
 }
 
@@ -103,7 +103,7 @@ func mqttConfig(cfg *Config, sc SinkConfig) mqttclient.Config {
 		TopicPrefix: sc.TopicPrefix,
 		Values:      sc.Values,
 		GatewayID:   cfg.Gateway.ID,
-		Devices:     deviceTopics(sc, nil), // run.go adds the device names (its Directory)
+		Devices:     deviceTopics(sc),
 	}
 }
 
