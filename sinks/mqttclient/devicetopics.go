@@ -15,25 +15,27 @@ import (
 // reconnects).
 var errNotConnected = errors.New("not connected")
 
-// startDeviceTopics sets up the state topic and Home Assistant discovery
-// of s, if configured, and the goroutine that republishes the configs when
-// Home Assistant comes online.
-func (s *Sink) startDeviceTopics() error {
+// newDeviceTopics sets up the state topic and Home Assistant discovery of
+// s, if configured (before the publisher: its connect hook subscribes).
+func (s *Sink) newDeviceTopics() error {
 	o := s.cfg.Devices
 	o.TopicPrefix, o.GatewayID, o.Values = s.cfg.TopicPrefix, s.cfg.GatewayID, s.cfg.Values
 	t, err := devicetopics.New(o, s.log)
-	if err != nil || t == nil {
-		return err
-	}
 	s.topics = t
-	if t.StatusTopic() != "" {
-		s.bg.Add(1)
-		go func() {
-			defer s.bg.Done()
-			t.Republish(s.done, s.publishConfig)
-		}()
+	return err
+}
+
+// startRepublisher starts the goroutine that republishes the discovery
+// configs when Home Assistant comes online (after the publisher exists).
+func (s *Sink) startRepublisher() {
+	if s.topics.StatusTopic() == "" {
+		return
 	}
-	return nil
+	s.bg.Add(1)
+	go func() {
+		defer s.bg.Done()
+		s.topics.Republish(s.ctx.Done(), s.publishConfig)
+	}()
 }
 
 // subscribeHomeAssistant subscribes connection c to Home Assistant's
@@ -58,16 +60,7 @@ func (s *Sink) publishConfig(p sinks.Publication) error {
 	if c == nil || !s.pub.Connected() {
 		return errNotConnected
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go func() {
-		select {
-		case <-s.done:
-			cancel()
-		case <-ctx.Done():
-		}
-	}()
-	if err := c.Publish(ctx, mqttpub.Message{Topic: p.Topic, QoS: s.cfg.QoS, Retain: true, Payload: p.Payload}); err != nil {
+	if err := c.Publish(s.ctx, mqttpub.Message{Topic: p.Topic, QoS: s.cfg.QoS, Retain: true, Payload: p.Payload}); err != nil {
 		return fmt.Errorf("publish %s: %w", p.Topic, err)
 	}
 	return nil

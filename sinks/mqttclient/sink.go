@@ -37,12 +37,12 @@ type Sink struct {
 
 	pubs []sinks.Publication // used by Publish only, which the forwarder calls from one goroutine
 
-	guard     *sinks.RetainGuard           // retained values never go back in time; nil without Retain
-	topics    *devicetopics.Topics         // state topic and discovery; nil when off
-	conn      atomic.Pointer[mqttpub.Conn] // the connection OnConnect saw last (discovery republication)
-	done      chan struct{}                // closed by Close: ends the republisher
-	bg        sync.WaitGroup
-	closeOnce sync.Once
+	guard  *sinks.RetainGuard           // retained values never go back in time; nil without Retain
+	topics *devicetopics.Topics         // state topic and discovery; nil when off
+	conn   atomic.Pointer[mqttpub.Conn] // the connection OnConnect saw last (discovery republication)
+	ctx    context.Context              // ended by Close: stops the republisher and its publications
+	cancel context.CancelFunc
+	bg     sync.WaitGroup
 }
 
 var _ sinks.Sink = (*Sink)(nil)
@@ -78,19 +78,21 @@ func New(cfg Config, log zerolog.Logger) (*Sink, error) {
 		cfg:    cfg,
 		status: sinks.StatusTopic(cfg.TopicPrefix, cfg.GatewayID),
 		log:    log.With().Str("component", "mqttclient").Str("sink", cfg.Name).Logger(),
-		done:   make(chan struct{}),
 	}
+	s.ctx, s.cancel = context.WithCancel(context.Background())
 	if cfg.Retain {
 		s.guard = sinks.NewRetainGuard(0)
 	}
-	if err := s.startDeviceTopics(); err != nil {
+	if err := s.newDeviceTopics(); err != nil {
 		return nil, fmt.Errorf("mqtt sink %s: %w", cfg.Name, err)
 	}
 	o.Will = &mqttpub.Message{Topic: s.status, QoS: statusQoS, Retain: true, Payload: []byte("offline")}
 	o.OnConnect = s.announce
 	if s.pub, err = mqttpub.New(o, s.log); err != nil {
+		s.cancel()
 		return nil, fmt.Errorf("mqtt sink %s: %w", cfg.Name, err)
 	}
+	s.startRepublisher()
 	return s, nil
 }
 
@@ -180,7 +182,7 @@ var _ sinks.RetainSeeder = (*Sink)(nil)
 // briefly for the broker to acknowledge it, and disconnects. After it,
 // Publish returns ErrClosed; a second Close does nothing.
 func (s *Sink) Close(ctx context.Context) error {
-	s.closeOnce.Do(func() { close(s.done) })
+	s.cancel()
 	s.bg.Wait()
 	err := s.pub.Close(ctx, func(ctx context.Context, c *mqttpub.Conn) error {
 		ctx, cancel := context.WithTimeout(ctx, closeWait)
