@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -112,20 +113,15 @@ func (f *Forwarder) Run(ctx context.Context) error {
 		return f.runLiveFirst(ctx)
 	}
 	msgs := make([]sinks.Message, 0, f.cfg.Batch)
-	// The acknowledgement of one batch commits while the next is being
-	// published: at most one is in flight, so cursors still move in order.
-	var acking chan struct{}
-	defer func() {
-		if acking != nil {
-			<-acking
-		}
-	}()
+	// Acknowledgements commit in the background, one at a time and the
+	// newest winning, so delivery never waits for a commit.
+	acks := &acker{f: f}
+	defer acks.wait()
 	// rest is what a sink returned early without (sinks.Sink.Publish: sent,
 	// awaiting acknowledgement); it goes back to the sink first, followed by
 	// what is queued now, without waiting for more. At most two batches.
 	var rest []sinks.Message
 	var restRecs []buffer.Record
-	var acked uint64
 	for {
 		rctx := ctx
 		if len(rest) > 0 {
@@ -158,15 +154,7 @@ func (f *Forwarder) Run(ctx context.Context) error {
 			i := sort.Search(len(recs), func(i int) bool { return recs[i].Seq >= rest[0].Seq })
 			restRecs = recs[i:]
 		}
-		if seq <= acked {
-			continue
-		}
-		acked = seq
-		if acking != nil {
-			<-acking
-		}
-		acking = make(chan struct{})
-		go f.ack(context.WithoutCancel(ctx), seq, acking)
+		acks.ack(seq)
 	}
 }
 
@@ -193,17 +181,6 @@ var doneCtx = func() context.Context {
 	cancel()
 	return ctx
 }()
-
-// ack records delivery up to seq, even during shutdown: the messages were
-// delivered, and recording it spares duplicates after the restart.
-func (f *Forwarder) ack(ctx context.Context, seq uint64, done chan struct{}) {
-	defer close(done)
-	if err := f.reader.Ack(ctx, seq); err != nil && !errors.Is(err, buffer.ErrClosed) {
-		// Failing to record it only means they may be delivered again
-		// after a restart.
-		f.log.Error().Err(err).Uint64("seq", seq).Msg("acknowledge delivered messages")
-	}
-}
 
 // deliver publishes msgs until all are delivered or dead-lettered, or, when
 // early is set, the sink returns early (a nil error with messages left: it
@@ -312,4 +289,62 @@ func dropDeleted(msgs []sinks.Message, cursor uint64) []sinks.Message {
 		msgs = msgs[1:]
 	}
 	return msgs
+}
+
+// acker acknowledges one stream from its own goroutine, so delivery never
+// waits for a commit: while one Ack commits, later ones coalesce into the
+// newest (acknowledgements of a stream are cumulative).
+type acker struct {
+	f    *Forwarder
+	mu   sync.Mutex
+	want uint64        // newest sequence delivered
+	busy bool          // the goroutine runs
+	idle chan struct{} // closed when it stops
+}
+
+func (a *acker) ack(seq uint64) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if seq <= a.want {
+		return
+	}
+	a.want = seq
+	if a.busy {
+		return
+	}
+	a.busy, a.idle = true, make(chan struct{})
+	go a.run(a.idle)
+}
+
+// run acknowledges until nothing newer is wanted, even during shutdown:
+// the messages were delivered, and recording it spares duplicates.
+func (a *acker) run(idle chan struct{}) {
+	var done uint64
+	for {
+		a.mu.Lock()
+		seq := a.want
+		if seq <= done {
+			a.busy = false
+			close(idle)
+			a.mu.Unlock()
+			return
+		}
+		a.mu.Unlock()
+		if err := a.f.reader.Ack(context.Background(), seq); err != nil && !errors.Is(err, buffer.ErrClosed) {
+			// Failing to record it only means they may be delivered again
+			// after a restart.
+			a.f.log.Error().Err(err).Uint64("seq", seq).Msg("acknowledge delivered messages")
+		}
+		done = seq
+	}
+}
+
+// wait returns once the acknowledgements asked for are committed.
+func (a *acker) wait() {
+	a.mu.Lock()
+	idle, busy := a.idle, a.busy
+	a.mu.Unlock()
+	if busy {
+		<-idle
+	}
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sync"
 	"time"
 
 	"wittra-gateway/buffer"
@@ -146,60 +145,5 @@ func (f *Forwarder) seedRetained() {
 	one[0] = sinks.Message{}
 	if n > 0 {
 		f.log.Info().Int("messages", n).Msg("retained-value guard seeded with the live messages delivered before the restart")
-	}
-}
-
-// acker acknowledges one stream from its own goroutine, so delivery never
-// waits for a commit: while one Ack commits, later ones coalesce into the
-// newest (acknowledgements of a stream are cumulative).
-type acker struct {
-	f    *Forwarder
-	mu   sync.Mutex
-	want uint64        // newest sequence delivered
-	busy bool          // the goroutine runs
-	idle chan struct{} // closed when it stops
-}
-
-func (a *acker) ack(seq uint64) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	a.want = max(a.want, seq)
-	if a.busy {
-		return
-	}
-	a.busy, a.idle = true, make(chan struct{})
-	go a.run(a.idle)
-}
-
-// run acknowledges until nothing newer is wanted, even during shutdown:
-// the messages were delivered, and recording it spares duplicates.
-func (a *acker) run(idle chan struct{}) {
-	var done uint64
-	for {
-		a.mu.Lock()
-		seq := a.want
-		if seq <= done {
-			a.busy = false
-			close(idle)
-			a.mu.Unlock()
-			return
-		}
-		a.mu.Unlock()
-		if err := a.f.reader.Ack(context.Background(), seq); err != nil && !errors.Is(err, buffer.ErrClosed) {
-			// Failing to record it only means they may be delivered again
-			// after a restart.
-			a.f.log.Error().Err(err).Uint64("seq", seq).Msg("acknowledge delivered messages")
-		}
-		done = seq
-	}
-}
-
-// wait returns once the acknowledgements asked for are committed.
-func (a *acker) wait() {
-	a.mu.Lock()
-	idle, busy := a.idle, a.busy
-	a.mu.Unlock()
-	if busy {
-		<-idle
 	}
 }
