@@ -11,7 +11,12 @@ import (
 // the backlog (project fill, devices 0..999, as bench/fill writes them),
 // run once per sink `backlog` mode on copies of one filled queue: live
 // end-to-end latency while draining, and the drain rate of live_first
-// against in_order's.
+// against in_order's. Twice: with a durable subscriber (type subscriber:
+// the gateway paces the backlog by the consumer's acknowledgements, so
+// what the consumer sees is what the gateway sends first), and with a
+// plain broker sink (handover: the backlog goes as fast as the broker
+// takes it, and a consumer slower than that reads live messages behind
+// the broker's per-client queue, losing what overflows it).
 func (r *runner) drainLive() error {
 	const scen = "drain-live"
 	dir := r.path(scen)
@@ -29,13 +34,22 @@ func (r *runner) drainLive() error {
 		}
 		n = fr.Messages
 	}
+	for _, kind := range []string{"subscriber", "broker"} {
+		if err := r.drainLiveKind(scen, dir, src, n, kind); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (r *runner) drainLiveKind(scen, dir, src string, n uint64, kind string) error {
 	type result struct {
 		rate, p99 float64
 		note      string
 	}
 	res := map[string]result{}
 	for _, mode := range []string{"in_order", "live_first"} {
-		sub := filepath.Join(dir, mode)
+		sub := filepath.Join(dir, kind+"-"+mode)
 		if err := mkdir(sub); err != nil {
 			return err
 		}
@@ -44,12 +58,21 @@ func (r *runner) drainLive() error {
 			return err
 		}
 		sink := fmt.Sprintf("  - {name: local, type: broker, topic_prefix: wittra, values: %v, retain: %v, backlog: %s}\n", r.values, r.retain, mode)
+		args := []string{"-url", "", "-rate", "1000", "-c", "16", "-project", "fill", "-devices", "1000", "-device-base", "0", "-sub-topic", "wittra/fill/+/data"}
+		if kind == "subscriber" {
+			// values: false: the consumer subscribes to the data topics
+			// only, and value topics nobody subscribed to would hold the
+			// first half second after its subscription (the sink waits
+			// that long for more subscriptions before skipping one).
+			sink = fmt.Sprintf("  - {name: local, type: subscriber, client_id: dashboard, topic_prefix: wittra, values: false, qos: 1, backlog: %s}\n", mode)
+			args = append(args, "-sub-client-id", "dashboard", "-sub-qos", "1")
+		}
 		gw, err := r.startGateway("wittra-gateway", sub, queue, sink, true)
 		if err != nil {
 			return err
 		}
-		live, err := r.startLoad(sub, "live", r.drainTimeout, "-url", gw.url(), "-rate", "1000", "-c", "16",
-			"-project", "fill", "-devices", "1000", "-device-base", "0", "-sub", "tcp://"+gw.broker, "-sub-topic", "wittra/fill/+/data")
+		args[1] = gw.url()
+		live, err := r.startLoad(sub, "live", r.drainTimeout, append(args, "-sub", "tcp://"+gw.broker)...)
 		if err != nil {
 			gw.stop()
 			return err
@@ -76,7 +99,7 @@ func (r *runner) drainLive() error {
 			return lerr
 		}
 		if drainedAt == 0 {
-			r.add(row{Scenario: scen, Measure: mode + ": drain", Value: fmt.Sprintf("not drained: depth %.0f after %s", last, r.drainTimeout), Result: "MISSED"})
+			r.add(row{Scenario: scen, Measure: kind + ", " + mode + ": drain", Value: fmt.Sprintf("not drained: depth %.0f after %s", last, r.drainTimeout), Result: "MISSED"})
 			continue
 		}
 		x := result{rate: float64(n) / drainedAt.Seconds()}
@@ -86,15 +109,15 @@ func (r *runner) drainLive() error {
 			x.note += fmt.Sprintf("; live %s; lost %d, dup %d of %d", liveRep.Sub.E2E.String(), liveRep.Sub.Lost, liveRep.Sub.Duplicated, liveRep.Accepted)
 		}
 		res[mode] = x
-		r.info(scen, mode+": drain with live 1,000/s on the same devices", fmt.Sprintf("%.0f msg/s", x.rate), x.note)
+		r.info(scen, kind+", "+mode+": drain with live 1,000/s on the same devices", fmt.Sprintf("%.0f msg/s", x.rate), x.note)
 	}
 	io, lf := res["in_order"], res["live_first"]
 	if lf.rate > 0 {
-		r.check(scen, "live_first: live 1,000/s e2e p99 while draining", lf.p99, "%.1f ms", 100, false,
+		r.check(scen, kind+", live_first: live 1,000/s e2e p99 while draining", lf.p99, "%.1f ms", 100, false,
 			fmt.Sprintf("in_order: %.1f ms (live waits behind the backlog)", io.p99))
 	}
 	if lf.rate > 0 && io.rate > 0 {
-		r.check(scen, "live_first drain rate ÷ in_order's", 100*lf.rate/io.rate, "%.0f %%", 80, true,
+		r.check(scen, kind+", live_first drain rate ÷ in_order's", 100*lf.rate/io.rate, "%.0f %%", 80, true,
 			fmt.Sprintf("%.0f vs %.0f msg/s", lf.rate, io.rate))
 	}
 	return nil
