@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"hash/fnv"
 	"os"
+	"unsafe"
 )
 
 // This file reads bbolt's on-disk format directly, with bounds checks on
@@ -70,7 +71,12 @@ type pageFile struct {
 	f        *os.File
 	size     int64
 	pageSize int
-	meta     boltMeta // the meta bbolt would use; meta.err set when none is valid
+	// data maps the file when the reader asked for it (mapped): pages are
+	// then slices of it, valid until Close, and touched pages are released
+	// every releasePages so the check does not grow RSS by the file's size.
+	data    []byte
+	touched int
+	meta    boltMeta // the meta bbolt would use; meta.err set when none is valid
 }
 
 func openPageFile(path string) (*pageFile, error) {
@@ -108,7 +114,24 @@ func openPageFile(path string) (*pageFile, error) {
 	return pf, nil
 }
 
-func (pf *pageFile) Close() error { return pf.f.Close() }
+// mapped maps the file read-only; a failure leaves page reads as they are.
+func (pf *pageFile) mapped() {
+	if data, err := mapReadOnly(pf.f, pf.size); err == nil {
+		pf.data = data
+	}
+}
+
+// releasePages: pages read from the mapping between two releases of its
+// resident pages (mapped.go says why).
+const releasePages = 4096
+
+func (pf *pageFile) Close() error {
+	if pf.data != nil {
+		unmap(pf.data)
+		pf.data = nil
+	}
+	return pf.f.Close()
+}
 
 // readMeta reads meta page n; page 1 sits at pageSize (0: the default).
 func (pf *pageFile) readMeta(n int, pageSize int) boltMeta {
@@ -161,6 +184,9 @@ func (pf *pageFile) page(id, limit uint64) ([]byte, error) {
 	if id < 2 || id >= limit {
 		return nil, bad("out of bounds (%d pages)", limit)
 	}
+	if pf.data != nil {
+		return pf.mappedPage(id, limit, bad)
+	}
 	// One read for the usual page without overflow, a second for the rest.
 	buf := make([]byte, pf.pageSize)
 	if _, err := pf.f.ReadAt(buf, int64(id)*int64(pf.pageSize)); err != nil {
@@ -187,6 +213,27 @@ func (pf *pageFile) page(id, limit uint64) ([]byte, error) {
 
 // checkPage checks that a branch or leaf page's elements lie inside it and
 // its keys ascend.
+func (pf *pageFile) mappedPage(id, limit uint64, bad func(string, ...any) error) ([]byte, error) {
+	if pf.touched++; pf.touched >= releasePages {
+		pf.touched = 0
+		dontNeed(uintptr(unsafe.Pointer(&pf.data[0])), uintptr(len(pf.data)))
+	}
+	ps := uint64(pf.pageSize)
+	buf := pf.data[id*ps : (id+1)*ps]
+	if got := le.Uint64(buf); got != id {
+		return nil, bad("identifies as %d", got)
+	}
+	overflow := uint64(le.Uint32(buf[12:]))
+	if id+overflow >= limit {
+		return nil, bad("overflow %d past the end", overflow)
+	}
+	buf = pf.data[id*ps : (id+1+overflow)*ps]
+	if err := checkPage(buf); err != nil {
+		return nil, bad("%v", err)
+	}
+	return buf, nil
+}
+
 func checkPage(p []byte) error {
 	if len(p) < pageHeaderSize {
 		return errors.New("short")
@@ -382,6 +429,7 @@ func checkFile(path string) (checked int, err error) {
 	if pf.meta.err != nil {
 		return 0, fmt.Errorf("%w: %v", errBadPage, pf.meta.err)
 	}
+	pf.mapped()
 	if pf.meta.freelist != noFreelist {
 		if _, err := pf.freelistPage(); err != nil {
 			return 0, err
