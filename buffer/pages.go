@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"hash/fnv"
 	"os"
+	"runtime/debug"
 	"unsafe"
 )
 
@@ -412,6 +413,9 @@ func (w *walker) walkAll() {
 // CheckMaxPages pages. It returns nil for a missing or empty file (a new
 // queue), an error wrapping errBadPage for damage, and other errors as is.
 func checkFile(path string) (checked int, err error) {
+	// A page the flash cannot read faults on the mapping (SIGBUS) where a
+	// read call would return EIO: a panic recovered below, not a crash.
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
 	defer func() {
 		if r := recover(); r != nil {
 			err = fmt.Errorf("%w: check panicked: %v", errBadPage, r)
