@@ -115,7 +115,7 @@ func (f *Forwarder) Run(ctx context.Context) error {
 	msgs := make([]sinks.Message, 0, f.cfg.Batch)
 	// Acknowledgements commit in the background, one at a time and the
 	// newest winning, so delivery never waits for a commit.
-	acks := &acker{f: f}
+	acks := newAcker(f)
 	defer acks.wait()
 	// rest is what a sink returned early without (sinks.Sink.Publish: sent,
 	// awaiting acknowledgement); it goes back to the sink first, followed by
@@ -293,37 +293,50 @@ func dropDeleted(msgs []sinks.Message, cursor uint64) []sinks.Message {
 
 // acker acknowledges one stream from its own goroutine, so delivery never
 // waits for a commit: while one Ack commits, later ones coalesce into the
-// newest (acknowledgements of a stream are cumulative).
+// newest (acknowledgements of a stream are cumulative). Delivery waits only
+// when it runs more than lag sequences ahead of the last commit: each
+// commit deletes what it acknowledges, and a fast sink must not turn that
+// into one huge transaction that holds up intake.
 type acker struct {
 	f    *Forwarder
+	lag  uint64
 	mu   sync.Mutex
 	want uint64        // newest sequence delivered
+	done uint64        // newest sequence committed
 	busy bool          // the goroutine runs
 	idle chan struct{} // closed when it stops
 }
 
+func newAcker(f *Forwarder) *acker { return &acker{f: f, lag: uint64(4 * f.cfg.Batch)} }
+
 func (a *acker) ack(seq uint64) {
 	a.mu.Lock()
-	defer a.mu.Unlock()
 	if seq <= a.want {
+		a.mu.Unlock()
 		return
+	}
+	if a.want == 0 {
+		a.done = seq - 1 // the lag counts from the first acknowledgement
 	}
 	a.want = seq
-	if a.busy {
-		return
+	if !a.busy {
+		a.busy, a.idle = true, make(chan struct{})
+		go a.run(a.idle)
 	}
-	a.busy, a.idle = true, make(chan struct{})
-	go a.run(a.idle)
+	behind := seq-a.done > a.lag
+	a.mu.Unlock()
+	if behind {
+		a.wait()
+	}
 }
 
 // run acknowledges until nothing newer is wanted, even during shutdown:
 // the messages were delivered, and recording it spares duplicates.
 func (a *acker) run(idle chan struct{}) {
-	var done uint64
 	for {
 		a.mu.Lock()
 		seq := a.want
-		if seq <= done {
+		if seq <= a.done {
 			a.busy = false
 			close(idle)
 			a.mu.Unlock()
@@ -335,7 +348,9 @@ func (a *acker) run(idle chan struct{}) {
 			// after a restart.
 			a.f.log.Error().Err(err).Uint64("seq", seq).Msg("acknowledge delivered messages")
 		}
-		done = seq
+		a.mu.Lock()
+		a.done = seq
+		a.mu.Unlock()
 	}
 }
 

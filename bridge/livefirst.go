@@ -57,7 +57,7 @@ const liveRecent = time.Second
 //   - each stream is acknowledged on its own, the newest delivered
 //     sequence only (acks of one stream coalesce while one commits).
 func (f *Forwarder) runLiveFirst(ctx context.Context) error {
-	live, backlog := &acker{f: f}, &acker{f: f}
+	live, backlog := newAcker(f), newAcker(f)
 	defer live.wait()
 	defer backlog.wait()
 	f.seedRetained()
