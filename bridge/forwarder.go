@@ -112,50 +112,67 @@ func (f *Forwarder) Run(ctx context.Context) error {
 	if f.cfg.Backlog == LiveFirst {
 		return f.runLiveFirst(ctx)
 	}
-	msgs := make([]sinks.Message, 0, f.cfg.Batch)
 	// Acknowledgements commit in the background, one at a time and the
 	// newest winning, so delivery never waits for a commit.
 	acks := newAcker(f)
 	defer acks.wait()
-	// rest is what a sink returned early without (sinks.Sink.Publish: sent,
-	// awaiting acknowledgement); it goes back to the sink first, followed by
-	// what is queued now, without waiting for more. At most two batches.
-	var rest []sinks.Message
-	var restRecs []buffer.Record
+	var p pipe
 	for {
 		rctx := ctx
-		if len(rest) > 0 {
-			rctx = doneCtx
+		if len(p.rest) > 0 {
+			rctx = doneCtx // what is in flight goes on without waiting for more
 		}
 		var recs []buffer.Record
 		var err error
-		if len(rest) < f.cfg.Batch {
+		if len(p.rest) < f.cfg.Batch {
 			recs, err = f.reader.Read(rctx, f.cfg.Batch, f.cfg.BatchBytes)
 		}
 		if err != nil {
 			if ctx.Err() != nil || errors.Is(err, buffer.ErrClosed) {
 				return nil
 			}
-			if len(rest) == 0 {
+			if len(p.rest) == 0 {
 				return err
 			}
 		}
-		msgs = f.decode(append(msgs[:0], rest...), recs)
-		recs = append(restRecs, recs...)
-		if rest, err = f.deliver(ctx, msgs, recs, true); err != nil {
+		seq, err := f.send(ctx, &p, recs)
+		if err != nil {
 			return nil // only ctx ends delivery
-		}
-		seq := recs[len(recs)-1].Seq
-		restRecs = nil
-		if len(rest) > 0 {
-			// Everything before the first undelivered message is delivered,
-			// dead-lettered or undecodable.
-			seq = rest[0].Seq - 1
-			i := sort.Search(len(recs), func(i int) bool { return recs[i].Seq >= rest[0].Seq })
-			restRecs = recs[i:]
 		}
 		acks.ack(seq)
 	}
+}
+
+// pipe is what a sink returned early without (sinks.Sink.Publish: sent,
+// awaiting acknowledgement) in one stream: it goes back to the sink first,
+// followed by what was read since, so the sink's window stays full across
+// calls instead of draining at the end of each. At most two batches.
+type pipe struct {
+	msgs     []sinks.Message // reused
+	rest     []sinks.Message
+	restRecs []buffer.Record
+}
+
+// send delivers p's rest followed by recs, and returns the sequence up to
+// which everything is delivered, dead-lettered or undecodable (0: nothing
+// to send), and an error only when ctx ends.
+func (f *Forwarder) send(ctx context.Context, p *pipe, recs []buffer.Record) (uint64, error) {
+	if len(p.rest)+len(recs) == 0 {
+		return 0, nil
+	}
+	p.msgs = f.decode(append(p.msgs[:0], p.rest...), recs)
+	recs = append(p.restRecs, recs...)
+	var err error
+	if p.rest, err = f.deliver(ctx, p.msgs, recs); err != nil {
+		return 0, err
+	}
+	p.restRecs = nil
+	if len(p.rest) == 0 {
+		return recs[len(recs)-1].Seq, nil
+	}
+	i := sort.Search(len(recs), func(i int) bool { return recs[i].Seq >= p.rest[0].Seq })
+	p.restRecs = recs[i:]
+	return p.rest[0].Seq - 1, nil
 }
 
 // decode appends the messages of recs to msgs, passing over undecodable
@@ -182,11 +199,11 @@ var doneCtx = func() context.Context {
 	return ctx
 }()
 
-// deliver publishes msgs until all are delivered or dead-lettered, or, when
-// early is set, the sink returns early (a nil error with messages left: it
-// has sent them and awaits their acknowledgement); it returns those left,
-// and an error only when ctx ends. recs are the records msgs came from.
-func (f *Forwarder) deliver(ctx context.Context, msgs []sinks.Message, recs []buffer.Record, early bool) ([]sinks.Message, error) {
+// deliver publishes msgs until all are delivered or dead-lettered, or the
+// sink returns early (a nil error with messages left: it has sent them and
+// awaits their acknowledgement); it returns those left, and an error only
+// when ctx ends. recs are the records msgs came from.
+func (f *Forwarder) deliver(ctx context.Context, msgs []sinks.Message, recs []buffer.Record) ([]sinks.Message, error) {
 	backoff := f.cfg.MinBackoff
 	failing := false
 	for len(msgs) > 0 {
@@ -225,7 +242,7 @@ func (f *Forwarder) deliver(ctx context.Context, msgs []sinks.Message, recs []bu
 				failing = false
 			}
 			backoff = f.cfg.MinBackoff
-			if early && n > 0 && len(msgs) > 0 {
+			if n > 0 && len(msgs) > 0 {
 				return msgs, nil // returned early: the rest is in flight
 			}
 			continue

@@ -55,13 +55,15 @@ const liveRecent = time.Second
 //     one batch of the backlog: live messages wait behind at most one
 //     backlog batch, and the backlog is never starved;
 //   - each stream is acknowledged on its own, the newest delivered
-//     sequence only (acks of one stream coalesce while one commits).
+//     sequence only (acks of one stream coalesce while one commits);
+//   - what a sink returned early without stays in flight in its stream's
+//     pipe and goes back to the sink first in that stream's next call.
 func (f *Forwarder) runLiveFirst(ctx context.Context) error {
 	live, backlog := newAcker(f), newAcker(f)
 	defer live.wait()
 	defer backlog.wait()
 	f.seedRetained()
-	msgs := make([]sinks.Message, 0, f.cfg.Batch)
+	var livePipe, backlogPipe pipe
 	var lastLive time.Time
 	for {
 		if ctx.Err() != nil {
@@ -77,33 +79,37 @@ func (f *Forwarder) runLiveFirst(ctx context.Context) error {
 				f.log.Info().Uint64("backlog", b).Msg("backlog: delivering new messages first while it drains")
 			}
 		}
-		recs, err := f.reader.ReadLive(f.cfg.Batch, f.cfg.BatchBytes)
-		if err != nil {
-			return f.readErr(ctx, err)
-		}
-		delivered := false
-		if len(recs) > 0 {
-			if _, err := f.deliver(ctx, f.decode(msgs[:0], recs), recs, false); err != nil {
-				return nil // only ctx ends delivery
+		var recs []buffer.Record
+		var err error
+		if len(livePipe.rest) < f.cfg.Batch {
+			if recs, err = f.reader.ReadLive(f.cfg.Batch, f.cfg.BatchBytes); err != nil {
+				return f.readErr(ctx, err)
 			}
-			live.ack(recs[len(recs)-1].Seq)
+		}
+		delivered := len(livePipe.rest)+len(backlogPipe.rest) > 0
+		if len(recs) > 0 {
 			lastLive, delivered = time.Now(), true
 		}
+		seq, err := f.send(ctx, &livePipe, recs)
+		if err != nil {
+			return nil // only ctx ends delivery
+		}
+		live.ack(seq)
 		n := f.cfg.Batch
 		if time.Since(lastLive) < liveRecent {
 			n = f.cfg.BacklogBatch
 		}
-		recs, err = f.reader.ReadBacklog(n, f.cfg.BatchBytes)
-		if err != nil {
-			return f.readErr(ctx, err)
-		}
-		if len(recs) > 0 {
-			if _, err := f.deliver(ctx, f.decode(msgs[:0], recs), recs, false); err != nil {
-				return nil
+		recs = nil
+		if len(backlogPipe.rest) < n {
+			if recs, err = f.reader.ReadBacklog(n, f.cfg.BatchBytes); err != nil {
+				return f.readErr(ctx, err)
 			}
-			backlog.ack(recs[len(recs)-1].Seq)
-			delivered = true
 		}
+		delivered = delivered || len(recs) > 0
+		if seq, err = f.send(ctx, &backlogPipe, recs); err != nil {
+			return nil
+		}
+		backlog.ack(seq)
 		if !delivered {
 			if err := f.reader.Wait(ctx); err != nil {
 				return f.readErr(ctx, err)

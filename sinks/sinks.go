@@ -58,7 +58,10 @@ type Sink interface {
 	// acknowledgements may return early, with delivered > 0 and a nil
 	// error; the forwarder then calls it again with msgs[delivered:]
 	// followed by newer messages, so that the sink's window of
-	// unacknowledged publications stays full across batches.
+	// unacknowledged publications stays full across batches. With
+	// backlog live_first a call for the other stream (other messages) may
+	// come in between: acknowledgements of the messages not in a call
+	// must be kept for the call that hands them back.
 	Publish(ctx context.Context, msgs []Message) (delivered int, err error)
 	// Close releases the output; after it Publish must not be called.
 	Close(ctx context.Context) error

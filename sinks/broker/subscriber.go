@@ -272,8 +272,19 @@ func (s *Subscriber) Publish(ctx context.Context, msgs []sinks.Message) (int, er
 		ready, full := false, false
 		var settle time.Time
 		if c != nil {
+			// An acknowledgement of a publication not in this call is kept
+			// for the call that hands it back (the forwarder interleaves a
+			// live_first sink's two streams); only the newest Window are
+			// kept: no more can be in flight, so older ones were given up
+			// (their message expired), and dropping one costs a resend.
+			keep := c.acked[:0]
 			for _, a := range c.acked {
-				if i, ok := s.find(msgs, a.key); ok && s.items[i].state != itemDone {
+				i, ok := s.find(msgs, a.key)
+				if !ok {
+					keep = append(keep, a)
+					continue
+				}
+				if s.items[i].state != itemDone {
 					s.markDone(i)
 					s.stats.Acked.Add(1)
 					if a.refused {
@@ -281,7 +292,10 @@ func (s *Subscriber) Publish(ctx context.Context, msgs []sinks.Message) (int, er
 					}
 				}
 			}
-			c.acked = c.acked[:0]
+			if extra := len(keep) - s.cfg.Window; extra > 0 {
+				keep = keep[:copy(keep, keep[extra:])]
+			}
+			c.acked = keep
 			inflight, inBytes = len(c.inflight), c.inBytes
 			settle = c.settle
 			ready = !c.dead && !c.readyAt.IsZero()
