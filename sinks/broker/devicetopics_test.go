@@ -93,7 +93,7 @@ func TestHomeAssistantEmbeddedBroker(t *testing.T) {
 
 	// Silence past the retained max age clears the device's values, never
 	// the discovery configs (Home Assistant needs them after any silence).
-	clk.Add(DefaultRetainMaxAge + time.Hour)
+	clk.Advance(DefaultRetainMaxAge + time.Hour)
 	srv.retained.sweep()
 	after := subscribe(t, mustDial(t, clientOpts{url: url}), "#", 1)
 	left := map[string]bool{}
