@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"wittra-gateway/internal/freeport"
+
 	"github.com/rs/zerolog"
 )
 
@@ -70,12 +72,11 @@ func FileTail(path string, limit int) string {
 // race, accepted in tests).
 func FreePort(t testing.TB) int {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	ports, err := freeport.Ports(1)
 	if err != nil {
-		t.Fatalf("find a free port: %v", err)
+		t.Fatal(err)
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	return ports[0]
 }
 
 // FreeAddrs returns n distinct free loopback addresses (host:port), with
