@@ -11,6 +11,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"wittra-gateway/buffer"
+	"wittra-gateway/internal/testutil"
 	"wittra-gateway/sinks"
 )
 
@@ -167,16 +168,7 @@ func TestForwarderAcknowledgesBeforeTheRestInFlight(t *testing.T) {
 	sink := &windowSink{hold: 3, seen: map[uint64]bool{}, release: make(chan struct{})}
 	runForwarder(t, in, ForwarderConfig{Batch: 10}, sink)
 	waitCursor(t, in, 7)
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		if _, _, waiting := sink.snapshot(); waiting {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the rest was not handed back to the sink")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	testutil.WaitFor(t, 10*time.Second, "the rest handed back to the sink", func() bool { _, _, waiting := sink.snapshot(); return waiting })
 	close(sink.release)
 	waitCursor(t, in, 10)
 	sent, calls, _ := sink.snapshot()

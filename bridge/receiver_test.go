@@ -18,6 +18,7 @@ import (
 	"go.uber.org/goleak"
 
 	"wittra-gateway/buffer"
+	"wittra-gateway/internal/testutil"
 	"wittra-gateway/sinks"
 )
 
@@ -348,16 +349,9 @@ func TestForwarderDeliversInOrderRetriesAndSkipsRejected(t *testing.T) {
 			t.Fatalf("delivery order %v: not increasing or includes the rejected 5", seqs)
 		}
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for {
+	if !testutil.Poll(5*time.Second, func() bool { st, _ := in.q.Stats(); return st.Messages == 0 }) {
 		st, _ := in.q.Stats()
-		if st.Messages == 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("queue still holds %d messages after delivery", st.Messages)
-		}
-		time.Sleep(10 * time.Millisecond)
+		t.Fatalf("queue still holds %d messages after delivery", st.Messages)
 	}
 	cancel()
 	if err := <-done; err != nil {
@@ -413,10 +407,7 @@ func TestForwarderCountsAttemptsThatRunOut(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error)
 	go func() { done <- f.Run(ctx) }()
-	deadline := time.Now().Add(10 * time.Second)
-	for sink.calls.Load() < 3 && time.Now().Before(deadline) {
-		time.Sleep(5 * time.Millisecond)
-	}
+	testutil.Poll(10*time.Second, func() bool { return sink.calls.Load() >= 3 }) // checked after the stop
 	cancel()
 	if err := <-done; err != nil {
 		t.Fatalf("Run after cancel: %v", err)

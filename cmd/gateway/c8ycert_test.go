@@ -10,6 +10,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"wittra-gateway/internal/testpki"
+	"wittra-gateway/internal/testutil"
 	"wittra-gateway/sinks/cumulocity/c8yfake"
 )
 
@@ -80,12 +81,8 @@ func TestCumulocityCertificateThroughTheGateway(t *testing.T) {
 	if code, reply := tg.post(t, "/wittra", readFixture(t, "f1_data_tag.json")); code != 200 {
 		t.Fatalf("post: %d %s", code, reply)
 	}
-	deadline := time.Now().Add(15 * time.Second)
-	for len(fake.Measurements()) == 0 {
-		if time.Now().After(deadline) {
-			t.Fatalf("no measurement in the fake after 15 s; errors %v", fake.Errors())
-		}
-		time.Sleep(50 * time.Millisecond)
+	if !testutil.Poll(15*time.Second, func() bool { return len(fake.Measurements()) != 0 }) {
+		t.Fatalf("no measurement in the fake after 15 s; errors %v", fake.Errors())
 	}
 	conns := fake.Connections()
 	if len(conns) != 1 || conns[0].CertCN != "test-gw" || conns[0].Username != "" || conns[0].PasswordSent {

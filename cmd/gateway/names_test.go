@@ -25,18 +25,6 @@ const (
 	namesDevice  = "D00124B001E2A1B2C"
 )
 
-// waitUntil polls cond until it holds or d passes.
-func waitUntil(t *testing.T, what string, d time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %v", what, d)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 // The whole path of a name: the gateway asks the Wittra API (fake) about
 // the project it saw in a webhook, the Cumulocity child is renamed to the
 // Wittra name, the name is edited in Wittra and follows, and `devices`
@@ -84,7 +72,7 @@ wittra_api:
 	}
 	// The project seen is asked about soon; the child, registered before the
 	// name was known or after, ends up named "Freezer 2" with the next data.
-	waitUntil(t, "device list fetched", 30*time.Second, func() bool { return tg.g.names.api.Stats().Devices == 2 })
+	testutil.WaitFor(t, 30*time.Second, "device list fetched", func() bool { return tg.g.names.api.Stats().Devices == 2 })
 	post2 := strings.Replace(body, `"payloadId": "a1B2c3D4e5F6g7H8i9J0"`, `"payloadId": "second-message-0001"`, 1)
 	if code, reply := tg.post(t, "/wittra", post2); code != 200 {
 		t.Fatalf("post: %d %s", code, reply)
@@ -93,7 +81,7 @@ wittra_api:
 		mo, _ := c8y.DeviceBySerial(namesDevice)
 		return mo.Name
 	}
-	waitUntil(t, "child named Freezer 2", 30*time.Second, func() bool { return childName() == "Freezer 2" })
+	testutil.WaitFor(t, 30*time.Second, "child named Freezer 2", func() bool { return childName() == "Freezer 2" })
 
 	// Renamed in Wittra: the next refresh and message carry it over.
 	api.SetDevices(namesProject, []map[string]any{wittrafake.Device(namesDevice, "Freezer 2 (moved)", "tag")})
@@ -102,7 +90,7 @@ wittra_api:
 	if code, reply := tg.post(t, "/wittra", post3); code != 200 {
 		t.Fatalf("post: %d %s", code, reply)
 	}
-	waitUntil(t, "child renamed", 30*time.Second, func() bool { return childName() == "Freezer 2 (moved)" })
+	testutil.WaitFor(t, 30*time.Second, "child renamed", func() bool { return childName() == "Freezer 2 (moved)" })
 
 	// Metrics.
 	resp, err := http.Get("http://" + admin + "/metrics")

@@ -107,22 +107,29 @@ func Dialable(addrs ...string) bool {
 	return true
 }
 
-// PollEvery is how often WaitFor checks its condition.
+// PollEvery is how often Poll and WaitFor check their condition.
 const PollEvery = 20 * time.Millisecond
 
+// Poll checks cond until it holds (true) or d has passed (false). Tests
+// assert that something happens, not how fast: pick d generously (the
+// machine may be loaded). A test that wants its own failure message uses
+// it; else WaitFor.
+func Poll(d time.Duration, cond func() bool) bool {
+	for began := time.Now(); !cond(); time.Sleep(PollEvery) {
+		if time.Since(began) > d {
+			return cond()
+		}
+	}
+	return true
+}
+
 // WaitFor polls cond until it holds and returns how long that took; the
-// test fails after d. Tests assert that something happens, not how fast:
-// pick d generously (the machine may be loaded).
+// test fails after d.
 func WaitFor(t testing.TB, d time.Duration, what string, cond func() bool) time.Duration {
 	t.Helper()
 	began := time.Now()
-	for {
-		if cond() {
-			return time.Since(began)
-		}
-		if time.Since(began) > d {
-			t.Fatalf("%s: not within %v", what, d)
-		}
-		time.Sleep(PollEvery)
+	if !Poll(d, cond) {
+		t.Fatalf("%s: not within %v", what, d)
 	}
+	return time.Since(began)
 }

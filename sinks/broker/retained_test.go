@@ -156,12 +156,8 @@ func TestRetainedQoS(t *testing.T) {
 				}
 			}
 			// The acks arrive after the last message; poll for them.
-			deadline := time.Now().Add(waitLong)
-			for atomic.LoadInt64(&srv.mochi.Info.Inflight) != 0 {
-				if time.Now().After(deadline) {
-					t.Fatalf("inflight = %d after the client acked, want 0", atomic.LoadInt64(&srv.mochi.Info.Inflight))
-				}
-				time.Sleep(10 * time.Millisecond)
+			if !testutil.Poll(waitLong, func() bool { return atomic.LoadInt64(&srv.mochi.Info.Inflight) == 0 }) {
+				t.Fatalf("inflight = %d after the client acked, want 0", atomic.LoadInt64(&srv.mochi.Info.Inflight))
 			}
 		})
 	}
@@ -197,12 +193,8 @@ func TestRetainedInflight(t *testing.T) {
 	for _, m := range held {
 		m.Ack()
 	}
-	deadline := time.Now().Add(waitLong)
-	for atomic.LoadInt64(&srv.mochi.Info.Inflight) != 0 {
-		if time.Now().After(deadline) {
-			t.Fatalf("inflight after the acks = %d, want 0", atomic.LoadInt64(&srv.mochi.Info.Inflight))
-		}
-		time.Sleep(10 * time.Millisecond)
+	if !testutil.Poll(waitLong, func() bool { return atomic.LoadInt64(&srv.mochi.Info.Inflight) == 0 }) {
+		t.Fatalf("inflight after the acks = %d, want 0", atomic.LoadInt64(&srv.mochi.Info.Inflight))
 	}
 }
 

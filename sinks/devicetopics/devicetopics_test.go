@@ -11,6 +11,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"wittra-gateway/internal/testutil"
 	"wittra-gateway/sinks"
 	"wittra-gateway/sinks/devicetopics"
 	"wittra-gateway/sinks/devicetopics/hatest"
@@ -358,12 +359,8 @@ func TestRepublishOnOnline(t *testing.T) {
 	count := func() int { mu.Lock(); defer mu.Unlock(); return len(got) }
 	waitCount := func(n int) {
 		t.Helper()
-		deadline := time.Now().Add(30 * time.Second)
-		for count() < n {
-			if time.Now().After(deadline) {
-				t.Fatalf("%d configs republished, want %d", count(), n)
-			}
-			time.Sleep(10 * time.Millisecond)
+		if !testutil.Poll(30*time.Second, func() bool { return count() >= n }) {
+			t.Fatalf("%d configs republished, want %d", count(), n)
 		}
 	}
 	tp.Online([]byte("offline"))
