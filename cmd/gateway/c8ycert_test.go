@@ -37,10 +37,7 @@ func TestC8YCertificateLoginConfig(t *testing.T) {
 	}
 	mustParse(t, sinkURL("https://t.example", ", mode: rest, token_url: 'https://t.example:8443'"), dir)
 
-	for _, tc := range []struct {
-		name, data string
-		parts      []string
-	}{
+	wantProblems(t, []problemCase{
 		{"CNIsNotGatewayID", yml("gateway: {id: other}", "sinks:",
 			fmt.Sprintf("  - {name: c, type: cumulocity, url: 'mqtts://c8y.example', tls: {cert_file: %q, key_file: %q}}", crt, key)),
 			[]string{"line 3: sinks[0].tls.cert_file: certificate login: the certificate's common name \"gw01\" is not gateway.id \"other\"", `client_id: "gw01"`}},
@@ -51,11 +48,7 @@ func TestC8YCertificateLoginConfig(t *testing.T) {
 		{"ClientIDWithPassword", sink(", client_id: gw01, tenant: t, username: u, password: p"), []string{"line 3: sinks[0].client_id: only used with certificate login"}},
 		{"PasswordStillRequiredWithoutCert", yml("sinks:", "  - {name: c, type: cumulocity, url: 'mqtts://x', tenant: t, username: u}"),
 			[]string{"line 2: sinks[0].password: required", "tls.cert_file"}},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			wantProblem(t, parseErrs(t, tc.data, dir), tc.parts...)
-		})
-	}
+	})
 }
 
 // The gateway with a certificate-only Cumulocity sink: the reading arrives,

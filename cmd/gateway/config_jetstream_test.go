@@ -58,11 +58,7 @@ func TestJetStreamSinkConfig(t *testing.T) {
 }
 
 func TestJetStreamSinkValidation(t *testing.T) {
-	for _, tc := range []struct {
-		name  string
-		data  string
-		parts []string
-	}{
+	wantProblems(t, []problemCase{
 		{"NoURLs", yml("sinks:", "  - {name: c, type: jetstream}"), []string{"line 2: sinks[0].urls: required for type jetstream"}},
 		{"SingularURL", yml("sinks:", "  - {name: c, type: jetstream, url: 'nats://x'}"), []string{"sinks[0].url: type jetstream takes urls"}},
 		{"TopicPrefix", yml("sinks:", "  - {name: c, type: jetstream, urls: [nats://x], topic_prefix: a/b}"), []string{"sinks[0].topic_prefix: type jetstream takes subject_prefix"}},
@@ -74,11 +70,7 @@ func TestJetStreamSinkValidation(t *testing.T) {
 		{"DupWindow", yml("sinks:", "  - name: c", "    type: jetstream", "    urls: [nats://x]", "    stream: {max_age: 1m, duplicate_window: 1h}"), []string{"sinks[0].stream.duplicate_window: must not exceed max_age"}},
 		{"StreamName", yml("sinks:", "  - name: c", "    type: jetstream", "    urls: [nats://x]", "    stream: {name: a.b}"), []string{"sinks[0].stream.name: must not contain"}},
 		{"KeysOnOtherType", yml("sinks:", "  - {name: m, type: mqtt, url: 'tcp://x', urls: [nats://x]}"), []string{"sinks[0].urls: only for type jetstream"}},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			wantProblem(t, parseErrs(t, tc.data, t.TempDir()), tc.parts...)
-		})
-	}
+	})
 	errs := parseErrs(t, yml("sinks:", "  - {name: c, type: jetstream, urls: ['nats://u:Sup3rS3cret@x'], token: t}", "  - {name: d, type: nope}"), t.TempDir())
 	if strings.Contains(errs.Error(), "Sup3rS3cret") {
 		t.Errorf("error echoes a secret: %v", errs)
