@@ -7,7 +7,6 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
-	"os"
 	"path/filepath"
 	"strings"
 	"sync/atomic"
@@ -27,12 +26,7 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 const fixtureDir = "../wittra/testdata"
 
 func fixture(t *testing.T, name string) string {
-	t.Helper()
-	b, err := os.ReadFile(filepath.Join(fixtureDir, name))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return string(b)
+	return string(testutil.ReadFile(t, fixtureDir, name))
 }
 
 type intake struct {

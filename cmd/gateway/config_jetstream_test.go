@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"wittra-gateway/internal/testutil"
 )
 
 func TestJetStreamSinkConfig(t *testing.T) {
@@ -80,10 +82,7 @@ func TestJetStreamSinkValidation(t *testing.T) {
 
 // The commented jetstream sink of config.example.yaml is a valid config.
 func TestJetStreamExampleBlockParses(t *testing.T) {
-	b, err := os.ReadFile("../../config.example.yaml")
-	if err != nil {
-		t.Fatal(err)
-	}
+	b := testutil.ReadFile(t, "../../config.example.yaml")
 	i := strings.Index(string(b), "  # - name: central\n")
 	if i < 0 {
 		t.Fatal("no jetstream example in config.example.yaml")

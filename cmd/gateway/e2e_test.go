@@ -106,12 +106,7 @@ func collect(t *testing.T, sub *testutil.Subscriber, want []string, timeout time
 }
 
 func readFixture(t *testing.T, name string) string {
-	t.Helper()
-	b, err := os.ReadFile(filepath.Join("../../testdata", name))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return string(b)
+	return string(testutil.ReadFile(t, "../../testdata", name))
 }
 
 func TestEndToEndFixturesReachTheEmbeddedBroker(t *testing.T) {

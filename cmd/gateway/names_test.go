@@ -208,10 +208,7 @@ func TestWittraAPIConfig(t *testing.T) {
 
 // The commented wittra_api section of config.example.yaml is a valid config.
 func TestWittraAPIExampleConfig(t *testing.T) {
-	b, err := os.ReadFile("../../config.example.yaml")
-	if err != nil {
-		t.Fatal(err)
-	}
+	b := testutil.ReadFile(t, "../../config.example.yaml")
 	var lines []string
 	in := false
 	for _, l := range strings.Split(string(b), "\n") {

@@ -8,6 +8,7 @@ import (
 	"bytes"
 	"net"
 	"os"
+	"path/filepath"
 	"sync"
 	"testing"
 	"time"
@@ -65,6 +66,17 @@ func FileTail(path string, limit int) string {
 		return err.Error()
 	}
 	return Tail(string(b), limit)
+}
+
+// ReadFile returns the file at the path joined from elem (fixtures,
+// config examples); the test fails if it cannot be read.
+func ReadFile(t testing.TB, elem ...string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(elem...))
+	if err != nil {
+		t.Fatalf("read %s: %v", filepath.Join(elem...), err)
+	}
+	return b
 }
 
 // FreePort returns a free loopback TCP port. The listener is closed before

@@ -2,8 +2,6 @@ package devicetopics_test
 
 import (
 	"encoding/json"
-	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -43,12 +41,7 @@ func (d *directory) set(device string, i sinks.DeviceInfo) {
 }
 
 func fixture(t testing.TB, name string) []byte {
-	t.Helper()
-	b, err := os.ReadFile(filepath.Join("..", "..", "wittra", "testdata", name))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b
+	return testutil.ReadFile(t, "..", "..", "wittra", "testdata", name)
 }
 
 func message(device string, body []byte) sinks.Message {
