@@ -480,9 +480,8 @@ func (r *runner) pristine() string { return r.path("drain", "pristine.db") }
 
 func (r *runner) drain() error {
 	const scen = "drain"
-	dir := r.path("drain")
-	os.RemoveAll(dir)
-	if err := mkdir(dir); err != nil {
+	dir, err := r.freshDir("drain")
+	if err != nil {
 		return err
 	}
 	queue := filepath.Join(dir, "queue.db")
@@ -570,9 +569,8 @@ func (r *runner) drain() error {
 
 func (r *runner) drainMQTT() error {
 	const scen = "drain-mqtt"
-	dir := r.path("drain-mqtt")
-	os.RemoveAll(dir)
-	if err := mkdir(dir); err != nil {
+	dir, err := r.freshDir("drain-mqtt")
+	if err != nil {
 		return err
 	}
 	queue := filepath.Join(dir, "queue.db")
@@ -804,9 +802,8 @@ func (r *runner) appendix(title, text string) {
 // every message acknowledged by a majority of the replicas.
 func (r *runner) drainJetStream() error {
 	const scen = "drain-jetstream"
-	dir := r.path(scen)
-	os.RemoveAll(dir)
-	if err := mkdir(dir); err != nil {
+	dir, err := r.freshDir(scen)
+	if err != nil {
 		return err
 	}
 	urlsFile := filepath.Join(dir, "urls.txt")
