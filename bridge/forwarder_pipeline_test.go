@@ -109,19 +109,16 @@ func runForwarder(t *testing.T, in *intake, cfg ForwarderConfig, sink sinks.Sink
 
 func waitCursor(t *testing.T, in *intake, want uint64) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	var cursor uint64
+	if !testutil.Poll(10*time.Second, func() bool {
 		st, err := in.q.Stats()
 		if err != nil {
 			t.Fatal(err)
 		}
-		if st.Consumers[0].Cursor == want {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("cursor %d, want %d", st.Consumers[0].Cursor, want)
-		}
-		time.Sleep(5 * time.Millisecond)
+		cursor = st.Consumers[0].Cursor
+		return cursor == want
+	}) {
+		t.Fatalf("cursor %d, want %d", cursor, want)
 	}
 }
 
