@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -93,19 +92,14 @@ wittra_api:
 	testutil.WaitFor(t, 30*time.Second, "child renamed", func() bool { return childName() == "Freezer 2 (moved)" })
 
 	// Metrics.
-	resp, err := http.Get("http://" + admin + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	metrics, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if v := metricValue(string(metrics), "wittra_gateway_wittra_api_devices"); v != 1 {
+	_, metrics := httpGet(t, "http://"+admin+"/metrics")
+	if v := metricValue(metrics, "wittra_gateway_wittra_api_devices"); v != 1 {
 		t.Errorf("wittra_api_devices = %v, want 1", v)
 	}
-	if v := metricValue(string(metrics), "wittra_gateway_wittra_api_last_success_timestamp_seconds"); v < float64(time.Now().Add(-time.Hour).Unix()) {
+	if v := metricValue(metrics, "wittra_gateway_wittra_api_last_success_timestamp_seconds"); v < float64(time.Now().Add(-time.Hour).Unix()) {
 		t.Errorf("wittra_api_last_success = %v", v)
 	}
-	if v := metricValue(string(metrics), "wittra_gateway_wittra_api_refresh_errors_total"); v != 0 {
+	if v := metricValue(metrics, "wittra_gateway_wittra_api_refresh_errors_total"); v != 0 {
 		t.Errorf("wittra_api_refresh_errors_total = %v", v)
 	}
 

@@ -43,7 +43,7 @@ func TestMetricsMoveAndReadinessFlips(t *testing.T) {
 	if code, body := httpGet(t, admin+"/readyz"); code != 200 {
 		t.Fatalf("/readyz = %d %s", code, body)
 	}
-	sub := subscribe(t, tg.broker, "wittra/+/+/data")
+	sub := testutil.Subscribe(t, tg.broker, "wittra/+/+/data", 1, testutil.SubscriberOptions{})
 	for i := range 3 {
 		req, _ := http.NewRequest("POST", tg.webhook+"/wittra", strings.NewReader(`{"deviceId":"D1","payloadId":"m`+strconv.Itoa(i)+`"}`))
 		req.Header.Set("Content-Type", "application/json")

@@ -53,12 +53,6 @@ func message(t testing.TB, body []byte) sinks.Message {
 	return m
 }
 
-// testLogger logs to a buffer that is printed when the test fails.
-func testLogger(t testing.TB) zerolog.Logger {
-	log, _ := testutil.Logger(t)
-	return log
-}
-
 func startFake(t testing.TB) *c8yfake.Server {
 	t.Helper()
 	f, err := c8yfake.Start(c8yfake.Options{Users: map[string]string{testUser: testPass}})
@@ -89,7 +83,8 @@ func newSink(t testing.TB, f *c8yfake.Server, mode string, mod func(*Config)) *S
 	if mod != nil {
 		mod(&cfg)
 	}
-	s, err := New(cfg, testLogger(t))
+	log, _ := testutil.Logger(t) // printed when the test fails
+	s, err := New(cfg, log)
 	if err != nil {
 		t.Fatalf("new sink: %v", err)
 	}
