@@ -33,56 +33,47 @@ var errEnvelope = errors.New("bad envelope")
 // DecodeRecord turns a queue record into a sink message. The body aliases
 // rec.Data.
 func DecodeRecord(rec buffer.Record) (sinks.Message, error) {
-	m := sinks.Message{Seq: rec.Seq, Received: rec.Time, ReceivedUnsure: rec.TimeUnsure}
-	d := rec.Data
-	if len(d) < 2 || d[0] != envelopeVersion || d[1] > byte(sinks.KindEvent) {
-		return m, fmt.Errorf("record %d: %w: header", rec.Seq, errEnvelope)
+	m, bad := decodeEnvelope(rec.Data, func(b []byte) string { return string(b) })
+	m.Seq, m.Received, m.ReceivedUnsure = rec.Seq, rec.Time, rec.TimeUnsure
+	if bad != "" {
+		return m, fmt.Errorf("record %d: %w: %s", rec.Seq, errEnvelope, bad)
 	}
-	m.Kind = sinks.Kind(d[1])
-	d = d[2:]
-	var ok bool
-	if m.Project, d, ok = readString(d); !ok {
-		return m, fmt.Errorf("record %d: %w: project", rec.Seq, errEnvelope)
-	}
-	if m.Device, d, ok = readString(d); !ok {
-		return m, fmt.Errorf("record %d: %w: device", rec.Seq, errEnvelope)
-	}
-	m.Body = d
 	return m, nil
-}
-
-func readString(d []byte) (string, []byte, bool) {
-	n, w := binary.Uvarint(d)
-	if w <= 0 || uint64(len(d)-w) < n {
-		return "", nil, false
-	}
-	return string(d[w : w+int(n)]), d[w+int(n):], true
 }
 
 // decodeView is DecodeRecord for a look that ends before data changes:
 // project and device alias data instead of being copied.
 func decodeView(d []byte) (sinks.Message, error) {
-	var m sinks.Message
-	if len(d) < 2 || d[0] != envelopeVersion || d[1] > byte(sinks.KindEvent) {
+	m, bad := decodeEnvelope(d, func(b []byte) string { return unsafe.String(unsafe.SliceData(b), len(b)) })
+	if bad != "" {
 		return m, errEnvelope
+	}
+	return m, nil
+}
+
+// decodeEnvelope reads an envelope; str makes the project and device
+// strings (a copy or a view). It names the part that is bad, if any.
+func decodeEnvelope(d []byte, str func([]byte) string) (m sinks.Message, bad string) {
+	if len(d) < 2 || d[0] != envelopeVersion || d[1] > byte(sinks.KindEvent) {
+		return m, "header"
 	}
 	m.Kind = sinks.Kind(d[1])
 	d = d[2:]
 	var ok bool
-	if m.Project, d, ok = viewString(d); !ok {
-		return m, errEnvelope
+	if m.Project, d, ok = envelopeString(d, str); !ok {
+		return m, "project"
 	}
-	if m.Device, d, ok = viewString(d); !ok {
-		return m, errEnvelope
+	if m.Device, d, ok = envelopeString(d, str); !ok {
+		return m, "device"
 	}
 	m.Body = d
-	return m, nil
+	return m, ""
 }
 
-func viewString(d []byte) (string, []byte, bool) {
+func envelopeString(d []byte, str func([]byte) string) (string, []byte, bool) {
 	n, w := binary.Uvarint(d)
 	if w <= 0 || uint64(len(d)-w) < n {
 		return "", nil, false
 	}
-	return unsafe.String(unsafe.SliceData(d[w:]), int(n)), d[w+int(n):], true
+	return str(d[w : w+int(n)]), d[w+int(n):], true
 }

@@ -11,6 +11,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"wittra-gateway/buffer"
+	"wittra-gateway/internal/testutil"
 	"wittra-gateway/sinks"
 )
 
@@ -108,19 +109,16 @@ func runForwarder(t *testing.T, in *intake, cfg ForwarderConfig, sink sinks.Sink
 
 func waitCursor(t *testing.T, in *intake, want uint64) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	var cursor uint64
+	if !testutil.Poll(10*time.Second, func() bool {
 		st, err := in.q.Stats()
 		if err != nil {
 			t.Fatal(err)
 		}
-		if st.Consumers[0].Cursor == want {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("cursor %d, want %d", st.Consumers[0].Cursor, want)
-		}
-		time.Sleep(5 * time.Millisecond)
+		cursor = st.Consumers[0].Cursor
+		return cursor == want
+	}) {
+		t.Fatalf("cursor %d, want %d", cursor, want)
 	}
 }
 
@@ -167,16 +165,7 @@ func TestForwarderAcknowledgesBeforeTheRestInFlight(t *testing.T) {
 	sink := &windowSink{hold: 3, seen: map[uint64]bool{}, release: make(chan struct{})}
 	runForwarder(t, in, ForwarderConfig{Batch: 10}, sink)
 	waitCursor(t, in, 7)
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		if _, _, waiting := sink.snapshot(); waiting {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the rest was not handed back to the sink")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	testutil.WaitFor(t, 10*time.Second, "the rest handed back to the sink", func() bool { _, _, waiting := sink.snapshot(); return waiting })
 	close(sink.release)
 	waitCursor(t, in, 10)
 	sent, calls, _ := sink.snapshot()

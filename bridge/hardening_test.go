@@ -85,21 +85,17 @@ func TestConcurrencyCapAnswers503BeforeReadingTheBody(t *testing.T) {
 	pw.Write([]byte(`{"deviceId":`))
 	// Generous: on a loaded machine the first request may take a while to
 	// reach the handler; the test asserts the 503, not how soon it comes.
-	deadline := time.Now().Add(60 * time.Second)
 	var code int
 	var retry string
-	for time.Now().Before(deadline) {
+	testutil.Poll(60*time.Second, func() bool { // the first request may not have arrived yet
 		resp, err := http.Post(url+"/wittra", "application/json", strings.NewReader(`{"deviceId":"D2"}`))
 		if err != nil {
 			t.Fatal(err)
 		}
 		resp.Body.Close()
 		code, retry = resp.StatusCode, resp.Header.Get("Retry-After")
-		if code == 503 {
-			break
-		}
-		time.Sleep(10 * time.Millisecond) // the first request may not have arrived yet
-	}
+		return code == 503
+	})
 	if code != 503 || retry == "" {
 		t.Fatalf("second request while the slot is taken: %d (Retry-After %q), want 503 with Retry-After", code, retry)
 	}

@@ -12,6 +12,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"wittra-gateway/buffer"
+	"wittra-gateway/internal/testutil"
 	"wittra-gateway/sinks"
 )
 
@@ -63,17 +64,6 @@ func appendMsgs(t *testing.T, q *buffer.Queue, tag string, from, n, devices int)
 	}
 }
 
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(60 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 // TestLiveFirstDeliversLiveWhileTheBacklogDrains: 1,500 messages queue while
 // the sink is down; once it is back, messages posted from then on go out
 // ahead of that backlog, the backlog still drains while live messages keep
@@ -99,12 +89,12 @@ func TestLiveFirstDeliversLiveWhileTheBacklogDrains(t *testing.T) {
 
 	const devices, backlogN = 10, 1500
 	appendMsgs(t, q, "backlog", 0, 1, devices)
-	waitFor(t, "the forwarder to hold a batch", func() bool { sink.mu.Lock(); defer sink.mu.Unlock(); return sink.calls > 0 })
+	testutil.WaitFor(t, 60*time.Second, "the forwarder to hold a batch", func() bool { sink.mu.Lock(); defer sink.mu.Unlock(); return sink.calls > 0 })
 	for i := 1; i < backlogN; i += 100 {
 		appendMsgs(t, q, "backlog", i, min(100, backlogN-i), devices)
 	}
 	sink.open()
-	waitFor(t, "the split", func() bool { return r.SplitState().Active })
+	testutil.WaitFor(t, 60*time.Second, "the split", func() bool { return r.SplitState().Active })
 	at := r.SplitState().At
 
 	// Live messages keep coming until the backlog has drained.
@@ -134,8 +124,8 @@ func TestLiveFirstDeliversLiveWhileTheBacklogDrains(t *testing.T) {
 		t.Fatalf("the first live message went out after the backlog (%d backlog messages left then)", backlogLeftAtFirstLive)
 	}
 	total := uint64(backlogN + liveN)
-	waitFor(t, "every message delivered", func() bool { return len(sink.delivered()) >= int(total) })
-	waitFor(t, "the split joined and everything acknowledged", func() bool {
+	testutil.WaitFor(t, 60*time.Second, "every message delivered", func() bool { return len(sink.delivered()) >= int(total) })
+	testutil.WaitFor(t, 60*time.Second, "the split joined and everything acknowledged", func() bool {
 		st := r.SplitState()
 		return !st.Active && st.Cursor == total
 	})

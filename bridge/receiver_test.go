@@ -7,7 +7,6 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
-	"os"
 	"path/filepath"
 	"strings"
 	"sync/atomic"
@@ -18,6 +17,7 @@ import (
 	"go.uber.org/goleak"
 
 	"wittra-gateway/buffer"
+	"wittra-gateway/internal/testutil"
 	"wittra-gateway/sinks"
 )
 
@@ -26,12 +26,7 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 const fixtureDir = "../wittra/testdata"
 
 func fixture(t *testing.T, name string) string {
-	t.Helper()
-	b, err := os.ReadFile(filepath.Join(fixtureDir, name))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return string(b)
+	return string(testutil.ReadFile(t, fixtureDir, name))
 }
 
 type intake struct {
@@ -348,16 +343,9 @@ func TestForwarderDeliversInOrderRetriesAndSkipsRejected(t *testing.T) {
 			t.Fatalf("delivery order %v: not increasing or includes the rejected 5", seqs)
 		}
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for {
+	if !testutil.Poll(5*time.Second, func() bool { st, _ := in.q.Stats(); return st.Messages == 0 }) {
 		st, _ := in.q.Stats()
-		if st.Messages == 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("queue still holds %d messages after delivery", st.Messages)
-		}
-		time.Sleep(10 * time.Millisecond)
+		t.Fatalf("queue still holds %d messages after delivery", st.Messages)
 	}
 	cancel()
 	if err := <-done; err != nil {
@@ -413,10 +401,7 @@ func TestForwarderCountsAttemptsThatRunOut(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error)
 	go func() { done <- f.Run(ctx) }()
-	deadline := time.Now().Add(10 * time.Second)
-	for sink.calls.Load() < 3 && time.Now().Before(deadline) {
-		time.Sleep(5 * time.Millisecond)
-	}
+	testutil.Poll(10*time.Second, func() bool { return sink.calls.Load() >= 3 }) // checked after the stop
 	cancel()
 	if err := <-done; err != nil {
 		t.Fatalf("Run after cancel: %v", err)

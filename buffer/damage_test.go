@@ -244,18 +244,24 @@ func TestDamagedMessagePagesAreSalvagedAroundTheHole(t *testing.T) {
 	t.Logf("%d of %d undelivered salvaged, %d lost on 2 pages", len(want), len(f.undelivered()), len(lost))
 }
 
-func TestDamagedBranchPageLosesNoMessage(t *testing.T) {
-	f := newDamageFixture(t, 3000, 3000)
+// smashBranches destroys every branch page of bucket; it must have one.
+func smashBranches(t *testing.T, path string, bucket []byte) {
+	t.Helper()
 	var branches []uint64
-	for _, p := range bucketTree(t, f.path, bucketMsgs) {
+	for _, p := range bucketTree(t, path, bucket) {
 		if p.branch {
 			branches = append(branches, p.id)
 		}
 	}
 	if len(branches) == 0 {
-		t.Fatal("msgs has no branch page")
+		t.Fatalf("%s has no branch page", bucket)
 	}
-	smash(t, f.path, branches...)
+	smash(t, path, branches...)
+}
+
+func TestDamagedBranchPageLosesNoMessage(t *testing.T) {
+	f := newDamageFixture(t, 3000, 3000)
+	smashBranches(t, f.path, bucketMsgs)
 	// The leaves are found by scanning the file page by page.
 	q := openDamaged(t, f, f.undelivered())
 	if q.Counters().SalvageLost != 0 {
@@ -265,16 +271,7 @@ func TestDamagedBranchPageLosesNoMessage(t *testing.T) {
 
 func TestDamagedDedupWindowKeepsRefusingDuplicates(t *testing.T) {
 	f := newDamageFixture(t, 3000, 10) // 300 records: leaves under a branch
-	var branches []uint64
-	for _, p := range bucketTree(t, f.path, bucketDedupW) {
-		if p.branch {
-			branches = append(branches, p.id)
-		}
-	}
-	if len(branches) == 0 {
-		t.Fatal("dedupw has no branch page")
-	}
-	smash(t, f.path, branches...)
+	smashBranches(t, f.path, bucketDedupW)
 	q := openDamaged(t, f, f.undelivered())
 	// The records' leaves are found by scanning the file page by page.
 	for seq := uint64(1); seq <= f.last; seq += 97 {

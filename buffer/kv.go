@@ -39,18 +39,7 @@ func (k *KV) Get(key string) ([]byte, error) {
 
 // Put stores value under key durably (it returns after the commit).
 func (k *KV) Put(ctx context.Context, key string, value []byte) error {
-	value = append([]byte{}, value...)
-	err := k.q.submit(ctx, &op{dirty: dirtyKV, apply: func(tx *bolt.Tx, _ *state, _ *Counters) error {
-		root, err := tx.CreateBucketIfNotExists(bucketKV)
-		if err != nil {
-			return err
-		}
-		b, err := root.CreateBucketIfNotExists(k.namespace)
-		if err != nil {
-			return err
-		}
-		return b.Put([]byte(key), value)
-	}})
+	err := k.write(ctx, map[string][]byte{key: append([]byte{}, value...)}) // never nil: nil deletes
 	if err != nil {
 		return fmt.Errorf("kv put %s/%s: %w", k.namespace, key, err)
 	}
@@ -93,7 +82,17 @@ func (k *KV) Update(ctx context.Context, puts map[string][]byte) error {
 		}
 		cp[key] = v
 	}
-	err := k.q.submit(ctx, &op{dirty: dirtyKV, apply: func(tx *bolt.Tx, _ *state, _ *Counters) error {
+	err := k.write(ctx, cp)
+	if err != nil {
+		return fmt.Errorf("kv update %s (%d keys): %w", k.namespace, len(puts), err)
+	}
+	return nil
+}
+
+// write commits puts (owned by the call; a nil value deletes its key) and
+// returns after the commit.
+func (k *KV) write(ctx context.Context, puts map[string][]byte) error {
+	return k.q.submit(ctx, &op{dirty: dirtyKV, apply: func(tx *bolt.Tx, _ *state, _ *Counters) error {
 		root, err := tx.CreateBucketIfNotExists(bucketKV)
 		if err != nil {
 			return err
@@ -102,7 +101,7 @@ func (k *KV) Update(ctx context.Context, puts map[string][]byte) error {
 		if err != nil {
 			return err
 		}
-		for key, v := range cp {
+		for key, v := range puts {
 			if v == nil {
 				err = b.Delete([]byte(key))
 			} else {
@@ -114,10 +113,6 @@ func (k *KV) Update(ctx context.Context, puts map[string][]byte) error {
 		}
 		return nil
 	}})
-	if err != nil {
-		return fmt.Errorf("kv update %s (%d keys): %w", k.namespace, len(puts), err)
-	}
-	return nil
 }
 
 // ForEach calls fn for every key and value of the namespace in byte order,

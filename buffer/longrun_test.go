@@ -13,6 +13,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 
 	"wittra-gateway/internal/clock"
+	"wittra-gateway/internal/testutil"
 )
 
 // wedge blocks the committer inside a transaction until the returned
@@ -248,9 +249,7 @@ func TestDeadLetterCapHoldsWithinOneCommit(t *testing.T) {
 				t.Error(err)
 			}
 		}()
-		for len(q.ops) < i+1 && time.Now().Before(deadline) {
-			time.Sleep(time.Millisecond)
-		}
+		testutil.Poll(time.Until(deadline), func() bool { return len(q.ops) >= i+1 })
 	}
 	release()
 	wg.Wait()

@@ -40,6 +40,55 @@ func wantSeqs(t *testing.T, what string, recs []Record, from, to uint64) {
 	}
 }
 
+// splitWith fills q with backlog messages, splits name's stream (which
+// must make a split) and appends live more.
+func splitWith(t *testing.T, q *Queue, name string, backlog, live int) *Reader {
+	t.Helper()
+	appendN(t, q, 0, backlog)
+	r := reader(t, q, name)
+	if made, err := r.Split(context.Background()); err != nil || !made {
+		t.Fatalf("Split = %v, %v", made, err)
+	}
+	appendN(t, q, backlog, live)
+	return r
+}
+
+// readRun reads up to n records of r's live run (else its backlog) and
+// wants them to be from..to.
+func readRun(t *testing.T, r *Reader, live bool, n int, what string, from, to uint64) {
+	t.Helper()
+	read := r.ReadBacklog
+	if live {
+		read = r.ReadLive
+	}
+	recs, err := read(n, 1<<20)
+	if err != nil {
+		t.Fatalf("%s: %v", what, err)
+	}
+	wantSeqs(t, what, recs, from, to)
+}
+
+// readAck is readRun, then acknowledges to.
+func readAck(t *testing.T, r *Reader, live bool, n int, from, to uint64) {
+	t.Helper()
+	what := "backlog"
+	if live {
+		what = "live"
+	}
+	readRun(t, r, live, n, what, from, to)
+	if err := r.Ack(context.Background(), to); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// wantSplit wants r's split state to be want.
+func wantSplit(t *testing.T, r *Reader, what string, want SplitState) {
+	t.Helper()
+	if got := r.SplitState(); got != want {
+		t.Fatalf("split state %s: %+v, want %+v", what, got, want)
+	}
+}
+
 func metaValue(t *testing.T, q *Queue, key string) []byte {
 	t.Helper()
 	var v []byte
@@ -63,34 +112,14 @@ func TestSplitSurvivesRestartAndJoins(t *testing.T) {
 	ctx := context.Background()
 	path := filepath.Join(t.TempDir(), "queue.db")
 	q := openQueue(t, Config{Path: path, Consumers: []string{"a", "b"}})
-	appendN(t, q, 0, 100)
-	r := reader(t, q, "a")
-	if made, err := r.Split(ctx); err != nil || !made {
-		t.Fatalf("Split = %v, %v", made, err)
-	}
+	r := splitWith(t, q, "a", 100, 0)
 	if made, _ := r.Split(ctx); made {
 		t.Fatal("a second split was made while one exists")
 	}
 	appendN(t, q, 100, 30)
-	live, err := r.ReadLive(20, 1<<20)
-	if err != nil {
-		t.Fatal(err)
-	}
-	wantSeqs(t, "live", live, 101, 120)
-	back, err := r.ReadBacklog(50, 1<<20)
-	if err != nil {
-		t.Fatal(err)
-	}
-	wantSeqs(t, "backlog", back, 1, 50)
-	if err := r.Ack(ctx, 120); err != nil {
-		t.Fatal(err)
-	}
-	if err := r.Ack(ctx, 50); err != nil {
-		t.Fatal(err)
-	}
-	if got := r.SplitState(); got != (SplitState{Active: true, Cursor: 50, At: 100, Live: 120}) {
-		t.Fatalf("split state %+v", got)
-	}
+	readAck(t, r, true, 20, 101, 120)
+	readAck(t, r, false, 50, 1, 50)
+	wantSplit(t, r, "split state", SplitState{Active: true, Cursor: 50, At: 100, Live: 120})
 	// The cursor key keeps its meaning: everything up to it is acknowledged.
 	if v := metaValue(t, q, cursorPrefix+"a"); len(v) != 8 || v[7] != 50 {
 		t.Fatalf("cursor/a = %v, want 50", v)
@@ -110,13 +139,9 @@ func TestSplitSurvivesRestartAndJoins(t *testing.T) {
 
 	q = openQueue(t, Config{Path: path, Consumers: []string{"a", "b"}})
 	r = reader(t, q, "a")
-	if got := r.SplitState(); got != (SplitState{Active: true, Cursor: 50, At: 100, Live: 120}) {
-		t.Fatalf("split state after reopen %+v", got)
-	}
-	live, _ = r.ReadLive(100, 1<<20)
-	wantSeqs(t, "live after reopen", live, 121, 130)
-	back, _ = r.ReadBacklog(100, 1<<20)
-	wantSeqs(t, "backlog after reopen", back, 51, 100)
+	wantSplit(t, r, "split state after reopen", SplitState{Active: true, Cursor: 50, At: 100, Live: 120})
+	readRun(t, r, true, 100, "live after reopen", 121, 130)
+	readRun(t, r, false, 100, "backlog after reopen", 51, 100)
 	if more, _ := r.ReadBacklog(100, 1<<20); len(more) != 0 {
 		t.Fatalf("backlog read past the split: %v", seqs(more))
 	}
@@ -147,19 +172,11 @@ func TestSplitSurvivesRestartAndJoins(t *testing.T) {
 // (simulated by deleting the key) reads from the backlog cursor: the live
 // messages already delivered come again, nothing is skipped.
 func TestSplitIgnoredOnlyResends(t *testing.T) {
-	ctx := context.Background()
 	path := filepath.Join(t.TempDir(), "queue.db")
 	q := openQueue(t, Config{Path: path})
-	appendN(t, q, 0, 10)
-	r := reader(t, q, "a")
-	r.Split(ctx)
-	appendN(t, q, 10, 5)
-	live, _ := r.ReadLive(100, 1<<20)
-	wantSeqs(t, "live", live, 11, 15)
-	r.Ack(ctx, 15)
-	back, _ := r.ReadBacklog(3, 1<<20)
-	wantSeqs(t, "backlog", back, 1, 3)
-	r.Ack(ctx, 3)
+	r := splitWith(t, q, "a", 10, 5)
+	readAck(t, r, true, 100, 11, 15)
+	readAck(t, r, false, 3, 1, 3)
 	q.Close()
 
 	db, err := bolt.Open(path, 0o600, nil)
@@ -182,16 +199,11 @@ func TestInOrderReaderHonoursALeftoverSplit(t *testing.T) {
 	ctx := context.Background()
 	path := filepath.Join(t.TempDir(), "queue.db")
 	q := openQueue(t, Config{Path: path})
-	appendN(t, q, 0, 10)
-	r := reader(t, q, "a")
-	r.Split(ctx)
-	appendN(t, q, 10, 10)
-	live, _ := r.ReadLive(5, 1<<20)
-	r.Ack(ctx, live[len(live)-1].Seq)
+	readAck(t, splitWith(t, q, "a", 10, 10), true, 5, 11, 15)
 	q.Close()
 
 	q = openQueue(t, Config{Path: path})
-	r = reader(t, q, "a")
+	r := reader(t, q, "a")
 	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	first, err := r.Read(cctx, 1000, 1<<20)
@@ -210,9 +222,7 @@ func TestInOrderReaderHonoursALeftoverSplit(t *testing.T) {
 	if err := r.Ack(ctx, 20); err != nil {
 		t.Fatal(err)
 	}
-	if got := r.SplitState(); got != (SplitState{Cursor: 20}) {
-		t.Fatalf("state %+v", got)
-	}
+	wantSplit(t, r, "state", SplitState{Cursor: 20})
 }
 
 // TestExpiryOfTheWholeBacklogJoins: max_age deleting the whole backlog
@@ -220,13 +230,8 @@ func TestInOrderReaderHonoursALeftoverSplit(t *testing.T) {
 func TestExpiryOfTheWholeBacklogJoins(t *testing.T) {
 	ctx := context.Background()
 	q := openQueue(t, Config{MaxBytes: 1 << 20, WhenFull: DropOldest})
-	appendN(t, q, 0, 10)
-	r := reader(t, q, "a")
-	r.Split(ctx)
-	appendN(t, q, 10, 10)
-	live, _ := r.ReadLive(4, 1<<20)
-	wantSeqs(t, "live", live, 11, 14)
-	r.Ack(ctx, 14)
+	r := splitWith(t, q, "a", 10, 10)
+	readAck(t, r, true, 4, 11, 14)
 	n, err := q.Purge(ctx)
 	if err != nil || n != 20 {
 		t.Fatalf("Purge = %d, %v", n, err)
@@ -242,18 +247,12 @@ func TestExpiryOfTheWholeBacklogJoins(t *testing.T) {
 // TestSalvageKeepsTheSplit: a salvaged file keeps split points read with
 // the cursors, so nothing delivered live is sent again and nothing is lost.
 func TestSalvageKeepsTheSplit(t *testing.T) {
-	ctx := context.Background()
 	dir := t.TempDir()
 	src := filepath.Join(dir, "queue.db")
 	q := openQueue(t, Config{Path: src})
-	appendN(t, q, 0, 20)
-	r := reader(t, q, "a")
-	r.Split(ctx)
-	appendN(t, q, 20, 10)
-	live, _ := r.ReadLive(5, 1<<20)
-	r.Ack(ctx, live[len(live)-1].Seq)
-	back, _ := r.ReadBacklog(5, 1<<20)
-	r.Ack(ctx, back[len(back)-1].Seq)
+	r := splitWith(t, q, "a", 20, 10)
+	readAck(t, r, true, 5, 21, 25)
+	readAck(t, r, false, 5, 1, 5)
 	q.Close()
 
 	dst := filepath.Join(dir, "salvaged.db")
@@ -262,45 +261,31 @@ func TestSalvageKeepsTheSplit(t *testing.T) {
 	}
 	q = openQueue(t, Config{Path: dst})
 	r = reader(t, q, "a")
-	if got := r.SplitState(); got != (SplitState{Active: true, Cursor: 5, At: 20, Live: 25}) {
-		t.Fatalf("after salvage: %+v", got)
-	}
-	back, _ = r.ReadBacklog(100, 1<<20)
-	wantSeqs(t, "backlog", back, 6, 20)
-	live, _ = r.ReadLive(100, 1<<20)
-	wantSeqs(t, "live", live, 26, 30)
+	wantSplit(t, r, "after salvage", SplitState{Active: true, Cursor: 5, At: 20, Live: 25})
+	readRun(t, r, false, 100, "backlog", 6, 20)
+	readRun(t, r, true, 100, "live", 26, 30)
 }
 
 // TestCompactionKeepsTheSplit: the meta bucket is copied whole.
 func TestCompactionKeepsTheSplit(t *testing.T) {
-	ctx := context.Background()
 	q := openQueue(t, Config{})
-	appendN(t, q, 0, 20)
-	r := reader(t, q, "a")
-	r.Split(ctx)
-	appendN(t, q, 20, 5)
-	live, _ := r.ReadLive(100, 1<<20)
-	r.Ack(ctx, live[len(live)-1].Seq)
+	r := splitWith(t, q, "a", 20, 5)
+	readAck(t, r, true, 100, 21, 25)
 	if err := q.Compact(); err != nil {
 		t.Fatal(err)
 	}
 	if v := metaValue(t, q, splitPrefix+"a"); len(v) != 16 {
 		t.Fatalf("split key after compaction: %v", v)
 	}
-	if got := r.SplitState(); got != (SplitState{Active: true, At: 20, Live: 25}) {
-		t.Fatalf("after compaction: %+v", got)
-	}
+	wantSplit(t, r, "after compaction", SplitState{Active: true, At: 20, Live: 25})
 }
 
 // TestRemovedConsumerLosesItsSplit: a split of a consumer no longer
 // configured goes with its cursor.
 func TestRemovedConsumerLosesItsSplit(t *testing.T) {
-	ctx := context.Background()
 	path := filepath.Join(t.TempDir(), "queue.db")
 	q := openQueue(t, Config{Path: path, Consumers: []string{"a", "b"}})
-	appendN(t, q, 0, 5)
-	r := reader(t, q, "b")
-	r.Split(ctx)
+	splitWith(t, q, "b", 5, 0)
 	q.Close()
 	q = openQueue(t, Config{Path: path, Consumers: []string{"a"}})
 	if v := metaValue(t, q, splitPrefix+"b"); v != nil {

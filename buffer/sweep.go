@@ -3,7 +3,8 @@ package buffer
 import (
 	"context"
 	"encoding/binary"
-	"time"
+
+	"wittra-gateway/internal/clock"
 
 	bolt "go.etcd.io/bbolt"
 )
@@ -14,25 +15,18 @@ const sweepBatch = 10000
 
 func (q *Queue) sweepLoop() {
 	defer q.wg.Done()
-	t := time.NewTicker(q.cfg.SweepInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-q.done:
-			return
-		case <-t.C:
-			if err := q.Sweep(context.Background()); err != nil {
-				q.log.Error().Err(err).Msg("queue sweep")
-			}
-			q.releaseMapped()
-			if ok, size := q.needsCompaction(); ok {
-				q.log.Info().Int64("file_bytes", size).Msg("queue file mostly empty: compacting")
-				if err := q.Compact(); err != nil {
-					q.log.Error().Err(err).Msg("queue compaction")
-				}
+	clock.Every(q.done, q.cfg.SweepInterval, func() {
+		if err := q.Sweep(context.Background()); err != nil {
+			q.log.Error().Err(err).Msg("queue sweep")
+		}
+		q.releaseMapped()
+		if ok, size := q.needsCompaction(); ok {
+			q.log.Info().Int64("file_bytes", size).Msg("queue file mostly empty: compacting")
+			if err := q.Compact(); err != nil {
+				q.log.Error().Err(err).Msg("queue compaction")
 			}
 		}
-	}
+	})
 }
 
 // Sweep expires messages older than MaxAge and forgets dedup keys older

@@ -12,6 +12,13 @@ import (
 // cannot succeed, so the forwarder dead-letters it and moves on.
 var ErrPermanent = errors.New("rejected permanently")
 
+// Errors of the sinks that count a message delivered only on the peer's
+// acknowledgement (mqtt, cumulocity over MQTT, jetstream).
+var (
+	ErrConnectionLost = errors.New("connection lost before acknowledgement")
+	ErrAckTimeout     = errors.New("no acknowledgement in time")
+)
+
 // Kind says which Wittra message family a message belongs to.
 type Kind uint8
 

@@ -2,11 +2,10 @@ package wittra_test
 
 import (
 	"errors"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 
+	"wittra-gateway/internal/testutil"
 	"wittra-gateway/wittra"
 )
 
@@ -22,12 +21,7 @@ var fixtures = []string{
 }
 
 func fixture(tb testing.TB, name string) []byte {
-	tb.Helper()
-	b, err := os.ReadFile(filepath.Join("testdata", name))
-	if err != nil {
-		tb.Fatal(err)
-	}
-	return b
+	return testutil.ReadFile(tb, "testdata", name)
 }
 
 func TestIdentifyFixtures(t *testing.T) {

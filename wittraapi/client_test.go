@@ -12,6 +12,7 @@ import (
 
 	"wittra-gateway/buffer"
 	"wittra-gateway/internal/clock"
+	"wittra-gateway/internal/testutil"
 	"wittra-gateway/sinks"
 	"wittra-gateway/wittraapi/wittrafake"
 )
@@ -226,12 +227,8 @@ func TestSlowAnswerNeverBlocksLookups(t *testing.T) {
 	done := make(chan time.Duration, 1)
 	go func() { done <- c.Refresh(context.Background()) }()
 	// Wait until the request is at the server, then look up while it hangs.
-	deadline := time.Now().Add(30 * time.Second)
-	for f.Held() == 0 {
-		if time.Now().After(deadline) {
-			t.Fatal("the slow request never arrived")
-		}
-		time.Sleep(10 * time.Millisecond)
+	if !testutil.Poll(30*time.Second, func() bool { return f.Held() != 0 }) {
+		t.Fatal("the slow request never arrived")
 	}
 	select {
 	case <-done:
@@ -314,12 +311,8 @@ func TestRun(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	stopped := make(chan struct{})
 	go func() { c.Run(ctx); close(stopped) }()
-	deadline := time.Now().Add(30 * time.Second)
-	for c.Stats().LastSuccess.IsZero() {
-		if time.Now().After(deadline) {
-			t.Fatal("Run never refreshed")
-		}
-		time.Sleep(10 * time.Millisecond)
+	if !testutil.Poll(30*time.Second, func() bool { return !c.Stats().LastSuccess.IsZero() }) {
+		t.Fatal("Run never refreshed")
 	}
 	cancel()
 	select {

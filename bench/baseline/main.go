@@ -10,32 +10,16 @@
 package main
 
 import (
-	"flag"
-	"fmt"
 	"os"
-	"time"
 
 	"wittra-gateway/bench/internal/harness"
 )
 
 func main() {
-	fs := flag.NewFlagSet("baseline", flag.ExitOnError)
-	o, level := harness.Flags(fs, 1)
-	maxRun := fs.Duration("max-run", 30*time.Minute, "stop after this long even without a signal")
-	fs.Parse(os.Args[1:])
-	if o.QueuePath == "" {
-		fmt.Fprintln(os.Stderr, "baseline: -queue is required")
-		os.Exit(2)
-	}
-	o.Log = harness.Logger(*level)
-	s, err := harness.Start(*o)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "baseline:", err)
-		os.Exit(1)
-	}
-	harness.WaitSignal(*maxRun)
-	if err := s.Close(); err != nil {
-		fmt.Fprintln(os.Stderr, "baseline: close:", err)
-		os.Exit(1)
-	}
+	c := harness.NewCommand("baseline", 1)
+	c.Parse(os.Args[1:])
+	s, err := harness.Start(c.Options)
+	c.Check("", err)
+	harness.WaitSignal(c.MaxRun)
+	c.Check("close: ", s.Close())
 }

@@ -15,7 +15,6 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"flag"
 	"fmt"
 	"os"
 	"runtime"
@@ -27,28 +26,19 @@ import (
 )
 
 func main() {
-	fs := flag.NewFlagSet("profile", flag.ExitOnError)
-	o, level := harness.Flags(fs, 0)
+	c := harness.NewCommand("profile", 0)
+	fs := c.Flags()
 	prefill := fs.Uint64("prefill", 0, "queue this many messages (forwarder held), then drain them")
 	batch := fs.Int("prefill-batch", 1000, "messages per in-process request while prefilling")
 	cpuProfile := fs.String("cpuprofile", "", "with -prefill: CPU profile of the drain to this file")
 	memProfile := fs.String("memprofile", "", "with -prefill: allocations during the drain to this file (FILE.base holds the profile before; use pprof -base)")
 	drainTimeout := fs.Duration("drain-timeout", 5*time.Minute, "give up waiting for the drain after this long")
 	exitAfter := fs.Bool("exit-after-drain", false, "with -prefill: exit once drained instead of serving")
-	maxRun := fs.Duration("max-run", 30*time.Minute, "stop after this long even without a signal")
-	fs.Parse(os.Args[1:])
-	if o.QueuePath == "" {
-		fmt.Fprintln(os.Stderr, "profile: -queue is required")
-		os.Exit(2)
-	}
-	o.Log = harness.Logger(*level)
-	o.Pprof = true
-	o.HoldForwarder = *prefill > 0
-	s, err := harness.Start(*o)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "profile:", err)
-		os.Exit(1)
-	}
+	c.Parse(os.Args[1:])
+	c.Pprof = true
+	c.HoldForwarder = *prefill > 0
+	s, err := harness.Start(c.Options)
+	c.Check("", err)
 	if *prefill > 0 {
 		if err := drain(s, *prefill, *batch, *cpuProfile, *memProfile, *drainTimeout); err != nil {
 			fmt.Fprintln(os.Stderr, "profile:", err)
@@ -57,12 +47,9 @@ func main() {
 		}
 	}
 	if !*exitAfter {
-		harness.WaitSignal(*maxRun)
+		harness.WaitSignal(c.MaxRun)
 	}
-	if err := s.Close(); err != nil {
-		fmt.Fprintln(os.Stderr, "profile: close:", err)
-		os.Exit(1)
-	}
+	c.Check("close: ", s.Close())
 }
 
 func drain(s *harness.Server, n uint64, batch int, cpuFile, memFile string, timeout time.Duration) error {

@@ -122,31 +122,17 @@ func mainErr() int {
 	header := machine()
 	fmt.Fprintln(os.Stderr, header)
 	failed := false
+	scenarios := map[string]func() error{
+		"intake": r.intake, "latency": r.latency, "drain": r.drain, "drain-mqtt": r.drainMQTT,
+		"drain-live": r.drainLive, "drain-jetstream": r.drainJetStream, "subscriber": r.durable,
+		"profile": r.profile, "devices": r.devices, "soak": r.soak,
+	}
 	for _, s := range plan {
 		fmt.Fprintf(os.Stderr, "\n=== %s\n", s)
 		t0 := time.Now()
 		var err error
-		switch s {
-		case "intake":
-			err = r.intake()
-		case "latency":
-			err = r.latency()
-		case "drain":
-			err = r.drain()
-		case "drain-mqtt":
-			err = r.drainMQTT()
-		case "drain-live":
-			err = r.drainLive()
-		case "drain-jetstream":
-			err = r.drainJetStream()
-		case "subscriber":
-			err = r.durable()
-		case "profile":
-			err = r.profile()
-		case "devices":
-			err = r.devices()
-		case "soak":
-			err = r.soak()
+		if run := scenarios[s]; run != nil {
+			err = run()
 		}
 		if err != nil {
 			failed = true
@@ -328,6 +314,13 @@ func machine() string {
 
 func (r *runner) path(parts ...string) string {
 	return filepath.Join(append([]string{r.work}, parts...)...)
+}
+
+// freshDir empties and makes the scenario directory name.
+func (r *runner) freshDir(name string) (string, error) {
+	dir := r.path(name)
+	os.RemoveAll(dir)
+	return dir, mkdir(dir)
 }
 
 func (r *runner) binary(name string) string { return filepath.Join(r.bin, name) }

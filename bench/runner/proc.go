@@ -5,7 +5,6 @@ import (
 	"bytes"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -89,25 +88,22 @@ func (p *proc) signal(sig syscall.Signal) {
 // stop asks politely (SIGTERM), then kills the group after grace.
 func (p *proc) stop(grace time.Duration) error {
 	p.signal(syscall.SIGTERM)
-	select {
-	case <-p.done:
-		return p.err
-	case <-time.After(grace):
-		_ = syscall.Kill(-p.pid(), syscall.SIGKILL)
-		<-p.done
-		return fmt.Errorf("%s did not stop within %s: killed", p.name, grace)
-	}
+	return p.waitOrKill(grace, "did not stop within")
 }
 
 // wait waits for the process to exit on its own, at most d, then kills it.
-func (p *proc) wait(d time.Duration) error {
+func (p *proc) wait(d time.Duration) error { return p.waitOrKill(d, "still running after") }
+
+// waitOrKill waits up to d for the exit, then kills the group and says
+// why (late).
+func (p *proc) waitOrKill(d time.Duration, late string) error {
 	select {
 	case <-p.done:
 		return p.err
 	case <-time.After(d):
 		_ = syscall.Kill(-p.pid(), syscall.SIGKILL)
 		<-p.done
-		return fmt.Errorf("%s still running after %s: killed", p.name, d)
+		return fmt.Errorf("%s %s %s: killed", p.name, late, d)
 	}
 }
 
@@ -141,27 +137,6 @@ func tail(path string, n int) string {
 		lines = lines[len(lines)-n:]
 	}
 	return strings.Join(lines, "\n")
-}
-
-// freePorts reserves n distinct loopback ports and releases them (there is
-// a small window in which another process could take one).
-func freePorts(n int) ([]int, error) {
-	var lns []net.Listener
-	defer func() {
-		for _, l := range lns {
-			l.Close()
-		}
-	}()
-	var ports []int
-	for i := 0; i < n; i++ {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return nil, err
-		}
-		lns = append(lns, l)
-		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
-	}
-	return ports, nil
 }
 
 var httpc = &http.Client{Timeout: 3 * time.Second}

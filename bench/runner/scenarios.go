@@ -14,6 +14,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"wittra-gateway/internal/freeport"
 )
 
 // loadReport is the part of wittra-load's -json output the runner reads.
@@ -107,16 +109,10 @@ func (r *runner) localSinkYAML() string {
 
 // startGateway writes a config and starts the real binary on it.
 func (r *runner) startGateway(name, dir, queue, sinksYAML string, brokerOn bool) (*server, error) {
-	if err := mkdir(dir); err != nil {
-		return nil, err
-	}
-	ports, err := freePorts(3)
+	s, err := newServer(name, dir, queue)
 	if err != nil {
 		return nil, err
 	}
-	s := &server{name: name, dir: dir, queue: queue, log: filepath.Join(dir, name+".log"),
-		webhook: fmt.Sprintf("127.0.0.1:%d", ports[0]), admin: fmt.Sprintf("127.0.0.1:%d", ports[1]),
-		broker: fmt.Sprintf("127.0.0.1:%d", ports[2])}
 	cfg := fmt.Sprintf(`gateway: {id: bench}
 log: {level: warn, format: json}
 webhook:
@@ -133,40 +129,50 @@ sinks:
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
 		return nil, err
 	}
-	s.p, err = startProc(name, s.log, nil, r.binary("wittra-gateway"), "run", "-config", cfgPath)
+	if err := s.launch(r.binary("wittra-gateway"), "run", "-config", cfgPath); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// newServer makes dir and picks the ports of a server named name.
+func newServer(name, dir, queue string) (*server, error) {
+	if err := mkdir(dir); err != nil {
+		return nil, err
+	}
+	addrs, err := freeport.Addrs(3)
 	if err != nil {
 		return nil, err
 	}
+	return &server{name: name, dir: dir, queue: queue, log: filepath.Join(dir, name+".log"),
+		webhook: addrs[0], admin: addrs[1], broker: addrs[2]}, nil
+}
+
+// launch starts bin with args and waits until it is ready.
+func (s *server) launch(bin string, args ...string) error {
+	var err error
+	if s.p, err = startProc(s.name, s.log, nil, bin, args...); err != nil {
+		return err
+	}
 	if s.ready, err = waitReady(s.p, "http://"+s.admin+"/readyz", 30*time.Second); err != nil {
 		s.stop()
-		return nil, fmt.Errorf("%v\n%s", err, tail(s.log, 5))
+		return fmt.Errorf("%v\n%s", err, tail(s.log, 5))
 	}
 	s.readyMem, _ = readMem(s.p.pid())
-	return s, nil
+	return nil
 }
 
 // startHarness starts bench/baseline or bench/profile.
 func (r *runner) startHarness(name, dir string, extra ...string) (*server, error) {
-	if err := mkdir(dir); err != nil {
-		return nil, err
-	}
-	ports, err := freePorts(3)
+	s, err := newServer(name, dir, filepath.Join(dir, "queue.db"))
 	if err != nil {
 		return nil, err
 	}
-	s := &server{name: name, dir: dir, queue: filepath.Join(dir, "queue.db"), log: filepath.Join(dir, name+".log"),
-		webhook: fmt.Sprintf("127.0.0.1:%d", ports[0]), admin: fmt.Sprintf("127.0.0.1:%d", ports[1]),
-		broker: fmt.Sprintf("127.0.0.1:%d", ports[2])}
 	args := append([]string{"-queue", s.queue, "-webhook", s.webhook, "-admin", s.admin, "-broker", s.broker,
 		"-values=" + strconv.FormatBool(r.values), "-retain=" + strconv.FormatBool(r.retain)}, extra...)
-	if s.p, err = startProc(name, s.log, nil, r.binary(name), args...); err != nil {
+	if err := s.launch(r.binary(name), args...); err != nil {
 		return nil, err
 	}
-	if s.ready, err = waitReady(s.p, "http://"+s.admin+"/readyz", 30*time.Second); err != nil {
-		s.stop()
-		return nil, fmt.Errorf("%v\n%s", err, tail(s.log, 5))
-	}
-	s.readyMem, _ = readMem(s.p.pid())
 	return s, nil
 }
 
@@ -299,27 +305,18 @@ func (r *runner) intake() error {
 		r.note("gateway stop after intake: %v", err)
 	}
 
-	base, err := r.startHarness("baseline", filepath.Join(dir, "baseline"))
-	if err != nil {
-		return err
-	}
-	defer base.stop()
-	if _, _, err := r.load(base.dir, "warmup", time.Second, "-url", base.url(), "-c", "32"); err != nil {
-		return err
-	}
-	for _, c := range clients {
-		f, err := r.measureIntake(base, fmt.Sprintf("baseline-c%d", c), c, r.baselineDur, false)
-		if err != nil {
-			return err
-		}
+	stopErr, err := r.against("baseline", dir, clients, func(c int, f *intakeFigures) {
 		r.info("baseline", fmt.Sprintf("accepted/s, %d clients", c), fmt.Sprintf("%.0f", f.rep.AcceptedPS),
 			"MaxBatch 1 (one commit per message); p99 "+fmt.Sprintf("%.1f ms; %.1f KiB written/msg; ", f.rep.Latency.P99, f.writePerMsg/1024)+r.cpuNote(f))
 		if f.rep.AcceptedPS > 0 {
 			r.check(scen, fmt.Sprintf("gateway ÷ baseline, %d cl.", c), gwRate[c]/f.rep.AcceptedPS, "%.1f×", 10, true, "")
 		}
+	})
+	if err != nil {
+		return err
 	}
-	if err := base.stop(); err != nil {
-		r.note("baseline stop: %v", err)
+	if stopErr != nil {
+		r.note("baseline stop: %v", stopErr)
 	}
 	return r.ceiling(dir, clients, gwRate, gwCPU)
 }
@@ -330,19 +327,7 @@ func (r *runner) intake() error {
 // judged (a shared machine moves both alike).
 func (r *runner) ceiling(dir string, clients []int, gwRate, gwCPU map[int]float64) error {
 	const scen = "intake"
-	noop, err := r.startHarness("noop", filepath.Join(dir, "noop"))
-	if err != nil {
-		return err
-	}
-	defer noop.stop()
-	if _, _, err := r.load(noop.dir, "warmup", time.Second, "-url", noop.url(), "-c", "32"); err != nil {
-		return err
-	}
-	for _, c := range clients {
-		f, err := r.measureIntake(noop, fmt.Sprintf("noop-c%d", c), c, r.baselineDur, false)
-		if err != nil {
-			return err
-		}
+	stopErr, err := r.against("noop", dir, clients, func(c int, f *intakeFigures) {
 		r.info("ceiling", fmt.Sprintf("no-op handler req/s, %d cl.", c), fmt.Sprintf("%.0f", f.rep.AcceptedPS),
 			fmt.Sprintf("net/http, body read, no storage; p99 %.1f ms; ", f.rep.Latency.P99)+r.cpuNote(f))
 		if f.rep.AcceptedPS > 0 {
@@ -352,8 +337,34 @@ func (r *runner) ceiling(dir string, clients []int, gwRate, gwCPU map[int]float6
 			r.check(scen, fmt.Sprintf("CPU/msg ÷ no-op's, %d cl.", c), gwCPU[c]/f.cpuUsPerMsg, "%.1f×", 2.5, false,
 				fmt.Sprintf("%.0f vs %.0f µs per request", gwCPU[c], f.cpuUsPerMsg))
 		}
+	})
+	if err != nil {
+		return err
 	}
-	return noop.stop()
+	return stopErr
+}
+
+// against runs the harness kind (bench/baseline or bench/noop) with a
+// warm-up, measures its intake at each client count as the gateway's was,
+// and hands each figure to report. A failure to stop the harness comes
+// back apart (stopErr), after the figures.
+func (r *runner) against(kind, dir string, clients []int, report func(c int, f *intakeFigures)) (stopErr, err error) {
+	h, err := r.startHarness(kind, filepath.Join(dir, kind))
+	if err != nil {
+		return nil, err
+	}
+	defer h.stop()
+	if _, _, err := r.load(h.dir, "warmup", time.Second, "-url", h.url(), "-c", "32"); err != nil {
+		return nil, err
+	}
+	for _, c := range clients {
+		f, err := r.measureIntake(h, fmt.Sprintf("%s-c%d", kind, c), c, r.baselineDur, false)
+		if err != nil {
+			return nil, err
+		}
+		report(c, f)
+	}
+	return h.stop(), nil
 }
 
 func sumPrefix(m map[string]float64, prefix string) float64 {
@@ -469,9 +480,8 @@ func (r *runner) pristine() string { return r.path("drain", "pristine.db") }
 
 func (r *runner) drain() error {
 	const scen = "drain"
-	dir := r.path("drain")
-	os.RemoveAll(dir)
-	if err := mkdir(dir); err != nil {
+	dir, err := r.freshDir("drain")
+	if err != nil {
 		return err
 	}
 	queue := filepath.Join(dir, "queue.db")
@@ -559,9 +569,8 @@ func (r *runner) drain() error {
 
 func (r *runner) drainMQTT() error {
 	const scen = "drain-mqtt"
-	dir := r.path("drain-mqtt")
-	os.RemoveAll(dir)
-	if err := mkdir(dir); err != nil {
+	dir, err := r.freshDir("drain-mqtt")
+	if err != nil {
 		return err
 	}
 	queue := filepath.Join(dir, "queue.db")
@@ -578,7 +587,7 @@ func (r *runner) drainMQTT() error {
 		}
 		n = fr.Messages
 	}
-	ports, err := freePorts(1)
+	ports, err := freeport.Ports(1)
 	if err != nil {
 		return err
 	}
@@ -727,7 +736,7 @@ func (r *runner) profile() error {
 	r.appendix("intake allocations (bytes, whole run)", pprofTop(bin, allocProf, "-top", "-sample_index=alloc_space"))
 
 	// Drain: prefill with the forwarder held, profile until empty.
-	ports, err := freePorts(3)
+	addrs, err := freeport.Addrs(3)
 	if err != nil {
 		return err
 	}
@@ -736,8 +745,7 @@ func (r *runner) profile() error {
 	dcpu, dalloc := filepath.Join(dir, "drain.cpu.prof"), filepath.Join(dir, "drain.allocs.prof")
 	var dres map[string]float64
 	_, err = r.runJSON("profile", filepath.Join(ddir, "profile.log"), &dres, 15*time.Minute, bin,
-		"-queue", filepath.Join(ddir, "queue.db"), "-webhook", fmt.Sprintf("127.0.0.1:%d", ports[0]),
-		"-admin", fmt.Sprintf("127.0.0.1:%d", ports[1]), "-broker", fmt.Sprintf("127.0.0.1:%d", ports[2]),
+		"-queue", filepath.Join(ddir, "queue.db"), "-webhook", addrs[0], "-admin", addrs[1], "-broker", addrs[2],
 		"-values="+strconv.FormatBool(r.values), "-retain="+strconv.FormatBool(r.retain),
 		"-prefill", strconv.FormatUint(r.drainN, 10), "-cpuprofile", dcpu, "-memprofile", dalloc, "-exit-after-drain")
 	if err != nil {
@@ -794,9 +802,8 @@ func (r *runner) appendix(title, text string) {
 // every message acknowledged by a majority of the replicas.
 func (r *runner) drainJetStream() error {
 	const scen = "drain-jetstream"
-	dir := r.path(scen)
-	os.RemoveAll(dir)
-	if err := mkdir(dir); err != nil {
+	dir, err := r.freshDir(scen)
+	if err != nil {
 		return err
 	}
 	urlsFile := filepath.Join(dir, "urls.txt")

@@ -16,6 +16,7 @@ import (
 	"syscall"
 	"time"
 
+	"wittra-gateway/internal/freeport"
 	"wittra-gateway/internal/wmsg"
 )
 
@@ -312,7 +313,7 @@ func newMosq(dir string) (*mosq, error) {
 	if _, err := os.Stat(bin); err != nil {
 		return nil, fmt.Errorf("mosquitto is not installed (apt-get install mosquitto): %w", err)
 	}
-	ports, err := freePorts(1)
+	ports, err := freeport.Ports(1)
 	if err != nil {
 		return nil, err
 	}

@@ -12,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"wittra-gateway/internal/freeport"
 	"wittra-gateway/internal/wmsg"
 )
 
@@ -92,13 +93,12 @@ func (r *runner) soak() (err error) {
 	}
 	defer m.stop()
 
-	ports, err := freePorts(3)
+	addrs, err := freeport.Addrs(3)
 	if err != nil {
 		return err
 	}
 	g := &soakGateway{bin: r.binary("wittra-gateway"), dir: dir, cfg: filepath.Join(dir, "gateway.yaml"),
-		webhook: fmt.Sprintf("127.0.0.1:%d", ports[0]), admin: fmt.Sprintf("127.0.0.1:%d", ports[1]),
-		broker: fmt.Sprintf("127.0.0.1:%d", ports[2])}
+		webhook: addrs[0], admin: addrs[1], broker: addrs[2]}
 	// Values and retain on by default (the default config's local sink;
 	// BENCH_VALUES / BENCH_RETAIN=false to isolate them); the queue small so
 	// that mosquitto's outages fill it. retain_max_topics is well below what

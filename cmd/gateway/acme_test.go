@@ -175,16 +175,13 @@ func waitCertExpiry(t *testing.T, tg *testGateway, p *pebbleCA) float64 {
 	t.Helper()
 	metrics := "http://" + tg.g.adminLn.Addr().String() + "/metrics"
 	name := `wittra_gateway_webhook_certificate_expiry_timestamp_seconds{domain="` + acmeTestDomain + `"}`
-	deadline := time.Now().Add(2 * time.Minute)
-	for {
-		if _, body := httpGet(t, metrics); metricValue(body, name) > 0 {
-			return metricValue(body, name)
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no certificate from pebble after 2 minutes")
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
+	var expiry float64
+	testutil.WaitFor(t, 2*time.Minute, "a certificate from pebble", func() bool {
+		_, body := httpGet(t, metrics)
+		expiry = metricValue(body, name)
+		return expiry > 0
+	})
+	return expiry
 }
 
 // postHTTPS posts one reading to the webhook over HTTPS as Wittra's cloud

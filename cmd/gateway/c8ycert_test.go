@@ -10,6 +10,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"wittra-gateway/internal/testpki"
+	"wittra-gateway/internal/testutil"
 	"wittra-gateway/sinks/cumulocity/c8yfake"
 )
 
@@ -36,10 +37,7 @@ func TestC8YCertificateLoginConfig(t *testing.T) {
 	}
 	mustParse(t, sinkURL("https://t.example", ", mode: rest, token_url: 'https://t.example:8443'"), dir)
 
-	for _, tc := range []struct {
-		name, data string
-		parts      []string
-	}{
+	wantProblems(t, []problemCase{
 		{"CNIsNotGatewayID", yml("gateway: {id: other}", "sinks:",
 			fmt.Sprintf("  - {name: c, type: cumulocity, url: 'mqtts://c8y.example', tls: {cert_file: %q, key_file: %q}}", crt, key)),
 			[]string{"line 3: sinks[0].tls.cert_file: certificate login: the certificate's common name \"gw01\" is not gateway.id \"other\"", `client_id: "gw01"`}},
@@ -50,11 +48,7 @@ func TestC8YCertificateLoginConfig(t *testing.T) {
 		{"ClientIDWithPassword", sink(", client_id: gw01, tenant: t, username: u, password: p"), []string{"line 3: sinks[0].client_id: only used with certificate login"}},
 		{"PasswordStillRequiredWithoutCert", yml("sinks:", "  - {name: c, type: cumulocity, url: 'mqtts://x', tenant: t, username: u}"),
 			[]string{"line 2: sinks[0].password: required", "tls.cert_file"}},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			wantProblem(t, parseErrs(t, tc.data, dir), tc.parts...)
-		})
-	}
+	})
 }
 
 // The gateway with a certificate-only Cumulocity sink: the reading arrives,
@@ -80,12 +74,8 @@ func TestCumulocityCertificateThroughTheGateway(t *testing.T) {
 	if code, reply := tg.post(t, "/wittra", readFixture(t, "f1_data_tag.json")); code != 200 {
 		t.Fatalf("post: %d %s", code, reply)
 	}
-	deadline := time.Now().Add(15 * time.Second)
-	for len(fake.Measurements()) == 0 {
-		if time.Now().After(deadline) {
-			t.Fatalf("no measurement in the fake after 15 s; errors %v", fake.Errors())
-		}
-		time.Sleep(50 * time.Millisecond)
+	if !testutil.Poll(15*time.Second, func() bool { return len(fake.Measurements()) != 0 }) {
+		t.Fatalf("no measurement in the fake after 15 s; errors %v", fake.Errors())
 	}
 	conns := fake.Connections()
 	if len(conns) != 1 || conns[0].CertCN != "test-gw" || conns[0].Username != "" || conns[0].PasswordSent {

@@ -33,11 +33,7 @@ func TestACMEConfigDefaults(t *testing.T) {
 }
 
 func TestACMEConfigErrors(t *testing.T) {
-	for _, tc := range []struct {
-		name  string
-		data  string
-		parts []string
-	}{
+	wantProblems(t, []problemCase{
 		{"AndCertFile", yml("webhook:", "  tls:", "    cert_file: c.pem", "    key_file: k.pem", "    acme: {domains: [gw.example.com]}"),
 			[]string{"line 5: webhook.tls.acme: set either acme or cert_file/key_file, not both"}},
 		{"NoDomains", yml("webhook:", "  tls:", "    acme: {email: a@b.c}"), []string{"webhook.tls.acme.domains: at least one domain is required"}},
@@ -50,9 +46,5 @@ func TestACMEConfigErrors(t *testing.T) {
 		{"HTTPListenNoPort", yml("webhook:", "  tls:", "    acme:", "      domains: [a.example.com]", "      http_listen: localhost"), []string{"line 5: webhook.tls.acme.http_listen: must be host:port"}},
 		{"HTTPListenClash", yml("webhook:", "  listen: ':8443'", "  tls:", "    acme:", "      domains: [a.example.com]", "      http_listen: ':8443'"), []string{"line 6: webhook.tls.acme.http_listen: same address as webhook.listen"}},
 		{"UnknownKey", yml("webhook:", "  tls:", "    acme:", "      domain: a.example.com"), []string{"line 4: webhook.tls.acme.domain: unknown key"}},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			wantProblem(t, parseErrs(t, tc.data, t.TempDir()), tc.parts...)
-		})
-	}
+	})
 }

@@ -97,10 +97,8 @@ func (p *parser) validate(c *Config) {
 		case !strings.HasPrefix(r.Path, "/"):
 			p.invalid(base+".path", "must start with /")
 		default:
-			if j, dup := seenPath[r.Path]; dup {
+			if j, dup := field.Repeat(seenPath, r.Path, i); dup {
 				p.invalid(base+".path", "duplicate path %q (also webhook.routes[%d])", r.Path, j)
-			} else {
-				seenPath[r.Path] = i
 			}
 		}
 		if hasTopicMeta(r.Project, false) {
@@ -137,22 +135,10 @@ func (p *parser) validate(c *Config) {
 	if c.Admin.Listen != "" {
 		p.hostPort("admin.listen", c.Admin.Listen)
 	}
-	seenAdmin := map[string]int{}
-	for i, u := range c.Admin.Users {
-		base := fmt.Sprintf("admin.users[%d]", i)
-		if u.Username == "" {
-			p.invalid(base+".username", "required")
-		} else if j, dup := seenAdmin[u.Username]; dup {
-			p.invalid(base+".username", "duplicate username (also admin.users[%d])", j)
-		} else {
-			seenAdmin[u.Username] = i
-		}
-		if u.PasswordHash == "" {
-			p.invalid(base+".password", "required (a bcrypt hash, in password or password_file)")
-		} else if err := status.CheckHash(u.PasswordHash); err != nil {
-			p.invalid(base+".password", "%v", err)
-		}
-	}
+	var admins field.List
+	admins.Accounts("/admin.users", len(c.Admin.Users), func(i int) (string, string) { return c.Admin.Users[i].Username, c.Admin.Users[i].PasswordHash },
+		"a bcrypt hash, in password or password_file", status.CheckHash)
+	p.own("admin", admins.Err())
 
 	br := c.Broker
 	for i, l := range br.Listeners {
@@ -208,10 +194,8 @@ func (p *parser) validate(c *Config) {
 		case !reSinkName.MatchString(s.Name):
 			p.invalid(base+".name", "may only contain letters, digits, _ and -")
 		default:
-			if j, dup := seenSink[s.Name]; dup {
+			if j, dup := field.Repeat(seenSink, s.Name, i); dup {
 				p.invalid(base+".name", "duplicate sink name %q (also sinks[%d])", s.Name, j)
-			} else {
-				seenSink[s.Name] = i
 			}
 		}
 		if s.TopicPrefix == "" { // given empty: the packages would take the default

@@ -27,19 +27,12 @@ func TestDeviceTopicsConfig(t *testing.T) {
 		t.Errorf("options %+v", o)
 	}
 
-	for _, c := range []struct {
-		name, sink string
-		want       []string
-	}{
-		{"NeedsValues", "{name: s, type: broker, values: false, homeassistant: {enabled: true}}", []string{"sinks[0].homeassistant.enabled", "values: true"}},
-		{"PrefixOverlap", "{name: s, type: broker, values: true, homeassistant: {enabled: true, discovery_prefix: wittra/ha}}", []string{"sinks[0].homeassistant.discovery_prefix", "overlaps"}},
-		{"PrefixWildcard", "{name: s, type: mqtt, url: tcp://h, values: true, homeassistant: {enabled: true, discovery_prefix: 'ha/#'}}", []string{"sinks[0].homeassistant.discovery_prefix", "+ #"}},
-		{"NotForCumulocity", "{name: s, type: cumulocity, url: tcp://h, tenant: t, username: u, password: p, state: true}", []string{"sinks[0].state", "not a key of type cumulocity"}},
-		{"UnknownSubkey", "{name: s, type: broker, homeassistant: {enable: true}}", []string{"enable", "unknown key"}},
-		{"NotABool", "{name: s, type: broker, state: maybe}", []string{"sinks[0].state"}},
-	} {
-		t.Run(c.name, func(t *testing.T) {
-			wantProblem(t, parseErrs(t, yml("sinks:", "  - "+c.sink), dir), c.want...)
-		})
-	}
+	wantProblems(t, []problemCase{
+		{"NeedsValues", yml("sinks:", "  - {name: s, type: broker, values: false, homeassistant: {enabled: true}}"), []string{"sinks[0].homeassistant.enabled", "values: true"}},
+		{"PrefixOverlap", yml("sinks:", "  - {name: s, type: broker, values: true, homeassistant: {enabled: true, discovery_prefix: wittra/ha}}"), []string{"sinks[0].homeassistant.discovery_prefix", "overlaps"}},
+		{"PrefixWildcard", yml("sinks:", "  - {name: s, type: mqtt, url: tcp://h, values: true, homeassistant: {enabled: true, discovery_prefix: 'ha/#'}}"), []string{"sinks[0].homeassistant.discovery_prefix", "+ #"}},
+		{"NotForCumulocity", yml("sinks:", "  - {name: s, type: cumulocity, url: tcp://h, tenant: t, username: u, password: p, state: true}"), []string{"sinks[0].state", "not a key of type cumulocity"}},
+		{"UnknownSubkey", yml("sinks:", "  - {name: s, type: broker, homeassistant: {enable: true}}"), []string{"enable", "unknown key"}},
+		{"NotABool", yml("sinks:", "  - {name: s, type: broker, state: maybe}"), []string{"sinks[0].state"}},
+	})
 }

@@ -6,6 +6,7 @@ package main
 import (
 	"time"
 
+	"wittra-gateway/internal/tlsfiles"
 	"wittra-gateway/sinks/jetstream"
 )
 
@@ -40,7 +41,7 @@ func jetstreamConfig(cfg *Config, sc SinkConfig) jetstream.Config {
 		Password:      sc.Password,
 		Token:         j.Token,
 		CredsFile:     j.CredsFile,
-		TLS:           jetstream.TLSConfig{CAFile: sc.TLS.CAFile, CertFile: sc.TLS.CertFile, KeyFile: sc.TLS.KeyFile, InsecureSkipVerify: sc.TLS.InsecureSkipVerify},
+		TLS:           tlsfiles.Config(sc.TLS),
 		SubjectPrefix: j.SubjectPrefix,
 		GatewayID:     cfg.Gateway.ID,
 		Stream: jetstream.StreamConfig{

@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"wittra-gateway/internal/testutil"
 )
 
 func TestJetStreamSinkConfig(t *testing.T) {
@@ -58,11 +60,7 @@ func TestJetStreamSinkConfig(t *testing.T) {
 }
 
 func TestJetStreamSinkValidation(t *testing.T) {
-	for _, tc := range []struct {
-		name  string
-		data  string
-		parts []string
-	}{
+	wantProblems(t, []problemCase{
 		{"NoURLs", yml("sinks:", "  - {name: c, type: jetstream}"), []string{"line 2: sinks[0].urls: required for type jetstream"}},
 		{"SingularURL", yml("sinks:", "  - {name: c, type: jetstream, url: 'nats://x'}"), []string{"sinks[0].url: type jetstream takes urls"}},
 		{"TopicPrefix", yml("sinks:", "  - {name: c, type: jetstream, urls: [nats://x], topic_prefix: a/b}"), []string{"sinks[0].topic_prefix: type jetstream takes subject_prefix"}},
@@ -74,11 +72,7 @@ func TestJetStreamSinkValidation(t *testing.T) {
 		{"DupWindow", yml("sinks:", "  - name: c", "    type: jetstream", "    urls: [nats://x]", "    stream: {max_age: 1m, duplicate_window: 1h}"), []string{"sinks[0].stream.duplicate_window: must not exceed max_age"}},
 		{"StreamName", yml("sinks:", "  - name: c", "    type: jetstream", "    urls: [nats://x]", "    stream: {name: a.b}"), []string{"sinks[0].stream.name: must not contain"}},
 		{"KeysOnOtherType", yml("sinks:", "  - {name: m, type: mqtt, url: 'tcp://x', urls: [nats://x]}"), []string{"sinks[0].urls: only for type jetstream"}},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			wantProblem(t, parseErrs(t, tc.data, t.TempDir()), tc.parts...)
-		})
-	}
+	})
 	errs := parseErrs(t, yml("sinks:", "  - {name: c, type: jetstream, urls: ['nats://u:Sup3rS3cret@x'], token: t}", "  - {name: d, type: nope}"), t.TempDir())
 	if strings.Contains(errs.Error(), "Sup3rS3cret") {
 		t.Errorf("error echoes a secret: %v", errs)
@@ -88,10 +82,7 @@ func TestJetStreamSinkValidation(t *testing.T) {
 
 // The commented jetstream sink of config.example.yaml is a valid config.
 func TestJetStreamExampleBlockParses(t *testing.T) {
-	b, err := os.ReadFile("../../config.example.yaml")
-	if err != nil {
-		t.Fatal(err)
-	}
+	b := testutil.ReadFile(t, "../../config.example.yaml")
 	i := strings.Index(string(b), "  # - name: central\n")
 	if i < 0 {
 		t.Fatal("no jetstream example in config.example.yaml")

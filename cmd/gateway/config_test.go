@@ -55,6 +55,24 @@ func parseErrs(t *testing.T, data, dir string) ConfigErrors {
 	return errs
 }
 
+// problemCase is a config (data) that must be refused with a problem
+// whose text contains every part.
+type problemCase struct {
+	name  string
+	data  string
+	parts []string
+}
+
+// wantProblems checks each case in its own subtest.
+func wantProblems(t *testing.T, cases []problemCase) {
+	t.Helper()
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			wantProblem(t, parseErrs(t, tc.data, t.TempDir()), tc.parts...)
+		})
+	}
+}
+
 // wantProblem checks that errs holds one problem whose text contains every part.
 func wantProblem(t *testing.T, errs ConfigErrors, parts ...string) {
 	t.Helper()
@@ -163,11 +181,7 @@ func TestEmptyFileGivesDefaults(t *testing.T) {
 }
 
 func TestStrictDecoding(t *testing.T) {
-	for _, tc := range []struct {
-		name  string
-		data  string
-		parts []string
-	}{
+	wantProblems(t, []problemCase{
 		{
 			name:  "UnknownTopLevel",
 			data:  yml("gateway:", "  id: gw1", "bogus: 1"),
@@ -228,12 +242,7 @@ func TestStrictDecoding(t *testing.T) {
 			data:  yml("sinks:", "  - name: p", "    type: mqtt", "    url: tcp://h:1883", "    qos: one"),
 			parts: []string{"line 5: sinks[0].qos: expected an integer"},
 		},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			errs := parseErrs(t, tc.data, t.TempDir())
-			wantProblem(t, errs, tc.parts...)
-		})
-	}
+	})
 }
 
 func TestDurationsAndSizes(t *testing.T) {
@@ -264,23 +273,14 @@ func TestDurationsAndSizes(t *testing.T) {
 		})
 	}
 
-	bad := []struct {
-		name  string
-		data  string
-		parts []string
-	}{
+	wantProblems(t, []problemCase{
 		{"BareNumberDuration", yml("gateway: {id: gw}", "", "buffer:", "  max_age: 30"), []string{"line 4: buffer.max_age: ", "no unit"}},
 		{"GarbageDuration", yml("buffer:", "  dedup_window: soon"), []string{"line 2: buffer.dedup_window: ", "not a duration"}},
 		{"UnknownSizeUnit", yml("buffer:", "  path: q.db", "  max_bytes: 10XB"), []string{"line 3: buffer.max_bytes: ", "unknown unit"}},
 		{"NegativeSize", yml("webhook:", "  max_body: -1"), []string{"line 2: webhook.max_body: ", "not a size"}},
 		{"ZeroMaxBody", yml("webhook:", "  max_body: 0"), []string{"line 2: webhook.max_body: must be greater than 0"}},
 		{"NegativeMaxAge", yml("buffer:", "  max_age: -1h"), []string{"line 2: buffer.max_age: must be greater than 0"}},
-	}
-	for _, tc := range bad {
-		t.Run(tc.name, func(t *testing.T) {
-			wantProblem(t, parseErrs(t, tc.data, t.TempDir()), tc.parts...)
-		})
-	}
+	})
 }
 
 func TestEnvExpansion(t *testing.T) {
@@ -509,11 +509,7 @@ func TestValidationReportsEveryProblem(t *testing.T) {
 }
 
 func TestValidationRules(t *testing.T) {
-	for _, tc := range []struct {
-		name  string
-		data  string
-		parts []string
-	}{
+	wantProblems(t, []problemCase{
 		{"NoSinksWithoutBroker", yml("broker:", "  enabled: false"), []string{"sinks: at least one sink is required"}},
 		{"ExplicitEmptySinks", yml("sinks: []"), []string{"line 1: sinks: at least one sink is required"}},
 		{"BrokerSinkNeedsBroker", yml("broker:", "  enabled: false", "sinks:", "  - name: local", "    type: broker"), []string{"line 5: sinks[0].type: ", "broker.enabled"}},
@@ -539,11 +535,7 @@ func TestValidationRules(t *testing.T) {
 		{"BufferPathEmpty", yml("buffer:", "  path: ''"), []string{"line 2: buffer.path: must not be empty"}},
 		{"SameAddress", yml("admin:", "  listen: 127.0.0.1:8080"), []string{"line 2: admin.listen: same address as webhook.listen"}},
 		{"SameBrokerAddress", yml("webhook: {listen: ':1883'}", "broker:", "  listeners:", "    - {type: tcp, address: ':1883'}"), []string{"line 4: broker.listeners[0].address: same address as webhook.listen"}},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			wantProblem(t, parseErrs(t, tc.data, t.TempDir()), tc.parts...)
-		})
-	}
+	})
 }
 
 func TestSecretsNeverInErrors(t *testing.T) {

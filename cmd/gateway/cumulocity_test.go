@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"wittra-gateway/internal/testutil"
 	"wittra-gateway/sinks/cumulocity/c8yfake"
 )
 
@@ -34,27 +35,21 @@ func TestCumulocityThroughTheGateway(t *testing.T) {
 				t.Fatalf("post: %d %s", code, reply)
 			}
 			const child = "D00124B001E2A1B2C"
-			deadline := time.Now().Add(15 * time.Second)
-			for {
+			var temps []float64
+			if !testutil.Poll(15*time.Second, func() bool {
 				dev, ok := fake.DeviceBySerial(child)
-				var temps []float64
-				if ok {
-					for _, m := range fake.Measurements() {
-						if s, ok := m.Fragments["c8y_TemperatureMeasurement"]["T"]; ok && m.Source == dev.ID {
-							temps = append(temps, s.Value)
-						}
+				temps = temps[:0]
+				for _, m := range fake.Measurements() {
+					if s, found := m.Fragments["c8y_TemperatureMeasurement"]["T"]; ok && found && m.Source == dev.ID {
+						temps = append(temps, s.Value)
 					}
 				}
-				if len(temps) > 0 {
-					if temps[0] != 21.75 {
-						t.Fatalf("temperature = %v, want 21.75", temps[0])
-					}
-					break
-				}
-				if time.Now().After(deadline) {
-					t.Fatalf("no temperature of child %s in the fake after 15 s; devices %v; errors %v", child, fake.Devices(), fake.Errors())
-				}
-				time.Sleep(50 * time.Millisecond)
+				return len(temps) > 0
+			}) {
+				t.Fatalf("no temperature of child %s in the fake after 15 s; devices %v; errors %v", child, fake.Devices(), fake.Errors())
+			}
+			if temps[0] != 21.75 {
+				t.Fatalf("temperature = %v, want 21.75", temps[0])
 			}
 			if _, ok := fake.DeviceBySerial("test-gw"); !ok {
 				t.Fatalf("the gateway device (external id test-gw) was not registered")

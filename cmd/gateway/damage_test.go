@@ -12,11 +12,9 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
-	paho "github.com/eclipse/paho.mqtt.golang"
 	"github.com/rs/zerolog"
 
 	"wittra-gateway/bridge"
@@ -198,41 +196,22 @@ func (s *damageSite) post(id string) int {
 // received subscribes to the embedded broker and collects payloadIds
 // (retained: every publication since the start) until want are in.
 func (s *damageSite) received(want int) map[string]bool {
-	t := s.t
-	var mu sync.Mutex
-	got := map[string]bool{}
-	c := paho.NewClient(paho.NewClientOptions().AddBroker("tcp://" + s.broker).SetClientID(fmt.Sprintf("damage-%d", os.Getpid())).SetCleanSession(true))
-	if tok := c.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
-		t.Fatalf("subscriber connect: %v", tok.Error())
-	}
-	defer c.Disconnect(100)
-	tok := c.Subscribe("wittra/+/+/data", 0, func(_ paho.Client, m paho.Message) {
-		var body struct {
-			PayloadID string `json:"payloadId"`
+	sub := testutil.Subscribe(s.t, "tcp://"+s.broker, "wittra/+/+/data", 0, testutil.SubscriberOptions{})
+	ids := func() map[string]bool {
+		got := map[string]bool{}
+		for _, m := range sub.Messages() {
+			var body struct {
+				PayloadID string `json:"payloadId"`
+			}
+			if json.Unmarshal([]byte(m.Payload), &body) == nil {
+				got[body.PayloadID] = true
+			}
 		}
-		if json.Unmarshal(m.Payload(), &body) == nil {
-			mu.Lock()
-			got[body.PayloadID] = true
-			mu.Unlock()
-		}
-	})
-	if !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
-		t.Fatalf("subscribe: %v", tok.Error())
+		return got
 	}
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		mu.Lock()
-		n := len(got)
-		mu.Unlock()
-		if n >= want || time.Now().After(deadline) {
-			break
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	time.Sleep(200 * time.Millisecond) // anything beyond want would show now
-	mu.Lock()
-	defer mu.Unlock()
-	return got
+	testutil.Poll(30*time.Second, func() bool { return len(ids()) >= want }) // the caller counts
+	time.Sleep(200 * time.Millisecond)                                       // anything beyond want would show now
+	return ids()
 }
 
 func TestDamagedQueueFileAtStart(t *testing.T) {

@@ -19,6 +19,7 @@ import (
 
 	"wittra-gateway/bridge"
 	"wittra-gateway/buffer"
+	"wittra-gateway/internal/status"
 	"wittra-gateway/wittra"
 	"wittra-gateway/wittraapi"
 )
@@ -139,21 +140,7 @@ func (c *DevicesCommand) fromGateway(ctx context.Context, cfg *Config) ([]device
 		return nil, fmt.Errorf("the queue file is in use by a running gateway; %s answered %s", url, resp.Status)
 	}
 	var rep struct {
-		Devices struct {
-			Items []struct {
-				ID         string     `json:"id"`
-				Name       string     `json:"name"`
-				Type       string     `json:"type"`
-				Project    string     `json:"project"`
-				Kind       string     `json:"kind"`
-				LastSeen   time.Time  `json:"last_seen"`
-				MeasuredAt *time.Time `json:"measured_at"`
-				Values     []struct {
-					Path  string `json:"path"`
-					Value string `json:"value"`
-				} `json:"values"`
-			} `json:"items"`
-		} `json:"devices"`
+		Devices status.Devices `json:"devices"`
 	}
 	if err := json.NewDecoder(io.LimitReader(resp.Body, 64<<20)).Decode(&rep); err != nil {
 		return nil, fmt.Errorf("read %s: %w", url, err)

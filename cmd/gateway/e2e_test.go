@@ -76,12 +76,6 @@ func (tg *testGateway) post(t *testing.T, path, body string) (int, string) {
 	return resp.StatusCode, strings.TrimSpace(string(b))
 }
 
-// subscribe subscribes a new client of brokerURL to filter at QoS 1.
-func subscribe(t *testing.T, brokerURL, filter string) *testutil.Subscriber {
-	t.Helper()
-	return testutil.Subscribe(t, brokerURL, filter, 1, testutil.SubscriberOptions{})
-}
-
 // collect reads until it has every topic in want or the timeout passes;
 // it returns the last payload per topic and the topics in arrival order.
 func collect(t *testing.T, sub *testutil.Subscriber, want []string, timeout time.Duration) (map[string][]byte, []string) {
@@ -106,17 +100,12 @@ func collect(t *testing.T, sub *testutil.Subscriber, want []string, timeout time
 }
 
 func readFixture(t *testing.T, name string) string {
-	t.Helper()
-	b, err := os.ReadFile(filepath.Join("../../testdata", name))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return string(b)
+	return string(testutil.ReadFile(t, "../../testdata", name))
 }
 
 func TestEndToEndFixturesReachTheEmbeddedBroker(t *testing.T) {
 	tg := startTestGateway(t, t.TempDir(), nil)
-	sub := subscribe(t, tg.broker, "wittra/#")
+	sub := testutil.Subscribe(t, tg.broker, "wittra/#", 1, testutil.SubscriberOptions{})
 
 	const proj, tag, lpth = "P4nB8vQ2wE6rT1yU3iOa", "D00124B001E2A1B2C", "D00124B001E2D3E4F"
 	tests := []struct {
@@ -178,7 +167,7 @@ func TestEndToEndArrayKeepsPerDeviceOrder(t *testing.T) {
 	tg := startTestGateway(t, t.TempDir(), map[string]string{
 		"sinks": "sinks: [{name: local, type: broker, topic_prefix: site, values: false}]",
 	})
-	sub := subscribe(t, tg.broker, "site/+/+/data")
+	sub := testutil.Subscribe(t, tg.broker, "site/+/+/data", 1, testutil.SubscriberOptions{})
 	const n = 200
 	var batch []string
 	for i := range n {
@@ -214,7 +203,7 @@ func TestEndToEndDedupSurvivesRestart(t *testing.T) {
 		t.Fatalf("stop: %v", err)
 	}
 	tg = startTestGateway(t, dir, nil)
-	sub := subscribe(t, tg.broker, "wittra/+/+/data")
+	sub := testutil.Subscribe(t, tg.broker, "wittra/+/+/data", 1, testutil.SubscriberOptions{})
 	if code, reply := tg.post(t, "/wittra", body); code != 200 || reply != `{"accepted":0,"duplicates":1}` {
 		t.Fatalf("post after restart: %d %s, want a duplicate", code, reply)
 	}

@@ -55,11 +55,10 @@ type lfArrival struct {
 
 // lfSub records every arrival on the data topics, in order, with its time.
 type lfSub struct {
-	client paho.Client
-	mu     sync.Mutex
-	all    []lfArrival
-	count  map[string]int
-	bad    int
+	mu    sync.Mutex
+	all   []lfArrival
+	count map[string]int
+	bad   int
 }
 
 func (s *lfSub) handle(_ paho.Client, m paho.Message) {
@@ -79,17 +78,8 @@ func (s *lfSub) handle(_ paho.Client, m paho.Message) {
 func lfSubscribe(t *testing.T, url, id string) *lfSub {
 	t.Helper()
 	s := &lfSub{count: map[string]int{}}
-	opts := paho.NewClientOptions().AddBroker(url).SetClientID(id).SetProtocolVersion(4).
-		SetCleanSession(false).SetAutoReconnect(true).SetMaxReconnectInterval(500 * time.Millisecond).
-		SetConnectTimeout(5 * time.Second).SetOrderMatters(true).SetDefaultPublishHandler(s.handle)
-	s.client = paho.NewClient(opts)
-	if tok := s.client.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
-		t.Fatalf("subscriber connect: %v", tok.Error())
-	}
-	t.Cleanup(func() { s.client.Disconnect(50) })
-	if tok := s.client.Subscribe("wittra/+/+/data", 1, s.handle); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
-		t.Fatalf("subscribe: %v", tok.Error())
-	}
+	testutil.Subscribe(t, url, "wittra/+/+/data", 1, testutil.SubscriberOptions{
+		ClientID: id, Persistent: true, Reconnect: true, Handler: s.handle})
 	return s
 }
 
@@ -124,31 +114,17 @@ func (s *lfSub) liveOf(device string) int {
 // client ("" when the broker holds none).
 func lfRetained(t *testing.T, url, topic string) string {
 	t.Helper()
-	got := make(chan string, 1)
-	opts := paho.NewClientOptions().AddBroker(url).SetClientID(fmt.Sprintf("lf-fresh-%d", time.Now().UnixNano())).
-		SetProtocolVersion(4).SetCleanSession(true).SetConnectTimeout(5 * time.Second)
-	c := paho.NewClient(opts)
-	if tok := c.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
-		t.Fatalf("fresh subscriber connect: %v", tok.Error())
-	}
-	defer c.Disconnect(50)
-	tok := c.Subscribe(topic, 1, func(_ paho.Client, m paho.Message) {
-		if m.Retained() {
-			select {
-			case got <- string(m.Payload()):
-			default:
-			}
+	sub := testutil.Subscribe(t, url, topic, 1, testutil.SubscriberOptions{})
+	defer sub.Client.Disconnect(50)
+	var v string
+	testutil.Poll(2*time.Second, func() bool { // retained messages come right after SUBACK
+		i := slices.IndexFunc(sub.Messages(), func(m testutil.Received) bool { return m.Retain })
+		if i >= 0 {
+			v = sub.Messages()[i].Payload
 		}
+		return i >= 0
 	})
-	if !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
-		t.Fatalf("fresh subscribe: %v", tok.Error())
-	}
-	select {
-	case v := <-got:
-		return v
-	case <-time.After(2 * time.Second): // retained messages come right after SUBACK
-		return ""
-	}
+	return v
 }
 
 // TestLiveFirstOutageDrainKill9: mosquitto is down while 8 devices post
@@ -290,10 +266,8 @@ sinks: [{name: plant, type: mqtt, url: %s, qos: 1, topic_prefix: wittra, values:
 	} else if age <= 0 {
 		t.Errorf("queue_oldest_age_seconds %v with a backlog of %v", age, backlogLeft)
 	}
-	if err := p.Cmd.Process.Kill(); err != nil {
-		t.Fatal(err)
-	}
-	p.WaitExit(outageExitTimeout)
+	p.Kill9(t)
+	p.WaitKilled(t, outageExitTimeout)
 	client.CloseIdleConnections()
 
 	// Restart without live traffic: the backlog drains after the live

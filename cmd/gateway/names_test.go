@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -24,18 +23,6 @@ const (
 	namesProject = "P4nB8vQ2wE6rT1yU3iOa" // f1_data_tag.json's
 	namesDevice  = "D00124B001E2A1B2C"
 )
-
-// waitUntil polls cond until it holds or d passes.
-func waitUntil(t *testing.T, what string, d time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %v", what, d)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
 
 // The whole path of a name: the gateway asks the Wittra API (fake) about
 // the project it saw in a webhook, the Cumulocity child is renamed to the
@@ -84,7 +71,7 @@ wittra_api:
 	}
 	// The project seen is asked about soon; the child, registered before the
 	// name was known or after, ends up named "Freezer 2" with the next data.
-	waitUntil(t, "device list fetched", 30*time.Second, func() bool { return tg.g.names.api.Stats().Devices == 2 })
+	testutil.WaitFor(t, 30*time.Second, "device list fetched", func() bool { return tg.g.names.api.Stats().Devices == 2 })
 	post2 := strings.Replace(body, `"payloadId": "a1B2c3D4e5F6g7H8i9J0"`, `"payloadId": "second-message-0001"`, 1)
 	if code, reply := tg.post(t, "/wittra", post2); code != 200 {
 		t.Fatalf("post: %d %s", code, reply)
@@ -93,7 +80,7 @@ wittra_api:
 		mo, _ := c8y.DeviceBySerial(namesDevice)
 		return mo.Name
 	}
-	waitUntil(t, "child named Freezer 2", 30*time.Second, func() bool { return childName() == "Freezer 2" })
+	testutil.WaitFor(t, 30*time.Second, "child named Freezer 2", func() bool { return childName() == "Freezer 2" })
 
 	// Renamed in Wittra: the next refresh and message carry it over.
 	api.SetDevices(namesProject, []map[string]any{wittrafake.Device(namesDevice, "Freezer 2 (moved)", "tag")})
@@ -102,22 +89,17 @@ wittra_api:
 	if code, reply := tg.post(t, "/wittra", post3); code != 200 {
 		t.Fatalf("post: %d %s", code, reply)
 	}
-	waitUntil(t, "child renamed", 30*time.Second, func() bool { return childName() == "Freezer 2 (moved)" })
+	testutil.WaitFor(t, 30*time.Second, "child renamed", func() bool { return childName() == "Freezer 2 (moved)" })
 
 	// Metrics.
-	resp, err := http.Get("http://" + admin + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	metrics, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if v := metricValue(string(metrics), "wittra_gateway_wittra_api_devices"); v != 1 {
+	_, metrics := httpGet(t, "http://"+admin+"/metrics")
+	if v := metricValue(metrics, "wittra_gateway_wittra_api_devices"); v != 1 {
 		t.Errorf("wittra_api_devices = %v, want 1", v)
 	}
-	if v := metricValue(string(metrics), "wittra_gateway_wittra_api_last_success_timestamp_seconds"); v < float64(time.Now().Add(-time.Hour).Unix()) {
+	if v := metricValue(metrics, "wittra_gateway_wittra_api_last_success_timestamp_seconds"); v < float64(time.Now().Add(-time.Hour).Unix()) {
 		t.Errorf("wittra_api_last_success = %v", v)
 	}
-	if v := metricValue(string(metrics), "wittra_gateway_wittra_api_refresh_errors_total"); v != 0 {
+	if v := metricValue(metrics, "wittra_gateway_wittra_api_refresh_errors_total"); v != 0 {
 		t.Errorf("wittra_api_refresh_errors_total = %v", v)
 	}
 
@@ -220,10 +202,7 @@ func TestWittraAPIConfig(t *testing.T) {
 
 // The commented wittra_api section of config.example.yaml is a valid config.
 func TestWittraAPIExampleConfig(t *testing.T) {
-	b, err := os.ReadFile("../../config.example.yaml")
-	if err != nil {
-		t.Fatal(err)
-	}
+	b := testutil.ReadFile(t, "../../config.example.yaml")
 	var lines []string
 	in := false
 	for _, l := range strings.Split(string(b), "\n") {

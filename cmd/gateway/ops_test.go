@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"wittra-gateway/internal/testutil"
+
 	paho "github.com/eclipse/paho.mqtt.golang"
 	"github.com/rs/zerolog"
 )
@@ -41,7 +43,7 @@ func TestMetricsMoveAndReadinessFlips(t *testing.T) {
 	if code, body := httpGet(t, admin+"/readyz"); code != 200 {
 		t.Fatalf("/readyz = %d %s", code, body)
 	}
-	sub := subscribe(t, tg.broker, "wittra/+/+/data")
+	sub := testutil.Subscribe(t, tg.broker, "wittra/+/+/data", 1, testutil.SubscriberOptions{})
 	for i := range 3 {
 		req, _ := http.NewRequest("POST", tg.webhook+"/wittra", strings.NewReader(`{"deviceId":"D1","payloadId":"m`+strconv.Itoa(i)+`"}`))
 		req.Header.Set("Content-Type", "application/json")
@@ -57,14 +59,10 @@ func TestMetricsMoveAndReadinessFlips(t *testing.T) {
 		sub.Next(t, 5*time.Second)
 	}
 	var text string
-	deadline := time.Now().Add(5 * time.Second)
-	for {
+	testutil.Poll(5*time.Second, func() bool { // checked below
 		_, text = httpGet(t, admin+"/metrics")
-		if metricValue(text, `wittra_gateway_queue_depth_messages{sink="local"}`) == 0 || time.Now().After(deadline) {
-			break
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return metricValue(text, `wittra_gateway_queue_depth_messages{sink="local"}`) == 0
+	})
 	for name, want := range map[string]float64{
 		`wittra_gateway_messages_accepted_total{route="/wittra"}`:           3,
 		`wittra_gateway_webhook_requests_total{code="200",route="/wittra"}`: 3,

@@ -72,20 +72,17 @@ sinks: [{name: local, type: broker}]
 		if err := p.Cmd.Process.Signal(syscall.SIGHUP); err != nil {
 			t.Fatal(err)
 		}
-		deadline := time.Now().Add(15 * time.Second)
-		for {
-			out, _ := os.ReadFile(logPath)
-			if strings.Count(string(out), msg) >= n {
-				return string(out)
-			}
-			if p.Exited() {
-				t.Fatalf("the gateway exited on SIGHUP: %v\n%s", p.Err, out)
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("no %q line after SIGHUP:\n%s", msg, out)
-			}
-			time.Sleep(20 * time.Millisecond)
+		var out []byte
+		if !testutil.Poll(15*time.Second, func() bool {
+			out, _ = os.ReadFile(logPath)
+			return strings.Count(string(out), msg) >= n || p.Exited()
+		}) {
+			t.Fatalf("no %q line after SIGHUP:\n%s", msg, out)
 		}
+		if strings.Count(string(out), msg) < n {
+			t.Fatalf("the gateway exited on SIGHUP: %v\n%s", p.Err, out)
+		}
+		return string(out)
 	}
 
 	write("old-token", "info", "64MiB", `[{username: alice, password: a-pass}]`)

@@ -22,6 +22,7 @@ import (
 
 	"wittra-gateway/bridge"
 	"wittra-gateway/buffer"
+	"wittra-gateway/internal/clock"
 	"wittra-gateway/sinks"
 	"wittra-gateway/sinks/broker"
 	"wittra-gateway/sinks/cumulocity"
@@ -532,21 +533,14 @@ func (g *gateway) watchdog(ctx context.Context) {
 	if err != nil || interval <= 0 {
 		return
 	}
-	t := time.NewTicker(interval / 3)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
+	clock.Every(ctx.Done(), interval/3, func() {
+		pctx, cancel := context.WithTimeout(ctx, interval/3)
+		err := g.queue.Ping(pctx)
+		cancel()
+		if err != nil {
+			g.log.Error().Err(err).Msg("queue not answering: withholding the watchdog ping")
 			return
-		case <-t.C:
-			pctx, cancel := context.WithTimeout(ctx, interval/3)
-			err := g.queue.Ping(pctx)
-			cancel()
-			if err != nil {
-				g.log.Error().Err(err).Msg("queue not answering: withholding the watchdog ping")
-				continue
-			}
-			daemon.SdNotify(false, daemon.SdNotifyWatchdog)
 		}
-	}
+		daemon.SdNotify(false, daemon.SdNotifyWatchdog)
+	})
 }

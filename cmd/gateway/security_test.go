@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"wittra-gateway/internal/testpki"
+	"wittra-gateway/internal/testutil"
 )
 
 // writeSelfSigned writes a certificate for 127.0.0.1 with the given
@@ -62,16 +63,10 @@ func TestHTTPSWithCertificateReload(t *testing.T) {
 	}
 
 	pool2 := writeSelfSigned(t, certFile, keyFile, "second")
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		code, cn, err := postTLS(pool2)
-		if err == nil && code == 200 && cn == "second" {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("renewed certificate not served after 5 s: %d %q %v", code, cn, err)
-		}
-		time.Sleep(200 * time.Millisecond)
+	var code int
+	var cn string
+	if !testutil.Poll(5*time.Second, func() bool { code, cn, err = postTLS(pool2); return err == nil && code == 200 && cn == "second" }) {
+		t.Fatalf("renewed certificate not served after 5 s: %d %q %v", code, cn, err)
 	}
 }
 

@@ -28,23 +28,14 @@ func TestSubscriberSinkConfig(t *testing.T) {
 }
 
 func TestSubscriberSinkConfigErrors(t *testing.T) {
-	tests := []struct {
-		name  string
-		yaml  string
-		parts []string
-	}{
-		{"ClientIDRequired", "sinks: [{name: h, type: subscriber}]", []string{"sinks[0].client_id", "required"}},
-		{"ClientIDUnique", "sinks: [{name: a, type: subscriber, client_id: h}, {name: b, type: subscriber, client_id: h}]", []string{"sinks[1].client_id", "same client_id as sinks[0]"}},
-		{"NotGatewayID", "gateway: {id: gw1}\nsinks: [{name: h, type: subscriber, client_id: gw1}]", []string{"sinks[0].client_id", "gateway's own id"}},
-		{"RetainRefused", "sinks: [{name: h, type: subscriber, client_id: h, retain: true}]", []string{"sinks[0].retain", "not for type subscriber"}},
-		{"QoS0", "sinks: [{name: h, type: subscriber, client_id: h, qos: 0}]", []string{"sinks[0].qos", "1 or 2"}},
-		{"UsernameRequired", "broker: {users: [{username: u, password: p}]}\nsinks: [{name: h, type: subscriber, client_id: h}]", []string{"sinks[0].username", "required"}},
-		{"UsernameUnknown", "broker: {users: [{username: u, password: p}]}\nsinks: [{name: h, type: subscriber, client_id: h, username: x}]", []string{"sinks[0].username", `"x" is not one of broker.users`}},
-		{"BrokerDisabled", "broker: {enabled: false}\nsinks: [{name: h, type: subscriber, client_id: h}]", []string{"sinks[0].type", "broker.enabled"}},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			wantProblem(t, parseErrs(t, tt.yaml+"\n", t.TempDir()), tt.parts...)
-		})
-	}
+	wantProblems(t, []problemCase{
+		{"ClientIDRequired", "sinks: [{name: h, type: subscriber}]\n", []string{"sinks[0].client_id", "required"}},
+		{"ClientIDUnique", "sinks: [{name: a, type: subscriber, client_id: h}, {name: b, type: subscriber, client_id: h}]\n", []string{"sinks[1].client_id", "same client_id as sinks[0]"}},
+		{"NotGatewayID", "gateway: {id: gw1}\nsinks: [{name: h, type: subscriber, client_id: gw1}]\n", []string{"sinks[0].client_id", "gateway's own id"}},
+		{"RetainRefused", "sinks: [{name: h, type: subscriber, client_id: h, retain: true}]\n", []string{"sinks[0].retain", "not for type subscriber"}},
+		{"QoS0", "sinks: [{name: h, type: subscriber, client_id: h, qos: 0}]\n", []string{"sinks[0].qos", "1 or 2"}},
+		{"UsernameRequired", "broker: {users: [{username: u, password: p}]}\nsinks: [{name: h, type: subscriber, client_id: h}]\n", []string{"sinks[0].username", "required"}},
+		{"UsernameUnknown", "broker: {users: [{username: u, password: p}]}\nsinks: [{name: h, type: subscriber, client_id: h, username: x}]\n", []string{"sinks[0].username", `"x" is not one of broker.users`}},
+		{"BrokerDisabled", "broker: {enabled: false}\nsinks: [{name: h, type: subscriber, client_id: h}]\n", []string{"sinks[0].type", "broker.enabled"}},
+	})
 }

@@ -6,7 +6,6 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -82,10 +81,8 @@ sinks:
 	g.StopClean(t, exitTimeout)
 	g = testutil.StartGateway(t, bin, cfgPath, logPath, webhook, brokerAddr)
 	post("away-2")
-	g.Cmd.Process.Signal(syscall.SIGKILL)
-	if !g.WaitExit(10 * time.Second) {
-		t.Fatal("gateway did not die on SIGKILL")
-	}
+	g.Kill9(t)
+	g.WaitKilled(t, 10*time.Second)
 	g = testutil.StartGateway(t, bin, cfgPath, logPath, webhook, brokerAddr)
 	post("away-3")
 

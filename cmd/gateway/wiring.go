@@ -4,6 +4,7 @@ import (
 	"wittra-gateway/bridge"
 	"wittra-gateway/buffer"
 	"wittra-gateway/internal/clock"
+	"wittra-gateway/internal/tlsfiles"
 	"wittra-gateway/sinks/broker"
 	"wittra-gateway/sinks/cumulocity"
 	"wittra-gateway/sinks/mqttclient"
@@ -97,7 +98,7 @@ func mqttConfig(cfg *Config, sc SinkConfig) mqttclient.Config {
 		ClientID:    sc.ClientID,
 		Username:    sc.Username,
 		Password:    sc.Password,
-		TLS:         mqttclient.TLSConfig{CAFile: sc.TLS.CAFile, CertFile: sc.TLS.CertFile, KeyFile: sc.TLS.KeyFile, InsecureSkipVerify: sc.TLS.InsecureSkipVerify},
+		TLS:         tlsfiles.Config(sc.TLS),
 		QoS:         qosByte(sc.QoS),
 		Retain:      sc.Retain,
 		TopicPrefix: sc.TopicPrefix,
@@ -115,7 +116,7 @@ func c8yConfig(cfg *Config, sc SinkConfig) cumulocity.Config {
 		Tenant:     sc.Tenant,
 		Username:   sc.Username,
 		Password:   sc.Password,
-		TLS:        cumulocity.TLSConfig{CAFile: sc.TLS.CAFile, CertFile: sc.TLS.CertFile, KeyFile: sc.TLS.KeyFile, InsecureSkipVerify: sc.TLS.InsecureSkipVerify},
+		TLS:        tlsfiles.Config(sc.TLS),
 		GatewayID:  cfg.Gateway.ID,
 		DeviceName: sc.DeviceName,
 		ClientID:   sc.ClientID, // certificate login only

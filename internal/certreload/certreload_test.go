@@ -12,6 +12,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"wittra-gateway/internal/testpki"
+	"wittra-gateway/internal/testutil"
 )
 
 func TestReloadOnChangeKeepsOldOnBrokenRenewal(t *testing.T) {
@@ -37,17 +38,10 @@ func TestReloadOnChangeKeepsOldOnBrokenRenewal(t *testing.T) {
 
 	// Once the key follows, the new pair is served.
 	testpki.WriteFile(t, keyFile, second.KeyPEM)
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	testutil.WaitFor(t, 10*time.Second, "renewed certificate picked up", func() bool {
 		c, _ := r.GetCertificate(nil)
-		if c.Leaf.SerialNumber.Cmp(second.Cert.SerialNumber) == 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("renewed certificate not picked up")
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+		return c.Leaf.SerialNumber.Cmp(second.Cert.SerialNumber) == 0
+	})
 	if !r.Leaf().NotAfter.Equal(second.Cert.NotAfter) {
 		t.Fatal("Leaf does not describe the reloaded certificate")
 	}
@@ -95,12 +89,7 @@ func TestSlowReloadDoesNotBlockHandshakes(t *testing.T) {
 	reading := make(chan *tls.Certificate, 1)
 	go func() { reading <- r.Current() }() // blocks opening the FIFO
 	// Wait until that call is the one checking.
-	for deadline := time.Now().Add(30 * time.Second); !r.checking.Load(); {
-		if time.Now().After(deadline) {
-			t.Fatal("the reload never started")
-		}
-		time.Sleep(time.Millisecond)
-	}
+	testutil.WaitFor(t, 30*time.Second, "the reload started", r.checking.Load)
 	clock.Add(int64(2 * CheckInterval))
 	served := make(chan *tls.Certificate, 1)
 	go func() { c, _ := r.GetCertificate(nil); served <- c }()

@@ -42,3 +42,35 @@ func (l *List) Add(key, format string, args ...any) { *l = append(*l, Errorf(key
 
 // Err returns the problems joined, or nil.
 func (l List) Err() error { return errors.Join(l...) }
+
+// Repeat reports the index at which value was first seen in a list, when it
+// was; else it records i for it. seen maps values to their first index.
+func Repeat(seen map[string]int, value string, i int) (first int, repeated bool) {
+	if j, ok := seen[value]; ok {
+		return j, true
+	}
+	seen[value] = i
+	return i, false
+}
+
+// Accounts checks a list of logins at key ("users"; a key that starts with
+// "/" is outside the section): each username present and unique, each
+// password present (need says what it must be) and accepted by check.
+// login(i) returns entry i's username and password.
+func (l *List) Accounts(key string, n int, login func(i int) (username, password string), need string, check func(string) error) {
+	seen := map[string]int{}
+	for i := range n {
+		base := fmt.Sprintf("%s[%d]", key, i)
+		user, password := login(i)
+		if user == "" {
+			l.Add(base+".username", "required")
+		} else if j, dup := Repeat(seen, user, i); dup {
+			l.Add(base+".username", "duplicate username (also %s[%d])", strings.TrimPrefix(key, "/"), j)
+		}
+		if password == "" {
+			l.Add(base+".password", "required (%s)", need)
+		} else if err := check(password); err != nil {
+			l.Add(base+".password", "%v", err)
+		}
+	}
+}

@@ -19,6 +19,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 	"github.com/rs/zerolog"
 
+	"wittra-gateway/internal/testutil"
 	"wittra-gateway/sinks"
 )
 
@@ -66,10 +67,7 @@ func startBroker(t *testing.T) *broker {
 // mochi acknowledges before it has handed a publication to subscribers.
 func (b *broker) receivedAtLeast(t *testing.T, n int) []string {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for len(b.received()) < n && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
-	}
+	testutil.Poll(10*time.Second, func() bool { return len(b.received()) >= n })
 	return b.received()
 }
 

@@ -46,8 +46,8 @@ import (
 var (
 	ErrClosed         = errors.New("mqtt publisher closed")
 	ErrNotConnected   = errors.New("no connection in time")
-	ErrConnectionLost = errors.New("connection lost before acknowledgement")
-	ErrAckTimeout     = errors.New("no acknowledgement in time")
+	ErrConnectionLost = sinks.ErrConnectionLost
+	ErrAckTimeout     = sinks.ErrAckTimeout
 )
 
 // Settings that are not configurable.

@@ -8,11 +8,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"path/filepath"
 	"strings"
 	"sync"
 	"time"
+
+	"wittra-gateway/internal/freeport"
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
@@ -61,7 +62,7 @@ func Start(opts Options) (*Cluster, error) {
 	if opts.MQTT {
 		per = 3
 	}
-	ports, err := freePorts(opts.Nodes * per)
+	ports, err := freeport.Ports(opts.Nodes * per)
 	if err != nil {
 		return nil, err
 	}
@@ -252,25 +253,4 @@ func (c *Cluster) Close() {
 		}()
 	}
 	wg.Wait()
-}
-
-// freePorts returns n distinct free loopback ports. The listeners are
-// closed before the servers bind them (a tiny race, accepted in tests).
-func freePorts(n int) ([]int, error) {
-	var out []int
-	var lns []net.Listener
-	defer func() {
-		for _, ln := range lns {
-			ln.Close()
-		}
-	}()
-	for range n {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return nil, err
-		}
-		lns = append(lns, ln)
-		out = append(out, ln.Addr().(*net.TCPAddr).Port)
-	}
-	return out, nil
 }

@@ -16,6 +16,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"wittra-gateway/internal/clock"
 	"wittra-gateway/wittra"
 )
 
@@ -189,16 +190,7 @@ func New(cfg Config) (*Status, error) {
 
 // Run samples every SampleEvery until ctx ends.
 func (s *Status) Run(ctx context.Context) {
-	t := time.NewTicker(s.cfg.SampleEvery)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			s.Sample()
-		}
-	}
+	clock.Every(ctx.Done(), s.cfg.SampleEvery, s.Sample)
 }
 
 // Sample reads the components and appends to the history.

@@ -13,25 +13,14 @@ import (
 	"testing"
 	"time"
 
+	"wittra-gateway/internal/clock"
+
 	"golang.org/x/crypto/bcrypt"
 )
 
-// clock is a settable clock.
-type clock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *clock) now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
-func (c *clock) add(d time.Duration) {
-	c.mu.Lock()
-	c.t = c.t.Add(d)
-	c.mu.Unlock()
-}
-
 // rig is a Status reading a Reading the test sets.
 type rig struct {
-	clk *clock
+	clk *clock.Fake
 	mu  sync.Mutex
 	r   Reading
 	st  *Status
@@ -39,9 +28,9 @@ type rig struct {
 
 func newRig(t *testing.T, cfg Config) *rig {
 	t.Helper()
-	g := &rig{clk: &clock{t: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)}}
+	g := &rig{clk: clock.NewFake(time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC))}
 	g.r.Sinks = []SinkReading{{Name: "a", Type: "mqtt", Link: &LinkReading{Connected: true}}}
-	cfg.Now = g.clk.now
+	cfg.Now = g.clk.Now
 	cfg.Read = func() Reading { g.mu.Lock(); defer g.mu.Unlock(); return g.r }
 	cfg.GatewayID = "gw1"
 	st, err := New(cfg)
@@ -66,7 +55,7 @@ func TestRatesOverTheLastMinuteAndABoundedHistory(t *testing.T) {
 	// 20 intervals of 10 s: 50 accepted and 30 delivered per interval,
 	// depth growing by 20.
 	for i := 1; i <= 20; i++ {
-		g.clk.add(10 * time.Second)
+		g.clk.Advance(10 * time.Second)
 		g.set(func(r *Reading) {
 			r.Intake.Accepted += 50
 			r.Sinks[0].Delivered += 30
@@ -89,17 +78,17 @@ func TestRatesOverTheLastMinuteAndABoundedHistory(t *testing.T) {
 			t.Fatalf("rate history %v, want all 5", rep.Intake.RateHistory)
 		}
 	}
-	if !rep.History.End.Equal(g.clk.now()) || rep.History.IntervalSeconds != 10 || rep.History.SpanSeconds != 60 {
+	if !rep.History.End.Equal(g.clk.Now()) || rep.History.IntervalSeconds != 10 || rep.History.SpanSeconds != 60 {
 		t.Fatalf("history: %+v", rep.History)
 	}
 
 	// Intake stops: the rate falls to 0 within the minute.
-	g.clk.add(30 * time.Second)
+	g.clk.Advance(30 * time.Second)
 	if r := g.st.Report(Query{}).Intake.RatePerSecond; r <= 0 || r >= 5 {
 		t.Fatalf("30 s after the last message: %v", r)
 	}
 	for range 7 {
-		g.clk.add(10 * time.Second)
+		g.clk.Advance(10 * time.Second)
 		g.st.Sample()
 	}
 	if r := g.st.Report(Query{}).Intake.RatePerSecond; r != 0 {
@@ -109,7 +98,7 @@ func TestRatesOverTheLastMinuteAndABoundedHistory(t *testing.T) {
 
 func TestRateRightAfterStart(t *testing.T) {
 	g := newRig(t, Config{})
-	g.clk.add(4 * time.Second)
+	g.clk.Advance(4 * time.Second)
 	g.set(func(r *Reading) { r.Intake.Accepted = 8 })
 	rep := g.st.Report(Query{})
 	if rep.Intake.RatePerSecond != 2 || rep.Gateway.UptimeSeconds != 4 {
@@ -117,7 +106,7 @@ func TestRateRightAfterStart(t *testing.T) {
 	}
 	// A burst a moment after start is not divided by a tiny span.
 	g2 := newRig(t, Config{})
-	g2.clk.add(time.Millisecond)
+	g2.clk.Advance(time.Millisecond)
 	g2.set(func(r *Reading) { r.Intake.Accepted = 3 })
 	if r := g2.st.Report(Query{}).Intake.RatePerSecond; r != 3 {
 		t.Fatalf("burst right after start: %v/s, want 3", r)
@@ -152,7 +141,7 @@ func TestDevicesSearchLimitAndValues(t *testing.T) {
 		t.Fatal(err)
 	}
 	g := newRig(t, Config{})
-	now := g.clk.now()
+	now := g.clk.Now()
 	g.set(func(r *Reading) {
 		r.Devices = []DeviceReading{
 			{ID: "D1", Project: "alpha", Kind: "data", LastSeen: now, Body: body, BodyLen: len(body)},
@@ -205,9 +194,9 @@ func TestPageAndAPI(t *testing.T) {
 		r.Intake.Accepted = 7
 		r.Intake.Replies = map[int]uint64{200: 7, 401: 2}
 		r.Queue = QueueReading{Messages: 4, Bytes: 512, MaxBytes: 2048}
-		r.Sinks[0].Link = &LinkReading{Connected: false, Since: g.clk.now().Add(-90 * time.Second), LastError: "connection refused"}
+		r.Sinks[0].Link = &LinkReading{Connected: false, Since: g.clk.Now().Add(-90 * time.Second), LastError: "connection refused"}
 		r.Sinks[0].Depth = 4
-		r.Devices = []DeviceReading{{ID: "D<1>", Project: "p", LastSeen: g.clk.now()}}
+		r.Devices = []DeviceReading{{ID: "D<1>", Project: "p", LastSeen: g.clk.Now()}}
 	})
 	mux := http.NewServeMux()
 	g.st.Register(mux)

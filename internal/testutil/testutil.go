@@ -8,9 +8,12 @@ import (
 	"bytes"
 	"net"
 	"os"
+	"path/filepath"
 	"sync"
 	"testing"
 	"time"
+
+	"wittra-gateway/internal/freeport"
 
 	"github.com/rs/zerolog"
 )
@@ -65,17 +68,27 @@ func FileTail(path string, limit int) string {
 	return Tail(string(b), limit)
 }
 
+// ReadFile returns the file at the path joined from elem (fixtures,
+// config examples); the test fails if it cannot be read.
+func ReadFile(t testing.TB, elem ...string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(elem...))
+	if err != nil {
+		t.Fatalf("read %s: %v", filepath.Join(elem...), err)
+	}
+	return b
+}
+
 // FreePort returns a free loopback TCP port. The listener is closed before
 // the caller binds it: another process could take it in between (a tiny
 // race, accepted in tests).
 func FreePort(t testing.TB) int {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	ports, err := freeport.Ports(1)
 	if err != nil {
-		t.Fatalf("find a free port: %v", err)
+		t.Fatal(err)
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	return ports[0]
 }
 
 // FreeAddrs returns n distinct free loopback addresses (host:port), with
@@ -106,22 +119,29 @@ func Dialable(addrs ...string) bool {
 	return true
 }
 
-// PollEvery is how often WaitFor checks its condition.
+// PollEvery is how often Poll and WaitFor check their condition.
 const PollEvery = 20 * time.Millisecond
 
+// Poll checks cond until it holds (true) or d has passed (false). Tests
+// assert that something happens, not how fast: pick d generously (the
+// machine may be loaded). A test that wants its own failure message uses
+// it; else WaitFor.
+func Poll(d time.Duration, cond func() bool) bool {
+	for began := time.Now(); !cond(); time.Sleep(PollEvery) {
+		if time.Since(began) > d {
+			return cond()
+		}
+	}
+	return true
+}
+
 // WaitFor polls cond until it holds and returns how long that took; the
-// test fails after d. Tests assert that something happens, not how fast:
-// pick d generously (the machine may be loaded).
+// test fails after d.
 func WaitFor(t testing.TB, d time.Duration, what string, cond func() bool) time.Duration {
 	t.Helper()
 	began := time.Now()
-	for {
-		if cond() {
-			return time.Since(began)
-		}
-		if time.Since(began) > d {
-			t.Fatalf("%s: not within %v", what, d)
-		}
-		time.Sleep(PollEvery)
+	if !Poll(d, cond) {
+		t.Fatalf("%s: not within %v", what, d)
 	}
+	return time.Since(began)
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"wittra-gateway/internal/testpki"
+	"wittra-gateway/internal/testutil"
 	"wittra-gateway/sinks"
 )
 
@@ -260,12 +261,8 @@ func TestServerLifecycle(t *testing.T) {
 
 func waitClients(t *testing.T, srv *Server, want int64) {
 	t.Helper()
-	deadline := time.Now().Add(waitLong)
-	for srv.ClientsConnected() != want {
-		if time.Now().After(deadline) {
-			t.Fatalf("ClientsConnected = %d, want %d", srv.ClientsConnected(), want)
-		}
-		time.Sleep(10 * time.Millisecond)
+	if !testutil.Poll(waitLong, func() bool { return srv.ClientsConnected() == want }) {
+		t.Fatalf("ClientsConnected = %d, want %d", srv.ClientsConnected(), want)
 	}
 }
 
@@ -384,12 +381,8 @@ func TestAuthLog(t *testing.T) {
 	if _, err := dial(t, clientOpts{url: tcpURL(srv), user: "u", pass: "wrong-pw-123"}); err == nil {
 		t.Fatal("connect with a wrong password succeeded")
 	}
-	deadline := time.Now().Add(waitLong)
-	for !strings.Contains(buf.String(), "broker connect refused") {
-		if time.Now().After(deadline) {
-			t.Fatalf("no refusal logged: %s", buf.String())
-		}
-		time.Sleep(10 * time.Millisecond)
+	if !testutil.Poll(waitLong, func() bool { return strings.Contains(buf.String(), "broker connect refused") }) {
+		t.Fatalf("no refusal logged: %s", buf.String())
 	}
 	if strings.Contains(buf.String(), "wrong-pw-123") {
 		t.Fatalf("password logged: %s", buf.String())
@@ -462,11 +455,7 @@ func TestListenerCloseClients(t *testing.T) {
 	if !tcp.IsConnectionOpen() {
 		t.Fatal("tcp client disconnected with the websocket listener's")
 	}
-	deadline := time.Now().Add(waitLong)
-	for ws.IsConnectionOpen() {
-		if time.Now().After(deadline) {
-			t.Fatal("websocket client still connected")
-		}
-		time.Sleep(10 * time.Millisecond)
+	if !testutil.Poll(waitLong, func() bool { return !ws.IsConnectionOpen() }) {
+		t.Fatal("websocket client still connected")
 	}
 }

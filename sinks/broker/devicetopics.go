@@ -25,18 +25,20 @@ type haRun struct {
 // by filter and id).
 var inlineSubIDs atomic.Int64
 
-// startDeviceTopics sets up the state topic and Home Assistant discovery
-// of s, if configured. Discovery configs are kept in the compact retained
+// startDeviceTopics sets up the layout of s: its topics and retain flags
+// and, if configured, the state topic and Home Assistant discovery. Discovery configs are kept in the compact retained
 // store with the sink's caps but no ageing: each is published once per
 // entity, and Home Assistant must find it after any silence.
 func (s *Sink) startDeviceTopics() error {
-	o := s.cfg.Devices
-	o.TopicPrefix, o.GatewayID, o.Values = s.cfg.TopicPrefix, s.cfg.GatewayID, s.cfg.Values
-	t, err := devicetopics.New(o, s.log)
-	if err != nil || t == nil {
+	l, err := devicetopics.NewLayout(s.cfg.Devices, s.cfg.TopicPrefix, s.cfg.GatewayID, s.cfg.Values, s.cfg.Retain, s.log)
+	if err != nil {
 		return err
 	}
-	s.topics = t
+	s.layout = l
+	t := l.Topics
+	if t == nil {
+		return nil
+	}
 	prefix := t.DiscoveryPrefix()
 	if prefix == "" {
 		return nil

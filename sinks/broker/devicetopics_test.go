@@ -82,18 +82,18 @@ func TestHomeAssistantEmbeddedBroker(t *testing.T) {
 		t.Fatalf("publish online: %v", tok.Error())
 	}
 	again := map[string]bool{}
-	for deadline := time.Now().Add(30 * time.Second); len(again) < len(cfgs); {
-		if time.Now().After(deadline) {
-			t.Fatalf("%d of %d configs republished after online", len(again), len(cfgs))
-		}
+	if !testutil.Poll(30*time.Second, func() bool {
 		if r, ok := late.Poll(100 * time.Millisecond); ok && r.Topic != "homeassistant/status" {
 			again[r.Topic] = true
 		}
+		return len(again) >= len(cfgs)
+	}) {
+		t.Fatalf("%d of %d configs republished after online", len(again), len(cfgs))
 	}
 
 	// Silence past the retained max age clears the device's values, never
 	// the discovery configs (Home Assistant needs them after any silence).
-	clk.Add(DefaultRetainMaxAge + time.Hour)
+	clk.Advance(DefaultRetainMaxAge + time.Hour)
 	srv.retained.sweep()
 	after := subscribe(t, mustDial(t, clientOpts{url: url}), "#", 1)
 	left := map[string]bool{}

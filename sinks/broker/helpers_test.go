@@ -3,8 +3,6 @@ package broker
 import (
 	"context"
 	"fmt"
-	"os"
-	"path/filepath"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -19,12 +17,7 @@ import (
 // fixture returns a webhook body from the wittra package's test fixtures
 // (copies of the shared example bodies).
 func fixture(t *testing.T, name string) string {
-	t.Helper()
-	b, err := os.ReadFile(filepath.Join("..", "..", "wittra", "testdata", name))
-	if err != nil {
-		t.Fatalf("read fixture: %v", err)
-	}
-	return string(b)
+	return string(testutil.ReadFile(t, "..", "..", "wittra", "testdata", name))
 }
 
 const (

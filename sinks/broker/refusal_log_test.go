@@ -46,12 +46,8 @@ func TestRefusalLog(t *testing.T) {
 	}
 	waitLines := func(msg string, n int) []string {
 		t.Helper()
-		deadline := time.Now().Add(waitLong)
-		for len(lines(msg)) < n {
-			if time.Now().After(deadline) {
-				t.Fatalf("want %d lines %q, log:\n%s", n, msg, buf.String())
-			}
-			time.Sleep(10 * time.Millisecond)
+		if !testutil.Poll(waitLong, func() bool { return len(lines(msg)) >= n }) {
+			t.Fatalf("want %d lines %q, log:\n%s", n, msg, buf.String())
 		}
 		return lines(msg)
 	}

@@ -4,6 +4,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"wittra-gateway/internal/lru"
 )
 
 // Retained values of the gateway's own topics live here, not in mochi.
@@ -91,13 +93,13 @@ type retainedEntry struct {
 // retainedDevice is the retained topics under one device key. It sits on
 // its store's list, oldest heard of first, unless pinned.
 type retainedDevice struct {
-	key        string
-	heard      int64 // unix nanoseconds of the last retained publish
-	prev, next *retainedDevice
-	entries    []retainedEntry
-	qos        byte
-	pinned     bool
-	gone       bool // removed from the store (a snapshot may still hold it)
+	key     string
+	heard   int64 // unix nanoseconds of the last retained publish
+	links   lru.Links[retainedDevice]
+	entries []retainedEntry
+	qos     byte
+	pinned  bool
+	gone    bool // removed from the store (a snapshot may still hold it)
 }
 
 func (d *retainedDevice) topic(e *retainedEntry) string {
@@ -121,11 +123,10 @@ type retainedStore struct {
 	now    func() time.Time
 
 	mu       sync.Mutex
-	devices  map[string]*retainedDevice // bound: policy.MaxTopics topics (each device has one)
-	pinned   map[string]bool            // topics exempt from the bounds; a few status topics
-	interned map[string]string          // bound: maxInterned
-	head     *retainedDevice            // heard of longest ago
-	tail     *retainedDevice
+	devices  map[string]*retainedDevice                // bound: policy.MaxTopics topics (each device has one)
+	pinned   map[string]bool                           // topics exempt from the bounds; a few status topics
+	interned map[string]string                         // bound: maxInterned
+	order    lru.List[retainedDevice, *retainedDevice] // unpinned devices, heard of longest ago first
 	stats    RetainedStats
 }
 
@@ -179,7 +180,7 @@ func (s *retainedStore) pin(topic string) {
 	s.pinned[topic] = true
 	key, _ := s.split(topic)
 	if d := s.devices[key]; d != nil && !d.pinned {
-		s.unlink(d)
+		s.order.Remove(d)
 		d.pinned = true
 	}
 }
@@ -206,8 +207,7 @@ func (s *retainedStore) set(topic string, payload []byte, qos byte) []clearedTop
 	d.qos = qos
 	d.heard = s.now().UnixNano()
 	if !d.pinned {
-		s.unlink(d)
-		s.pushBack(d)
+		s.order.MoveToBack(d)
 	}
 	i := d.find(suffix)
 	if i < 0 {
@@ -243,7 +243,7 @@ func (d *retainedDevice) find(suffix string) int {
 func (s *retainedStore) enforceCaps(keep *retainedDevice) []clearedTopic {
 	var out []clearedTopic
 	for s.stats.Topics > s.policy.MaxTopics || s.stats.Bytes > s.policy.MaxBytes {
-		d := s.head
+		d := s.order.Front()
 		if d == nil || d == keep {
 			break
 		}
@@ -263,7 +263,7 @@ func (s *retainedStore) sweep() []clearedTopic {
 	}
 	cutoff := s.now().Add(-s.policy.MaxAge).UnixNano()
 	var out []clearedTopic
-	for d := s.head; d != nil && d.heard < cutoff; d = s.head {
+	for d := s.order.Front(); d != nil && d.heard < cutoff; d = s.order.Front() {
 		s.stats.ExpiredDevices++
 		s.stats.ExpiredTopics += uint64(len(d.entries))
 		out = s.removeDevice(d, out)
@@ -301,39 +301,15 @@ func (s *retainedStore) removeDevice(d *retainedDevice, out []clearedTopic) []cl
 
 func (s *retainedStore) dropDevice(d *retainedDevice) {
 	if !d.pinned {
-		s.unlink(d)
+		s.order.Remove(d)
 	}
 	delete(s.devices, d.key)
 	d.gone = true
 	s.stats.Devices--
 }
 
-func (s *retainedStore) pushBack(d *retainedDevice) {
-	d.prev, d.next = s.tail, nil
-	if s.tail != nil {
-		s.tail.next = d
-	} else {
-		s.head = d
-	}
-	s.tail = d
-}
-
-func (s *retainedStore) unlink(d *retainedDevice) {
-	if d.prev == nil && s.head != d {
-		return // not on the list
-	}
-	if d.prev != nil {
-		d.prev.next = d.next
-	} else {
-		s.head = d.next
-	}
-	if d.next != nil {
-		d.next.prev = d.prev
-	} else {
-		s.tail = d.prev
-	}
-	d.prev, d.next = nil, nil
-}
+// Links places d on its store's list (lru.Element).
+func (d *retainedDevice) Links() *lru.Links[retainedDevice] { return &d.links }
 
 // has reports whether topic holds a retained value.
 func (s *retainedStore) has(topic string) bool {

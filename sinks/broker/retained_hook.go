@@ -6,6 +6,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"wittra-gateway/internal/clock"
+
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
 	"github.com/rs/zerolog"
@@ -211,16 +213,7 @@ func (h *retainedHook) sweep() {
 
 // sweepLoop runs sweep every interval until done closes.
 func (h *retainedHook) sweepLoop(interval time.Duration, done <-chan struct{}) {
-	t := time.NewTicker(interval)
-	defer t.Stop()
-	for {
-		select {
-		case <-t.C:
-			h.sweep()
-		case <-done:
-			return
-		}
-	}
+	clock.Every(done, interval, h.sweep)
 }
 
 func (h *retainedHook) stats() RetainedStats {

@@ -3,7 +3,6 @@ package broker
 import (
 	"fmt"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -11,29 +10,12 @@ import (
 	paho "github.com/eclipse/paho.mqtt.golang"
 	"github.com/rs/zerolog"
 
+	"wittra-gateway/internal/clock"
 	"wittra-gateway/internal/testutil"
 	"wittra-gateway/sinks"
 )
 
-// clock is a settable time source for retained ageing.
-type clock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func newClock() *clock { return &clock{t: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)} }
-
-func (c *clock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *clock) Add(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = c.t.Add(d)
-}
+func newClock() *clock.Fake { return clock.NewFake(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)) }
 
 // tagBody is a Wittra tag message whose values depend on n, so a newer
 // message changes every value topic.
@@ -174,12 +156,8 @@ func TestRetainedQoS(t *testing.T) {
 				}
 			}
 			// The acks arrive after the last message; poll for them.
-			deadline := time.Now().Add(waitLong)
-			for atomic.LoadInt64(&srv.mochi.Info.Inflight) != 0 {
-				if time.Now().After(deadline) {
-					t.Fatalf("inflight = %d after the client acked, want 0", atomic.LoadInt64(&srv.mochi.Info.Inflight))
-				}
-				time.Sleep(10 * time.Millisecond)
+			if !testutil.Poll(waitLong, func() bool { return atomic.LoadInt64(&srv.mochi.Info.Inflight) == 0 }) {
+				t.Fatalf("inflight = %d after the client acked, want 0", atomic.LoadInt64(&srv.mochi.Info.Inflight))
 			}
 		})
 	}
@@ -215,12 +193,8 @@ func TestRetainedInflight(t *testing.T) {
 	for _, m := range held {
 		m.Ack()
 	}
-	deadline := time.Now().Add(waitLong)
-	for atomic.LoadInt64(&srv.mochi.Info.Inflight) != 0 {
-		if time.Now().After(deadline) {
-			t.Fatalf("inflight after the acks = %d, want 0", atomic.LoadInt64(&srv.mochi.Info.Inflight))
-		}
-		time.Sleep(10 * time.Millisecond)
+	if !testutil.Poll(waitLong, func() bool { return atomic.LoadInt64(&srv.mochi.Info.Inflight) == 0 }) {
+		t.Fatalf("inflight after the acks = %d, want 0", atomic.LoadInt64(&srv.mochi.Info.Inflight))
 	}
 }
 
@@ -336,14 +310,14 @@ func TestRetainedExpiry(t *testing.T) {
 	s, _ := newSink(t, srv, SinkConfig{Values: true, Retain: true, RetainPolicy: RetainPolicy{MaxAge: time.Hour}})
 	silent := msg(testProject, "D1", sinks.KindData, tagBody(1))
 	publish(t, s, silent)
-	clk.Add(50 * time.Minute)
+	clk.Advance(50 * time.Minute)
 	alive := msg(testProject, "D2", sinks.KindData, tagBody(2))
 	publish(t, s, alive)
 
 	live := subscribe(t, mustDial(t, clientOpts{url: tcpURL(srv)}), "wittra/"+testProject+"/D1/#", 1)
 	live.collect(t, expected(t, silent))
 
-	clk.Add(11 * time.Minute) // D1 silent 61 min, D2 11 min
+	clk.Advance(11 * time.Minute) // D1 silent 61 min, D2 11 min
 	srv.retained.sweep()
 
 	// Live subscribers are told: an empty publish per cleared topic.
@@ -367,7 +341,7 @@ func TestRetainedExpiry(t *testing.T) {
 	}
 
 	// The status topic never expires, however long the gateway runs.
-	clk.Add(1000 * time.Hour)
+	clk.Advance(1000 * time.Hour)
 	srv.retained.sweep()
 	subscribe(t, mustDial(t, clientOpts{url: tcpURL(srv)}), statusTopic, 1).collect(t, map[string]string{statusTopic: "online"})
 }
@@ -390,23 +364,23 @@ func TestRetainedCap(t *testing.T) {
 	per := len(expected(t, dev(0))) // topics per device
 	fit := (MinRetainMaxTopics - 1) / per
 	for i := 0; i < fit; i++ { // the status topic and fit devices fit
-		clk.Add(time.Second)
+		clk.Advance(time.Second)
 		publish(t, s, dev(i))
 	}
 	if st := srv.RetainedStats(); st.EvictedDevices != 0 || st.Topics != 1+fit*per {
 		t.Fatalf("before the cap: %+v, want %d topics, nothing evicted", st, 1+fit*per)
 	}
-	clk.Add(time.Second)
+	clk.Advance(time.Second)
 	publish(t, s, dev(1)) // heard again: D00 is now the oldest heard of
 	live := subscribe(t, mustDial(t, clientOpts{url: tcpURL(srv)}), "wittra/"+testProject+"/D00/temperature", 1)
 	live.Next(t, waitLong)
 
-	clk.Add(time.Second)
+	clk.Advance(time.Second)
 	publish(t, s, dev(fit)) // one device too many
 	if r := live.Next(t, waitLong); r.Payload != "" {
 		t.Fatalf("evicted topic got %+v, want an empty publish", r)
 	}
-	clk.Add(time.Second)
+	clk.Advance(time.Second)
 	publish(t, s, dev(fit+1)) // and another: D02 goes (D01 was heard after it)
 	st := srv.RetainedStats()
 	if st.EvictedDevices != 2 || st.EvictedTopics != uint64(2*per) || st.Topics > MinRetainMaxTopics {
@@ -462,14 +436,14 @@ func TestRetainedStoreBounds(t *testing.T) {
 	st.set("p/gateway/gw/status", []byte("online"), 1)
 	body := make([]byte, 300)
 	for i := 0; i < 3; i++ {
-		clk.Add(time.Minute)
+		clk.Advance(time.Minute)
 		if cleared := st.set(fmt.Sprintf("p/J/D%d/data", i), body, 1); len(cleared) != 0 {
 			t.Fatalf("device %d: cleared %v below the cap", i, cleared)
 		}
 	}
-	clk.Add(time.Minute)
+	clk.Advance(time.Minute)
 	st.set("p/J/D0/temperature", []byte("21.5"), 1) // D0 heard again: D1 is the oldest now
-	clk.Add(time.Minute)
+	clk.Advance(time.Minute)
 	cleared := st.set("p/J/D3/data", body, 1) // 6+4+4×300 > 1000
 	if len(cleared) != 1 || cleared[0].topic != "p/J/D1/data" {
 		t.Fatalf("cleared %v, want p/J/D1/data (heard of longest ago)", cleared)
@@ -479,12 +453,12 @@ func TestRetainedStoreBounds(t *testing.T) {
 	}
 
 	// Ageing: D2 last heard 3 min after the start, D0 at 4, D3 at 5.
-	clk.Add(time.Hour - time.Minute) // now start+64m: D2 61 min silent, D0 exactly 60
+	clk.Advance(time.Hour - time.Minute) // now start+64m: D2 61 min silent, D0 exactly 60
 	got := st.sweep()
 	if len(got) != 1 || got[0].topic != "p/J/D2/data" {
 		t.Fatalf("sweep cleared %v, want p/J/D2/data", got)
 	}
-	clk.Add(1000 * time.Hour)
+	clk.Advance(1000 * time.Hour)
 	got = st.sweep()
 	if len(got) != 3 || !st.has("p/gateway/gw/status") || st.has("p/J/D0/temperature") {
 		t.Fatalf("sweep cleared %v; want D0's two topics and D3's, never the pinned status", got)

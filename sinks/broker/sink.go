@@ -46,12 +46,7 @@ type Sink struct {
 	status string
 	log    zerolog.Logger
 
-	pubs []sinks.Publication // reused across messages; Publish is not concurrent
-	// guard keeps retained values from going back in time; nil without
-	// Retain.
-	guard *sinks.RetainGuard
-
-	topics *devicetopics.Topics // state topic and discovery; nil when off
+	layout *devicetopics.Layout // topics, retain flags, state and discovery; Publish is not concurrent
 	ha     haRun                // Home Assistant status subscription (devicetopics.go)
 
 	mu     sync.Mutex
@@ -76,9 +71,6 @@ func NewSink(srv *Server, cfg SinkConfig, log zerolog.Logger) (*Sink, error) {
 		cfg:    cfg,
 		status: sinks.StatusTopic(cfg.TopicPrefix, cfg.GatewayID),
 		log:    log.With().Str("component", "broker").Str("sink", cfg.Name).Logger(),
-	}
-	if cfg.Retain {
-		s.guard = sinks.NewRetainGuard(0)
 	}
 	srv.reserve(cfg.TopicPrefix)
 	srv.ownRetained(cfg.TopicPrefix, cfg.RetainPolicy, s.status)
@@ -127,7 +119,7 @@ func (s *Sink) Name() string { return s.cfg.Name }
 func (s *Sink) Publish(ctx context.Context, msgs []sinks.Message) (n int, err error) {
 	defer func() {
 		if err != nil {
-			s.topics.Undelivered(msgs[n:])
+			s.layout.Topics.Undelivered(msgs[n:])
 		}
 	}()
 	s.mu.Lock()
@@ -140,43 +132,24 @@ func (s *Sink) Publish(ctx context.Context, msgs []sinks.Message) (n int, err er
 		if err := ctx.Err(); err != nil {
 			return i, err
 		}
-		pubs, verr := sinks.Publications(s.pubs[:0], s.cfg.TopicPrefix, m, s.cfg.Values)
-		s.guard.Mark(pubs, m) // before Add: state and discovery topics are always retained
-		pubs = s.topics.Add(pubs, m)
-		s.pubs = pubs
-		if verr != nil {
-			s.log.Warn().Err(verr).Uint64("seq", m.Seq).Str("project", m.Project).Str("device", m.Device).
-				Msg("values not published")
-		}
-		for _, p := range pubs {
+		for _, p := range s.layout.Publications(m) {
 			if err := s.srv.publish(p.Topic, p.Payload, p.Retain, publishQoS); err != nil {
-				clear(s.pubs) // don't pin message bodies
+				s.layout.Release() // don't pin message bodies
 				return i, fmt.Errorf("publish %s: %w", p.Topic, err)
 			}
 		}
 	}
-	clear(s.pubs)
+	s.layout.Release()
 	return len(msgs), nil
 }
 
 // SeedRetained tells the retained-value guard about messages published
 // before a restart (sinks.RetainSeeder).
 func (s *Sink) SeedRetained(msgs []sinks.Message) {
-	seedRetained(s.guard, s.cfg.TopicPrefix, s.cfg.Values, msgs)
+	s.layout.Seed(msgs)
 }
 
 var _ sinks.RetainSeeder = (*Sink)(nil)
-
-func seedRetained(g *sinks.RetainGuard, prefix string, values bool, msgs []sinks.Message) {
-	if g == nil {
-		return
-	}
-	var pubs []sinks.Publication
-	for _, m := range msgs {
-		pubs, _ = sinks.Publications(pubs[:0], prefix, m, values)
-		g.Seed(pubs, m)
-	}
-}
 
 // Close publishes the retained status "offline". It leaves the Server
 // running (several sinks may share it) and is a no-op the second time.

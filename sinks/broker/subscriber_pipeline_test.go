@@ -3,7 +3,8 @@ package broker
 import (
 	"context"
 	"testing"
-	"time"
+
+	"wittra-gateway/internal/testutil"
 )
 
 // Publish returns early once everything is written and something is
@@ -32,12 +33,8 @@ func TestSubscriberReturnsEarlyAndKeepsTheRestInFlight(t *testing.T) {
 
 	errc := make(chan error, 1)
 	go func() { errc <- forward(ctx, dur, append(first[n:len(first):len(first)], second...), 100) }()
-	deadline := time.Now().Add(waitLong)
-	for dur.Stats().Sent.Load() < 40 {
-		if time.Now().After(deadline) {
-			t.Fatalf("sent %d of 40 while the client stalls", dur.Stats().Sent.Load())
-		}
-		time.Sleep(5 * time.Millisecond)
+	if !testutil.Poll(waitLong, func() bool { return dur.Stats().Sent.Load() >= 40 }) {
+		t.Fatalf("sent %d of 40 while the client stalls", dur.Stats().Sent.Load())
 	}
 	close(rec.stall)
 	if err := <-errc; err != nil {

@@ -135,7 +135,7 @@ func TestSubscriberSlowClientBurst(t *testing.T) {
 		t.Fatal(err)
 	}
 	viewer := subscribe(t, mustDial(t, clientOpts{url: tcpURL(srv)}), "wittra/p/dev00/data", 0)
-	waitFor(t, "durable client connected", dur.Connected)
+	testutil.WaitFor(t, 20*time.Second, "durable client connected", dur.Connected)
 
 	const devices, perDevice = 10, 1000 // 10,000 > 8,192
 	msgs := deviceMsgs(devices, perDevice)
@@ -145,7 +145,7 @@ func TestSubscriberSlowClientBurst(t *testing.T) {
 	go func() { errc <- forward(ctx, dur, msgs, 1000) }()
 	publish(t, local, msgs[:devices]...) // one message per device through the ordinary fan-out
 
-	waitFor(t, "the client stalled", func() bool { return rec.count() >= 50 })
+	testutil.WaitFor(t, 20*time.Second, "the client stalled", func() bool { return rec.count() >= 50 })
 	time.Sleep(3 * time.Second) // not reading: the window fills, the rest waits
 	if n := dur.Stats().Sent.Load(); n > uint64(DefaultWindow+50) {
 		t.Fatalf("sent %d publications to a stalled client, window %d", n, DefaultWindow)
@@ -220,7 +220,7 @@ func TestSubscriberTakeover(t *testing.T) {
 	if _, err := dialDurable(t, srv, durableID, "historian", "h-pass", "wittra/+/+/data", first); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "durable client connected", dur.Connected)
+	testutil.WaitFor(t, 20*time.Second, "durable client connected", dur.Connected)
 
 	for _, who := range []struct{ user, pass string }{{"other", "o-pass"}, {"", ""}} {
 		_, err := dialDurable(t, srv, durableID, who.user, who.pass, "wittra/#", &durableRecorder{})
@@ -237,7 +237,7 @@ func TestSubscriberTakeover(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	go func() { errc <- forward(ctx, dur, msgs, 1000) }()
-	waitFor(t, "first connection received one", func() bool { return first.count() == 1 })
+	testutil.WaitFor(t, 20*time.Second, "first connection received one", func() bool { return first.count() == 1 })
 
 	second := &durableRecorder{}
 	if _, err := dialDurable(t, srv, durableID, "historian", "h-pass", "wittra/+/+/data", second); err != nil {
@@ -283,8 +283,8 @@ func TestDropsOfOrdinarySubscriberReported(t *testing.T) {
 	publish(t, local, deviceMsgs(10, 1000)...)
 	publish(t, local, deviceMsgs(10, 1000)...)
 	t.Logf("published in %v; dropped %d, by client %v", time.Since(t0), srv.Dropped(), srv.DroppedByClient())
-	waitFor(t, "drops counted for slow-viewer", func() bool { return srv.DroppedByClient()["slow-viewer"] > 0 })
-	waitFor(t, "drop report logged", func() bool {
+	testutil.WaitFor(t, 20*time.Second, "drops counted for slow-viewer", func() bool { return srv.DroppedByClient()["slow-viewer"] > 0 })
+	testutil.WaitFor(t, 20*time.Second, "drop report logged", func() bool {
 		return strings.Contains(buf.String(), `"client":"slow-viewer"`) && strings.Contains(buf.String(), "type subscriber")
 	})
 	if strings.Contains(buf.String(), mochiQuotaMsg) {
@@ -346,18 +346,6 @@ func TestDurableCovers(t *testing.T) {
 	}
 }
 
-// waitFor polls cond until it holds, failing after a generous time.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within 20 s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 // A client that subscribes to data and then, in a second SUBSCRIBE, to
 // events loses no event in between: an unmatched message waits for the
 // settle time before it is skipped.
@@ -381,7 +369,7 @@ func TestSubscriberSecondSubscribeWithinSettle(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "first data message", func() bool { return rec.count() >= 1 })
+	testutil.WaitFor(t, 20*time.Second, "first data message", func() bool { return rec.count() >= 1 })
 	if tok := c.Subscribe("wittra/+/+/event", 1, rec.handle); !tok.WaitTimeout(waitLong) || tok.Error() != nil {
 		t.Fatalf("subscribe events: %v", tok.Error())
 	}

@@ -58,21 +58,10 @@ func (l Listener) validate(base string, errs *field.List) {
 }
 
 func validateUsers(users []User, errs *field.List) {
-	seen := map[string]int{}
+	errs.Accounts("users", len(users), func(i int) (string, string) { return users[i].Username, users[i].Password },
+		"password or password_file", CheckPassword)
 	for i, u := range users {
 		base := fmt.Sprintf("users[%d]", i)
-		if u.Username == "" {
-			errs.Add(base+".username", "required")
-		} else if j, dup := seen[u.Username]; dup {
-			errs.Add(base+".username", "duplicate username (also users[%d])", j)
-		} else {
-			seen[u.Username] = i
-		}
-		if u.Password == "" {
-			errs.Add(base+".password", "required (password or password_file)")
-		} else if err := CheckPassword(u.Password); err != nil {
-			errs.Add(base+".password", "%v", err)
-		}
 		for j, f := range u.Subscribe {
 			if err := CheckFilter(f); err != nil {
 				errs.Add(fmt.Sprintf("%s.subscribe[%d]", base, j), "not a valid topic filter: %v", err)

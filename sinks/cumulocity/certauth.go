@@ -21,6 +21,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"wittra-gateway/internal/certreload"
+	"wittra-gateway/internal/clock"
 )
 
 // Certificate login (X.509 device certificates, as thin-edge.io uses).
@@ -243,16 +244,7 @@ func (s *Sink) checkExpiry() {
 }
 
 func (s *Sink) watchExpiry() {
-	t := time.NewTicker(expiryCheckEvery)
-	defer t.Stop()
-	for {
-		select {
-		case <-t.C:
-			s.checkExpiry()
-		case <-s.closeCtx.Done():
-			return
-		}
-	}
+	clock.Every(s.closeCtx.Done(), expiryCheckEvery, s.checkExpiry)
 }
 
 // Connected reports whether the sink can reach Cumulocity now: in mqtt

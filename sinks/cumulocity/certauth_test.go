@@ -150,7 +150,7 @@ func TestCertMQTTRefusedThenRotated(t *testing.T) {
 			if len(p.f.Measurements()) != 0 {
 				t.Fatal("data stored without a valid certificate")
 			}
-			waitFor(t, "the fake's record of the refusal ("+tc.reason+")", 10*time.Second, func() bool {
+			testutil.WaitFor(t, 10*time.Second, "the fake's record of the refusal ("+tc.reason+")", func() bool {
 				for _, e := range p.f.Errors() {
 					if strings.Contains(e.Text, tc.reason) {
 						return true
@@ -158,7 +158,7 @@ func TestCertMQTTRefusedThenRotated(t *testing.T) {
 				}
 				return false
 			})
-			waitFor(t, "the sink's log of why it cannot connect", 10*time.Second, func() bool {
+			testutil.WaitFor(t, 10*time.Second, "the sink's log of why it cannot connect", func() bool {
 				return strings.Contains(p.log.String(), "cannot connect to Cumulocity")
 			})
 
@@ -181,7 +181,7 @@ func TestCertMQTTRotationWhileConnected(t *testing.T) {
 	deliverAll(t, s, dataMessages(t, 2), 20*time.Second)
 
 	renewed := p.device(t, p.tenant, testGateway, validFor(400*24*time.Hour))
-	waitFor(t, "expiry of the renewed certificate", 10*time.Second, func() bool {
+	testutil.WaitFor(t, 10*time.Second, "expiry of the renewed certificate", func() bool {
 		exp, _ := s.CertificateExpiry()
 		return exp.Equal(renewed.Cert.NotAfter)
 	})

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"wittra-gateway/internal/testutil"
 	"wittra-gateway/sinks"
 )
 
@@ -33,7 +34,7 @@ func TestUnsureReceiveTimeIsNeverSent(t *testing.T) {
 			corrected := time.Date(2027, 3, 1, 11, 45, 0, 0, time.UTC)
 			m.Received, m.ReceivedUnsure = corrected, false
 			deliverAll(t, s, []sinks.Message{m}, 20*time.Second)
-			waitFor(t, "the measurement", 10*time.Second, func() bool { return len(f.Measurements()) == 1 })
+			testutil.WaitFor(t, 10*time.Second, "the measurement", func() bool { return len(f.Measurements()) == 1 })
 			if got := f.Measurements()[0].Time; !got.Equal(corrected) {
 				t.Fatalf("measurement time = %v, want the corrected receive time %v", got, corrected)
 			}

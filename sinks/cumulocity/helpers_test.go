@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -32,12 +31,7 @@ const (
 
 // fixture returns a shared example webhook body.
 func fixture(t testing.TB, name string) []byte {
-	t.Helper()
-	b, err := os.ReadFile(filepath.Join("..", "..", "testdata", name))
-	if err != nil {
-		t.Fatalf("read fixture: %v", err)
-	}
-	return b
+	return testutil.ReadFile(t, "..", "..", "testdata", name)
 }
 
 var seq atomic.Uint64
@@ -57,12 +51,6 @@ func message(t testing.TB, body []byte) sinks.Message {
 		m.Kind = sinks.KindEvent
 	}
 	return m
-}
-
-// testLogger logs to a buffer that is printed when the test fails.
-func testLogger(t testing.TB) zerolog.Logger {
-	log, _ := testutil.Logger(t)
-	return log
 }
 
 func startFake(t testing.TB) *c8yfake.Server {
@@ -95,7 +83,8 @@ func newSink(t testing.TB, f *c8yfake.Server, mode string, mod func(*Config)) *S
 	if mod != nil {
 		mod(&cfg)
 	}
-	s, err := New(cfg, testLogger(t))
+	log, _ := testutil.Logger(t) // printed when the test fails
+	s, err := New(cfg, log)
 	if err != nil {
 		t.Fatalf("new sink: %v", err)
 	}
@@ -235,16 +224,4 @@ func diffLines(got, want []string) string {
 		}
 	}
 	return b.String()
-}
-
-// waitFor polls cond until it holds or the deadline passes.
-func waitFor(t testing.TB, what string, d time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
 }

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"wittra-gateway/internal/testutil"
 	"wittra-gateway/sinks"
 	"wittra-gateway/sinks/cumulocity/c8yfake"
 )
@@ -114,7 +115,7 @@ func TestMQTTAnnouncesOnReconnect(t *testing.T) {
 	s := newSink(t, f, ModeMQTT, nil)
 	deliverAll(t, s, dataMessages(t, 1), 10*time.Second)
 	f.DropConnections()
-	waitFor(t, "second 100", 10*time.Second, func() bool {
+	testutil.WaitFor(t, 10*time.Second, "second 100", func() bool {
 		n := 0
 		for _, r := range f.Registrations() {
 			if r.Op == "100" {

@@ -19,6 +19,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"wittra-gateway/internal/lru"
 	"wittra-gateway/sinks"
 	"wittra-gateway/wittra"
 )
@@ -126,12 +127,11 @@ type Topics struct {
 	log    zerolog.Logger
 
 	mu       sync.Mutex
-	devices  map[devKey]*device // bound: o.MaxDevices
-	head     *device            // heard of longest ago
-	tail     *device
-	interned map[string]string // bound: maxInterned
-	gwSent   bool              // the gateway's own config was published
-	forgot   uint64            // devices forgotten for the bound
+	devices  map[devKey]*device        // bound: o.MaxDevices
+	order    lru.List[device, *device] // heard of longest ago first
+	interned map[string]string         // bound: maxInterned
+	gwSent   bool                      // the gateway's own config was published
+	forgot   uint64                    // devices forgotten for the bound
 
 	online chan struct{} // Home Assistant came online; capacity 1
 	// renamed closes at the Directory's next change (DirectoryNotifier),
@@ -144,10 +144,10 @@ type devKey struct{ project, device string }
 
 // device is what is remembered of one device.
 type device struct {
-	key        devKey
-	prev, next *device
-	keys       []key // sorted by path
-	last       time.Time
+	key   devKey
+	links lru.Links[device]
+	keys  []key // sorted by path
+	last  time.Time
 }
 
 // key is one value key of a device.
@@ -269,41 +269,20 @@ func (t *Topics) info(project, dev string) sinks.DeviceInfo {
 func (t *Topics) device(k devKey) *device {
 	d := t.devices[k]
 	if d == nil {
-		if len(t.devices) >= t.o.MaxDevices && t.head != nil {
-			old := t.head
-			t.unlink(old)
+		if old := t.order.Front(); len(t.devices) >= t.o.MaxDevices && old != nil {
+			t.order.Remove(old)
 			delete(t.devices, old.key)
 			t.forgot++
 		}
 		d = &device{key: devKey{strings.Clone(k.project), strings.Clone(k.device)}}
 		t.devices[d.key] = d
-	} else {
-		t.unlink(d)
 	}
-	// push back
-	d.prev, d.next = t.tail, nil
-	if t.tail != nil {
-		t.tail.next = d
-	} else {
-		t.head = d
-	}
-	t.tail = d
+	t.order.MoveToBack(d)
 	return d
 }
 
-func (t *Topics) unlink(d *device) {
-	if d.prev != nil {
-		d.prev.next = d.next
-	} else if t.head == d {
-		t.head = d.next
-	}
-	if d.next != nil {
-		d.next.prev = d.prev
-	} else if t.tail == d {
-		t.tail = d.prev
-	}
-	d.prev, d.next = nil, nil
-}
+// Links places d on the list of Topics (lru.Element).
+func (d *device) Links() *lru.Links[device] { return &d.links }
 
 // update records v (of a message measured at) on d and returns its key, or
 // nil when d has no room for a new key. A value older than the one held

@@ -2,8 +2,6 @@ package devicetopics_test
 
 import (
 	"encoding/json"
-	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -11,6 +9,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"wittra-gateway/internal/testutil"
 	"wittra-gateway/sinks"
 	"wittra-gateway/sinks/devicetopics"
 	"wittra-gateway/sinks/devicetopics/hatest"
@@ -42,12 +41,7 @@ func (d *directory) set(device string, i sinks.DeviceInfo) {
 }
 
 func fixture(t testing.TB, name string) []byte {
-	t.Helper()
-	b, err := os.ReadFile(filepath.Join("..", "..", "wittra", "testdata", name))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b
+	return testutil.ReadFile(t, "..", "..", "wittra", "testdata", name)
 }
 
 func message(device string, body []byte) sinks.Message {
@@ -358,12 +352,8 @@ func TestRepublishOnOnline(t *testing.T) {
 	count := func() int { mu.Lock(); defer mu.Unlock(); return len(got) }
 	waitCount := func(n int) {
 		t.Helper()
-		deadline := time.Now().Add(30 * time.Second)
-		for count() < n {
-			if time.Now().After(deadline) {
-				t.Fatalf("%d configs republished, want %d", count(), n)
-			}
-			time.Sleep(10 * time.Millisecond)
+		if !testutil.Poll(30*time.Second, func() bool { return count() >= n }) {
+			t.Fatalf("%d configs republished, want %d", count(), n)
 		}
 	}
 	tp.Online([]byte("offline"))

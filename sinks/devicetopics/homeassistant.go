@@ -272,7 +272,7 @@ func (t *Topics) Configs() []sinks.Publication {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	out := []sinks.Publication{t.gatewayConfig()}
-	for d := t.head; d != nil; d = d.next {
+	for d := t.order.Front(); d != nil; d = t.order.Next(d) {
 		info := t.info(d.key.project, d.key.device)
 		for i := range d.keys {
 			if p, ok := t.config(d.key, info, &d.keys[i]); ok {

@@ -22,8 +22,8 @@ import (
 // Errors a Publish or Close can wrap.
 var (
 	ErrClosed         = errors.New("jetstream sink closed")
-	ErrConnectionLost = errors.New("connection lost before acknowledgement")
-	ErrAckTimeout     = errors.New("no acknowledgement in time")
+	ErrConnectionLost = sinks.ErrConnectionLost
+	ErrAckTimeout     = sinks.ErrAckTimeout
 	ErrWrongStream    = errors.New("acknowledged by another stream")
 )
 

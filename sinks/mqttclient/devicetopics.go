@@ -7,7 +7,6 @@ import (
 
 	"wittra-gateway/internal/mqttpub"
 	"wittra-gateway/sinks"
-	"wittra-gateway/sinks/devicetopics"
 )
 
 // errNotConnected ends a republication of discovery configs while the
@@ -15,26 +14,16 @@ import (
 // reconnects).
 var errNotConnected = errors.New("not connected")
 
-// newDeviceTopics sets up the state topic and Home Assistant discovery of
-// s, if configured (before the publisher: its connect hook subscribes).
-func (s *Sink) newDeviceTopics() error {
-	o := s.cfg.Devices
-	o.TopicPrefix, o.GatewayID, o.Values = s.cfg.TopicPrefix, s.cfg.GatewayID, s.cfg.Values
-	t, err := devicetopics.New(o, s.log)
-	s.topics = t
-	return err
-}
-
 // startRepublisher starts the goroutine that republishes the discovery
 // configs when Home Assistant comes online (after the publisher exists).
 func (s *Sink) startRepublisher() {
-	if s.topics.StatusTopic() == "" {
+	if s.layout.Topics.StatusTopic() == "" {
 		return
 	}
 	s.bg.Add(1)
 	go func() {
 		defer s.bg.Done()
-		s.topics.Republish(s.ctx.Done(), s.publishConfig)
+		s.layout.Topics.Republish(s.ctx.Done(), s.publishConfig)
 	}()
 }
 
@@ -42,11 +31,11 @@ func (s *Sink) startRepublisher() {
 // status topic. A refusal is logged, not fatal: configs are then published
 // only when devices are first seen.
 func (s *Sink) subscribeHomeAssistant(ctx context.Context, c *mqttpub.Conn) error {
-	topic := s.topics.StatusTopic()
+	topic := s.layout.Topics.StatusTopic()
 	if topic == "" {
 		return nil
 	}
-	err := c.Subscribe(ctx, topic, 1, func(_ string, payload []byte) { s.topics.Online(payload) })
+	err := c.Subscribe(ctx, topic, 1, func(_ string, payload []byte) { s.layout.Topics.Online(payload) })
 	if err != nil && ctx.Err() == nil {
 		s.log.Warn().Err(err).Str("topic", topic).Msg("cannot subscribe to Home Assistant's status: configs are published only when devices are first seen")
 	}

@@ -47,12 +47,8 @@ func newSink(t testing.TB, cfg Config) (*Sink, *testutil.LogBuffer) {
 
 func waitConnected(t testing.TB, s *Sink) {
 	t.Helper()
-	deadline := time.Now().Add(waitLong)
-	for !s.Connected() {
-		if time.Now().After(deadline) {
-			t.Fatal("sink did not connect")
-		}
-		time.Sleep(10 * time.Millisecond)
+	if !testutil.Poll(waitLong, s.Connected) {
+		t.Fatal("sink did not connect")
 	}
 }
 

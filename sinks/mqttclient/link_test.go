@@ -16,12 +16,8 @@ func TestLinkState(t *testing.T) {
 	s, _ := newSink(t, Config{URL: m.URL()}) // nothing listens yet
 	waitLink := func(what string, ok func() bool) {
 		t.Helper()
-		deadline := time.Now().Add(waitLong)
-		for !ok() {
-			if time.Now().After(deadline) {
-				t.Fatalf("%s: state %+v", what, s.LinkState())
-			}
-			time.Sleep(10 * time.Millisecond)
+		if !testutil.Poll(waitLong, ok) {
+			t.Fatalf("%s: state %+v", what, s.LinkState())
 		}
 	}
 	waitLink("connection refused reported", func() bool { return s.LinkState().LastError != "" })

@@ -35,10 +35,7 @@ type Sink struct {
 	status string // status topic
 	log    zerolog.Logger
 
-	pubs []sinks.Publication // used by Publish only, which the forwarder calls from one goroutine
-
-	guard  *sinks.RetainGuard           // retained values never go back in time; nil without Retain
-	topics *devicetopics.Topics         // state topic and discovery; nil when off
+	layout *devicetopics.Layout         // topics, retain flags, state and discovery; used by Publish from one goroutine
 	conn   atomic.Pointer[mqttpub.Conn] // the connection OnConnect saw last (discovery republication)
 	ctx    context.Context              // ended by Close: stops the republisher and its publications
 	cancel context.CancelFunc
@@ -80,10 +77,9 @@ func New(cfg Config, log zerolog.Logger) (*Sink, error) {
 		log:    log.With().Str("component", "mqttclient").Str("sink", cfg.Name).Logger(),
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
-	if cfg.Retain {
-		s.guard = sinks.NewRetainGuard(0)
-	}
-	if err := s.newDeviceTopics(); err != nil {
+	// before the publisher: its connect hook subscribes for discovery
+	if s.layout, err = devicetopics.NewLayout(cfg.Devices, cfg.TopicPrefix, cfg.GatewayID, cfg.Values, cfg.Retain, s.log); err != nil {
+		s.cancel()
 		return nil, fmt.Errorf("mqtt sink %s: %w", cfg.Name, err)
 	}
 	o.Will = &mqttpub.Message{Topic: s.status, QoS: statusQoS, Retain: true, Payload: []byte("offline")}
@@ -127,7 +123,7 @@ var _ sinks.Linked = (*Sink)(nil)
 func (s *Sink) Publish(ctx context.Context, msgs []sinks.Message) (n int, err error) {
 	defer func() {
 		if err != nil {
-			s.topics.Undelivered(msgs[n:])
+			s.layout.Topics.Undelivered(msgs[n:])
 		}
 	}()
 	if len(msgs) == 0 {
@@ -138,19 +134,12 @@ func (s *Sink) Publish(ctx context.Context, msgs []sinks.Message) (n int, err er
 		return 0, err
 	}
 	defer b.End()
-	defer func() { clear(s.pubs) }() // don't pin message bodies
+	defer s.layout.Release() // don't pin message bodies
 	for i, m := range msgs {
 		if err := ctx.Err(); err != nil {
 			return b.Delivered(), err
 		}
-		pubs, verr := sinks.Publications(s.pubs[:0], s.cfg.TopicPrefix, m, s.cfg.Values)
-		s.guard.Mark(pubs, m) // sets each one's retain flag; before Add: state and discovery topics are always retained
-		pubs = s.topics.Add(pubs, m)
-		s.pubs = pubs
-		if verr != nil {
-			s.log.Warn().Err(verr).Uint64("seq", m.Seq).Str("project", m.Project).Str("device", m.Device).
-				Msg("values not published")
-		}
+		pubs := s.layout.Publications(m)
 		for j, p := range pubs {
 			if err := b.Send(p, i, j == len(pubs)-1); err != nil {
 				return b.Delivered(), err
@@ -166,14 +155,7 @@ func (s *Sink) Publish(ctx context.Context, msgs []sinks.Message) (n int, err er
 // SeedRetained tells the retained-value guard about messages published
 // before a restart (sinks.RetainSeeder).
 func (s *Sink) SeedRetained(msgs []sinks.Message) {
-	if s.guard == nil {
-		return
-	}
-	var pubs []sinks.Publication
-	for _, m := range msgs {
-		pubs, _ = sinks.Publications(pubs[:0], s.cfg.TopicPrefix, m, s.cfg.Values)
-		s.guard.Seed(pubs, m)
-	}
+	s.layout.Seed(msgs)
 }
 
 var _ sinks.RetainSeeder = (*Sink)(nil)

@@ -225,70 +225,58 @@ func (s *Server) DeviceBySerial(serial string) (ManagedObject, bool) {
 
 // ExternalIDs returns every external id binding in creation order.
 func (s *Server) ExternalIDs() []ExternalID {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return slices.Clone(s.st.extOrder)
+	return locked(s, func() []ExternalID { return slices.Clone(s.st.extOrder) })
 }
 
 // ChildLinks returns every child device link in creation order.
 func (s *Server) ChildLinks() []ChildLink {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return slices.Clone(s.st.links)
+	return locked(s, func() []ChildLink { return slices.Clone(s.st.links) })
 }
 
 // Measurements returns the measurements in arrival order, duplicates kept.
 func (s *Server) Measurements() []Measurement {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	out := make([]Measurement, len(s.st.measurements))
-	for i, m := range s.st.measurements {
-		out[i] = m.clone()
-	}
-	return out
+	return locked(s, func() []Measurement { return mapAll(s.st.measurements, Measurement.clone) })
 }
 
 // Events returns the events in arrival order, duplicates kept.
 func (s *Server) Events() []Event {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	out := make([]Event, len(s.st.events))
-	for i, e := range s.st.events {
-		out[i] = e.clone()
-	}
-	return out
+	return locked(s, func() []Event { return mapAll(s.st.events, Event.clone) })
 }
 
 // Alarms returns the alarms (merged ones counted in Count).
 func (s *Server) Alarms() []Alarm {
+	return locked(s, func() []Alarm { return mapAll(s.st.alarms, func(a *Alarm) Alarm { return *a }) })
+}
+
+// locked runs read under the Server's mutex: the snapshot accessors above.
+func locked[T any](s *Server, read func() T) T {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	out := make([]Alarm, len(s.st.alarms))
-	for i, a := range s.st.alarms {
-		out[i] = *a
+	return read()
+}
+
+// mapAll returns a new slice of f applied to each element of in.
+func mapAll[S, T any](in []S, f func(S) T) []T {
+	out := make([]T, len(in))
+	for i, v := range in {
+		out[i] = f(v)
 	}
 	return out
 }
 
 // Errors returns every error the fake reported, in order.
 func (s *Server) Errors() []ErrorMessage {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return slices.Clone(s.st.errors)
+	return locked(s, func() []ErrorMessage { return slices.Clone(s.st.errors) })
 }
 
 // Registrations returns the registration log in arrival order.
 func (s *Server) Registrations() []Registration {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return slices.Clone(s.st.regs)
+	return locked(s, func() []Registration { return slices.Clone(s.st.regs) })
 }
 
 // Publishes returns every device publish received, in order.
 func (s *Server) Publishes() []Publish {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return slices.Clone(s.st.publishes)
+	return locked(s, func() []Publish { return slices.Clone(s.st.publishes) })
 }
 
 // DeleteManagedObject deletes a managed object with its external ids and

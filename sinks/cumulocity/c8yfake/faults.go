@@ -57,14 +57,9 @@ type HTTPFault struct {
 	Skip            int // let this many matching requests through first
 }
 
-type mqttFaultEntry struct {
-	f     MQTTFault
+type faultEntry[F any] struct {
+	f     F
 	times int // < 0: until cleared
-}
-
-type httpFaultEntry struct {
-	f     HTTPFault
-	times int
 }
 
 type connectFault struct {
@@ -74,8 +69,8 @@ type connectFault struct {
 
 // faults is the pending fault state; the Server's mutex guards it.
 type faults struct {
-	mqtt    []*mqttFaultEntry
-	http    []*httpFaultEntry
+	mqtt    []*faultEntry[MQTTFault]
+	http    []*faultEntry[HTTPFault]
 	connect *connectFault
 	fired   map[string]int
 }
@@ -85,7 +80,7 @@ type faults struct {
 func (s *Server) InjectMQTT(f MQTTFault, times int) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.faults.mqtt = append(s.faults.mqtt, &mqttFaultEntry{f, times})
+	s.faults.mqtt = append(s.faults.mqtt, &faultEntry[MQTTFault]{f, times})
 }
 
 // InjectHTTP makes the next times matching REST requests (times < 0: all
@@ -93,7 +88,7 @@ func (s *Server) InjectMQTT(f MQTTFault, times int) {
 func (s *Server) InjectHTTP(f HTTPFault, times int) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.faults.http = append(s.faults.http, &httpFaultEntry{f, times})
+	s.faults.http = append(s.faults.http, &faultEntry[HTTPFault]{f, times})
 }
 
 // RefuseConnects answers the next times MQTT connects with CONNACK code
@@ -131,57 +126,57 @@ func (f *faults) count(name string) {
 	f.fired[name]++
 }
 
-// takeMQTT returns the fault for a publish to topic, consuming one use.
-func (f *faults) takeMQTT(topic string) (MQTTFault, bool) {
-	for i, e := range f.mqtt {
-		if e.f.Topic != "" && e.f.Topic != topic {
+// take returns the first fault of list that matches, consuming one use; a
+// match still in its Skip count passes (and counts down) instead.
+func take[F any](list *[]*faultEntry[F], match func(*F) bool, skip func(*F) *int) (F, bool) {
+	var none F
+	for i, e := range *list {
+		if !match(&e.f) {
 			continue
 		}
-		if e.f.Skip > 0 {
-			e.f.Skip--
-			return MQTTFault{}, false
+		if n := skip(&e.f); *n > 0 {
+			*n--
+			return none, false
 		}
 		if e.times > 0 {
 			e.times--
 			if e.times == 0 {
-				f.mqtt = append(f.mqtt[:i:i], f.mqtt[i+1:]...)
+				*list = append((*list)[:i:i], (*list)[i+1:]...)
 			}
 		}
-		f.count("mqtt:" + e.f.Mode.String())
 		return e.f, true
 	}
-	return MQTTFault{}, false
+	return none, false
+}
+
+// takeMQTT returns the fault for a publish to topic, consuming one use.
+func (f *faults) takeMQTT(topic string) (MQTTFault, bool) {
+	m, ok := take(&f.mqtt, func(m *MQTTFault) bool { return m.Topic == "" || m.Topic == topic },
+		func(m *MQTTFault) *int { return &m.Skip })
+	if ok {
+		f.count("mqtt:" + m.Mode.String())
+	}
+	return m, ok
 }
 
 func (f *faults) takeHTTP(r *http.Request, body []byte) (HTTPFault, bool) {
-	for i, e := range f.http {
-		h := e.f
-		if (h.Method != "" && h.Method != r.Method) ||
-			(h.PathPrefix != "" && !strings.HasPrefix(r.URL.Path, h.PathPrefix)) ||
-			(h.BodyContains != "" && !strings.Contains(string(body), h.BodyContains)) {
-			continue
-		}
-		if e.f.Skip > 0 {
-			e.f.Skip--
-			return HTTPFault{}, false
-		}
-		if e.times > 0 {
-			e.times--
-			if e.times == 0 {
-				f.http = append(f.http[:i:i], f.http[i+1:]...)
-			}
-		}
-		switch {
-		case h.Status != 0:
-			f.count("http:" + http.StatusText(h.Status))
-		case h.ResetAfterStore:
-			f.count("http:reset")
-		default:
-			f.count("http:delay")
-		}
-		return h, true
+	h, ok := take(&f.http, func(h *HTTPFault) bool {
+		return (h.Method == "" || h.Method == r.Method) &&
+			(h.PathPrefix == "" || strings.HasPrefix(r.URL.Path, h.PathPrefix)) &&
+			(h.BodyContains == "" || strings.Contains(string(body), h.BodyContains))
+	}, func(h *HTTPFault) *int { return &h.Skip })
+	if !ok {
+		return h, false
 	}
-	return HTTPFault{}, false
+	switch {
+	case h.Status != 0:
+		f.count("http:" + http.StatusText(h.Status))
+	case h.ResetAfterStore:
+		f.count("http:reset")
+	default:
+		f.count("http:delay")
+	}
+	return h, true
 }
 
 func (f *faults) takeConnect() (byte, bool) {

@@ -1,7 +1,6 @@
 package c8yfake
 
 import (
-	"encoding/json"
 	"fmt"
 	"strings"
 
@@ -61,10 +60,8 @@ func (s *Server) handleInventory(cl *mqtt.Client, id string, payload []byte) {
 		refuse("body is not a JSON object: %v", err)
 		return
 	}
-	var raw map[string]json.RawMessage
-	_ = json.Unmarshal(payload, &raw)
 	upd := mo.clone()
-	if res := applyFragments(&upd, m, raw); res != nil {
+	if res := applyFragments(&upd, m, payload); res != nil {
 		refuse("%s", res.errMsg)
 		return
 	}

@@ -352,13 +352,9 @@ func (s *Server) Connections() []ConnInfo {
 
 // Connected returns the device identifiers connected now.
 func (s *Server) Connected() []string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
 	var out []string
-	for _, c := range s.conns {
-		if !c.cl.Closed() {
-			out = append(out, c.serial)
-		}
+	for _, c := range s.Connections() {
+		out = append(out, c.Serial)
 	}
 	return out
 }

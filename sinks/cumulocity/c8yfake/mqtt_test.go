@@ -1,9 +1,12 @@
 package c8yfake
 
 import (
+	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"wittra-gateway/internal/testutil"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
 )
@@ -275,10 +278,7 @@ func TestPacketSizeLimit(t *testing.T) {
 	}
 	tok := d.c.Publish(topic, 1, false, fill(DefaultMaxPacketSize+1))
 	tok.WaitTimeout(time.Second)
-	deadline := time.Now().Add(wait)
-	for d.c.IsConnectionOpen() && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
-	}
+	testutil.Poll(wait, func() bool { return !d.c.IsConnectionOpen() }) // checked below
 	if d.c.IsConnectionOpen() {
 		t.Error("oversized publish did not disconnect the client")
 	}
@@ -286,13 +286,11 @@ func TestPacketSizeLimit(t *testing.T) {
 		t.Errorf("%d events, oversized one stored?", n)
 	}
 	// the server records the disconnect right after closing the socket
-	for found := false; !found; time.Sleep(10 * time.Millisecond) {
-		for _, e := range s.Errors() {
-			found = found || strings.Contains(e.Text, "packet larger than 16184")
-		}
-		if !found && time.Now().After(deadline) {
-			t.Fatalf("disconnect not recorded: %+v", s.Errors())
-		}
+	recorded := func() bool {
+		return slices.ContainsFunc(s.Errors(), func(e ErrorMessage) bool { return strings.Contains(e.Text, "packet larger than 16184") })
+	}
+	if !testutil.Poll(wait, recorded) {
+		t.Fatalf("disconnect not recorded: %+v", s.Errors())
 	}
 }
 
@@ -300,10 +298,7 @@ func TestOneConnectionPerIdentifier(t *testing.T) {
 	s := start(t)
 	a := connect(t, s, "gw4")
 	connect(t, s, "d:gw4")
-	deadline := time.Now().Add(wait)
-	for a.c.IsConnectionOpen() && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
-	}
+	testutil.Poll(wait, func() bool { return !a.c.IsConnectionOpen() }) // checked below
 	if a.c.IsConnectionOpen() {
 		t.Error("first connection of gw4 still open")
 	}
@@ -343,10 +338,7 @@ func TestPublishFaults(t *testing.T) {
 	}
 	s.InjectMQTT(MQTTFault{Mode: StoreAndDisconnect}, 1)
 	d.c.Publish("s/us", 1, false, "211,6")
-	deadline := time.Now().Add(wait)
-	for d.c.IsConnectionOpen() && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
-	}
+	testutil.Poll(wait, func() bool { return !d.c.IsConnectionOpen() }) // checked below
 	if d.c.IsConnectionOpen() || len(s.Measurements()) != 4 {
 		t.Errorf("store-and-disconnect: open %v, %d measurements", d.c.IsConnectionOpen(), len(s.Measurements()))
 	}

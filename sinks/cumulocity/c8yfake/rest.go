@@ -195,8 +195,28 @@ func decodeObject(body []byte) (map[string]any, error) {
 	return m, nil
 }
 
+// readObject checks the media type against names and decodes the body as
+// one JSON object: the opening of every handler that takes an object.
+func readObject(r *http.Request, body []byte, names ...string) (string, map[string]any, *result) {
+	media, res := checkMedia(r, names...)
+	if res != nil {
+		return "", nil, res
+	}
+	m, err := decodeObject(body)
+	if err != nil {
+		res := badJSON(err)
+		return "", nil, &res
+	}
+	return media, m, nil
+}
+
 func badJSON(err error) result {
 	return fail(http.StatusUnprocessableEntity, "undefined/validationError", "Could not read the document: %v", err)
+}
+
+// noObject is Cumulocity's answer for an unknown managed object id.
+func noObject(id string) result {
+	return fail(http.StatusNotFound, "inventory/Not Found", "Finding device data from database failed : No managedObject for id '%s'!", id)
 }
 
 func (s *Server) self(path string) string { return s.URL() + path }
@@ -229,12 +249,9 @@ func (s *Server) getExternalID(r *http.Request, _ string, _ []byte) result {
 }
 
 func (s *Server) postExternalID(r *http.Request, _ string, body []byte) result {
-	if _, res := checkMedia(r, "externalId"); res != nil {
+	_, m, res := readObject(r, body, "externalId")
+	if res != nil {
 		return *res
-	}
-	m, err := decodeObject(body)
-	if err != nil {
-		return badJSON(err)
 	}
 	typ, _ := m["type"].(string)
 	value, _ := m["externalId"].(string)
@@ -244,13 +261,13 @@ func (s *Server) postExternalID(r *http.Request, _ string, body []byte) result {
 	id := r.PathValue("id")
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	err = s.st.bindExt(typ, value, id)
+	err := s.st.bindExt(typ, value, id)
 	reg := Registration{Via: "rest", Op: "bind", ExternalID: value, ID: id, Status: http.StatusCreated}
 	defer func() { s.st.addReg(reg) }()
 	switch {
 	case errors.Is(err, errNotFound):
 		reg.Status = http.StatusNotFound
-		return fail(http.StatusNotFound, "inventory/Not Found", "Finding device data from database failed : No managedObject for id '%s'!", id)
+		return noObject(id)
 	case errors.Is(err, errConflict):
 		// unverified: also answered when the id is bound to this same object
 		reg.Status = http.StatusConflict
@@ -297,8 +314,11 @@ func (s *Server) moRepr(mo *ManagedObject) map[string]any {
 }
 
 // applyFragments writes the members of m onto mo: name, type, c8y_IsDevice,
-// c8y_Position (validated) and any other fragment kept raw.
-func applyFragments(mo *ManagedObject, m map[string]any, raw map[string]json.RawMessage) *result {
+// c8y_Position (validated) and any other fragment kept raw (as it stands in
+// body, the document m was decoded from).
+func applyFragments(mo *ManagedObject, m map[string]any, body []byte) *result {
+	var raw map[string]json.RawMessage
+	_ = json.Unmarshal(body, &raw)
 	for k, v := range m {
 		switch k {
 		case "id", "self", "childDevices", "childAssets", "childAdditions", "owner", "creationTime", "lastUpdated":
@@ -338,30 +358,24 @@ func positionOf(v any) (*Position, error) {
 	if !ok {
 		return nil, errors.New("not an object")
 	}
-	num := func(k string, mandatory bool) (*float64, error) {
-		n, ok := m[k].(json.Number)
-		if !ok {
-			if _, present := m[k]; present || mandatory {
-				return nil, fmt.Errorf("%s is not a number", k)
-			}
-			return nil, nil
+	var err error // the first member that is not a number
+	num := func(k string, mandatory bool) *float64 {
+		if err != nil {
+			return nil
 		}
-		f, err := parseNumber(n.String())
-		return &f, err
+		v, present := m[k]
+		n, ok := v.(json.Number)
+		switch {
+		case ok:
+			f, perr := parseNumber(n.String())
+			err = perr
+			return &f
+		case present || mandatory:
+			err = fmt.Errorf("%s is not a number", k)
+		}
+		return nil
 	}
-	lat, err := num("lat", true)
-	if err != nil {
-		return nil, err
-	}
-	lng, err := num("lng", true)
-	if err != nil {
-		return nil, err
-	}
-	alt, err := num("alt", false)
-	if err != nil {
-		return nil, err
-	}
-	acc, err := num("accuracy", false)
+	lat, lng, alt, acc := num("lat", true), num("lng", true), num("alt", false), num("accuracy", false)
 	if err != nil {
 		return nil, err
 	}
@@ -369,17 +383,12 @@ func positionOf(v any) (*Position, error) {
 }
 
 func (s *Server) postManagedObject(r *http.Request, user string, body []byte) result {
-	if _, res := checkMedia(r, "managedObject"); res != nil {
+	_, m, res := readObject(r, body, "managedObject")
+	if res != nil {
 		return *res
 	}
-	m, err := decodeObject(body)
-	if err != nil {
-		return badJSON(err)
-	}
-	var raw map[string]json.RawMessage
-	_ = json.Unmarshal(body, &raw)
 	mo := &ManagedObject{Fragments: map[string]json.RawMessage{}}
-	if res := applyFragments(mo, m, raw); res != nil {
+	if res := applyFragments(mo, m, body); res != nil {
 		return *res
 	}
 	s.mu.Lock()
@@ -396,30 +405,25 @@ func (s *Server) getManagedObject(r *http.Request, _ string, _ []byte) result {
 	defer s.mu.Unlock()
 	mo, ok := s.st.mos[r.PathValue("id")]
 	if !ok {
-		return fail(http.StatusNotFound, "inventory/Not Found", "Finding device data from database failed : No managedObject for id '%s'!", r.PathValue("id"))
+		return noObject(r.PathValue("id"))
 	}
 	return result{status: http.StatusOK, media: "managedObject", body: s.moRepr(mo)}
 }
 
 func (s *Server) putManagedObject(r *http.Request, _ string, body []byte) result {
-	if _, res := checkMedia(r, "managedObject"); res != nil {
+	_, m, res := readObject(r, body, "managedObject")
+	if res != nil {
 		return *res
 	}
-	m, err := decodeObject(body)
-	if err != nil {
-		return badJSON(err)
-	}
-	var raw map[string]json.RawMessage
-	_ = json.Unmarshal(body, &raw)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	mo, ok := s.st.mos[r.PathValue("id")]
 	if !ok {
-		return fail(http.StatusNotFound, "inventory/Not Found", "Finding device data from database failed : No managedObject for id '%s'!", r.PathValue("id"))
+		return noObject(r.PathValue("id"))
 	}
 	// Validate on a copy so a bad update changes nothing.
 	upd := mo.clone()
-	if res := applyFragments(&upd, m, raw); res != nil {
+	if res := applyFragments(&upd, m, body); res != nil {
 		return *res
 	}
 	*mo = upd
@@ -565,13 +569,9 @@ func (s *Server) measurementOf(m map[string]any, user string) (Measurement, *res
 // all or nothing: one invalid measurement refuses the request and stores
 // none (unverified).
 func (s *Server) postMeasurements(r *http.Request, user string, body []byte) result {
-	media, res := checkMedia(r, "measurement", "measurementCollection")
+	media, m, res := readObject(r, body, "measurement", "measurementCollection")
 	if res != nil {
 		return *res
-	}
-	m, err := decodeObject(body)
-	if err != nil {
-		return badJSON(err)
 	}
 	var items []map[string]any
 	list, isList := m["measurements"].([]any)
@@ -612,13 +612,14 @@ func (s *Server) postMeasurements(r *http.Request, user string, body []byte) res
 	return result{status: http.StatusCreated, media: "measurementCollection", body: map[string]any{"measurements": len(valid)}}
 }
 
-func (s *Server) postEvent(r *http.Request, user string, body []byte) result {
-	if _, res := checkMedia(r, "event"); res != nil {
+// postSourced is the common part of postEvent and postAlarm: one object of
+// media with a valid source, type, text and time, stored by store under the
+// mutex.
+func (s *Server) postSourced(r *http.Request, user string, body []byte, media string,
+	store func(m map[string]any, mo *ManagedObject, typ, text string, t time.Time, tt string) result) result {
+	_, m, res := readObject(r, body, media)
+	if res != nil {
 		return *res
-	}
-	m, err := decodeObject(body)
-	if err != nil {
-		return badJSON(err)
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -626,36 +627,31 @@ func (s *Server) postEvent(r *http.Request, user string, body []byte) result {
 	if res != nil {
 		return *res
 	}
-	e := Event{Source: mo.ID, Type: typ, Text: text, Time: t, TimeText: tt, Via: "rest"}
-	if p, ok := m["c8y_Position"]; ok {
-		pos, err := positionOf(p)
-		if err != nil {
-			return fail(http.StatusUnprocessableEntity, "undefined/validationError", "c8y_Position: %v", err)
+	return store(m, mo, typ, text, t, tt)
+}
+
+func (s *Server) postEvent(r *http.Request, user string, body []byte) result {
+	return s.postSourced(r, user, body, "event", func(m map[string]any, mo *ManagedObject, typ, text string, t time.Time, tt string) result {
+		e := Event{Source: mo.ID, Type: typ, Text: text, Time: t, TimeText: tt, Via: "rest"}
+		if p, ok := m["c8y_Position"]; ok {
+			pos, err := positionOf(p)
+			if err != nil {
+				return fail(http.StatusUnprocessableEntity, "undefined/validationError", "c8y_Position: %v", err)
+			}
+			e.Position = pos
 		}
-		e.Position = pos
-	}
-	e = s.st.addEvent(e)
-	return result{status: http.StatusCreated, media: "event", body: map[string]any{"id": e.ID, "type": e.Type, "text": e.Text}}
+		e = s.st.addEvent(e)
+		return result{status: http.StatusCreated, media: "event", body: map[string]any{"id": e.ID, "type": e.Type, "text": e.Text}}
+	})
 }
 
 func (s *Server) postAlarm(r *http.Request, user string, body []byte) result {
-	if _, res := checkMedia(r, "alarm"); res != nil {
-		return *res
-	}
-	m, err := decodeObject(body)
-	if err != nil {
-		return badJSON(err)
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	mo, typ, text, t, _, res := s.common(m, user, true)
-	if res != nil {
-		return *res
-	}
-	sev, _ := m["severity"].(string)
-	if !validSeverity(strings.ToUpper(sev)) {
-		return fail(http.StatusUnprocessableEntity, "undefined/validationError", "Following mandatory fields should be included: severity")
-	}
-	a := s.st.raiseAlarm(Alarm{Source: mo.ID, Type: typ, Text: text, Severity: strings.ToUpper(sev), Time: t, Via: "rest"})
-	return result{status: http.StatusCreated, media: "alarm", body: map[string]any{"id": a.ID, "count": a.Count, "status": a.Status}}
+	return s.postSourced(r, user, body, "alarm", func(m map[string]any, mo *ManagedObject, typ, text string, t time.Time, _ string) result {
+		sev, _ := m["severity"].(string)
+		if !validSeverity(strings.ToUpper(sev)) {
+			return fail(http.StatusUnprocessableEntity, "undefined/validationError", "Following mandatory fields should be included: severity")
+		}
+		a := s.st.raiseAlarm(Alarm{Source: mo.ID, Type: typ, Text: text, Severity: strings.ToUpper(sev), Time: t, Via: "rest"})
+		return result{status: http.StatusCreated, media: "alarm", body: map[string]any{"id": a.ID, "count": a.Count, "status": a.Status}}
+	})
 }

@@ -370,25 +370,19 @@ func (x *smartREST) measurement(a *args) {
 			add("c8y_SignalStrength", "ber", a.get(1), "%")
 		}
 		m.Time, m.TimeText = a.time(2)
-	case "211": // temperature, time
+	case "211", "212": // temperature or battery, time
+		one := map[string]struct{ arg, fragment, series, unit string }{
+			"211": {"temperature", "c8y_TemperatureMeasurement", "T", "C"},
+			"212": {"battery", "c8y_Battery", "level", "%"},
+		}[a.id]
 		if !a.max(2) {
 			return
 		}
-		v := a.mandatory(0, "temperature")
+		v := a.mandatory(0, one.arg)
 		if !a.bad {
-			add("c8y_TemperatureMeasurement", "T", v, "C")
+			add(one.fragment, one.series, v, one.unit)
 		}
-		m.Type = "c8y_TemperatureMeasurement"
-		m.Time, m.TimeText = a.time(1)
-	case "212": // battery, time
-		if !a.max(2) {
-			return
-		}
-		v := a.mandatory(0, "battery")
-		if !a.bad {
-			add("c8y_Battery", "level", v, "%")
-		}
-		m.Type = "c8y_Battery"
+		m.Type = one.fragment
 		m.Time, m.TimeText = a.time(1)
 	}
 	if a.bad {
