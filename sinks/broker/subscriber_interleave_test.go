@@ -4,6 +4,8 @@ import (
 	"context"
 	"testing"
 	"time"
+
+	"wittra-gateway/internal/testutil"
 )
 
 // With backlog live_first the forwarder interleaves a durable subscriber's
@@ -18,7 +20,7 @@ func TestSubscriberInterleavedCallsKeepAcknowledgements(t *testing.T) {
 	if _, err := dialDurable(t, srv, durableID, "", "", "wittra/+/+/data", rec); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "durable client connected", dur.Connected)
+	testutil.WaitFor(t, 20*time.Second, "durable client connected", dur.Connected)
 
 	backlog := deviceMsgs(2, 100)
 	live := deviceMsgs(1, 10)
@@ -42,7 +44,7 @@ func TestSubscriberInterleavedCallsKeepAcknowledgements(t *testing.T) {
 		}
 		liveDone <- err
 	}()
-	waitFor(t, "live publications written", func() bool { return dur.Stats().Sent.Load() == uint64(len(backlog)+len(live)) })
+	testutil.WaitFor(t, 20*time.Second, "live publications written", func() bool { return dur.Stats().Sent.Load() == uint64(len(backlog)+len(live)) })
 	close(rec.stall)
 	if err := <-liveDone; err != nil {
 		t.Fatalf("live call: %v", err)
@@ -55,7 +57,7 @@ func TestSubscriberInterleavedCallsKeepAcknowledgements(t *testing.T) {
 	if sent, resent := dur.Stats().Sent.Load(), dur.Stats().Resent.Load(); sent != uint64(len(backlog)+len(live)) || resent != 0 {
 		t.Fatalf("sent %d (resent %d), want each of %d once", sent, resent, len(backlog)+len(live))
 	}
-	waitFor(t, "everything received", func() bool { return rec.count() == len(backlog)+len(live) })
+	testutil.WaitFor(t, 20*time.Second, "everything received", func() bool { return rec.count() == len(backlog)+len(live) })
 	rec.mu.Lock()
 	defer rec.mu.Unlock()
 	seen := map[string]bool{}
