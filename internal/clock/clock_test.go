@@ -34,6 +34,33 @@ func TestSystemClock(t *testing.T) {
 	}
 }
 
+// Mono reads the boot clock through Go's monotonic clock: it agrees with
+// the boot clock (no suspend here), also across a re-read, and never goes
+// back.
+func TestSystemMonoFollowsTheBootClock(t *testing.T) {
+	b, ok := newBootClock()
+	if !ok {
+		t.Skip("no boot clock on this system")
+	}
+	var last time.Duration
+	deadline := time.Now().Add(suspendRecheck + 200*time.Millisecond)
+	for time.Now().Before(deadline) {
+		before, _ := bootTime()
+		m := b.since()
+		after, _ := bootTime()
+		if m < last {
+			t.Fatalf("Mono went back: %v after %v", m, last)
+		}
+		last = m
+		// Between the two boot-clock reads, give or take the jitter of
+		// reading two clocks one after the other.
+		if m < before-time.Millisecond || m > after+time.Millisecond {
+			t.Fatalf("Mono %v outside the boot clock's %v..%v", m, before, after)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
 func TestFake(t *testing.T) {
 	start := time.Unix(10, 0)
 	f := NewFake(start)
