@@ -84,18 +84,27 @@ type treePage struct {
 	keys   [][]byte // leaf keys
 }
 
-// bucketTree lists the pages of a top-level bucket, read with the page
-// reader (the file is closed).
-func bucketTree(t *testing.T, path string, bucket []byte) []treePage {
+// readPageFile opens a closed queue file with the page reader; its meta
+// page must be valid.
+func readPageFile(t *testing.T, path string) *pageFile {
 	t.Helper()
 	pf, err := openPageFile(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer pf.Close()
 	if pf.meta.err != nil {
+		pf.Close()
 		t.Fatal(pf.meta.err)
 	}
+	return pf
+}
+
+// bucketTree lists the pages of a top-level bucket, read with the page
+// reader (the file is closed).
+func bucketTree(t *testing.T, path string, bucket []byte) []treePage {
+	t.Helper()
+	pf := readPageFile(t, path)
+	defer pf.Close()
 	var root uint64
 	rp, err := pf.page(pf.meta.root, 0)
 	if err != nil {

@@ -15,14 +15,8 @@ import (
 
 func freelistID(t *testing.T, path string) uint64 {
 	t.Helper()
-	pf, err := openPageFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
+	pf := readPageFile(t, path)
 	defer pf.Close()
-	if pf.meta.err != nil {
-		t.Fatal(pf.meta.err)
-	}
 	return pf.meta.freelist
 }
 
