@@ -212,8 +212,8 @@ func (pf *pageFile) page(id, limit uint64) ([]byte, error) {
 	return buf, nil
 }
 
-// checkPage checks that a branch or leaf page's elements lie inside it and
-// its keys ascend.
+// mappedPage is page for a mapped file: the same checks on a slice of the
+// mapping instead of a copy.
 func (pf *pageFile) mappedPage(id, limit uint64, bad func(string, ...any) error) ([]byte, error) {
 	if pf.touched++; pf.touched >= releasePages {
 		pf.touched = 0
@@ -235,6 +235,8 @@ func (pf *pageFile) mappedPage(id, limit uint64, bad func(string, ...any) error)
 	return buf, nil
 }
 
+// checkPage checks that a branch or leaf page's elements lie inside it and
+// its keys ascend.
 func checkPage(p []byte) error {
 	if len(p) < pageHeaderSize {
 		return errors.New("short")
