@@ -59,6 +59,10 @@ func KnownFormats() []uint64 {
 	return v
 }
 
+// maxPlausibleFormat bounds the format versions a newer gateway could
+// write (one per layout change); a larger number is damage.
+const maxPlausibleFormat = 1 << 16
+
 // ErrNewerFormat is matched by a FormatError: the file was written by a
 // newer gateway.
 var ErrNewerFormat = errors.New("queue file written by a newer version")
@@ -96,7 +100,14 @@ func fileFormat(tx *bolt.Tx) (format, msgs uint64, err error) {
 		case len(v) != 8:
 			return 0, &CorruptError{Key: string(key), Err: fmt.Errorf("value has %d bytes, want 8", len(v))}
 		}
-		return binary.BigEndian.Uint64(v), nil
+		n := binary.BigEndian.Uint64(v)
+		if n == 0 || n > maxPlausibleFormat {
+			// Damage (a flipped byte), not a newer gateway's file: refusing
+			// it as newer would stop the site until someone came; it is
+			// quarantined and salvaged like any damaged page.
+			return 0, &CorruptError{Key: string(key), Err: fmt.Errorf("format version %d is not one any gateway writes", n)}
+		}
+		return n, nil
 	}
 	if format, err = read(keyFormat); err != nil {
 		return 0, 0, err

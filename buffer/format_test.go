@@ -164,3 +164,26 @@ func TestMigrationIsAtomicAndLogged(t *testing.T) {
 		}
 	}
 }
+
+// A format number no gateway writes is a flipped byte, not a newer file:
+// refusing it would keep the site down; it is quarantined and salvaged.
+func TestImplausibleFormatIsDamageNotNewer(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "q.db")
+	q := openQueue(t, Config{Path: path, Consumers: []string{"a"}})
+	appendN(t, q, 0, 5)
+	q.Close()
+	setFormat(t, path, 0x30000003, MsgsFormat)
+
+	q, err := Open(Config{Path: path, Consumers: []string{"a"}}, zerolog.Nop())
+	if err != nil {
+		t.Fatalf("Open of a file with a damaged format number: %v", err)
+	}
+	defer q.Close()
+	if c := q.Counters(); c.Quarantined != 1 || c.Salvaged != 5 {
+		t.Fatalf("quarantined %d, salvaged %d; want 1 and 5", c.Quarantined, c.Salvaged)
+	}
+	r, _ := q.Reader("a")
+	if got := readAll(t, r, 5); len(got) != 5 || string(got[4].Data) != "m4" {
+		t.Fatalf("read %d records after salvage", len(got))
+	}
+}
