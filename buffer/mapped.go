@@ -4,7 +4,7 @@ import bolt "go.etcd.io/bbolt"
 
 // releaseEvery is how much record data a consumer reads between two
 // releases of the mapped file.
-const releaseEvery = 4 << 20
+const releaseEvery = 1 << 20
 
 // bbolt reads through a shared read-only mmap of the whole file, and every
 // page touched stays counted in the process's RSS: at open (the freelist
