@@ -665,7 +665,8 @@ func deleteFront(tx *bolt.Tx, st *state, stop func(seq uint64, v []byte) bool) (
 	// Cursor.Delete followed by Next can skip a key, and First again walks
 	// every leaf emptied so far in this transaction (quadratic: minutes for
 	// a million); a Seek past the deleted key goes straight to its leaf.
-	for k, v := c.First(); k != nil; k, v = c.Seek(u64(binary.BigEndian.Uint64(k) + 1)) {
+	var next [8]byte
+	for k, v := c.First(); k != nil; k, v = c.Seek(next[:]) {
 		seq := binary.BigEndian.Uint64(k)
 		if stop(seq, v) {
 			break
@@ -673,6 +674,7 @@ func deleteFront(tx *bolt.Tx, st *state, stop func(seq uint64, v []byte) bool) (
 		if err := c.Delete(); err != nil {
 			return n, fmt.Errorf("delete message %d: %w", seq, err)
 		}
+		binary.BigEndian.PutUint64(next[:], seq+1)
 		st.bytes -= recordSize(v[8:])
 		st.head = seq + 1
 		n++
