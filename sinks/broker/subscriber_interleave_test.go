@@ -6,7 +6,6 @@ import (
 	"time"
 
 	"wittra-gateway/internal/testutil"
-	"wittra-gateway/sinks"
 )
 
 // With backlog live_first the forwarder interleaves a durable subscriber's
@@ -38,13 +37,13 @@ func TestSubscriberInterleavedCallsKeepAcknowledgements(t *testing.T) {
 		t.Fatalf("backlog call: %d delivered, %v; want an early return after 1..49", n, err)
 	}
 	liveDone := make(chan error, 1)
-	go func() { liveDone <- handBack(ctx, dur, live) }()
+	go func() { liveDone <- forward(ctx, dur, live, len(live)) }()
 	testutil.WaitFor(t, 20*time.Second, "live publications written", func() bool { return dur.Stats().Sent.Load() == uint64(len(backlog)+len(live)) })
 	close(rec.stall)
 	if err := <-liveDone; err != nil {
 		t.Fatalf("live calls: %v", err)
 	}
-	if err := handBack(ctx, dur, backlog[n:]); err != nil {
+	if err := forward(ctx, dur, backlog[n:], len(backlog)); err != nil {
 		t.Fatalf("backlog rest: %v", err)
 	}
 	if sent, resent := dur.Stats().Sent.Load(), dur.Stats().Resent.Load(); sent != uint64(len(backlog)+len(live)) || resent != 0 {
@@ -60,17 +59,4 @@ func TestSubscriberInterleavedCallsKeepAcknowledgements(t *testing.T) {
 		}
 		seen[g] = true
 	}
-}
-
-// handBack calls Publish until msgs are delivered, handing back what an
-// early return left, as the forwarder does.
-func handBack(ctx context.Context, s *Subscriber, msgs []sinks.Message) error {
-	for len(msgs) > 0 {
-		n, err := s.Publish(ctx, msgs)
-		if err != nil {
-			return err
-		}
-		msgs = msgs[n:]
-	}
-	return nil
 }
