@@ -315,16 +315,25 @@ func dropDeleted(msgs []sinks.Message, cursor uint64) []sinks.Message {
 // commit deletes what it acknowledges, and a fast sink must not turn that
 // into one huge transaction that holds up intake.
 type acker struct {
-	f    *Forwarder
-	lag  uint64
-	mu   sync.Mutex
-	want uint64        // newest sequence delivered
-	done uint64        // newest sequence committed
-	busy bool          // the goroutine runs
-	idle chan struct{} // closed when it stops
+	commit func(seq uint64) error // buffer.Reader.Ack
+	log    zerolog.Logger
+	lag    uint64
+	mu     sync.Mutex
+	want   uint64        // newest sequence delivered
+	done   uint64        // newest sequence committed
+	busy   bool          // the goroutine runs
+	idle   chan struct{} // closed when it stops
 }
 
-func newAcker(f *Forwarder) *acker { return &acker{f: f, lag: uint64(4 * f.cfg.Batch)} }
+func newAcker(f *Forwarder) *acker {
+	return &acker{
+		// Even during shutdown: the messages were delivered, and recording
+		// it spares duplicates.
+		commit: func(seq uint64) error { return f.reader.Ack(context.Background(), seq) },
+		log:    f.log,
+		lag:    uint64(4 * f.cfg.Batch),
+	}
+}
 
 func (a *acker) ack(seq uint64) {
 	a.mu.Lock()
@@ -347,8 +356,7 @@ func (a *acker) ack(seq uint64) {
 	}
 }
 
-// run acknowledges until nothing newer is wanted, even during shutdown:
-// the messages were delivered, and recording it spares duplicates.
+// run acknowledges until nothing newer is wanted.
 func (a *acker) run(idle chan struct{}) {
 	for {
 		a.mu.Lock()
@@ -360,10 +368,10 @@ func (a *acker) run(idle chan struct{}) {
 			return
 		}
 		a.mu.Unlock()
-		if err := a.f.reader.Ack(context.Background(), seq); err != nil && !errors.Is(err, buffer.ErrClosed) {
+		if err := a.commit(seq); err != nil && !errors.Is(err, buffer.ErrClosed) {
 			// Failing to record it only means they may be delivered again
 			// after a restart.
-			a.f.log.Error().Err(err).Uint64("seq", seq).Msg("acknowledge delivered messages")
+			a.log.Error().Err(err).Uint64("seq", seq).Msg("acknowledge delivered messages")
 		}
 		a.mu.Lock()
 		a.done = seq
