@@ -58,21 +58,22 @@ func (r *runner) drainLiveKind(scen, dir, src string, n uint64, kind string) err
 			return err
 		}
 		sink := fmt.Sprintf("  - {name: local, type: broker, topic_prefix: wittra, values: %v, retain: %v, backlog: %s}\n", r.values, r.retain, mode)
-		args := []string{"-url", "", "-rate", "1000", "-c", "16", "-project", "fill", "-devices", "1000", "-device-base", "0", "-sub-topic", "wittra/fill/+/data"}
+		var subArgs []string // the load's subscriber: an ordinary one, or the durable client
 		if kind == "subscriber" {
 			// values: false: the consumer subscribes to the data topics
 			// only, and value topics nobody subscribed to would hold the
 			// first half second after its subscription (the sink waits
 			// that long for more subscriptions before skipping one).
 			sink = fmt.Sprintf("  - {name: local, type: subscriber, client_id: dashboard, topic_prefix: wittra, values: false, qos: 1, backlog: %s}\n", mode)
-			args = append(args, "-sub-client-id", "dashboard", "-sub-qos", "1")
+			subArgs = []string{"-sub-client-id", "dashboard", "-sub-qos", "1"}
 		}
 		gw, err := r.startGateway("wittra-gateway", sub, queue, sink, true)
 		if err != nil {
 			return err
 		}
-		args[1] = gw.url()
-		live, err := r.startLoad(sub, "live", r.drainTimeout, append(args, "-sub", "tcp://"+gw.broker)...)
+		args := []string{"-url", gw.url(), "-rate", "1000", "-c", "16", "-project", "fill", "-devices", "1000", "-device-base", "0",
+			"-sub", "tcp://" + gw.broker, "-sub-topic", "wittra/fill/+/data"}
+		live, err := r.startLoad(sub, "live", r.drainTimeout, append(args, subArgs...)...)
 		if err != nil {
 			gw.stop()
 			return err
@@ -112,9 +113,16 @@ func (r *runner) drainLiveKind(scen, dir, src string, n uint64, kind string) err
 		r.info(scen, kind+", "+mode+": drain with live 1,000/s on the same devices", fmt.Sprintf("%.0f msg/s", x.rate), x.note)
 	}
 	io, lf := res["in_order"], res["live_first"]
-	if lf.rate > 0 {
+	switch {
+	case lf.rate == 0:
+	case kind == "subscriber":
 		r.check(scen, kind+", live_first: live 1,000/s e2e p99 while draining", lf.p99, "%.1f ms", 100, false,
 			fmt.Sprintf("in_order: %.1f ms (live waits behind the backlog)", io.p99))
+	default:
+		// Not judged: a plain subscriber reads live messages behind the
+		// broker's queue for it, which the gateway does not pace.
+		r.info(scen, kind+", live_first: live 1,000/s e2e p99 while draining", fmt.Sprintf("%.1f ms", lf.p99),
+			fmt.Sprintf("in_order: %.1f ms; behind the broker's per-client queue (see README)", io.p99))
 	}
 	if lf.rate > 0 && io.rate > 0 {
 		r.check(scen, kind+", live_first drain rate ÷ in_order's", 100*lf.rate/io.rate, "%.0f %%", 80, true,
