@@ -1,12 +1,16 @@
 package bridge
 
 import (
+	"errors"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/rs/zerolog"
+
+	"wittra-gateway/internal/testutil"
 )
 
 // The acknowledger commits in the background, one commit at a time with
@@ -49,5 +53,34 @@ func TestAckerCoalescesAndBoundsItsLag(t *testing.T) {
 	// while the others came: they coalesce into one more, the newest.
 	if len(committed) > 2 || committed[len(committed)-1] != 200 || !slices.IsSorted(committed) {
 		t.Fatalf("commits %v, want at most one before the newest, 200", committed)
+	}
+}
+
+// A failed commit is logged and costs only duplicates after a restart: the
+// acknowledger goes on with the next one.
+func TestAckerLogsAFailedCommitAndGoesOn(t *testing.T) {
+	var logs testutil.LogBuffer
+	var mu sync.Mutex
+	var tried []uint64
+	a := &acker{log: zerolog.New(&logs), lag: 100, commit: func(seq uint64) error {
+		mu.Lock()
+		defer mu.Unlock()
+		tried = append(tried, seq)
+		if len(tried) == 1 {
+			return errors.New("disk on fire")
+		}
+		return nil
+	}}
+	a.ack(5)
+	a.wait()
+	a.ack(9)
+	a.wait()
+	mu.Lock()
+	defer mu.Unlock()
+	if !slices.Equal(tried, []uint64{5, 9}) {
+		t.Fatalf("commits tried %v, want [5 9]", tried)
+	}
+	if !strings.Contains(logs.String(), "disk on fire") || !strings.Contains(logs.String(), "acknowledge delivered messages") {
+		t.Fatalf("failed commit not logged: %s", logs.String())
 	}
 }
