@@ -242,6 +242,13 @@ func (c *Cluster) StreamLeader(name string) int {
 	return -1
 }
 
+// StreamCurrent reports whether node i runs and its replica of the stream
+// is caught up with the stream's leader.
+func (c *Cluster) StreamCurrent(i int, name string) bool {
+	s := c.Server(i)
+	return s != nil && s.JetStreamIsStreamCurrent(server.DEFAULT_GLOBAL_ACCOUNT, name)
+}
+
 // Close shuts every node down.
 func (c *Cluster) Close() {
 	var wg sync.WaitGroup

@@ -124,19 +124,27 @@ func readStream(t testing.TB, c *natstest.Cluster, name string) []stored {
 		info *jetstream.StreamInfo
 		cons jetstream.Consumer
 	)
+	var lastErr error
 	for {
 		// Right after a node loss or a cut the stream, or the cluster's
-		// meta leader, may be electing a leader: "no responders" then.
-		st, err := js.Stream(ctx, name)
+		// meta leader, may be electing a leader: "no responders" then, or
+		// no answer at all from a node that has none yet. Each attempt
+		// has its own short deadline, so one unanswered request does not
+		// use up the whole wait.
+		actx, acancel := context.WithTimeout(ctx, 5*time.Second)
+		st, err := js.Stream(actx, name)
 		if err == nil {
-			if info, err = st.Info(ctx); err == nil {
-				if cons, err = st.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{}); err == nil {
-					break
-				}
+			if info, err = st.Info(actx); err == nil {
+				cons, err = st.OrderedConsumer(actx, jetstream.OrderedConsumerConfig{})
 			}
 		}
+		acancel()
+		if err == nil {
+			break
+		}
+		lastErr = err
 		if ctx.Err() != nil {
-			t.Fatalf("stream %s: %v", name, err)
+			t.Fatalf("stream %s: %v (last attempt: %v)", name, ctx.Err(), lastErr)
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
@@ -337,6 +345,10 @@ func TestClusterNodeLoss(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitProgress(2000)
+	// The restarted node must have caught up before another goes: with a
+	// lagging replica and one node down the stream has no quorum, and it
+	// stays without one (CI saw the stream unreadable for 3 minutes).
+	testutil.WaitFor(t, waitLong, "restarted node's replica current", func() bool { return c.StreamCurrent(leader, DefaultStream) })
 	other := (leader + 1) % 3
 	c.Shutdown(other)
 	t.Logf("shut down n%d at %d delivered", other, progress.Load())
