@@ -16,7 +16,8 @@ import (
 // replicated over the cluster) and shuts down the node the sink is
 // connected to in the middle of a stream, then restarts it. A persistent
 // QoS 1 subscriber on another node must receive every message the sink
-// reported delivered, in order per device.
+// reported delivered, in order per device but for those in flight at the
+// loss.
 func TestNATSClusterNodeKilled(t *testing.T) {
 	began := time.Now()
 	c, err := natstest.Start(natstest.Options{Nodes: 3, Dir: t.TempDir(), MQTT: true})
@@ -51,6 +52,9 @@ func TestNATSClusterNodeKilled(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("%v: n0 restarted", time.Since(began).Round(time.Millisecond))
-	checkStream(t, st, sub, msgs)
+	// A node lost with publications in flight may have stored later ones
+	// and not earlier ones (each is its own JetStream write): those come
+	// again on the new connection, behind later ones. At most the window.
+	checkStream(t, st, sub, msgs, DefaultWindow)
 	t.Logf("total %v", time.Since(began).Round(time.Millisecond))
 }

@@ -231,7 +231,9 @@ func (st *stream) delivered() int {
 // checkStream waits for the stream to end and for sub to have every
 // message, then checks per-device order of first arrivals and that every
 // message Publish claimed delivered arrived. Duplicates are allowed.
-func checkStream(t *testing.T, st *stream, sub *testutil.Subscriber, msgs []sinks.Message) {
+// reorder: how far back (in sequence) a first arrival may lie behind the
+// device's latest one (0: strict order).
+func checkStream(t *testing.T, st *stream, sub *testutil.Subscriber, msgs []sinks.Message, reorder uint64) {
 	t.Helper()
 	if err := <-st.done; err != nil {
 		t.Fatalf("publisher: %v", err)
@@ -249,7 +251,7 @@ func checkStream(t *testing.T, st *stream, sub *testutil.Subscriber, msgs []sink
 	})
 	first := make(map[uint64]bool, len(msgs))
 	last := make(map[string]uint64) // per device: the last first arrival
-	dups := 0
+	dups, reordered := 0, 0
 	for _, r := range got {
 		n, ok := seqOf[r.Payload]
 		if !ok {
@@ -262,7 +264,11 @@ func checkStream(t *testing.T, st *stream, sub *testutil.Subscriber, msgs []sink
 		first[n] = true
 		dev := strings.Split(r.Topic, "/")[2]
 		if n < last[dev] {
-			t.Errorf("device %s: message %d first arrived after %d", dev, n, last[dev])
+			if n+reorder < last[dev] {
+				t.Errorf("device %s: message %d first arrived after %d", dev, n, last[dev])
+			}
+			reordered++
+			continue
 		}
 		last[dev] = n
 	}
@@ -279,7 +285,7 @@ func checkStream(t *testing.T, st *stream, sub *testutil.Subscriber, msgs []sink
 	if st.fails == 0 {
 		t.Error("no Publish failed: the outage did not hit the stream")
 	}
-	t.Logf("%d messages, %d duplicates, %d failed Publish calls", len(msgs), dups, st.fails)
+	t.Logf("%d messages, %d duplicates, %d first arrived behind later ones, %d failed Publish calls", len(msgs), dups, reordered, st.fails)
 }
 
 // TestOutage stops mosquitto for 3 s in the middle of a stream, then
@@ -304,7 +310,7 @@ func TestOutage(t *testing.T) {
 	time.Sleep(3 * time.Second)
 	m.Start()
 	t.Logf("%v: mosquitto restarted", time.Since(start))
-	checkStream(t, st, sub, msgs)
+	checkStream(t, st, sub, msgs, 0)
 	t.Logf("%v: subscriber has every message", time.Since(start))
 }
 
@@ -331,7 +337,7 @@ func TestCutMidStream(t *testing.T) {
 		}
 		p.Cut()
 	}
-	checkStream(t, st, sub, msgs)
+	checkStream(t, st, sub, msgs, 0)
 	// At least one reconnect per cut; a loaded machine may see a cut land
 	// on a connection being set up, and one more reconnect.
 	if n := strings.Count(logs.String(), "reconnected to broker"); n < 3 {
