@@ -227,6 +227,7 @@ const (
 type dedupIndex struct {
 	hash  func([]byte) uint64
 	slots []uint64 // 0 = empty; fingerprint<<32 | uint32(record sequence)
+	mem   []byte   // the mapping slots lives in (nil: on the Go heap)
 	used  int
 	count atomic.Int64 // used, as of the last commit
 
@@ -311,8 +312,9 @@ func (d *dedupIndex) delete(slot uint64) {
 }
 
 func (d *dedupIndex) resize(n int) {
-	old := d.slots
-	d.slots = make([]uint64, n)
+	old, oldMem := d.slots, d.mem
+	d.slots, d.mem = allocSlots(n)
+	defer freeSlots(oldMem)
 	d.used = 0
 	for _, s := range old {
 		if s != 0 {
@@ -326,6 +328,37 @@ func (d *dedupIndex) resize(n int) {
 			d.used++
 		}
 	}
+}
+
+// allocSlots returns n zeroed slots outside the Go heap where the system
+// allows, with the mapping that holds them. The table is the largest
+// long-lived structure (about 16 MiB for a million keys): on the heap the
+// collector lets the heap grow to twice what is live before it runs, so
+// the table counted about twice in RSS, and each old table left behind by
+// a resize stayed resident until a collection and the scavenger had run.
+// A mapping is returned to the system the moment it is replaced.
+func allocSlots(n int) ([]uint64, []byte) {
+	mem, err := mapAnon(n * 8)
+	if err != nil || len(mem) == 0 {
+		return make([]uint64, n), nil
+	}
+	return unsafe.Slice((*uint64)(unsafe.Pointer(unsafe.SliceData(mem))), n), mem
+}
+
+// freeSlots unmaps what allocSlots mapped; no slot of it may be used after.
+func freeSlots(mem []byte) {
+	if mem != nil {
+		_ = unmap(mem)
+	}
+}
+
+// free gives the table back (Close, or a failed Open).
+func (d *dedupIndex) free() {
+	if d == nil { // a read-only queue has no index
+		return
+	}
+	freeSlots(d.mem)
+	d.slots, d.mem, d.used = nil, nil, 0
 }
 
 // fullSeq turns a slot's 32 sequence bits back into the record sequence:
@@ -488,7 +521,7 @@ func (d *dedupIndex) endTx() {
 // rebuild fills the index from the records of the window at gateway time
 // g (window 0: none). Expired records are left to the sweep.
 func (d *dedupIndex) rebuild(tx *bolt.Tx, g, window int64) error {
-	d.slots, d.used = nil, 0
+	d.free()
 	d.endTx()
 	b := tx.Bucket(bucketDedupW)
 	if window <= 0 || b == nil {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"path/filepath"
+	"runtime"
 	"testing"
 	"time"
 
@@ -238,5 +239,36 @@ func TestDedupTableDeleteKeepsProbeRuns(t *testing.T) {
 	}
 	if d.used != 0 || len(d.slots) != dedupMinSlots {
 		t.Fatalf("after deleting all: used %d, %d slots", d.used, len(d.slots))
+	}
+}
+
+// The table is kept off the Go heap (see allocSlots): the collector would
+// otherwise let the heap grow to twice the table before it ran, and old
+// tables would stay resident after a resize. What a table holds is
+// unchanged by where it lives (TestDedupTableDeleteKeepsProbeRuns).
+func TestDedupTableLivesOutsideTheHeap(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("the table is mapped outside the heap on Linux only")
+	}
+	d := newDedupIndex(nil)
+	defer d.free()
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	const slots = 1 << 20 // 8 MiB
+	d.resize(slots)
+	for i := range slots / 2 {
+		d.insert(dedupFP(uint64(i)*0x9E3779B97F4A7C15)<<32 | uint64(i))
+	}
+	runtime.ReadMemStats(&after)
+	if len(d.mem) != 8*len(d.slots) {
+		t.Fatalf("table of %d slots in a mapping of %d bytes", len(d.slots), len(d.mem))
+	}
+	if grew := int64(after.HeapAlloc) - int64(before.HeapAlloc); grew > 2<<20 {
+		t.Fatalf("heap grew by %d bytes for an 8 MiB table: the table is on the heap", grew)
+	}
+	d.free()
+	if d.slots != nil || d.mem != nil || d.used != 0 {
+		t.Fatalf("after free: %d slots, %d mapped bytes, %d used", len(d.slots), len(d.mem), d.used)
 	}
 }

@@ -20,3 +20,8 @@ func mapReadOnly(f *os.File, size int64) ([]byte, error) {
 }
 
 func unmap(b []byte) error { return syscall.Munmap(b) }
+
+// mapAnon maps size bytes of zeroed private memory outside the Go heap.
+func mapAnon(size int) ([]byte, error) {
+	return syscall.Mmap(-1, 0, size, syscall.PROT_READ|syscall.PROT_WRITE, syscall.MAP_PRIVATE|syscall.MAP_ANON)
+}

@@ -2,7 +2,10 @@
 
 package buffer
 
-import "os"
+import (
+	"errors"
+	"os"
+)
 
 func dontNeed(addr, length uintptr) {}
 
@@ -10,3 +13,6 @@ func dontNeed(addr, length uintptr) {}
 func mapReadOnly(*os.File, int64) ([]byte, error) { return nil, nil }
 
 func unmap([]byte) error { return nil }
+
+// mapAnon is not available here: the dedup table lives on the Go heap.
+func mapAnon(int) ([]byte, error) { return nil, errors.ErrUnsupported }

@@ -272,6 +272,7 @@ func Open(cfg Config, log zerolog.Logger) (*Queue, error) {
 		dx:         newDedupIndex(cfg.dedupHash),
 	}
 	if err := q.openChecked(); err != nil {
+		q.dx.free()
 		return nil, err
 	}
 	q.releaseMapped()
@@ -723,6 +724,7 @@ func (q *Queue) Close() error {
 	close(q.ops)
 	q.closeMu.Unlock()
 	q.wg.Wait()
+	defer q.dx.free() // the committer, its only user, has stopped
 	if q.damagedError() != nil {
 		// bbolt panicked on this file: its close may wait on state the
 		// panic left behind. The process is about to exit anyway.
