@@ -16,8 +16,8 @@ import (
 // transaction holds every page it writes in heap buffers until its commit,
 // so this is what a compaction adds to the heap; a smaller bound costs only
 // more commits of the copy (a drained file's live data is some 16 MiB of
-// dedup window: four commits).
-const compactTxMax = 4 << 20
+// dedup window: sixteen commits).
+const compactTxMax = 1 << 20
 
 // dirtyBuckets names buckets an op may change that compaction cannot
 // catch up incrementally: written during a copy, they are copied again
@@ -122,7 +122,9 @@ func (q *Queue) Compact() error {
 	})
 	if err == nil {
 		// Compact keeps bucket sequences, so sequence numbers never restart.
-		err = q.guard(func() error { return bolt.Compact(dst, q.db, compactTxMax) })
+		err = q.guard(func() error {
+			return q.releasingMapped(func() error { return bolt.Compact(dst, q.db, compactTxMax) })
+		})
 	}
 	q.dbMu.RUnlock()
 	if err != nil {

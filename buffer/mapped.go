@@ -1,10 +1,21 @@
 package buffer
 
-import bolt "go.etcd.io/bbolt"
+import (
+	"sync"
+	"time"
 
-// releaseEvery is how much record data a consumer reads between two
+	bolt "go.etcd.io/bbolt"
+
+	"wittra-gateway/internal/clock"
+)
+
+// releaseEvery is how much record data is read or deleted between two
 // releases of the mapped file.
 const releaseEvery = 1 << 20
+
+// releaseTick is how often the mapping is released during a whole-file
+// read (compaction's copy), which has no record count to go by.
+const releaseTick = 50 * time.Millisecond
 
 // bbolt reads through a shared read-only mmap of the whole file, and every
 // page touched stays counted in the process's RSS: at open (the freelist
@@ -20,8 +31,14 @@ func (q *Queue) noteRead(recs []Record) {
 	for _, r := range recs {
 		n += int64(len(r.Data))
 	}
-	if q.readSinceRelease.Add(n) >= releaseEvery {
-		q.readSinceRelease.Store(0)
+	q.noteTouched(n)
+}
+
+// noteTouched counts n bytes of records read or deleted through the
+// mapping, and releases it every releaseEvery.
+func (q *Queue) noteTouched(n int64) {
+	if q.touchedSinceRelease.Add(n) >= releaseEvery {
+		q.touchedSinceRelease.Store(0)
 		q.releaseMapped()
 	}
 }
@@ -47,4 +64,28 @@ func (q *Queue) releaseMapped() {
 		}
 		return nil
 	})
+}
+
+// releasingMapped runs fn, a read of much of the file (compaction's copy),
+// while releasing the mapping every releaseTick: otherwise every page the
+// copy reads stays resident until it ends (some 20 MiB when a drained
+// backlog's file is compacted during the drain's last seconds). The caller
+// holds dbMu for reading, so the file cannot be swapped meanwhile; the
+// release reads the live mapping's length in a read transaction of its own.
+func (q *Queue) releasingMapped(fn func() error) error {
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		clock.Every(stop, releaseTick, func() {
+			_ = q.db.View(func(tx *bolt.Tx) error {
+				dontNeed(q.db.Info().Data, uintptr(tx.Size()))
+				return nil
+			})
+		})
+	}()
+	defer wg.Wait()
+	defer close(stop)
+	return fn()
 }
