@@ -46,6 +46,21 @@ func appendN(t testing.TB, q *Queue, from, n int) {
 	}
 }
 
+// appendBatches appends entry(0) … entry(n-1), batch at a time, and wants
+// every one accepted.
+func appendBatches(tb testing.TB, q *Queue, n, batch int, entry func(i int) Entry) {
+	tb.Helper()
+	for i := 0; i < n; i += batch {
+		entries := make([]Entry, 0, batch)
+		for j := i; j < min(n, i+batch); j++ {
+			entries = append(entries, entry(j))
+		}
+		if res, err := q.Append(context.Background(), entries); err != nil || res.Accepted != len(entries) {
+			tb.Fatalf("append from %d: %+v, %v", i, res, err)
+		}
+	}
+}
+
 func readAll(t testing.TB, r *Reader, want int) []Record {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
