@@ -1,6 +1,7 @@
 package bridge
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -81,24 +82,13 @@ func (s *ForwarderStats) failed(err error) {
 
 // NewForwarder builds the forwarder of sink reading from r.
 func NewForwarder(cfg ForwarderConfig, r *buffer.Reader, sink sinks.Sink, log zerolog.Logger) *Forwarder {
-	if cfg.Batch <= 0 {
-		cfg.Batch = DefaultBatch
-	}
-	if cfg.BatchBytes <= 0 {
-		cfg.BatchBytes = DefaultBatchBytes
-	}
-	if cfg.MinBackoff <= 0 {
-		cfg.MinBackoff = DefaultMinBackoff
-	}
-	if cfg.MaxBackoff <= 0 {
-		cfg.MaxBackoff = DefaultMaxBackoff
-	}
-	if cfg.Attempt <= 0 {
-		cfg.Attempt = DefaultAttempt
-	}
-	if cfg.BacklogBatch <= 0 {
-		cfg.BacklogBatch = max(1, cfg.Batch/4)
-	}
+	// A value of 0 or below takes the default (max(v, 0) makes it 0 for cmp.Or).
+	cfg.Batch = cmp.Or(max(cfg.Batch, 0), DefaultBatch)
+	cfg.BatchBytes = cmp.Or(max(cfg.BatchBytes, 0), DefaultBatchBytes)
+	cfg.MinBackoff = cmp.Or(max(cfg.MinBackoff, 0), DefaultMinBackoff)
+	cfg.MaxBackoff = cmp.Or(max(cfg.MaxBackoff, 0), DefaultMaxBackoff)
+	cfg.Attempt = cmp.Or(max(cfg.Attempt, 0), DefaultAttempt)
+	cfg.BacklogBatch = cmp.Or(max(cfg.BacklogBatch, 0), max(1, cfg.Batch/4))
 	return &Forwarder{cfg: cfg, reader: r, sink: sink, log: log}
 }
 

@@ -2,6 +2,7 @@ package bridge
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/subtle"
 	"encoding/base64"
@@ -118,17 +119,12 @@ func (s *RouteStats) reply(code int) {
 
 // NewReceiver builds the webhook handler.
 func NewReceiver(cfg ReceiverConfig, q Appender, log zerolog.Logger) *Receiver {
-	if cfg.MaxBody <= 0 {
-		cfg.MaxBody = DefaultMaxBody
-	}
-	if cfg.MaxConcurrent <= 0 {
-		cfg.MaxConcurrent = DefaultMaxConcurrent
-	}
+	// A value of 0 or below takes the default (max(v, 0) makes it 0 for cmp.Or).
+	cfg.MaxBody = cmp.Or(max(cfg.MaxBody, 0), DefaultMaxBody)
+	cfg.MaxConcurrent = cmp.Or(max(cfg.MaxConcurrent, 0), DefaultMaxConcurrent)
+	cfg.LogInterval = cmp.Or(max(cfg.LogInterval, 0), DefaultLogInterval)
 	if cfg.Now == nil {
 		cfg.Now = time.Now
-	}
-	if cfg.LogInterval <= 0 {
-		cfg.LogInterval = DefaultLogInterval
 	}
 	r := &Receiver{
 		maxBody: cfg.MaxBody,

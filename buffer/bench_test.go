@@ -130,15 +130,7 @@ func BenchmarkCompactionUnderIntake(b *testing.B) {
 		}
 		ctx := context.Background()
 		data := make([]byte, 1000)
-		for i := 0; i < 100000; i += 500 {
-			batch := make([]Entry, 500)
-			for j := range batch {
-				batch[j] = Entry{Data: data, DedupKey: fmt.Sprint("k", i+j)}
-			}
-			if _, err := q.Append(ctx, batch); err != nil {
-				b.Fatal(err)
-			}
-		}
+		appendBatches(b, q, 100000, 500, func(i int) Entry { return Entry{Data: data, DedupKey: fmt.Sprint("k", i)} })
 		r, _ := q.Reader("a")
 		for read := 0; read < 75000; {
 			recs, err := r.Read(ctx, 1000, 1<<20)

@@ -68,15 +68,7 @@ func TestCompactionDoesNotStopIntake(t *testing.T) {
 	q := openQueue(t, Config{Path: path, CompactMinSize: 1 << 20, DedupWindow: time.Hour, Consumers: []string{"a", "b"}, Clock: fc, SweepInterval: time.Hour})
 	ctx := context.Background()
 	data := make([]byte, 4000)
-	for i := 0; i < 1500; i += 100 {
-		batch := make([]Entry, 100)
-		for j := range batch {
-			batch[j] = Entry{Data: data, DedupKey: fmt.Sprintf("old%d", i+j)}
-		}
-		if _, err := q.Append(ctx, batch); err != nil {
-			t.Fatal(err)
-		}
-	}
+	appendBatches(t, q, 1500, 100, func(i int) Entry { return Entry{Data: data, DedupKey: fmt.Sprintf("old%d", i)} })
 	ra, _ := q.Reader("a")
 	rb, _ := q.Reader("b")
 	for _, r := range []*Reader{ra, rb} {
@@ -206,16 +198,7 @@ func TestDedupSweepRemovesEveryExpiredKey(t *testing.T) {
 	q := openQueue(t, Config{DedupWindow: time.Minute, Clock: fc})
 	ctx := context.Background()
 	const keys = 3*sweepBatch + 123
-	entries := make([]Entry, 0, 1000)
-	for i := 0; i < keys; {
-		entries = entries[:0]
-		for ; len(entries) < 1000 && i < keys; i++ {
-			entries = append(entries, Entry{Data: []byte("x"), DedupKey: fmt.Sprintf("key-%d", i)})
-		}
-		if _, err := q.Append(ctx, entries); err != nil {
-			t.Fatal(err)
-		}
-	}
+	appendBatches(t, q, keys, 1000, func(i int) Entry { return Entry{Data: []byte("x"), DedupKey: fmt.Sprintf("key-%d", i)} })
 	fc.Advance(time.Minute + time.Second)
 	commits := q.Counters().Commits
 	if err := q.Sweep(ctx); err != nil {

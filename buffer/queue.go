@@ -1,6 +1,7 @@
 package buffer
 
 import (
+	"cmp"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -228,32 +229,19 @@ func (r rejection) Unwrap() error { return r.error }
 
 // Open opens or creates the queue file and starts the committer.
 func Open(cfg Config, log zerolog.Logger) (*Queue, error) {
-	if cfg.LockTimeout <= 0 {
-		cfg.LockTimeout = DefaultLockTimeout
-	}
-	if cfg.SweepInterval <= 0 {
-		cfg.SweepInterval = DefaultSweepInterval
-	}
-	if cfg.MaxBatch <= 0 {
-		cfg.MaxBatch = DefaultMaxBatch
-	}
-	if cfg.CompactMinSize <= 0 {
-		cfg.CompactMinSize = DefaultCompactMinSize
-	}
+	// A value of 0 or below takes the default (max(v, 0) makes it 0 for cmp.Or).
+	cfg.LockTimeout = cmp.Or(max(cfg.LockTimeout, 0), DefaultLockTimeout)
+	cfg.SweepInterval = cmp.Or(max(cfg.SweepInterval, 0), DefaultSweepInterval)
+	cfg.MaxBatch = cmp.Or(max(cfg.MaxBatch, 0), DefaultMaxBatch)
+	cfg.CompactMinSize = cmp.Or(max(cfg.CompactMinSize, 0), DefaultCompactMinSize)
+	cfg.ClockStep = cmp.Or(max(cfg.ClockStep, 0), DefaultClockStep)
+	cfg.MaxOffline = cmp.Or(max(cfg.MaxOffline, 0), DefaultMaxOffline)
+	cfg.MaxDeadLetters = cmp.Or(cfg.MaxDeadLetters, MaxDeadLetters)
 	if cfg.Clock == nil {
 		cfg.Clock = clock.System()
 	}
 	if cfg.BuildFloor.IsZero() {
 		cfg.BuildFloor = clock.BuildFloor("")
-	}
-	if cfg.ClockStep <= 0 {
-		cfg.ClockStep = DefaultClockStep
-	}
-	if cfg.MaxOffline <= 0 {
-		cfg.MaxOffline = DefaultMaxOffline
-	}
-	if cfg.MaxDeadLetters == 0 {
-		cfg.MaxDeadLetters = MaxDeadLetters
 	}
 	if cfg.MaxFileSize == 0 && cfg.MaxBytes > 0 {
 		cfg.MaxFileSize = 2*cfg.MaxBytes + 64<<20

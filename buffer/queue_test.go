@@ -46,6 +46,21 @@ func appendN(t testing.TB, q *Queue, from, n int) {
 	}
 }
 
+// appendBatches appends entry(0) … entry(n-1), batch at a time, and wants
+// every one accepted.
+func appendBatches(tb testing.TB, q *Queue, n, batch int, entry func(i int) Entry) {
+	tb.Helper()
+	for i := 0; i < n; i += batch {
+		entries := make([]Entry, 0, batch)
+		for j := i; j < min(n, i+batch); j++ {
+			entries = append(entries, entry(j))
+		}
+		if res, err := q.Append(context.Background(), entries); err != nil || res.Accepted != len(entries) {
+			tb.Fatalf("append from %d: %+v, %v", i, res, err)
+		}
+	}
+}
+
 func readAll(t testing.TB, r *Reader, want int) []Record {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -198,10 +213,15 @@ func TestWhenFullDropOldest(t *testing.T) {
 	if got := q.Counters().Dropped; got != 3 {
 		t.Fatalf("dropped = %d, want 3", got)
 	}
-	r, _ := q.Reader("b")
-	recs := readAll(t, r, 5)
-	if got := string(recs[0].Data); got != "m3" {
-		t.Fatalf("oldest kept = %q, want m3", got)
+	wantOldest(t, q, "b", 5, "m3")
+}
+
+// wantOldest reads n records as consumer and wants the first to be data.
+func wantOldest(t *testing.T, q *Queue, consumer string, n int, data string) {
+	t.Helper()
+	r, _ := q.Reader(consumer)
+	if got := string(readAll(t, r, n)[0].Data); got != data {
+		t.Fatalf("oldest kept = %q, want %s", got, data)
 	}
 }
 
@@ -217,11 +237,7 @@ func TestMaxAgeExpiry(t *testing.T) {
 	if got := q.Counters().Expired; got != 3 {
 		t.Fatalf("expired = %d, want 3", got)
 	}
-	r, _ := q.Reader("a")
-	recs := readAll(t, r, 2)
-	if got := string(recs[0].Data); got != "m3" {
-		t.Fatalf("first after expiry = %q, want m3", got)
-	}
+	wantOldest(t, q, "a", 2, "m3")
 }
 
 func TestConsumersAreIndependent(t *testing.T) {

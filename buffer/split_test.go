@@ -206,22 +206,19 @@ func TestInOrderReaderHonoursALeftoverSplit(t *testing.T) {
 	r := reader(t, q, "a")
 	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	first, err := r.Read(cctx, 1000, 1<<20)
-	if err != nil {
-		t.Fatal(err)
+	batch := func(what string, from, to uint64) { // one Read, exactly from..to, then its Ack
+		t.Helper()
+		recs, err := r.Read(cctx, 1000, 1<<20)
+		if err != nil {
+			t.Fatal(err)
+		}
+		wantSeqs(t, what, recs, from, to)
+		if err := r.Ack(ctx, to); err != nil {
+			t.Fatal(err)
+		}
 	}
-	wantSeqs(t, "first batch (the backlog, alone)", first, 1, 10)
-	if err := r.Ack(ctx, 10); err != nil {
-		t.Fatal(err)
-	}
-	second, err := r.Read(cctx, 1000, 1<<20)
-	if err != nil {
-		t.Fatal(err)
-	}
-	wantSeqs(t, "second batch", second, 16, 20)
-	if err := r.Ack(ctx, 20); err != nil {
-		t.Fatal(err)
-	}
+	batch("first batch (the backlog, alone)", 1, 10)
+	batch("second batch", 16, 20)
 	wantSplit(t, r, "state", SplitState{Cursor: 20})
 }
 

@@ -15,15 +15,9 @@ func TestLargeAcknowledgementDeletesExactlyWhatItCovers(t *testing.T) {
 	ctx := context.Background()
 	const total, acked = 20000, 15000
 	pad := strings.Repeat("x", 100)
-	for i := 0; i < total; i += 1000 {
-		var entries []Entry
-		for j := i; j < i+1000; j++ {
-			entries = append(entries, Entry{Data: fmt.Appendf(nil, "m%05d %s", j, pad), DedupKey: fmt.Sprintf("id%d", j)})
-		}
-		if res, err := q.Append(ctx, entries); err != nil || res.Accepted != 1000 {
-			t.Fatalf("append: %+v %v", res, err)
-		}
-	}
+	appendBatches(t, q, total, 1000, func(j int) Entry {
+		return Entry{Data: fmt.Appendf(nil, "m%05d %s", j, pad), DedupKey: fmt.Sprintf("id%d", j)}
+	})
 	r, _ := q.Reader("a")
 	if err := r.Ack(ctx, acked); err != nil {
 		t.Fatal(err)

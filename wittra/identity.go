@@ -29,23 +29,8 @@ func Identify(body []byte) (Identity, error) {
 	if !ok {
 		return id, fmt.Errorf("%w: not a JSON object", ErrMalformed)
 	}
-	var device, project, payloadID, ptype, payload, gatewayInfo []byte
-	for k, v, ok := m.next(); ok; k, v, ok = m.next() {
-		switch string(keyText(k)) {
-		case "deviceId":
-			device = v
-		case "projectId":
-			project = v
-		case "payloadId":
-			payloadID = v
-		case "payloadType":
-			ptype = v
-		case "payload":
-			payload = v
-		case "gatewayInfo":
-			gatewayInfo = v
-		}
-	}
+	f := m.pick("deviceId", "projectId", "payloadId", "payloadType", "payload", "gatewayInfo")
+	device, project, payloadID, ptype, payload, gatewayInfo := f[0], f[1], f[2], f[3], f[4], f[5]
 	if m.bad {
 		return Identity{}, fmt.Errorf("%w: bad JSON near byte %d", ErrMalformed, m.i)
 	}
@@ -99,12 +84,7 @@ func memberString(obj []byte, key, field string) (string, error) {
 	if !ok {
 		return "", nil
 	}
-	var found []byte
-	for k, v, ok := m.next(); ok; k, v, ok = m.next() {
-		if string(keyText(k)) == key {
-			found = v
-		}
-	}
+	found := m.pick(key)[0]
 	if m.bad {
 		return "", fmt.Errorf("%w: bad JSON in %s", ErrMalformed, field)
 	}

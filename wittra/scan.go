@@ -134,6 +134,21 @@ func (m *members) next() (key, val []byte, ok bool) {
 	return key, b[vs:ve], true
 }
 
+// pick walks the rest of the object and returns the raw values of the
+// members named names (at most 6), in that order: nil when absent, the last
+// when a name repeats. Check m.bad afterwards.
+func (m *members) pick(names ...string) (vals [6][]byte) {
+	for k, v, more := m.next(); more; k, v, more = m.next() {
+		key := keyText(k)
+		for i, n := range names {
+			if string(key) == n {
+				vals[i] = v
+			}
+		}
+	}
+	return vals
+}
+
 // unquote returns the text of the JSON string raw (quotes included). The
 // common case, no escapes and valid UTF-8, returns a slice of raw; otherwise
 // it decodes like encoding/json (invalid UTF-8 becomes U+FFFD).

@@ -40,15 +40,8 @@ func Timestamp(body []byte) (t time.Time, ok bool) {
 	if !isObj {
 		return time.Time{}, false
 	}
-	var ts, loc []byte
-	for k, v, more := m.next(); more; k, v, more = m.next() {
-		switch string(keyText(k)) {
-		case "timestamp":
-			ts = v
-		case "location":
-			loc = v
-		}
-	}
+	f := m.pick("timestamp", "location")
+	ts, loc := f[0], f[1]
 	if m.bad {
 		return time.Time{}, false
 	}
@@ -57,11 +50,7 @@ func Timestamp(body []byte) (t time.Time, ok bool) {
 		if !isObj {
 			return time.Time{}, false
 		}
-		for k, v, more := lm.next(); more; k, v, more = lm.next() {
-			if string(keyText(k)) == "timestamp" {
-				ts = v
-			}
-		}
+		ts = lm.pick("timestamp")[0]
 	}
 	s, present, isStr := jsonString(ts)
 	if !present || !isStr {

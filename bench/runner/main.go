@@ -316,11 +316,12 @@ func (r *runner) path(parts ...string) string {
 	return filepath.Join(append([]string{r.work}, parts...)...)
 }
 
-// freshDir empties and makes the scenario directory name.
-func (r *runner) freshDir(name string) (string, error) {
-	dir := r.path(name)
+// freshDir empties and makes the scenario directory name; queue is the
+// path of the scenario's queue file in it.
+func (r *runner) freshDir(name string) (dir, queue string, err error) {
+	dir = r.path(name)
 	os.RemoveAll(dir)
-	return dir, mkdir(dir)
+	return dir, filepath.Join(dir, "queue.db"), mkdir(dir)
 }
 
 func (r *runner) binary(name string) string { return filepath.Join(r.bin, name) }

@@ -480,11 +480,10 @@ func (r *runner) pristine() string { return r.path("drain", "pristine.db") }
 
 func (r *runner) drain() error {
 	const scen = "drain"
-	dir, err := r.freshDir("drain")
+	dir, queue, err := r.freshDir(scen)
 	if err != nil {
 		return err
 	}
-	queue := filepath.Join(dir, "queue.db")
 	fr, err := r.fill(dir, queue, r.drainN, "local")
 	if err != nil {
 		return err
@@ -569,11 +568,10 @@ func (r *runner) drain() error {
 
 func (r *runner) drainMQTT() error {
 	const scen = "drain-mqtt"
-	dir, err := r.freshDir("drain-mqtt")
+	dir, queue, err := r.freshDir(scen)
 	if err != nil {
 		return err
 	}
-	queue := filepath.Join(dir, "queue.db")
 	var n uint64
 	if _, err := os.Stat(r.pristine()); err == nil {
 		if err := copyFile(queue, r.pristine()); err != nil {
@@ -802,7 +800,7 @@ func (r *runner) appendix(title, text string) {
 // every message acknowledged by a majority of the replicas.
 func (r *runner) drainJetStream() error {
 	const scen = "drain-jetstream"
-	dir, err := r.freshDir(scen)
+	dir, queue, err := r.freshDir(scen)
 	if err != nil {
 		return err
 	}
@@ -827,7 +825,6 @@ func (r *runner) drainJetStream() error {
 
 	// A fifth of the drain backlog: an R=3 stream takes far longer per
 	// message than the embedded broker.
-	queue := filepath.Join(dir, "queue.db")
 	fr, err := r.fill(dir, queue, r.drainN/5, "central")
 	if err != nil {
 		return err

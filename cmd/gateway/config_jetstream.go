@@ -44,12 +44,6 @@ func jetstreamConfig(cfg *Config, sc SinkConfig) jetstream.Config {
 		TLS:           tlsfiles.Config(sc.TLS),
 		SubjectPrefix: j.SubjectPrefix,
 		GatewayID:     cfg.Gateway.ID,
-		Stream: jetstream.StreamConfig{
-			Name:            j.Stream.Name,
-			Subjects:        j.Stream.Subjects,
-			Replicas:        j.Stream.Replicas,
-			MaxAge:          j.Stream.MaxAge,
-			DuplicateWindow: j.Stream.DuplicateWindow,
-		},
+		Stream:        jetstream.StreamConfig(j.Stream), // the same fields, YAML tags added
 	}
 }

@@ -28,7 +28,6 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"os"
-	"path/filepath"
 	"sort"
 	"strings"
 	"sync"
@@ -111,11 +110,8 @@ func TestCrashStopUnderLoadSIGTERM(t *testing.T) {
 // crashHarness is one test's gateway setup: binary, config, queue file and
 // the ids posted and received across every start.
 type crashHarness struct {
-	t           *testing.T
-	dir         string
-	bin         string
-	cfgPath     string
-	logPath     string
+	t *testing.T
+	*gatewayProc
 	webhookAddr string
 	brokerAddr  string
 	webhookURL  string
@@ -137,12 +133,16 @@ type crashHarness struct {
 
 func crashNewHarness(t *testing.T) *crashHarness {
 	t.Helper()
-	dir := t.TempDir()
 	addrs := testutil.FreeAddrs(t, 2)
 	h := &crashHarness{
-		t:           t,
-		dir:         dir,
-		logPath:     filepath.Join(dir, "gateway.log"),
+		t: t,
+		gatewayProc: newGatewayProc(t, "crash-gw", addrs[0], "", "data/queue.db", fmt.Sprintf(`broker:
+  enabled: true
+  listeners: [{type: tcp, address: %s}]
+  allow_anonymous: true
+sinks:
+  - {name: local, type: broker, topic_prefix: wittra, values: false, retain: true}
+`, addrs[1])),
 		webhookAddr: addrs[0],
 		brokerAddr:  addrs[1],
 		webhookURL:  "http://" + addrs[0] + "/wittra",
@@ -152,34 +152,6 @@ func crashNewHarness(t *testing.T) *crashHarness {
 		reqErrors:   make(map[string]int),
 		errSample:   make(map[string]string),
 	}
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("gateway output (%s):\n%s", h.logPath, testutil.FileTail(h.logPath, 48<<10))
-		}
-	})
-	h.bin = testutil.BuildGateway(t)
-
-	cfg := fmt.Sprintf(`gateway:
-  id: crash-gw
-log:
-  level: warn
-webhook:
-  listen: %s
-  routes:
-    - path: /wittra
-buffer:
-  path: %s
-admin:
-  listen: ""
-broker:
-  enabled: true
-  listeners:
-    - {type: tcp, address: %s}
-  allow_anonymous: true
-sinks:
-  - {name: local, type: broker, topic_prefix: wittra, values: false, retain: true}
-`, h.webhookAddr, yamlString(filepath.Join(dir, "data", "queue.db")), h.brokerAddr)
-	h.cfgPath = outageWriteConfig(t, h.bin, dir, cfg)
 	return h
 }
 
@@ -189,7 +161,7 @@ func (h *crashHarness) crashStart() *testutil.Process {
 	t := h.t
 	t.Helper()
 	h.starts++
-	return testutil.StartGateway(t, h.bin, h.cfgPath, h.logPath, h.webhookAddr, h.brokerAddr)
+	return h.start(t, h.webhookAddr, h.brokerAddr)
 }
 
 // crashKillCycle is one start → subscribe → load → kill -9 cycle.

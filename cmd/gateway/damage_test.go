@@ -28,10 +28,10 @@ import (
 const damageMessages = 3000
 
 type damageSite struct {
-	t                          *testing.T
-	dir, cfgPath, logPath, bin string
-	queuePath                  string
-	webhook, broker, admin     string
+	t *testing.T
+	*gatewayProc
+	queuePath              string
+	webhook, broker, admin string
 }
 
 // newDamageSite writes a config with an embedded-broker sink (retained,
@@ -40,36 +40,19 @@ type damageSite struct {
 // holds a backlog).
 func newDamageSite(t *testing.T, withDeadSink bool) *damageSite {
 	addrs := testutil.FreeAddrs(t, 4)
-	s := &damageSite{t: t, dir: t.TempDir(), bin: testutil.BuildGateway(t), webhook: addrs[0], broker: addrs[1], admin: addrs[2]}
-	s.cfgPath = filepath.Join(s.dir, "config.yaml")
-	s.logPath = filepath.Join(s.dir, "gateway.log")
-	s.queuePath = filepath.Join(s.dir, "queue.db")
 	dead := ""
 	if withDeadSink {
 		dead = fmt.Sprintf("  - {name: upstream, type: mqtt, url: \"tcp://%s\", topic_prefix: wittra}\n", addrs[3])
 	}
-	cfg := fmt.Sprintf(`gateway: {id: damage-gw}
-log: {level: info}
-webhook:
-  listen: %s
-  routes: [{path: /wittra}]
-buffer: {path: %s}
-admin: {listen: %s}
-broker:
+	s := &damageSite{t: t, webhook: addrs[0], broker: addrs[1], admin: addrs[2]}
+	s.gatewayProc = newGatewayProc(t, "damage-gw", s.webhook, s.admin, "queue.db", fmt.Sprintf(`broker:
   enabled: true
   listeners: [{type: tcp, address: %s}]
   allow_anonymous: true
 sinks:
   - {name: local, type: broker, topic_prefix: wittra, values: false, retain: true}
-%s`, s.webhook, yamlString(s.queuePath), s.admin, s.broker, dead)
-	if err := os.WriteFile(s.cfgPath, []byte(cfg), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("gateway output:\n%s", testutil.FileTail(s.logPath, 32<<10))
-		}
-	})
+%s`, s.broker, dead))
+	s.queuePath = filepath.Join(s.dir, "queue.db")
 	return s
 }
 
@@ -165,7 +148,7 @@ func smashPages(t *testing.T, path string, ids ...int64) {
 func (s *damageSite) startReady() *testutil.Process {
 	t := s.t
 	began := time.Now()
-	g := testutil.StartGateway(t, s.bin, s.cfgPath, s.logPath, s.webhook, s.broker, s.admin)
+	g := s.start(t, s.webhook, s.broker, s.admin)
 	for {
 		if code, _ := httpGet(t, "http://"+s.admin+"/readyz"); code == 200 {
 			break

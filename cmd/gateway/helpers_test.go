@@ -4,7 +4,9 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"sync"
@@ -105,3 +107,39 @@ const (
 	startTimeout = 30 * time.Second // generous: the machine may be loaded
 	exitTimeout  = 10 * time.Second // a stop must take no longer (docs/contract.md#operations)
 )
+
+// gatewayConfig is a gateway config: id, the webhook and admin listening on
+// the given addresses (admin "" is off), buffer's flow-mapping items, then
+// rest (broker and sinks).
+func gatewayConfig(id, webhook, admin, buffer, rest string) string {
+	return fmt.Sprintf("gateway: {id: %s}\nlog: {level: info}\nwebhook: {listen: %s}\nbuffer: {%s}\nadmin: {listen: %s}\n%s",
+		id, yamlString(webhook), buffer, yamlString(admin), rest)
+}
+
+// gatewayProc is the gateway binary with a checked config in a fresh
+// directory; its log is shown when the test fails.
+type gatewayProc struct{ bin, dir, cfgPath, logPath string }
+
+// newGatewayProc writes gatewayConfig with the queue at queue (relative to
+// the directory) and checks it with the binary's check-config.
+func newGatewayProc(t *testing.T, id, webhook, admin, queue, rest string) *gatewayProc {
+	t.Helper()
+	p := &gatewayProc{bin: testutil.BuildGateway(t), dir: t.TempDir()}
+	p.cfgPath, p.logPath = filepath.Join(p.dir, "config.yaml"), filepath.Join(p.dir, "gateway.log")
+	cfg := gatewayConfig(id, webhook, admin, "path: "+yamlString(filepath.Join(p.dir, queue)), rest)
+	if err := os.WriteFile(p.cfgPath, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	testutil.CheckConfig(t, p.bin, p.cfgPath)
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("gateway log:\n%s", testutil.FileTail(p.logPath, 24<<10))
+		}
+	})
+	return p
+}
+
+// start runs the binary and waits until addrs answer.
+func (p *gatewayProc) start(t *testing.T, addrs ...string) *testutil.Process {
+	return testutil.StartGateway(t, p.bin, p.cfgPath, p.logPath, addrs...)
+}

@@ -18,7 +18,6 @@ import (
 	"io"
 	"net/http"
 	"os"
-	"path/filepath"
 	"sort"
 	"strings"
 	"sync"
@@ -43,10 +42,8 @@ const (
 )
 
 type jsHarness struct {
-	t           *testing.T
-	bin         string
-	cfgPath     string
-	logPath     string
+	t *testing.T
+	*gatewayProc
 	webhookAddr string
 	cluster     *natstest.Cluster
 
@@ -57,52 +54,28 @@ type jsHarness struct {
 
 func jsNewHarness(t *testing.T) *jsHarness {
 	t.Helper()
-	dir := t.TempDir()
-	c, err := natstest.Start(natstest.Options{Nodes: 3, Dir: filepath.Join(dir, "nats")})
+	c, err := natstest.Start(natstest.Options{Nodes: 3, Dir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(c.Close)
-	h := &jsHarness{
-		t:           t,
-		bin:         testutil.BuildGateway(t),
-		cfgPath:     filepath.Join(dir, "config.yaml"),
-		logPath:     filepath.Join(dir, "gateway.log"),
-		webhookAddr: testutil.FreeAddrs(t, 1)[0],
-		cluster:     c,
-		acked:       map[string]bool{},
-	}
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("gateway output:\n%s", testutil.FileTail(h.logPath, 32<<10))
-		}
-	})
+	h := &jsHarness{t: t, webhookAddr: testutil.FreeAddrs(t, 1)[0], cluster: c, acked: map[string]bool{}}
 	var urls []string
 	for _, u := range c.ClientURLs() {
 		urls = append(urls, yamlString(u))
 	}
-	cfg := fmt.Sprintf(`gateway: {id: js-gw}
-log: {level: info}
-webhook:
-  listen: %s
-  routes: [{path: /wittra}]
-buffer: {path: %s}
-admin: {listen: ""}
-broker: {enabled: false}
+	h.gatewayProc = newGatewayProc(t, "js-gw", h.webhookAddr, "", "queue.db", fmt.Sprintf(`broker: {enabled: false}
 sinks:
   - name: central
     type: jetstream
     urls: [%s]
     stream: {name: %s}
-`, h.webhookAddr, yamlString(filepath.Join(dir, "queue.db")), strings.Join(urls, ", "), jsStream)
-	if err := os.WriteFile(h.cfgPath, []byte(cfg), 0o600); err != nil {
-		t.Fatal(err)
-	}
+`, strings.Join(urls, ", "), jsStream))
 	return h
 }
 
 func (h *jsHarness) start() *testutil.Process {
-	return testutil.StartGateway(h.t, h.bin, h.cfgPath, h.logPath, h.webhookAddr)
+	return h.gatewayProc.start(h.t, h.webhookAddr)
 }
 
 // load posts from jsPosters sequential posters until stop is closed.

@@ -10,7 +10,6 @@ package main
 import (
 	"encoding/json"
 	"fmt"
-	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -147,26 +146,12 @@ func TestLiveFirstOutageDrainKill9(t *testing.T) {
 		t.Fatal("mosquitto needed SIGKILL; the subscriber's session was not saved")
 	}
 
-	bin := testutil.BuildGateway(t)
-	dir := t.TempDir()
 	addrs := testutil.FreeAddrs(t, 2)
 	webhookAddr, adminAddr := addrs[0], addrs[1]
-	logPath := filepath.Join(dir, "gateway.log")
-	cfgPath := outageWriteConfig(t, bin, dir, fmt.Sprintf(`gateway: {id: lf-gw}
-log: {level: info}
-webhook: {listen: %s}
-buffer: {path: %s}
-admin: {listen: %s}
-broker: {enabled: false}
-sinks: [{name: plant, type: mqtt, url: %s, qos: 1, topic_prefix: wittra, values: true, retain: true, backlog: live_first}]
-`, webhookAddr, yamlString(filepath.Join(dir, "queue.db")), adminAddr, yamlString(m.URL())))
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("gateway log:\n%s", testutil.FileTail(logPath, 24<<10))
-		}
-	})
+	g := newGatewayProc(t, "lf-gw", webhookAddr, adminAddr, "queue.db", "broker: {enabled: false}\nsinks: [{name: plant, type: mqtt, url: "+
+		yamlString(m.URL())+", qos: 1, topic_prefix: wittra, values: true, retain: true, backlog: live_first}]\n")
 	url := "http://" + webhookAddr + "/wittra"
-	p := testutil.StartGateway(t, bin, cfgPath, logPath, webhookAddr, adminAddr)
+	p := g.start(t, webhookAddr, adminAddr)
 	client := outageHTTPClient(t, devices)
 	metric := func(name string) float64 {
 		return metricValue(outageScrape("http://"+adminAddr), "wittra_gateway_"+name+`{sink="plant"}`)
@@ -234,7 +219,7 @@ sinks: [{name: plant, type: mqtt, url: %s, qos: 1, topic_prefix: wittra, values:
 	// accepted before it are backlog, whatever the poster meant. Live
 	// posting starts after it so the test knows each message's stream.
 	outageWait(t, 60*time.Second, "the backlog split", func() bool {
-		return strings.Contains(testutil.FileTail(logPath, 1<<20), "delivering new messages first")
+		return strings.Contains(testutil.FileTail(g.logPath, 1<<20), "delivering new messages first")
 	})
 	var stop1 atomic.Bool
 	posters := live(&stop1)
@@ -272,7 +257,7 @@ sinks: [{name: plant, type: mqtt, url: %s, qos: 1, topic_prefix: wittra, values:
 
 	// Restart without live traffic: the backlog drains after the live
 	// messages already delivered, and must not set retained values back.
-	p = testutil.StartGateway(t, bin, cfgPath, logPath, webhookAddr, adminAddr)
+	p = g.start(t, webhookAddr, adminAddr)
 	ids := acked.List()
 	outageWait(t, 60*time.Second, "every acknowledged message at the subscriber", func() bool {
 		sub.mu.Lock()

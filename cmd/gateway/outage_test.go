@@ -285,14 +285,8 @@ type outageGW struct {
 func outageStartInProc(t *testing.T, sinksYAML, bufferExtra string) *outageGW {
 	t.Helper()
 	dir := t.TempDir()
-	cfg := fmt.Sprintf(`gateway: {id: outage-gw}
-log: {level: info}
-webhook: {listen: 127.0.0.1:0}
-buffer: {path: %s%s}
-admin: {listen: 127.0.0.1:0}
-broker: {listeners: [{type: tcp, address: 127.0.0.1:0}]}
-sinks: [%s]
-`, yamlString(filepath.Join(dir, "queue.db")), bufferExtra, sinksYAML)
+	cfg := gatewayConfig("outage-gw", "127.0.0.1:0", "127.0.0.1:0", "path: "+yamlString(filepath.Join(dir, "queue.db"))+bufferExtra,
+		"broker: {listeners: [{type: tcp, address: 127.0.0.1:0}]}\nsinks: ["+sinksYAML+"]\n")
 	path := filepath.Join(dir, "config.yaml")
 	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
@@ -324,18 +318,6 @@ func (gw *outageGW) depth(t *testing.T, name string) (depth, messages uint64) {
 
 // ---------------------------------------------------------------------------
 // gateway subprocess
-
-// outageWriteConfig writes cfg to dir/config.yaml and checks it with the
-// binary's check-config.
-func outageWriteConfig(t *testing.T, bin, dir, cfg string) string {
-	t.Helper()
-	path := filepath.Join(dir, "config.yaml")
-	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	testutil.CheckConfig(t, bin, path)
-	return path
-}
 
 // outageMem reads a process's memory figures (kB) from /proc/<pid>/status.
 func outageMem(pid int) (map[string]int64, error) {
@@ -505,30 +487,16 @@ func TestOutageKill9WithExternalSink(t *testing.T) {
 	m := outageNewMosq(t)
 	m.Start()
 	sub := outageSubscribe(t, m.URL(), "outage-k9-sub", true)
-	bin := testutil.BuildGateway(t)
-	dir := t.TempDir()
 	webhookAddr := testutil.FreeAddrs(t, 1)[0]
-	logPath := filepath.Join(dir, "gateway.log")
-	cfgPath := outageWriteConfig(t, bin, dir, fmt.Sprintf(`gateway: {id: outage-k9}
-log: {level: info}
-webhook: {listen: %s}
-buffer: {path: %s}
-admin: {listen: ""}
-broker: {enabled: false}
-sinks: [%s]
-`, webhookAddr, yamlString(filepath.Join(dir, "data", "queue.db")), outageMQTTSink(m.URL())))
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("gateway log:\n%s", testutil.FileTail(logPath, 24<<10))
-		}
-	})
+	g := newGatewayProc(t, "outage-k9", webhookAddr, "", "data/queue.db",
+		"broker: {enabled: false}\nsinks: ["+outageMQTTSink(m.URL())+"]\n")
 	url := "http://" + webhookAddr + "/wittra"
 
 	var devSeq [posters]atomic.Int64
 	var acked testutil.IDSet
 	var fails testutil.IDSet
 	for cycle := 1; cycle <= cycles; cycle++ {
-		p := testutil.StartGateway(t, bin, cfgPath, logPath, webhookAddr)
+		p := g.start(t, webhookAddr)
 		client := outageHTTPClient(t, posters)
 		var stop atomic.Bool
 		var phaseAcked, phasePosted atomic.Int64
@@ -584,7 +552,7 @@ sinks: [%s]
 			time.Since(loadStart).Round(time.Millisecond), phasePosted.Load(), phaseAcked.Load(), sub.unique())
 	}
 
-	p := testutil.StartGateway(t, bin, cfgPath, logPath, webhookAddr)
+	p := g.start(t, webhookAddr)
 	ids := acked.List()
 	var missing []string
 	waitStart := time.Now()
@@ -724,25 +692,11 @@ func TestOutageLongBacklogBoundedMemory(t *testing.T) {
 	began := time.Now()
 	m := outageNewMosq(t)
 	outagePrepareSession(t, m, "outage-backlog-sub")
-	bin := testutil.BuildGateway(t)
-	dir := t.TempDir()
 	addrs := testutil.FreeAddrs(t, 2)
 	webhookAddr, adminAddr := addrs[0], addrs[1]
-	logPath := filepath.Join(dir, "gateway.log")
-	cfgPath := outageWriteConfig(t, bin, dir, fmt.Sprintf(`gateway: {id: outage-backlog}
-log: {level: info}
-webhook: {listen: %s}
-buffer: {path: %s}
-admin: {listen: %s}
-broker: {enabled: false}
-sinks: [%s]
-`, webhookAddr, yamlString(filepath.Join(dir, "data", "queue.db")), adminAddr, outageMQTTSink(m.URL())))
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("gateway log:\n%s", testutil.FileTail(logPath, 24<<10))
-		}
-	})
-	p := testutil.StartGateway(t, bin, cfgPath, logPath, webhookAddr, adminAddr)
+	g := newGatewayProc(t, "outage-backlog", webhookAddr, adminAddr, "data/queue.db",
+		"broker: {enabled: false}\nsinks: ["+outageMQTTSink(m.URL())+"]\n")
+	p := g.start(t, webhookAddr, adminAddr)
 	admin := "http://" + adminAddr
 	pid := p.Cmd.Process.Pid
 	startMem, err := outageMem(pid)

@@ -3,7 +3,6 @@ package main
 import (
 	"fmt"
 	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -26,29 +25,15 @@ func TestDurableSubscriberAcrossRestarts(t *testing.T) {
 		devices   = 4
 		perDevice = 60 // per device and phase
 	)
-	bin := testutil.BuildGateway(t)
-	dir := t.TempDir()
 	addrs := testutil.FreeAddrs(t, 3)
 	webhook, admin, brokerAddr := addrs[0], addrs[1], addrs[2]
-	cfg := fmt.Sprintf(`gateway: {id: durable-gw}
-log: {level: info}
-webhook: {listen: %s}
-buffer: {path: %s}
-admin: {listen: %s}
-broker: {listeners: [{type: tcp, address: %s}]}
+	proc := newGatewayProc(t, "durable-gw", webhook, admin, "queue.db", fmt.Sprintf(`broker: {listeners: [{type: tcp, address: %s}]}
 sinks:
   - {name: historian, type: subscriber, client_id: historian, topic_prefix: wittra, qos: 1}
-`, webhook, yamlString(filepath.Join(dir, "queue.db")), admin, brokerAddr)
-	cfgPath := outageWriteConfig(t, bin, dir, cfg)
-	logPath := filepath.Join(dir, "gateway.log")
+`, brokerAddr))
 	url := "http://" + webhook + "/wittra"
 	mqttURL := "tcp://" + brokerAddr
 	hc := outageHTTPClient(t, devices)
-	defer func() {
-		if t.Failed() {
-			t.Logf("gateway log:\n%s", testutil.FileTail(logPath, 24<<10))
-		}
-	}()
 
 	var acked testutil.IDSet
 	var seq [devices]int64
@@ -76,14 +61,14 @@ sinks:
 		}
 	}
 
-	g := testutil.StartGateway(t, bin, cfgPath, logPath, webhook, brokerAddr)
+	g := proc.start(t, webhook, brokerAddr)
 	post("away-1")
 	g.StopClean(t, exitTimeout)
-	g = testutil.StartGateway(t, bin, cfgPath, logPath, webhook, brokerAddr)
+	g = proc.start(t, webhook, brokerAddr)
 	post("away-2")
 	g.Kill9(t)
 	g.WaitKilled(t, 10*time.Second)
-	g = testutil.StartGateway(t, bin, cfgPath, logPath, webhook, brokerAddr)
+	g = proc.start(t, webhook, brokerAddr)
 	post("away-3")
 
 	if m := outageScrape("http://" + admin); metricValue(m, `wittra_gateway_sink_connected{sink="historian"}`) != 0 {
@@ -108,7 +93,7 @@ sinks:
 			metricValue(m, `wittra_gateway_sink_connected{sink="historian"}`) == 1
 	})
 	g.StopClean(t, exitTimeout)
-	if b, _ := os.ReadFile(logPath); strings.Contains(string(b), `"level":"error"`) {
-		t.Logf("errors in the log:\n%s", testutil.FileTail(logPath, 8<<10))
+	if b, _ := os.ReadFile(proc.logPath); strings.Contains(string(b), `"level":"error"`) {
+		t.Logf("errors in the log:\n%s", testutil.FileTail(proc.logPath, 8<<10))
 	}
 }

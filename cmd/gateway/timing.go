@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"time"
 
 	"wittra-gateway/wittraapi"
@@ -25,17 +26,10 @@ type timing struct {
 
 // withDefaults fills the zero fields with the product's values.
 func (t timing) withDefaults() timing {
-	if t.forwarderAttempt <= 0 {
-		t.forwarderAttempt = 10 * time.Second
-	}
-	if t.webhookHeaderTimeout <= 0 {
-		t.webhookHeaderTimeout = 10 * time.Second
-	}
-	if t.devicesSaveEvery <= 0 {
-		t.devicesSaveEvery = 30 * time.Second
-	}
-	if t.wittraNewProjectPoll <= 0 {
-		t.wittraNewProjectPoll = wittraapi.DefaultNewProjectPoll
-	}
+	// 0 or below takes the default (max(v, 0) makes it 0 for cmp.Or).
+	t.forwarderAttempt = cmp.Or(max(t.forwarderAttempt, 0), 10*time.Second)
+	t.webhookHeaderTimeout = cmp.Or(max(t.webhookHeaderTimeout, 0), 10*time.Second)
+	t.devicesSaveEvery = cmp.Or(max(t.devicesSaveEvery, 0), 30*time.Second)
+	t.wittraNewProjectPoll = cmp.Or(max(t.wittraNewProjectPoll, 0), wittraapi.DefaultNewProjectPoll)
 	return t
 }

@@ -31,24 +31,14 @@ func bufferConfig(cfg *Config, consumers []string) buffer.Config {
 
 func brokerConfig(cfg *Config) broker.Config {
 	bc := broker.Config{AllowAnonymous: cfg.Broker.AllowAnonymous}
+	// ListenerConfig and UserConfig have broker.Listener's and broker.User's
+	// fields (only YAML tags added), so they convert; a field added to one
+	// and not the other stops the build.
 	for _, l := range cfg.Broker.Listeners {
-		bc.Listeners = append(bc.Listeners, broker.Listener{
-			Type:           l.Type,
-			Address:        l.Address,
-			CertFile:       l.CertFile,
-			KeyFile:        l.KeyFile,
-			ClientCAFile:   l.ClientCAFile,
-			AllowedOrigins: l.AllowedOrigins,
-		})
+		bc.Listeners = append(bc.Listeners, broker.Listener(l))
 	}
 	for _, u := range cfg.Broker.Users {
-		bc.Users = append(bc.Users, broker.User{
-			Username:      u.Username,
-			Password:      u.Password,
-			Subscribe:     u.Subscribe,
-			Publish:       u.Publish,
-			PublishTopics: u.PublishTopics,
-		})
+		bc.Users = append(bc.Users, broker.User(u))
 	}
 	// Reserve the broker sinks' prefixes before the broker serves, so no
 	// client can publish there (e.g. a retained fake status) in between.

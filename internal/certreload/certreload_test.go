@@ -15,8 +15,9 @@ import (
 	"wittra-gateway/internal/testutil"
 )
 
-func TestReloadOnChangeKeepsOldOnBrokenRenewal(t *testing.T) {
-	dir := t.TempDir()
+// loadFirst writes a client certificate of a new CA to dir and loads it:
+// the CA (for renewals), the certificate, its two files and the Reloader.
+func loadFirst(t *testing.T, dir string) (*testpki.CA, testpki.Leaf, string, string, *Reloader) {
 	ca := testpki.NewCA(t, "ca")
 	first := ca.Client(t, "gw01", time.Now().Add(-time.Hour), time.Now().Add(48*time.Hour))
 	certFile, keyFile := first.Write(t, dir, "dev")
@@ -24,6 +25,11 @@ func TestReloadOnChangeKeepsOldOnBrokenRenewal(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return ca, first, certFile, keyFile, r
+}
+
+func TestReloadOnChangeKeepsOldOnBrokenRenewal(t *testing.T) {
+	ca, first, certFile, keyFile, r := loadFirst(t, t.TempDir())
 	if got := r.Leaf().SerialNumber; got.Cmp(first.Cert.SerialNumber) != 0 {
 		t.Fatalf("leaf serial %v, want %v", got, first.Cert.SerialNumber)
 	}
@@ -66,13 +72,7 @@ func TestNewRefusesUnusablePair(t *testing.T) {
 // must not hold up handshakes: they get the current certificate meanwhile.
 func TestSlowReloadDoesNotBlockHandshakes(t *testing.T) {
 	dir := t.TempDir()
-	ca := testpki.NewCA(t, "ca")
-	first := ca.Client(t, "gw01", time.Now().Add(-time.Hour), time.Now().Add(48*time.Hour))
-	certFile, keyFile := first.Write(t, dir, "dev")
-	r, err := New(certFile, keyFile, zerolog.Nop())
-	if err != nil {
-		t.Fatal(err)
-	}
+	ca, first, certFile, keyFile, r := loadFirst(t, dir)
 	var clock atomic.Int64
 	clock.Store(time.Now().UnixNano())
 	r.now = func() time.Time { return time.Unix(0, clock.Load()) }

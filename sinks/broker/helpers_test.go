@@ -70,10 +70,18 @@ func newSink(t *testing.T, srv *Server, cfg SinkConfig) (*Sink, *testutil.LogBuf
 	if cfg.GatewayID == "" {
 		cfg.GatewayID = testGateway
 	}
+	return build(t, "NewSink", srv, cfg, NewSink)
+}
+
+// build makes a sink of srv with newS (NewSink, NewSubscriber) and a debug
+// log, closed when the test ends.
+func build[S interface{ Close(context.Context) error }, C any](t *testing.T, what string, srv *Server, cfg C,
+	newS func(*Server, C, zerolog.Logger) (S, error)) (S, *testutil.LogBuffer) {
+	t.Helper()
 	log, buf := testLogger()
-	s, err := NewSink(srv, cfg, log)
+	s, err := newS(srv, cfg, log)
 	if err != nil {
-		t.Fatalf("NewSink: %v", err)
+		t.Fatalf("%s: %v", what, err)
 	}
 	t.Cleanup(func() { _ = s.Close(context.Background()) })
 	return s, buf

@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"bytes"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -87,11 +88,7 @@ func newRetainedHook(srv *mqtt.Server, acl func(*mqtt.Client, string, bool) bool
 func (h *retainedHook) ID() string { return "wittra-retained" }
 
 func (h *retainedHook) Provides(b byte) bool {
-	switch b {
-	case mqtt.OnPublish, mqtt.OnSubscribe, mqtt.OnSubscribed, mqtt.OnPacketSent, mqtt.OnDisconnect:
-		return true
-	}
-	return false
+	return bytes.Contains([]byte{mqtt.OnPublish, mqtt.OnSubscribe, mqtt.OnSubscribed, mqtt.OnPacketSent, mqtt.OnDisconnect}, []byte{b})
 }
 
 // own makes the hook store the gateway's retained topics under prefix.

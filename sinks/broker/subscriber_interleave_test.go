@@ -14,12 +14,8 @@ import (
 // back. Acknowledgements that arrive for the backlog during the live call
 // must count for it then: nothing is sent twice.
 func TestSubscriberInterleavedCallsKeepAcknowledgements(t *testing.T) {
-	srv := startServer(t, Config{AllowAnonymous: true, Subscribers: []SubscriberConfig{durableCfg()}})
-	dur, _ := newSubscriberSink(t, srv, durableCfg())
-	rec := &durableRecorder{stall: make(chan struct{}), after: 50}
-	if _, err := dialDurable(t, srv, durableID, "", "", "wittra/+/+/data", rec); err != nil {
-		t.Fatal(err)
-	}
+	srv, dur := startDurable(t)
+	rec := dialStalled(t, srv, 50, "wittra/+/+/data")
 	testutil.WaitFor(t, 20*time.Second, "durable client connected", dur.Connected)
 
 	backlog := deviceMsgs(2, 100)

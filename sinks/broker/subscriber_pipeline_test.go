@@ -11,12 +11,8 @@ import (
 // acknowledged; handed back with newer messages behind it, the rest stays
 // in flight (not sent again) while the newer ones go out at once.
 func TestSubscriberReturnsEarlyAndKeepsTheRestInFlight(t *testing.T) {
-	srv := startServer(t, Config{AllowAnonymous: true, Subscribers: []SubscriberConfig{durableCfg()}})
-	dur, _ := newSubscriberSink(t, srv, durableCfg())
-	rec := &durableRecorder{stall: make(chan struct{}), after: 5}
-	if _, err := dialDurable(t, srv, durableID, "", "", "wittra/#", rec); err != nil {
-		t.Fatal(err)
-	}
+	srv, dur := startDurable(t)
+	rec := dialStalled(t, srv, 5, "wittra/#")
 	msgs := deviceMsgs(2, 20) // 40 messages
 	first, second := msgs[:20], msgs[20:]
 

@@ -73,15 +73,29 @@ func dialDurable(t *testing.T, srv *Server, id, user, pass, filter string, r *du
 	}})
 }
 
+// startDurable starts a server declaring the durable subscriber durableCfg
+// and its sink.
+func startDurable(t *testing.T) (*Server, *Subscriber) {
+	t.Helper()
+	srv := startServer(t, Config{AllowAnonymous: true, Subscribers: []SubscriberConfig{durableCfg()}})
+	dur, _ := newSubscriberSink(t, srv, durableCfg())
+	return srv, dur
+}
+
+// dialStalled connects the durable client to filter with a recorder that
+// stalls after after arrivals.
+func dialStalled(t *testing.T, srv *Server, after int, filter string) *durableRecorder {
+	t.Helper()
+	rec := &durableRecorder{stall: make(chan struct{}), after: after}
+	if _, err := dialDurable(t, srv, durableID, "", "", filter, rec); err != nil {
+		t.Fatal(err)
+	}
+	return rec
+}
+
 func newSubscriberSink(t *testing.T, srv *Server, cfg SubscriberConfig) (*Subscriber, *testutil.LogBuffer) {
 	t.Helper()
-	log, buf := testLogger()
-	s, err := NewSubscriber(srv, cfg, log)
-	if err != nil {
-		t.Fatalf("NewSubscriber: %v", err)
-	}
-	t.Cleanup(func() { _ = s.Close(context.Background()) })
-	return s, buf
+	return build(t, "NewSubscriber", srv, cfg, NewSubscriber)
 }
 
 // deviceMsgs returns perDevice messages for each of devices devices,
@@ -126,14 +140,10 @@ func durableCfg() SubscriberConfig {
 // per-device order; the ordinary fan-out of a broker sink on the same
 // topics reaches an ordinary subscriber and never the durable client.
 func TestSubscriberSlowClientBurst(t *testing.T) {
-	srv := startServer(t, Config{AllowAnonymous: true, Subscribers: []SubscriberConfig{durableCfg()}})
-	dur, _ := newSubscriberSink(t, srv, durableCfg())
+	srv, dur := startDurable(t)
 	local, _ := newSink(t, srv, SinkConfig{Name: "local"})
 
-	rec := &durableRecorder{stall: make(chan struct{}), after: 50}
-	if _, err := dialDurable(t, srv, durableID, "", "", "wittra/+/+/data", rec); err != nil {
-		t.Fatal(err)
-	}
+	rec := dialStalled(t, srv, 50, "wittra/+/+/data")
 	viewer := subscribe(t, mustDial(t, clientOpts{url: tcpURL(srv)}), "wittra/p/dev00/data", 0)
 	testutil.WaitFor(t, 20*time.Second, "durable client connected", dur.Connected)
 
@@ -166,8 +176,7 @@ func TestSubscriberSlowClientBurst(t *testing.T) {
 // Messages wait while the client is away; a message no subscription
 // matches is skipped (counted) once the client is subscribed.
 func TestSubscriberAwayAndUnmatched(t *testing.T) {
-	srv := startServer(t, Config{AllowAnonymous: true, Subscribers: []SubscriberConfig{durableCfg()}})
-	dur, _ := newSubscriberSink(t, srv, durableCfg())
+	srv, dur := startDurable(t)
 	srv.subs.settle = 50 * time.Millisecond
 
 	msgs := []sinks.Message{
@@ -350,8 +359,7 @@ func TestDurableCovers(t *testing.T) {
 // events loses no event in between: an unmatched message waits for the
 // settle time before it is skipped.
 func TestSubscriberSecondSubscribeWithinSettle(t *testing.T) {
-	srv := startServer(t, Config{AllowAnonymous: true, Subscribers: []SubscriberConfig{durableCfg()}})
-	dur, _ := newSubscriberSink(t, srv, durableCfg())
+	srv, dur := startDurable(t)
 	srv.subs.settle = 3 * time.Second // generous: the machine may be slow
 
 	msgs := []sinks.Message{

@@ -64,6 +64,17 @@ func (p *pki) device(t *testing.T, ca *testpki.CA, cn string, valid [2]time.Time
 	return l
 }
 
+// deliverOn delivers msgs through s and checks that all arrived over one
+// connection (the fake's only one now) made with certificate leaf.
+func (p *pki) deliverOn(t *testing.T, s *Sink, msgs []sinks.Message, leaf testpki.Leaf) {
+	t.Helper()
+	deliverAll(t, s, msgs, 20*time.Second)
+	checkAllThere(t, p.f, len(msgs))
+	if conns := p.f.Connections(); len(conns) != 1 || conns[0].CertSerial != leaf.Cert.SerialNumber.String() {
+		t.Errorf("connected with %+v, want certificate serial %v", conns, leaf.Cert.SerialNumber)
+	}
+}
+
 // certSink is a sink logging in with the device certificate only; its
 // log goes to p.log.
 func (p *pki) certSink(t *testing.T, mode string, mod func(*Config)) *Sink {
@@ -162,12 +173,7 @@ func TestCertMQTTRefusedThenRotated(t *testing.T) {
 				return strings.Contains(p.log.String(), "cannot connect to Cumulocity")
 			})
 
-			good := p.device(t, p.tenant, testGateway, validFor(90*24*time.Hour))
-			deliverAll(t, s, msgs, 20*time.Second)
-			checkAllThere(t, p.f, len(msgs))
-			if conns := p.f.Connections(); len(conns) != 1 || conns[0].CertSerial != good.Cert.SerialNumber.String() {
-				t.Errorf("connected with %+v, want the renewed certificate %v", conns, good.Cert.SerialNumber)
-			}
+			p.deliverOn(t, s, msgs, p.device(t, p.tenant, testGateway, validFor(90*24*time.Hour)))
 		})
 	}
 }
@@ -186,12 +192,7 @@ func TestCertMQTTRotationWhileConnected(t *testing.T) {
 		return exp.Equal(renewed.Cert.NotAfter)
 	})
 	p.f.DropConnections()
-	msgs := dataMessages(t, 3)
-	deliverAll(t, s, msgs, 20*time.Second)
-	checkAllThere(t, p.f, len(msgs))
-	if conns := p.f.Connections(); len(conns) != 1 || conns[0].CertSerial != renewed.Cert.SerialNumber.String() {
-		t.Errorf("reconnected with %+v, want serial %v", conns, renewed.Cert.SerialNumber)
-	}
+	p.deliverOn(t, s, dataMessages(t, 3), renewed)
 }
 
 func TestCertIdentityChecks(t *testing.T) {

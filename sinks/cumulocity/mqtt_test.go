@@ -30,6 +30,30 @@ func dataMessages(t *testing.T, n int) []sinks.Message {
 
 // checkAllThere fails unless every message of dataMessages(n) is stored at
 // least once; it logs duplicates and returns their number.
+// faultRun delivers n messages through a sink of mode with RequestTimeout
+// timeout, injecting the fault after the first 3 (which register the
+// devices) or, with register false, before any; none may be rejected and
+// all must be stored.
+func faultRun(t *testing.T, mode string, n int, timeout time.Duration, register bool, inject func(*c8yfake.Server)) (*c8yfake.Server, delivery) {
+	t.Helper()
+	f := startFake(t)
+	s := newSink(t, f, mode, func(c *Config) { c.RequestTimeout = timeout })
+	msgs := dataMessages(t, n)
+	if register {
+		deliverAll(t, s, msgs[:3], 10*time.Second) // registers the devices
+		msgs = msgs[3:]
+	}
+	inject(f)
+	d := deliverAll(t, s, msgs, 30*time.Second)
+	if len(d.rejected) > 0 {
+		t.Errorf("rejected %v", d.rejected)
+	}
+	dups := checkAllThere(t, f, n)
+	t.Logf("%d Publish calls, %d duplicates stored; faults fired %v; transient errors: %q",
+		d.attempts, dups, f.FaultsFired(), d.failures)
+	return f, d
+}
+
 func checkAllThere(t *testing.T, f *c8yfake.Server, n int) int {
 	t.Helper()
 	dups := 0
@@ -312,18 +336,7 @@ func TestMQTTFaults(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			f := startFake(t)
-			s := newSink(t, f, ModeMQTT, func(c *Config) { c.RequestTimeout = tc.timeout })
-			msgs := dataMessages(t, n)
-			deliverAll(t, s, msgs[:3], 10*time.Second) // registers the devices
-			tc.inject(f)
-			d := deliverAll(t, s, msgs[3:], 30*time.Second)
-			if len(d.rejected) > 0 {
-				t.Errorf("rejected %v", d.rejected)
-			}
-			dups := checkAllThere(t, f, n)
-			t.Logf("%d Publish calls, %d duplicates stored; faults fired %v; transient errors: %q",
-				d.attempts, dups, f.FaultsFired(), d.failures)
+			f, _ := faultRun(t, ModeMQTT, n, tc.timeout, true, tc.inject)
 			if len(f.FaultsFired()) == 0 {
 				t.Errorf("fault never fired")
 			}

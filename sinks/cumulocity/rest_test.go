@@ -98,21 +98,7 @@ func TestRESTFaults(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			f := startFake(t)
-			s := newSink(t, f, ModeREST, func(c *Config) { c.RequestTimeout = tc.timeout })
-			msgs := dataMessages(t, n)
-			if tc.name != "RegistrationFails" {
-				deliverAll(t, s, msgs[:3], 10*time.Second) // registers the devices
-				msgs = msgs[3:]
-			}
-			tc.inject(f)
-			d := deliverAll(t, s, msgs, 30*time.Second)
-			if len(d.rejected) > 0 {
-				t.Errorf("rejected %v", d.rejected)
-			}
-			dups := checkAllThere(t, f, n)
-			t.Logf("%d Publish calls, %d duplicates stored; faults fired %v; transient errors: %q",
-				d.attempts, dups, f.FaultsFired(), d.failures)
+			f, d := faultRun(t, ModeREST, n, tc.timeout, tc.name != "RegistrationFails", tc.inject)
 			if len(f.FaultsFired()) == 0 || len(d.failures) == 0 {
 				t.Errorf("fault never fired or never seen")
 			}

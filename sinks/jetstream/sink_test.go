@@ -56,6 +56,28 @@ func messages(from, n, devices int) []sinks.Message {
 	return out
 }
 
+// background is a deliver running in its own goroutine, bounded by 2×waitLong.
+type background struct {
+	ctx      context.Context
+	progress atomic.Int64 // messages delivered so far
+	done     chan int     // the failed attempts, once all are delivered
+}
+
+func startDeliver(t *testing.T, s *Sink, msgs []sinks.Message, batch int) *background {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*waitLong)
+	t.Cleanup(cancel)
+	d := &background{ctx: ctx, done: make(chan int, 1)}
+	go func() { d.done <- deliver(ctx, t, s, msgs, batch, &d.progress) }()
+	return d
+}
+
+// reach waits until n messages are delivered or the time is up.
+func (d *background) reach(n int64) {
+	for d.progress.Load() < n && d.ctx.Err() == nil {
+		time.Sleep(2 * time.Millisecond)
+	}
+}
+
 // deliver publishes msgs in batches the way bridge.Forwarder does: each
 // attempt bounded, the undelivered suffix retried until all are
 // delivered or ctx ends. It returns the number of failed attempts.
@@ -313,47 +335,36 @@ func TestClusterNodeLoss(t *testing.T) {
 	// away are only failed by it.
 	s, log := newSink(t, Config{URLs: c.ClientURLs(), Window: 128, AckTimeout: 2 * time.Second})
 	msgs := messages(1, 3000, 40)
-	ctx, cancel := context.WithTimeout(context.Background(), 2*waitLong)
-	defer cancel()
+	d := startDeliver(t, s, msgs, 100)
 
 	// The stream exists once the first batch is delivered.
-	var progress atomic.Int64
-	deliver(ctx, t, s, msgs[:100], 100, &progress)
+	d.reach(100)
 	if !strings.Contains(log.String(), `"replicas":3`) {
 		t.Fatalf("stream not created with 3 replicas:\n%s", log.String())
 	}
-	done := make(chan int)
-	go func() { done <- deliver(ctx, t, s, msgs[100:], 100, &progress) }()
-
-	waitProgress := func(n int64) {
-		for progress.Load() < n && ctx.Err() == nil {
-			time.Sleep(5 * time.Millisecond)
-		}
-	}
-	waitProgress(1000)
+	d.reach(1000)
 	leader := c.StreamLeader(DefaultStream)
 	if leader < 0 {
 		t.Fatal("no stream leader")
 	}
 	began := time.Now()
 	c.Shutdown(leader)
-	t.Logf("shut down stream leader n%d at %d delivered", leader, progress.Load())
-	at := progress.Load()
-	waitProgress(at + 500)
+	t.Logf("shut down stream leader n%d at %d delivered", leader, d.progress.Load())
+	d.reach(d.progress.Load() + 500)
 	t.Logf("500 more delivered %v after the leader loss", time.Since(began).Round(time.Millisecond))
 	if err := c.Restart(leader); err != nil {
 		t.Fatal(err)
 	}
-	waitProgress(2000)
+	d.reach(2000)
 	// The restarted node must have caught up before another goes: with a
 	// lagging replica and one node down the stream has no quorum, and it
 	// stays without one (CI saw the stream unreadable for 3 minutes).
 	testutil.WaitFor(t, waitLong, "restarted node's replica current", func() bool { return c.StreamCurrent(leader, DefaultStream) })
 	other := (leader + 1) % 3
 	c.Shutdown(other)
-	t.Logf("shut down n%d at %d delivered", other, progress.Load())
-	failures := <-done
-	t.Logf("delivered %d with %d failed attempts in %v", progress.Load(), failures, time.Since(began).Round(time.Millisecond))
+	t.Logf("shut down n%d at %d delivered", other, d.progress.Load())
+	failures := <-d.done
+	t.Logf("delivered %d with %d failed attempts in %v", d.progress.Load(), failures, time.Since(began).Round(time.Millisecond))
 
 	checkStream(t, readStream(t, c, DefaultStream), msgs)
 }
@@ -364,17 +375,11 @@ func TestWholeClusterDown(t *testing.T) {
 	c := startCluster(t, 3)
 	s, _ := newSink(t, Config{URLs: c.ClientURLs(), AckTimeout: 2 * time.Second})
 	msgs := messages(1, 2000, 25)
-	ctx, cancel := context.WithTimeout(context.Background(), 2*waitLong)
-	defer cancel()
-	var progress atomic.Int64
-	done := make(chan int)
-	go func() { done <- deliver(ctx, t, s, msgs, 100, &progress) }()
-	for progress.Load() < 600 && ctx.Err() == nil {
-		time.Sleep(5 * time.Millisecond)
-	}
+	d := startDeliver(t, s, msgs, 100)
+	d.reach(600)
 	began := time.Now()
 	c.Close()
-	t.Logf("cluster down at %d delivered", progress.Load())
+	t.Logf("cluster down at %d delivered", d.progress.Load())
 	time.Sleep(2 * time.Second)
 	if s.Connected() {
 		t.Error("sink says connected with every server down")
@@ -386,7 +391,7 @@ func TestWholeClusterDown(t *testing.T) {
 			}
 		}()
 	}
-	failures := <-done
+	failures := <-d.done
 	t.Logf("all delivered %v after the cluster went down, %d failed attempts", time.Since(began).Round(time.Millisecond), failures)
 	if failures == 0 {
 		t.Error("no Publish failed: the outage did not hit the stream")
@@ -413,20 +418,14 @@ func TestConnectionCut(t *testing.T) {
 	}
 	s, log := newSink(t, Config{URLs: urls, AckTimeout: 2 * time.Second})
 	msgs := messages(1, 3000, 30)
-	ctx, cancel := context.WithTimeout(context.Background(), 2*waitLong)
-	defer cancel()
-	var progress atomic.Int64
-	done := make(chan int)
-	go func() { done <- deliver(ctx, t, s, msgs, 200, &progress) }()
+	d := startDeliver(t, s, msgs, 200)
 	for k := int64(1); k <= 3; k++ {
-		for progress.Load() < k*int64(len(msgs))/4 && ctx.Err() == nil {
-			time.Sleep(2 * time.Millisecond)
-		}
+		d.reach(k * int64(len(msgs)) / 4)
 		for _, p := range proxies {
 			p.Cut()
 		}
 	}
-	failures := <-done
+	failures := <-d.done
 	reconnects := strings.Count(log.String(), "reconnected to NATS")
 	t.Logf("%d failed attempts; %d reconnects", failures, reconnects)
 	if reconnects < 3 {

@@ -104,11 +104,7 @@ type hook struct {
 func (h *hook) ID() string { return "c8yfake" }
 
 func (h *hook) Provides(b byte) bool {
-	switch b {
-	case mqtt.OnConnect, mqtt.OnConnectAuthenticate, mqtt.OnACLCheck, mqtt.OnPublish, mqtt.OnDisconnect:
-		return true
-	}
-	return false
+	return bytes.Contains([]byte{mqtt.OnConnect, mqtt.OnConnectAuthenticate, mqtt.OnACLCheck, mqtt.OnPublish, mqtt.OnDisconnect}, []byte{b})
 }
 
 // OnConnect authenticates the connection and answers refusals with the
