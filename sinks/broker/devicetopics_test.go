@@ -48,8 +48,18 @@ func TestHomeAssistantEmbeddedBroker(t *testing.T) {
 	stateTopic := "wittra/" + testProject + "/" + haTag + "/state"
 
 	publish(t, s, msg(testProject, haTag, sinks.KindData, fixture(t, "f1_data_tag.json")))
-	got := sub.Until(t, stateTopic, waitLong)
-	cfgs := checkAnnounced(t, got)
+	// The retained status reaches a new subscriber after its SUBACK and may
+	// come after the publications that followed (mochi sends retained
+	// messages once the SUBACK is written): wait for all, in any order.
+	seen := map[string]string{}
+	testutil.Poll(waitLong, func() bool {
+		for _, r := range sub.Messages() {
+			seen[r.Topic] = r.Payload
+		}
+		_, err := hatest.Announced("homeassistant", seen)
+		return err == nil && seen[stateTopic] != ""
+	})
+	cfgs := checkAnnounced(t, sub.Messages())
 	if len(cfgs) != 11 { // gateway + 10 keys of f1 (its neighbour list gets none)
 		t.Fatalf("%d configs announced, want the gateway's and one per value key", len(cfgs))
 	}
@@ -57,8 +67,8 @@ func TestHomeAssistantEmbeddedBroker(t *testing.T) {
 		Name   string
 		Values map[string]struct{ Value json.RawMessage }
 	}
-	if err := json.Unmarshal([]byte(got[len(got)-1].Payload), &state); err != nil || state.Name != "Forklift 7" || string(state.Values["temperature"].Value) != "21.75" {
-		t.Errorf("state %s (%v)", got[len(got)-1].Payload, err)
+	if err := json.Unmarshal([]byte(seen[stateTopic]), &state); err != nil || state.Name != "Forklift 7" || string(state.Values["temperature"].Value) != "21.75" {
+		t.Errorf("state %s (%v)", seen[stateTopic], err)
 	}
 
 	// The configs and the state are retained even though the sink's
