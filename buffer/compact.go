@@ -101,7 +101,11 @@ func (q *Queue) Compact() error {
 	before, _ := os.Stat(q.cfg.Path)
 	tmp := q.cfg.Path + ".compact"
 	os.Remove(tmp)
-	dst, err := bolt.Open(tmp, 0o600, &bolt.Options{NoFreelistSync: true, FreelistType: bolt.FreelistMapType})
+	// The copy's commits write bbolt's freelist (a fresh file's is a page
+	// or two): without it the reopen below would read every page of the
+	// copy to rebuild it, and all of them would stay resident (some 50 MiB
+	// when a drain ended with a long tail of live messages).
+	dst, err := bolt.Open(tmp, 0o600, &bolt.Options{FreelistType: bolt.FreelistMapType})
 	if err != nil {
 		return fmt.Errorf("compact: create %s: %w", tmp, err)
 	}
@@ -123,7 +127,12 @@ func (q *Queue) Compact() error {
 	if err == nil {
 		// Compact keeps bucket sequences, so sequence numbers never restart.
 		err = q.guard(func() error {
-			return q.releasingMapped(func() error { return bolt.Compact(dst, q.db, compactTxMax) })
+			return copyDB(dst, q.db, compactTxMax, func(stx *bolt.Tx) {
+				// Not releaseDB(q.db): a second read transaction could
+				// wait behind a commit that waits for this one to remap.
+				dontNeed(q.db.Info().Data, uintptr(stx.Size()))
+				releaseDB(dst)
+			})
 		})
 	}
 	q.dbMu.RUnlock()
@@ -177,6 +186,90 @@ func (q *Queue) Compact() error {
 	// rare, so the forced collection costs nothing that matters.
 	debug.FreeOSMemory()
 	return nil
+}
+
+// copyDB copies every bucket of src into the empty dst, keeping bucket
+// sequences, in transactions of about txMax bytes of keys and values, and
+// calls committed after each with the read transaction of src. It is bbolt's Compact with that hook: the
+// queue releases both files' mapped pages there. Without it every page the
+// copy read or wrote stayed resident until the copy ended: some 75 MiB when
+// a drain to an external broker ended with a long tail of live messages.
+func copyDB(dst, src *bolt.DB, txMax int64, committed func(src *bolt.Tx)) error {
+	tx, err := dst.Begin(true)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = tx.Rollback() }()
+	var size int64
+	var stx *bolt.Tx
+	// next commits the open transaction once txMax is reached and returns
+	// the bucket at path in the one that is open then.
+	next := func(n int, path [][]byte) (*bolt.Bucket, error) {
+		if size += int64(n); size > txMax {
+			if err := tx.Commit(); err != nil {
+				return nil, err
+			}
+			committed(stx)
+			if tx, err = dst.Begin(true); err != nil {
+				return nil, err
+			}
+			size = int64(n)
+		}
+		if len(path) == 0 {
+			return nil, nil
+		}
+		b := tx.Bucket(path[0])
+		for _, k := range path[1:] {
+			b = b.Bucket(k)
+		}
+		return b, nil
+	}
+	var copyBkt func(path [][]byte, src *bolt.Bucket) error
+	copyBkt = func(path [][]byte, sb *bolt.Bucket) error {
+		return sb.ForEach(func(k, v []byte) error {
+			b, err := next(len(k)+len(v), path)
+			if err != nil {
+				return err
+			}
+			b.FillPercent = 1 // written in key order: fill every page
+			if v != nil {
+				return b.Put(k, v)
+			}
+			child := sb.Bucket(k)
+			nb, err := b.CreateBucket(k)
+			if err != nil {
+				return err
+			}
+			if err := nb.SetSequence(child.Sequence()); err != nil {
+				return err
+			}
+			return copyBkt(append(path[:len(path):len(path)], k), child)
+		})
+	}
+	err = src.View(func(t *bolt.Tx) error {
+		stx = t
+		if err := stx.ForEach(func(name []byte, sb *bolt.Bucket) error {
+			if _, err := next(len(name), nil); err != nil {
+				return err
+			}
+			nb, err := tx.CreateBucket(name)
+			if err != nil {
+				return err
+			}
+			if err := nb.SetSequence(sb.Sequence()); err != nil {
+				return err
+			}
+			return copyBkt([][]byte{name}, sb)
+		}); err != nil {
+			return err
+		}
+		if err := tx.Commit(); err != nil {
+			return err
+		}
+		committed(stx)
+		return nil
+	})
+	return err
 }
 
 // switchOver runs in the committer: it brings the copy up to date, renames

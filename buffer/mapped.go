@@ -1,21 +1,10 @@
 package buffer
 
-import (
-	"sync"
-	"time"
-
-	bolt "go.etcd.io/bbolt"
-
-	"wittra-gateway/internal/clock"
-)
+import bolt "go.etcd.io/bbolt"
 
 // releaseEvery is how much record data is read or deleted between two
 // releases of the mapped file.
 const releaseEvery = 1 << 20
-
-// releaseTick is how often the mapping is released during a whole-file
-// read (compaction's copy), which has no record count to go by.
-const releaseTick = 50 * time.Millisecond
 
 // bbolt reads through a shared read-only mmap of the whole file, and every
 // page touched stays counted in the process's RSS: at open (the freelist
@@ -58,34 +47,16 @@ func (q *Queue) releaseMapped() {
 	if q.db == nil {
 		return
 	}
-	_ = q.db.View(func(tx *bolt.Tx) error {
+	releaseDB(q.db)
+}
+
+// releaseDB drops the resident pages of db's mapping, as releaseMapped
+// does for the queue's own file (compaction's source and copy).
+func releaseDB(db *bolt.DB) {
+	_ = db.View(func(tx *bolt.Tx) error {
 		if size := tx.Size(); size > 0 {
-			dontNeed(q.db.Info().Data, uintptr(size))
+			dontNeed(db.Info().Data, uintptr(size))
 		}
 		return nil
 	})
-}
-
-// releasingMapped runs fn, a read of much of the file (compaction's copy),
-// while releasing the mapping every releaseTick: otherwise every page the
-// copy reads stays resident until it ends (some 20 MiB when a drained
-// backlog's file is compacted during the drain's last seconds). The caller
-// holds dbMu for reading, so the file cannot be swapped meanwhile; the
-// release reads the live mapping's length in a read transaction of its own.
-func (q *Queue) releasingMapped(fn func() error) error {
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		clock.Every(stop, releaseTick, func() {
-			_ = q.db.View(func(tx *bolt.Tx) error {
-				dontNeed(q.db.Info().Data, uintptr(tx.Size()))
-				return nil
-			})
-		})
-	}()
-	defer wg.Wait()
-	defer close(stop)
-	return fn()
 }
