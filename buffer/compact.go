@@ -125,7 +125,7 @@ func (q *Queue) Compact() error {
 		})
 	})
 	if err == nil {
-		// Compact keeps bucket sequences, so sequence numbers never restart.
+		// The copy keeps bucket sequences, so sequence numbers never restart.
 		err = q.guard(func() error {
 			return copyDB(dst, q.db, compactTxMax, func(stx *bolt.Tx) {
 				// Not releaseDB(q.db): a second read transaction could
