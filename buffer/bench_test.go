@@ -165,16 +165,23 @@ func BenchmarkCompactionUnderIntake(b *testing.B) {
 		<-done
 		q.Close()
 		var line struct {
-			Copy   float64 `json:"copy"`
-			Paused float64 `json:"writes_paused"`
+			Copy   string `json:"copy"` // durations, logged as text ("1.2s")
+			Paused string `json:"writes_paused"`
 		}
 		for _, l := range strings.Split(logs.String(), "\n") {
 			if strings.Contains(l, "queue file compacted") {
-				json.Unmarshal([]byte(l), &line)
+				if err := json.Unmarshal([]byte(l), &line); err != nil {
+					b.Fatalf("log line %s: %v", l, err)
+				}
 			}
 		}
-		b.ReportMetric(line.Copy, "copy-ms")
-		b.ReportMetric(line.Paused, "paused-ms")
+		copyTime, err1 := time.ParseDuration(line.Copy)
+		paused, err2 := time.ParseDuration(line.Paused)
+		if err1 != nil || err2 != nil {
+			b.Fatalf("no compaction figures in the log: %q, %q", line.Copy, line.Paused)
+		}
+		b.ReportMetric(float64(copyTime.Milliseconds()), "copy-ms")
+		b.ReportMetric(float64(paused.Milliseconds()), "paused-ms")
 		b.ReportMetric(float64(worst.Milliseconds()), "worst-append-ms")
 	}
 }
