@@ -190,10 +190,10 @@ func (q *Queue) Compact() error {
 
 // copyDB copies every bucket of src into the empty dst, keeping bucket
 // sequences, in transactions of about txMax bytes of keys and values, and
-// calls committed after each with the read transaction of src. It is bbolt's Compact with that hook: the
-// queue releases both files' mapped pages there. Without it every page the
-// copy read or wrote stayed resident until the copy ended: some 75 MiB when
-// a drain to an external broker ended with a long tail of live messages.
+// calls committed after each with src's read transaction. It is bbolt's
+// Compact with that hook, where the queue releases both files' mapped
+// pages: otherwise every page the copy read or wrote stayed resident until
+// it ended.
 func copyDB(dst, src *bolt.DB, txMax int64, committed func(src *bolt.Tx)) error {
 	tx, err := dst.Begin(true)
 	if err != nil {

@@ -1,9 +1,13 @@
 package buffer
 
 import (
+	"bufio"
 	"bytes"
 	"context"
+	"os"
 	"runtime"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -52,5 +56,60 @@ func TestReleaseMappedWhileTheFileGrows(t *testing.T) {
 	}
 	if fi := q.FileSize(); fi < 8<<20 {
 		t.Fatalf("file grew to %d bytes only; the test needs remaps", fi)
+	}
+}
+
+// mappedRSS is how much of the file at path this process has resident
+// through its mappings (/proc/self/smaps).
+func mappedRSS(t *testing.T, path string) int64 {
+	t.Helper()
+	f, err := os.Open("/proc/self/smaps")
+	if err != nil {
+		t.Skipf("no smaps: %v", err)
+	}
+	defer f.Close()
+	var total int64
+	in := false
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		switch {
+		case len(fields) >= 5 && strings.Contains(fields[0], "-") && !strings.HasSuffix(fields[0], ":"):
+			in = len(fields) >= 6 && fields[5] == path
+		case in && len(fields) == 3 && fields[0] == "Rss:":
+			kb, _ := strconv.ParseInt(fields[1], 10, 64)
+			total += kb << 10
+		}
+	}
+	return total
+}
+
+// Deleting acknowledged messages reads their pages through the mapping
+// again; a commit that deletes more than releaseEvery releases it, as
+// reads do, or the pages of a drain's last deletes stayed resident.
+func TestDeletesReleaseTheMappedFile(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("the mapping is released on Linux only")
+	}
+	q := openQueue(t, Config{})
+	body := bytes.Repeat([]byte("d"), 1000)
+	appendBatches(t, q, 3000, 500, func(int) Entry { return Entry{Data: body} })
+	// Scan reads every record without counting toward a release.
+	var last uint64
+	if err := q.Scan(1, func(r Record) bool { last = r.Seq; return true }); err != nil {
+		t.Fatal(err)
+	}
+	if rss := mappedRSS(t, q.Path()); rss < 2<<20 {
+		t.Fatalf("%d bytes of the file resident after reading 3 MB: the test cannot tell a release", rss)
+	}
+	r, err := q.Reader("a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Ack(context.Background(), last); err != nil {
+		t.Fatal(err)
+	}
+	if rss := mappedRSS(t, q.Path()); rss > 512<<10 {
+		t.Errorf("%d bytes of the file still resident after deleting 3 MB", rss)
 	}
 }
