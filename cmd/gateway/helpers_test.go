@@ -49,8 +49,11 @@ func metricValue(text, name string) float64 {
 // testTiming is what in-process gateways of these tests run with: delivery
 // attempts end after 300 ms, so a forwarder waiting for a down sink rechecks
 // what the queue deleted within the tests' time (the product waits 10 s per
-// attempt); a project first seen in a webhook is asked about after 100 ms.
-var testTiming = timing{forwarderAttempt: 300 * time.Millisecond, wittraNewProjectPoll: 100 * time.Millisecond}
+// attempt); a project first seen in a webhook is asked about after 100 ms;
+// the status page polls and samples every second (5 s and 10 s in the
+// product), so the status tests see both move quickly.
+var testTiming = timing{forwarderAttempt: 300 * time.Millisecond, wittraNewProjectPoll: 100 * time.Millisecond,
+	statusRefresh: time.Second, statusSampleEvery: time.Second}
 
 // inProc is a gateway run in this process by RunCommand, as `run` would.
 type inProc struct {

@@ -15,13 +15,6 @@ import (
 // The status page (internal/status) reads the components through
 // statusReading, the way metricsCollector does for /metrics.
 
-// statusRefresh and statusSampleEvery are the page's polling interval and
-// its history's resolution (variables so tests can shorten them).
-var (
-	statusRefresh     = status.DefaultRefresh
-	statusSampleEvery = status.DefaultSampleEvery
-)
-
 // addStatus puts the status page on the admin mux and starts its sampler,
 // which stops with the admin server.
 func (g *gateway) addStatus(cfg *Config, mux *http.ServeMux) error {
@@ -32,8 +25,8 @@ func (g *gateway) addStatus(cfg *Config, mux *http.ServeMux) error {
 		Started:     time.Now(),
 		Listeners:   g.statusListeners(cfg),
 		Read:        func() status.Reading { return g.statusReading(cfg) },
-		SampleEvery: statusSampleEvery,
-		Refresh:     statusRefresh,
+		SampleEvery: g.timing.statusSampleEvery,
+		Refresh:     g.timing.statusRefresh,
 		Log:         g.log.With().Str("component", "status").Logger(),
 	})
 	if err != nil {

@@ -20,13 +20,6 @@ import (
 // The status page under a real gateway (in-process, loopback listeners)
 // with an mqtt sink to Debian's mosquitto and the embedded broker's sink.
 
-// The page polls every second here (5 s in the product) and the history
-// takes a sample every second (10 s), so the tests see both move quickly.
-func init() {
-	statusRefresh = time.Second
-	statusSampleEvery = time.Second
-}
-
 // apiStatus is GET /api/status as documented in README ("Status page"):
 // the field names here are the contract, spelled out again on purpose.
 type apiStatus struct {

@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"time"
 
+	"wittra-gateway/internal/status"
 	"wittra-gateway/wittraapi"
 )
 
@@ -22,6 +23,10 @@ type timing struct {
 	// wittraNewProjectPoll is how soon a project first seen in a webhook
 	// is asked about. 0: wittraapi.DefaultNewProjectPoll.
 	wittraNewProjectPoll time.Duration
+	// statusRefresh is how often the status page polls, statusSampleEvery
+	// its history's resolution. 0: status.DefaultRefresh and
+	// status.DefaultSampleEvery.
+	statusRefresh, statusSampleEvery time.Duration
 }
 
 // withDefaults fills the zero fields with the product's values.
@@ -31,5 +36,7 @@ func (t timing) withDefaults() timing {
 	t.webhookHeaderTimeout = cmp.Or(max(t.webhookHeaderTimeout, 0), 10*time.Second)
 	t.devicesSaveEvery = cmp.Or(max(t.devicesSaveEvery, 0), 30*time.Second)
 	t.wittraNewProjectPoll = cmp.Or(max(t.wittraNewProjectPoll, 0), wittraapi.DefaultNewProjectPoll)
+	t.statusRefresh = cmp.Or(max(t.statusRefresh, 0), status.DefaultRefresh)
+	t.statusSampleEvery = cmp.Or(max(t.statusSampleEvery, 0), status.DefaultSampleEvery)
 	return t
 }
