@@ -337,6 +337,9 @@ func (w *cpuWindow) end(extraOurs float64) (ours map[int]float64, others float64
 	return ours, max(0, total-sum)
 }
 
+// seconds is how long the window has been open.
+func (w *cpuWindow) seconds() float64 { return time.Since(w.start).Seconds() }
+
 // writeBytes is what a process caused to be written to storage so far
 // (/proc/<pid>/io write_bytes: data and fsync'd pages, not the page cache).
 func writeBytes(pid int) int64 {

@@ -305,7 +305,7 @@ func (r *runner) intake() error {
 		r.note("gateway stop after intake: %v", err)
 	}
 
-	stopErr, err := r.against("baseline", dir, clients, func(c int, f *intakeFigures) {
+	stopErr, err := r.against("baseline", "baseline", dir, clients, func(c int, f *intakeFigures) {
 		r.info("baseline", fmt.Sprintf("accepted/s, %d clients", c), fmt.Sprintf("%.0f", f.rep.AcceptedPS),
 			"MaxBatch 1 (one commit per message); p99 "+fmt.Sprintf("%.1f ms; %.1f KiB written/msg; ", f.rep.Latency.P99, f.writePerMsg/1024)+r.cpuNote(f))
 		if f.rep.AcceptedPS > 0 {
@@ -324,10 +324,15 @@ func (r *runner) intake() error {
 // ceiling measures bench/noop (net/http answering without storing
 // anything) with the same load generator in the same run: the HTTP
 // stack's rate on this machine now, against which the gateway's intake is
-// judged (a shared machine moves both alike).
+// judged (a shared machine moves both alike). Then bench/noop -bolt, the
+// same server storing each body with a bare bbolt group commit: what the
+// storage the gateway is built on allows here, as a fraction of the same
+// ceiling.
 func (r *runner) ceiling(dir string, clients []int, gwRate, gwCPU map[int]float64) error {
 	const scen = "intake"
-	stopErr, err := r.against("noop", dir, clients, func(c int, f *intakeFigures) {
+	noop := map[int]float64{}
+	stopErr, err := r.against("noop", "noop", dir, clients, func(c int, f *intakeFigures) {
+		noop[c] = f.rep.AcceptedPS
 		r.info("ceiling", fmt.Sprintf("no-op handler req/s, %d cl.", c), fmt.Sprintf("%.0f", f.rep.AcceptedPS),
 			fmt.Sprintf("net/http, body read, no storage; p99 %.1f ms; ", f.rep.Latency.P99)+r.cpuNote(f))
 		if f.rep.AcceptedPS > 0 {
@@ -341,15 +346,29 @@ func (r *runner) ceiling(dir string, clients []int, gwRate, gwCPU map[int]float6
 	if err != nil {
 		return err
 	}
+	if stopErr != nil {
+		return stopErr
+	}
+	stopErr, err = r.against("noop", "bolt", dir, clients, func(c int, f *intakeFigures) {
+		share := "–"
+		if noop[c] > 0 {
+			share = fmt.Sprintf("%.0f %% of the no-op ceiling", 100*f.rep.AcceptedPS/noop[c])
+		}
+		r.info("ceiling", fmt.Sprintf("bare bbolt group commit req/s, %d cl.", c), fmt.Sprintf("%.0f", f.rep.AcceptedPS),
+			fmt.Sprintf("%s; body appended, one commit (two fdatasyncs) per batch, no dedup or delivery; p99 %.1f ms; %.1f KiB written/msg; ", share, f.rep.Latency.P99, f.writePerMsg/1024)+r.cpuNote(f))
+	}, "-bolt")
+	if err != nil {
+		return err
+	}
 	return stopErr
 }
 
-// against runs the harness kind (bench/baseline or bench/noop) with a
-// warm-up, measures its intake at each client count as the gateway's was,
-// and hands each figure to report. A failure to stop the harness comes
-// back apart (stopErr), after the figures.
-func (r *runner) against(kind, dir string, clients []int, report func(c int, f *intakeFigures)) (stopErr, err error) {
-	h, err := r.startHarness(kind, filepath.Join(dir, kind))
+// against runs the harness kind (bench/baseline or bench/noop) with args
+// extra in dir/label, with a warm-up, measures its intake at each client
+// count as the gateway's was, and hands each figure to report. A failure to
+// stop the harness comes back apart (stopErr), after the figures.
+func (r *runner) against(kind, label, dir string, clients []int, report func(c int, f *intakeFigures), extra ...string) (stopErr, err error) {
+	h, err := r.startHarness(kind, filepath.Join(dir, label), extra...)
 	if err != nil {
 		return nil, err
 	}
@@ -358,7 +377,7 @@ func (r *runner) against(kind, dir string, clients []int, report func(c int, f *
 		return nil, err
 	}
 	for _, c := range clients {
-		f, err := r.measureIntake(h, fmt.Sprintf("%s-c%d", kind, c), c, r.baselineDur, false)
+		f, err := r.measureIntake(h, fmt.Sprintf("%s-c%d", label, c), c, r.baselineDur, false)
 		if err != nil {
 			return nil, err
 		}
@@ -637,9 +656,21 @@ func (r *runner) drainMQTT() error {
 	if err != nil {
 		return err
 	}
+	// The subscriber runs in this process; the cores of all four say what
+	// bounds the drain on this machine.
+	cw := startCPU(gw.p.pid(), mosq.pid(), os.Getpid(), live.p.pid())
 	drained := watch.wait(2 * r.drainTimeout)
+	cores, others := cw.end(0)
+	win := cw.seconds()
 	liveRep, lerr := live.finish()
 	mem := ms.end()
+	if drained > 0 {
+		// per message delivered in the window: the backlog and ~1,000/s live
+		perMsg := func(pid int) float64 { return cores[pid] * win / (float64(n) + 1000*win) * 1e6 }
+		r.info(scen, "cores while draining to mosquitto", fmt.Sprintf("%.2f", cores[gw.p.pid()]+cores[mosq.pid()]+cores[os.Getpid()]+cores[live.p.pid()]+others),
+			fmt.Sprintf("gateway %.2f (%.0f µs/msg), mosquitto %.2f (%.0f µs/msg), QoS 1 subscriber (bench runner) %.2f, live load %.2f, other processes %.2f",
+				cores[gw.p.pid()], perMsg(gw.p.pid()), cores[mosq.pid()], perMsg(mosq.pid()), cores[os.Getpid()], cores[live.p.pid()], others))
+	}
 	if drained == 0 {
 		depth := -1.0
 		if m, err := gw.metrics(); err == nil {
