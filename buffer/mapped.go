@@ -2,8 +2,8 @@ package buffer
 
 import bolt "go.etcd.io/bbolt"
 
-// releaseEvery is how much record data is read or deleted between two
-// releases of the mapped file.
+// releaseEvery is how much data is read, deleted or written (the pages a
+// commit allocates) between two releases of the mapped file.
 const releaseEvery = 1 << 20
 
 // bbolt reads through a shared read-only mmap of the whole file, and every
@@ -23,8 +23,8 @@ func (q *Queue) noteRead(recs []Record) {
 	q.noteTouched(n)
 }
 
-// noteTouched counts n bytes of records read or deleted through the
-// mapping, and releases it every releaseEvery.
+// noteTouched counts n bytes read, deleted or written through the mapping,
+// and releases it every releaseEvery.
 func (q *Queue) noteTouched(n int64) {
 	if q.touchedSinceRelease.Add(n) >= releaseEvery {
 		q.touchedSinceRelease.Store(0)
