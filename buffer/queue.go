@@ -184,8 +184,8 @@ type Queue struct {
 	compacting   bool
 	compactDirty dirtyBuckets
 	compactHook  func() // tests: runs between the copy and the switch-over
-	// touchedSinceRelease counts record bytes read or deleted since the mapped file's
-	// pages were last released (see mapped.go).
+	// touchedSinceRelease counts bytes read, deleted or written by commits
+	// since the mapped file's pages were last released (see mapped.go).
 	touchedSinceRelease atomic.Int64
 
 	mu       sync.Mutex
