@@ -9,9 +9,10 @@
 //
 // With -bolt it is the bare storage reference instead: each request's body
 // is appended to a bbolt file at -queue (sequential keys, one bucket) and
-// answered after the commit that holds it, one commit (two fdatasyncs) shared by all
-// requests waiting when it starts (group commit). No dedup, no forwarder,
-// no validation: what the gateway's storage dependency alone answers here.
+// answered after the commit that holds it, one commit (two fdatasyncs)
+// shared by all requests waiting when it starts (group commit). No dedup,
+// no forwarder, no validation: what the gateway's storage dependency alone
+// answers here.
 //
 // The other harness flags (-broker, -values, -retain) are accepted and
 // ignored, so the runner starts it like bench/baseline. It serves until
