@@ -4,7 +4,6 @@ import (
 	"cmp"
 	"time"
 
-	"wittra-gateway/internal/status"
 	"wittra-gateway/wittraapi"
 )
 
@@ -24,8 +23,8 @@ type timing struct {
 	// is asked about. 0: wittraapi.DefaultNewProjectPoll.
 	wittraNewProjectPoll time.Duration
 	// statusRefresh is how often the status page polls, statusSampleEvery
-	// its history's resolution. 0: status.DefaultRefresh and
-	// status.DefaultSampleEvery.
+	// its history's resolution. 0: the status package's defaults (it fills
+	// them itself).
 	statusRefresh, statusSampleEvery time.Duration
 }
 
@@ -36,7 +35,5 @@ func (t timing) withDefaults() timing {
 	t.webhookHeaderTimeout = cmp.Or(max(t.webhookHeaderTimeout, 0), 10*time.Second)
 	t.devicesSaveEvery = cmp.Or(max(t.devicesSaveEvery, 0), 30*time.Second)
 	t.wittraNewProjectPoll = cmp.Or(max(t.wittraNewProjectPoll, 0), wittraapi.DefaultNewProjectPoll)
-	t.statusRefresh = cmp.Or(max(t.statusRefresh, 0), status.DefaultRefresh)
-	t.statusSampleEvery = cmp.Or(max(t.statusSampleEvery, 0), status.DefaultSampleEvery)
 	return t
 }
