@@ -658,18 +658,24 @@ func (r *runner) drainMQTT() error {
 	}
 	// The subscriber runs in this process; the cores of all four say what
 	// bounds the drain on this machine.
-	cw := startCPU(gw.p.pid(), mosq.pid(), os.Getpid(), live.p.pid())
+	gwPID, mosqPID, subPID, livePID := gw.p.pid(), mosq.pid(), os.Getpid(), live.p.pid()
+	cw := startCPU(gwPID, mosqPID, subPID, livePID)
 	drained := watch.wait(2 * r.drainTimeout)
 	cores, others := cw.end(0)
 	win := cw.seconds()
 	liveRep, lerr := live.finish()
 	mem := ms.end()
 	if drained > 0 {
-		// per message delivered in the window: the backlog and ~1,000/s live
+		total := others
+		for _, c := range cores {
+			total += c
+		}
+		// per message delivered in the window: the backlog and the live
+		// load's 1,000/s
 		perMsg := func(pid int) float64 { return cores[pid] * win / (float64(n) + 1000*win) * 1e6 }
-		r.info(scen, "cores while draining to mosquitto", fmt.Sprintf("%.2f", cores[gw.p.pid()]+cores[mosq.pid()]+cores[os.Getpid()]+cores[live.p.pid()]+others),
-			fmt.Sprintf("gateway %.2f (%.0f µs/msg), mosquitto %.2f (%.0f µs/msg), QoS 1 subscriber (bench runner) %.2f, live load %.2f, other processes %.2f",
-				cores[gw.p.pid()], perMsg(gw.p.pid()), cores[mosq.pid()], perMsg(mosq.pid()), cores[os.Getpid()], cores[live.p.pid()], others))
+		r.info(scen, "cores while draining to mosquitto", fmt.Sprintf("%.2f", total),
+			fmt.Sprintf("gateway %.2f (%.0f µs/msg), mosquitto %.2f (%.0f µs/msg), QoS 1 subscriber (bench runner) %.2f (%.0f µs/msg), live load %.2f, other processes %.2f",
+				cores[gwPID], perMsg(gwPID), cores[mosqPID], perMsg(mosqPID), cores[subPID], perMsg(subPID), cores[livePID], others))
 	}
 	if drained == 0 {
 		depth := -1.0
